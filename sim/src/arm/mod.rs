@@ -1,0 +1,351 @@
+//! The ARM compute front door: authentication, routing, api-version, fault injection, throttling,
+//! then the resource handlers.
+
+pub mod disks;
+pub mod errors;
+pub mod lro;
+pub mod route;
+pub mod snapshots;
+pub mod vms;
+
+use crate::faults::FaultAction;
+use crate::http::{Outcome, Request, Response};
+use crate::model::ErrorBody;
+use crate::simulator::Simulator;
+use crate::tokens::{Claims, TokenError};
+use errors::{error, ArmResult};
+use http::Method;
+use route::{Route, Target};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Audiences ARM accepts in a token (public cloud names; the simulator stands in for them).
+const AUDIENCES: &[&str] = &[
+    "https://management.azure.com/",
+    "https://management.azure.com",
+    "https://management.core.windows.net/",
+    "https://management.core.windows.net",
+];
+
+pub async fn handle(sim: Arc<Simulator>, req: Request) -> Outcome {
+    if req.method == Method::GET && req.path.eq_ignore_ascii_case("/metadata/endpoints") {
+        return metadata_endpoints(&sim).into();
+    }
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let mut outcome = front_door(&sim, &req).await;
+    if let Outcome::Reply(r) = &mut outcome {
+        r.headers.push((
+            http::HeaderName::from_static("x-ms-request-id"),
+            request_id.clone(),
+        ));
+        r.headers.push((
+            http::HeaderName::from_static("x-ms-correlation-request-id"),
+            request_id,
+        ));
+        if let Some(client) = req.header("x-ms-client-request-id") {
+            r.headers.push((
+                http::HeaderName::from_static("x-ms-client-request-id"),
+                client.to_string(),
+            ));
+        }
+    }
+    outcome
+}
+
+async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
+    if let Err(e) = authenticate(sim, req) {
+        let www = format!(
+            "Bearer authorization_uri=\"{}/{}\", error=\"invalid_token\", error_description=\"{}\"",
+            sim.login_url(),
+            sim.world.tenant,
+            e.message
+        );
+        return e.response().with_header("www-authenticate", www).into();
+    }
+    let route = match route::route(&req.method, &req.path, &sim.world.subscription) {
+        Ok(r) => r,
+        Err(e) => return e.response().into(),
+    };
+    sim.counters.count(route.operation, route.write);
+    if let Err(e) = check_api_version(req, &route) {
+        return e.response().into();
+    }
+    let mut planted = None;
+    let mut lose_response = false;
+    for action in sim
+        .faults
+        .fire(req.method.as_str(), route.operation, &req.path)
+    {
+        match action {
+            FaultAction::Latency { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+            FaultAction::Reset => return Outcome::Reset,
+            FaultAction::LoseResponse => lose_response = true,
+            FaultAction::Status {
+                status,
+                code,
+                message,
+                retry_after,
+            } => return injected_status(status, code, message, retry_after).into(),
+            FaultAction::LroFail { code, message } => {
+                planted = Some(error(
+                    500,
+                    code.as_deref().unwrap_or("InternalExecutionError"),
+                    message.unwrap_or_else(|| {
+                        "An internal execution error occurred. Please retry later.".into()
+                    }),
+                ));
+            }
+        }
+    }
+    let verdict = sim.throttle.take(route.write);
+    let limits = [
+        (
+            "x-ms-ratelimit-remaining-subscription-reads",
+            verdict.remaining_reads,
+        ),
+        (
+            "x-ms-ratelimit-remaining-subscription-writes",
+            verdict.remaining_writes,
+        ),
+    ];
+    let mut response = if verdict.allowed {
+        dispatch(sim, req, &route, planted).unwrap_or_else(|e| e.response())
+    } else {
+        let kind = if route.write { "write" } else { "read" };
+        error(
+            429,
+            "SubscriptionRequestsThrottled",
+            format!(
+                "Number of '{kind}' requests for subscription '{}' exceeded the limit of '{}' for time interval. \
+                 Please try again after '{}' seconds.",
+                sim.world.subscription,
+                if route.write { sim.throttle.budget().writes } else { sim.throttle.budget().reads },
+                verdict.retry_after
+            ),
+        )
+        .response()
+        .with_header("retry-after", verdict.retry_after.to_string())
+    };
+    for (name, left) in limits {
+        response = response.with_header(name, left.to_string());
+    }
+    if lose_response {
+        return Outcome::Reset;
+    }
+    response.into()
+}
+
+fn injected_status(
+    status: u16,
+    code: Option<String>,
+    message: Option<String>,
+    retry_after: Option<u64>,
+) -> Response {
+    let default_code = match status {
+        429 => "TooManyRequests",
+        500 => "InternalServerError",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        _ => "InjectedFault",
+    };
+    let r = error(
+        status,
+        code.as_deref().unwrap_or(default_code),
+        message
+            .unwrap_or_else(|| format!("The simulator answered {status} as a fault rule asked.")),
+    )
+    .response();
+    match (status, retry_after) {
+        (_, Some(s)) => r.with_header("retry-after", s.to_string()),
+        (429 | 503, None) => r.with_header("retry-after", "1"),
+        _ => r,
+    }
+}
+
+fn authenticate(sim: &Simulator, req: &Request) -> ArmResult<Claims> {
+    let Some(auth) = req.header("authorization") else {
+        return Err(error(
+            401,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        ));
+    };
+    let Some(token) = auth
+        .strip_prefix("Bearer ")
+        .or_else(|| auth.strip_prefix("bearer "))
+    else {
+        return Err(error(
+            401,
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is provided in an invalid format.",
+        ));
+    };
+    let now = Simulator::now().timestamp();
+    let claims: Claims = sim.signer.verify(token.trim(), now).map_err(|e| match e {
+        TokenError::Expired => error(
+            401,
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        ),
+        TokenError::Malformed | TokenError::BadSignature => error(
+            401,
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        ),
+    })?;
+    if !AUDIENCES.contains(&claims.aud.as_str()) {
+        return Err(error(
+            401,
+            "InvalidAuthenticationTokenAudience",
+            format!(
+                "The access token has been obtained for wrong audience or resource '{}'. It should exactly match \
+                 with one of the allowed audiences 'https://management.core.windows.net/','https://management.azure.com/'.",
+                claims.aud
+            ),
+        ));
+    }
+    if claims.tid != sim.world.tenant {
+        return Err(error(
+            401,
+            "InvalidAuthenticationTokenTenant",
+            format!(
+                "The access token is from the wrong issuer '{}'. It must match the tenant associated with this subscription.",
+                claims.iss
+            ),
+        ));
+    }
+    Ok(claims)
+}
+
+fn check_api_version(req: &Request, route: &Route) -> ArmResult<()> {
+    match req.query("api-version") {
+        None => Err(error(
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )),
+        Some(v) if v == route.api_version => Ok(()),
+        Some(v) => Err(error(
+            400,
+            "NoRegisteredProviderFound",
+            format!(
+                "No registered resource provider found for API version '{v}' of operation '{}'. \
+                 The supported api-versions are '{}'.",
+                route.operation, route.api_version
+            ),
+        )),
+    }
+}
+
+/// The request body as JSON, checked against the operation's model in the specification.
+pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value> {
+    if req.body.is_empty() {
+        return Err(error(
+            400,
+            "InvalidRequestContent",
+            "The request content was empty; a JSON body is required.",
+        ));
+    }
+    let value: Value = serde_json::from_slice(&req.body).map_err(|e| {
+        error(
+            400,
+            "InvalidRequestContent",
+            format!("The request content was invalid and could not be deserialized: {e}"),
+        )
+    })?;
+    let problems = sim.specs.check_request(operation, &value);
+    if let Some(first) = problems.first() {
+        let field = first.split(':').next().unwrap_or_default().to_string();
+        return Err(error(
+            400,
+            "InvalidRequestContent",
+            format!("The request content was invalid: {}", problems.join("; ")),
+        )
+        .with_target(&field));
+    }
+    Ok(value)
+}
+
+fn dispatch(
+    sim: &Arc<Simulator>,
+    req: &Request,
+    route: &Route,
+    planted: Option<ErrorBody>,
+) -> ArmResult<Response> {
+    if let Some(rg) = route.target.resource_group() {
+        if !sim.world.resource_group_exists(rg) {
+            return Err(error(
+                404,
+                "ResourceGroupNotFound",
+                format!("Resource group '{rg}' could not be found."),
+            ));
+        }
+    }
+    let m = req.method.as_str();
+    match (&route.target, m) {
+        (Target::Disks { rg }, _) => disks::list(sim, rg),
+        (Target::Disk { rg, name }, "GET") => disks::get(sim, rg, name),
+        (Target::Disk { rg, name }, "PUT") => {
+            disks::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+        }
+        (Target::Disk { rg, name }, "PATCH") => {
+            disks::patch(sim, rg, name, body(sim, req, route.operation)?, planted)
+        }
+        (Target::Disk { rg, name }, _) => disks::delete(sim, rg, name, planted),
+        (Target::Snapshots { rg }, _) => snapshots::list(sim, rg),
+        (Target::Snapshot { rg, name }, "GET") => snapshots::get(sim, rg, name),
+        (Target::Snapshot { rg, name }, "PUT") => {
+            snapshots::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+        }
+        (Target::Snapshot { rg, name }, _) => snapshots::delete(sim, rg, name, planted),
+        (Target::Vms { rg }, _) => vms::list(sim, rg, None),
+        (Target::ScaleSetVms { rg, scale_set }, _) => vms::list(sim, rg, Some(scale_set)),
+        (Target::Vm { .. } | Target::ScaleSetVm { .. }, "GET") => vms::get(sim, &route.target),
+        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => {
+            let patch = m == "PATCH";
+            vms::update(
+                sim,
+                req,
+                &route.target,
+                body(sim, req, route.operation)?,
+                patch,
+                planted,
+            )
+        }
+        (Target::VmAttachDetach { .. } | Target::ScaleSetVmAttachDetach { .. }, _) => {
+            vms::attach_detach(
+                sim,
+                &route.target,
+                body(sim, req, route.operation)?,
+                planted,
+            )
+        }
+        (Target::Operation { location, id, disk }, _) => lro::poll(
+            sim,
+            location,
+            id,
+            *disk,
+            req.query("monitor")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        ),
+    }
+}
+
+/// Cloud metadata as Azure Stack Hub serves it: how custom-cloud clients discover the login
+/// endpoint and audience from the resource manager URL alone.
+fn metadata_endpoints(sim: &Simulator) -> Response {
+    Response::json(
+        200,
+        &json!({
+            "galleryEndpoint": "",
+            "graphEndpoint": "https://graph.windows.net/",
+            "portalEndpoint": "",
+            "authentication": {
+                "loginEndpoint": format!("{}/", sim.login_url()),
+                "audiences": ["https://management.azure.com/", "https://management.core.windows.net/"],
+            },
+        }),
+    )
+}

@@ -1,0 +1,84 @@
+//! Command line of `flexdisk-sim`.
+
+use crate::serve::{serve, ServeOptions};
+use crate::simulator::Timing;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "flexdisk-sim",
+    version,
+    about = "Local Azure (ARM compute, IMDS, Entra ID) for flexdisk, with real block devices"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the simulated Azure until SIGTERM/SIGINT; prints one JSON line when ready.
+    Serve {
+        /// Directory holding all state (created if missing); a restart with it loses nothing.
+        #[arg(long)]
+        state: PathBuf,
+        /// World file (JSON) replacing the default world; `flexdisk-sim world` prints the default.
+        #[arg(long)]
+        world: Option<PathBuf>,
+        /// How long VM operations (attach, detach) take, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        vm_op_ms: u64,
+        /// How long disk and snapshot operations (create, grow, delete) take, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        disk_op_ms: u64,
+        /// ARM (and control API) port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        arm_port: u16,
+        /// Entra ID (login) port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        login_port: u16,
+        /// First IMDS port (node i gets this + i); 0 picks free ones.
+        #[arg(long, default_value_t = 0)]
+        imds_port: u16,
+    },
+    /// Print the default world as JSON, a starting point for --world files.
+    World,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::World => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::world::World::default_world())?
+            );
+            Ok(())
+        }
+        Command::Serve {
+            state,
+            world,
+            vm_op_ms,
+            disk_op_ms,
+            arm_port,
+            login_port,
+            imds_port,
+        } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(serve(ServeOptions {
+                state,
+                world,
+                timing: Timing {
+                    vm_op: Duration::from_millis(vm_op_ms),
+                    disk_op: Duration::from_millis(disk_op_ms),
+                },
+                arm_port,
+                login_port,
+                imds_port,
+            }))
+        }
+    }
+}
