@@ -1,0 +1,432 @@
+//! Test harness: runs the real `flexdisk-sim` binary, speaks plain HTTP to it, records every ARM
+//! answer and checks them all against the official API descriptions with `arm-schema-check`.
+#![allow(dead_code)]
+
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct Sim {
+    child: Option<Child>,
+    pub ready: Value,
+    pub state: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    client: Client,
+    token: String,
+    exchanges: Mutex<Vec<Exchange>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+    }
+
+    pub fn message(&self) -> &str {
+        self.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+pub const DISK_API: &str = "2024-03-02";
+pub const VM_API: &str = "2024-07-01";
+pub const AS_A: &str = "k8s-agentpool1-31415926-0";
+pub const AS_B: &str = "k8s-agentpool1-31415926-1";
+pub const SS_0: &str = "aks-nodepool1-31415926-vmss000000";
+pub const SS_1: &str = "aks-nodepool1-31415926-vmss000001";
+
+impl Sim {
+    pub fn start(args: &[&str]) -> Sim {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let state = tmp.path().join("state");
+        let mut sim = Sim::start_at(&state, args);
+        sim._tmp = Some(tmp);
+        sim
+    }
+
+    /// Starts on a given state directory (for restart tests); the caller keeps it alive.
+    pub fn start_at(state: &Path, args: &[&str]) -> Sim {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_flexdisk-sim"))
+            .arg("serve")
+            .arg("--state")
+            .arg(state)
+            .args(["--vm-op-ms", "150", "--disk-op-ms", "100"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flexdisk-sim starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("ready line");
+        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+        let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        let mut sim = Sim {
+            child: Some(child),
+            ready,
+            state: state.to_path_buf(),
+            _tmp: None,
+            client,
+            token: String::new(),
+            exchanges: Mutex::new(Vec::new()),
+        };
+        sim.token = sim.secret_token();
+        sim
+    }
+
+    pub fn s(&self, field: &str) -> String {
+        self.ready[field].as_str().unwrap_or_else(|| panic!("ready line lacks {field}")).to_string()
+    }
+
+    pub fn node(&self, node: &str, field: &str) -> String {
+        self.ready["nodes"][node][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("ready line lacks nodes.{node}.{field}"))
+            .to_string()
+    }
+
+    pub fn root(&self, node: &str) -> PathBuf {
+        PathBuf::from(self.node(node, "root"))
+    }
+
+    /// A token for the service principal from the Entra ID endpoint.
+    pub fn secret_token(&self) -> String {
+        let r = self.login_form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", &self.s("clientId")),
+            ("client_secret", &self.s("clientSecret")),
+            ("scope", "https://management.azure.com/.default"),
+        ]);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        r.body["access_token"].as_str().expect("access_token").to_string()
+    }
+
+    pub fn login_form(&self, form: &[(&str, &str)]) -> Resp {
+        let url = format!("{}/{}/oauth2/v2.0/token", self.s("login"), self.s("tenant"));
+        let r = self.client.post(url).form(form).send().expect("login answers");
+        to_resp(r)
+    }
+
+    pub fn disk_id(&self, name: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/disks/{name}",
+            self.s("subscription"),
+            self.s("resourceGroup")
+        )
+    }
+
+    /// ARM path of a node's VM (a scale-set instance's path for scale-set nodes).
+    pub fn vm_path(&self, node: &str) -> String {
+        self.node(node, "vm")
+    }
+
+    pub fn arm(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        self.arm_with(method, path, body, &[], Some(&self.token.clone()))
+    }
+
+    /// An ARM call; `path` may carry its own query, otherwise the right api-version is added.
+    pub fn arm_with(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)], token: Option<&str>) -> Resp {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else if path.contains('?') {
+            format!("{}{path}", self.s("arm"))
+        } else {
+            let api = if path.to_lowercase().contains("/disks") || path.to_lowercase().contains("/snapshots") {
+                DISK_API
+            } else {
+                VM_API
+            };
+            format!("{}{path}?api-version={api}", self.s("arm"))
+        };
+        let mut req = self.client.request(method.parse().expect("method"), &url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let r = to_resp(req.send().unwrap_or_else(|e| panic!("{method} {url}: {e}")));
+        let rel = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+        self.exchanges.lock().expect("lock").push(Exchange {
+            method: method.to_string(),
+            path: rel,
+            status: r.status,
+            body: r.body.clone(),
+        });
+        r
+    }
+
+    pub fn try_arm(&self, method: &str, path: &str) -> Result<Resp, reqwest::Error> {
+        let url = format!("{}{path}", self.s("arm"));
+        let r = self.client.request(method.parse().expect("method"), &url).bearer_auth(&self.token).send()?;
+        Ok(to_resp(r))
+    }
+
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let url = format!("{}{path}", self.s("control"));
+        let mut req = self.client.request(method.parse().expect("method"), &url);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        to_resp(req.send().expect("control answers"))
+    }
+
+    pub fn fault(&self, rule: Value) {
+        let r = self.control("POST", "/faults", Some(&rule));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+
+    /// Follows `Azure-AsyncOperation` to the end; returns the final status resource.
+    pub fn wait_async(&self, accepted: &Resp) -> Value {
+        let url = accepted.header("azure-asyncoperation").expect("Azure-AsyncOperation header").to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.arm("GET", &url, None);
+            assert_eq!(r.status, 200, "status polls are always 200: {:?}", r.body);
+            if r.body["status"] != "InProgress" {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "operation never ended");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Follows `Location` to the end; returns the final answer.
+    pub fn wait_location(&self, accepted: &Resp) -> Resp {
+        let url = accepted.header("location").expect("Location header").to_string();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let r = self.arm("GET", &url, None);
+            if r.status != 202 {
+                return r;
+            }
+            assert!(r.body.is_null(), "a 202 poll has no body");
+            assert!(Instant::now() < deadline, "operation never ended");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Writes that answer 202 are followed to the end (Succeeded asserted); 200 is taken as is.
+    pub fn done(&self, r: Resp) -> Resp {
+        match r.status {
+            202 => {
+                let status = self.wait_async(&r);
+                assert_eq!(status["status"], "Succeeded", "{status}");
+                r
+            }
+            200 if r.header("azure-asyncoperation").is_some() => {
+                let status = self.wait_async(&r);
+                assert_eq!(status["status"], "Succeeded", "{status}");
+                r
+            }
+            _ => r,
+        }
+    }
+
+    pub fn create_disk(&self, name: &str, body: Value) -> Value {
+        let r = self.arm("PUT", &self.disk_id(name), Some(&body));
+        assert!(r.status == 200 || r.status == 202, "{} {:?}", r.status, r.body);
+        self.done(r);
+        let got = self.arm("GET", &self.disk_id(name), None);
+        assert_eq!(got.status, 200);
+        got.body
+    }
+
+    pub fn empty_disk(&self, name: &str, gb: i64, zone: Option<&str>) -> Value {
+        let mut body = json!({"location": self.s("location"), "sku": {"name": "Premium_LRS"},
+            "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": gb}});
+        if let Some(z) = zone {
+            body["zones"] = json!([z]);
+        }
+        self.create_disk(name, body)
+    }
+
+    pub fn attach(&self, node: &str, disks: &[&str]) -> Resp {
+        let list: Vec<Value> = disks.iter().map(|d| json!({"diskId": self.disk_id(d)})).collect();
+        let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
+        self.arm("POST", &path, Some(&json!({ "dataDisksToAttach": list })))
+    }
+
+    pub fn detach(&self, node: &str, disks: &[&str]) -> Resp {
+        let list: Vec<Value> = disks.iter().map(|d| json!({"diskId": self.disk_id(d)})).collect();
+        let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
+        self.arm("POST", &path, Some(&json!({ "dataDisksToDetach": list })))
+    }
+
+    pub fn lun_of(&self, node: &str, disk: &str) -> i64 {
+        let vm = self.arm("GET", &self.vm_path(node), None);
+        vm.body["properties"]["storageProfile"]["dataDisks"]
+            .as_array()
+            .expect("dataDisks")
+            .iter()
+            .find(|d| d["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(disk)))
+            .and_then(|d| d["lun"].as_i64())
+            .unwrap_or_else(|| panic!("{disk} not on {node}: {}", vm.body))
+    }
+
+    pub fn lun_link(&self, node: &str, lun: i64) -> PathBuf {
+        self.root(node).join(format!("dev/disk/azure/scsi1/lun{lun}"))
+    }
+
+    /// SIGTERM and wait; the state directory stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let status = child.wait().expect("simulator exits");
+            assert!(status.success(), "simulator exited with {status}");
+        }
+    }
+
+    /// Checks every ARM answer this test received against the official API descriptions.
+    pub fn check_schemas(&self) {
+        let exchanges = self.exchanges.lock().expect("lock").clone();
+        check_schemas(&exchanges);
+    }
+
+    /// Loop devices backed by files under this simulator's state directory.
+    pub fn loops_over_state(&self) -> Vec<String> {
+        let out = Command::new("losetup").arg("-a").output().expect("losetup");
+        let state = self.state.display().to_string();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&state))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+fn to_resp(r: reqwest::blocking::Response) -> Resp {
+    let status = r.status().as_u16();
+    let headers = r.headers().clone();
+    let text = r.text().unwrap_or_default();
+    let body = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Resp { status, headers, body }
+}
+
+/// Where the official checker lives: `../shared/tools/arm-schema-check` beside the workspace.
+fn schema_tool() -> PathBuf {
+    if let Ok(p) = std::env::var("ARM_SCHEMA_CHECK") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/arm-schema-check")
+}
+
+const BATCH: &str = r#"
+import contextlib, importlib.machinery, importlib.util, io, json, os, sys, tempfile
+loader = importlib.machinery.SourceFileLoader("armcheck", sys.argv[1])
+spec = importlib.util.spec_from_loader("armcheck", loader)
+m = importlib.util.module_from_spec(spec)
+loader.exec_module(m)
+specs = m.Specs(m.DEFAULT_SPECS)
+m.Specs = lambda root: specs
+failures = []
+with tempfile.TemporaryDirectory() as d:
+    for i, case in enumerate(json.load(open(sys.argv[2]))):
+        path = os.path.join(d, f"{i}.json")
+        with open(path, "w") as f:
+            json.dump(case["body"], f)
+        sys.argv = ["arm-schema-check"] + case["args"] + [path]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = m.main()
+        if rc:
+            failures.append({"case": case["label"], "report": out.getvalue()})
+print(json.dumps({"checked": i + 1 if 'i' in dir() else 0, "failures": failures}))
+"#;
+
+/// Runs the official checker once over many bodies (each answer's own operation and status;
+/// error answers as `CloudError`). Operation-status resources are not in the specifications.
+pub fn check_schemas(exchanges: &[Exchange]) {
+    let mut cases = Vec::new();
+    for e in exchanges {
+        let p = e.path.split('?').next().unwrap_or_default().to_lowercase();
+        if p.contains("/diskoperations/") || p.contains("/locations/") || p.starts_with("/_sim") {
+            continue;
+        }
+        let label = format!("{} {} -> {}", e.method, e.path, e.status);
+        let args: Vec<String> = if e.status >= 400 {
+            vec!["--definition".into(), "CloudError".into()]
+        } else {
+            vec!["--method".into(), e.method.clone(), "--path".into(), e.path.clone(), "--status".into(), e.status.to_string()]
+        };
+        let body = if e.body.is_null() { json!({}) } else { e.body.clone() };
+        cases.push(json!({"label": label, "args": args, "body": body}));
+    }
+    assert!(!cases.is_empty(), "no ARM answers to check");
+    let tmp = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(tmp.path(), serde_json::to_vec(&cases).expect("json")).expect("write cases");
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(BATCH)
+        .arg(schema_tool())
+        .arg(tmp.path())
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "schema check crashed: {}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(report["checked"].as_u64(), Some(cases.len() as u64));
+    let failures = report["failures"].as_array().expect("failures");
+    assert!(failures.is_empty(), "answers that do not match the API specification:\n{}", serde_json::to_string_pretty(failures).unwrap_or_default());
+}
+
+/// Writes `data` at `offset` of a block device (through the LUN link, as a guest would).
+pub fn write_at(dev: &Path, offset: u64, data: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(dev).unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(data).expect("write");
+    f.sync_all().expect("sync");
+}
+
+pub fn read_at(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(dev).unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    let mut buf = vec![0u8; len];
+    f.read_exact(&mut buf).expect("read");
+    buf
+}
+
+pub fn block_size_bytes(dev: &Path) -> u64 {
+    let out = Command::new("blockdev").arg("--getsize64").arg(dev).output().expect("blockdev");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("size")
+}
