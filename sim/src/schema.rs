@@ -310,7 +310,10 @@ mod tests {
             "{problems:?}"
         );
         // createOption is an extensible enum: new values pass the schema and meet the handler.
-        assert!(!problems.iter().any(|p| p.contains("createOption")), "{problems:?}");
+        assert!(
+            !problems.iter().any(|p| p.contains("createOption")),
+            "{problems:?}"
+        );
         let missing = specs.check_request("Disks_CreateOrUpdate", &json!({"properties": {}}));
         assert!(
             missing

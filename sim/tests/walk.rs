@@ -11,8 +11,10 @@ fn disk_moves_between_nodes_with_its_bytes_and_cannot_be_stolen() {
     let put = sim.arm(
         "PUT",
         &sim.disk_id("walk"),
-        Some(&json!({"location": "westus2", "sku": {"name": "StandardSSD_LRS"}, "tags": {"k": "v"},
-            "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": 4}})),
+        Some(
+            &json!({"location": "westus2", "sku": {"name": "StandardSSD_LRS"}, "tags": {"k": "v"},
+            "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": 4}}),
+        ),
     );
     assert_eq!(put.status, 202, "{:?}", put.body);
     assert_eq!(put.body["properties"]["provisioningState"], "Updating");
@@ -28,16 +30,29 @@ fn disk_moves_between_nodes_with_its_bytes_and_cannot_be_stolen() {
     // Attach to node A: a real block device appears at A's LUN link.
     let attach = sim.attach(AS_A, &["walk"]);
     assert_eq!(attach.status, 202);
-    assert!(attach.body.is_null(), "202 from attachDetachDataDisks has no body");
+    assert!(
+        attach.body.is_null(),
+        "202 from attachDetachDataDisks has no body"
+    );
     let fin = sim.wait_location(&attach);
     assert_eq!(fin.status, 200);
-    assert_eq!(fin.body["dataDisks"][0]["name"], "walk", "final Location answer is the storage profile");
+    assert_eq!(
+        fin.body["dataDisks"][0]["name"], "walk",
+        "final Location answer is the storage profile"
+    );
     let lun = sim.lun_of(AS_A, "walk");
     let link = sim.lun_link(AS_A, lun);
     let dev = std::fs::canonicalize(&link).expect("link resolves");
-    assert!(dev.starts_with(sim.root(AS_A).join("dev")), "{} points into the node's /dev", dev.display());
+    assert!(
+        dev.starts_with(sim.root(AS_A).join("dev")),
+        "{} points into the node's /dev",
+        dev.display()
+    );
     use std::os::unix::fs::FileTypeExt;
-    assert!(std::fs::metadata(&dev).expect("device").file_type().is_block_device());
+    assert!(std::fs::metadata(&dev)
+        .expect("device")
+        .file_type()
+        .is_block_device());
     assert_eq!(block_size_bytes(&link), 4 << 30);
     let disk = sim.arm("GET", &sim.disk_id("walk"), None).body;
     assert_eq!(disk["managedBy"], sim.vm_path(AS_A));
@@ -50,7 +65,10 @@ fn disk_moves_between_nodes_with_its_bytes_and_cannot_be_stolen() {
     sim.done(sim.detach(AS_A, &["walk"]));
     assert!(!link.exists(), "LUN link removed on detach");
     assert!(!dev.exists(), "device node removed on detach");
-    assert_eq!(sim.arm("GET", &sim.disk_id("walk"), None).body["properties"]["diskState"], "Unattached");
+    assert_eq!(
+        sim.arm("GET", &sim.disk_id("walk"), None).body["properties"]["diskState"],
+        "Unattached"
+    );
 
     // Attach to B: the same bytes read back.
     sim.done(sim.attach(AS_B, &["walk"]));
@@ -61,14 +79,21 @@ fn disk_moves_between_nodes_with_its_bytes_and_cannot_be_stolen() {
     let steal = sim.attach(AS_A, &["walk"]);
     assert_eq!(steal.status, 409);
     assert_eq!(steal.code(), "ConflictingUserInput");
-    assert!(steal.message().contains(&sim.vm_path(AS_B)), "{}", steal.message());
+    assert!(
+        steal.message().contains(&sim.vm_path(AS_B)),
+        "{}",
+        steal.message()
+    );
 
     // Delete: refused while attached, then gone with its contents.
     let refused = sim.arm("DELETE", &sim.disk_id("walk"), None);
     assert_eq!(refused.status, 409, "{:?}", refused.body);
     assert!(refused.message().contains(&sim.vm_path(AS_B)));
     sim.done(sim.detach(AS_B, &["walk"]));
-    let unique = disk["properties"]["uniqueId"].as_str().expect("uniqueId").to_string();
+    let unique = disk["properties"]["uniqueId"]
+        .as_str()
+        .expect("uniqueId")
+        .to_string();
     let file = sim.state.join(format!("disks/{unique}.img"));
     assert!(file.exists());
     let del = sim.arm("DELETE", &sim.disk_id("walk"), None);
@@ -76,7 +101,11 @@ fn disk_moves_between_nodes_with_its_bytes_and_cannot_be_stolen() {
     assert_eq!(sim.wait_location(&del).status, 200);
     assert_eq!(sim.arm("GET", &sim.disk_id("walk"), None).status, 404);
     assert!(!file.exists(), "deleting the disk deletes its contents");
-    assert_eq!(sim.arm("DELETE", &sim.disk_id("walk"), None).status, 204, "deleting what is gone");
+    assert_eq!(
+        sim.arm("DELETE", &sim.disk_id("walk"), None).status,
+        204,
+        "deleting what is gone"
+    );
     sim.check_schemas();
 }
 
@@ -92,7 +121,11 @@ fn restart_keeps_disks_attachments_and_contents_and_sigterm_frees_loops() {
     assert_eq!(sim.loops_over_state().len(), 1);
     sim.check_schemas();
     sim.stop();
-    assert!(sim.loops_over_state().is_empty(), "SIGTERM leaves no loop device: {:?}", sim.loops_over_state());
+    assert!(
+        sim.loops_over_state().is_empty(),
+        "SIGTERM leaves no loop device: {:?}",
+        sim.loops_over_state()
+    );
     drop(sim);
 
     let sim = Sim::start_at(&state, &[]);

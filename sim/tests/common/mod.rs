@@ -41,11 +41,17 @@ impl Resp {
     }
 
     pub fn code(&self) -> &str {
-        self.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+        self.body
+            .pointer("/error/code")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 
     pub fn message(&self) -> &str {
-        self.body.pointer("/error/message").and_then(Value::as_str).unwrap_or("")
+        self.body
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
     }
 }
 
@@ -71,7 +77,16 @@ impl Sim {
             .arg("serve")
             .arg("--state")
             .arg(state)
-            .args(["--vm-op-ms", "150", "--disk-op-ms", "100"])
+            .args(if args.contains(&"--vm-op-ms") {
+                &[][..]
+            } else {
+                &["--vm-op-ms", "150"][..]
+            })
+            .args(if args.contains(&"--disk-op-ms") {
+                &[][..]
+            } else {
+                &["--disk-op-ms", "100"][..]
+            })
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -79,9 +94,15 @@ impl Sim {
             .expect("flexdisk-sim starts");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("ready line");
-        let ready: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-        let client = Client::builder().timeout(Duration::from_secs(30)).build().expect("client");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("ready line");
+        let ready: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
+        let client = Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
         let mut sim = Sim {
             child: Some(child),
             ready,
@@ -96,7 +117,10 @@ impl Sim {
     }
 
     pub fn s(&self, field: &str) -> String {
-        self.ready[field].as_str().unwrap_or_else(|| panic!("ready line lacks {field}")).to_string()
+        self.ready[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("ready line lacks {field}"))
+            .to_string()
     }
 
     pub fn node(&self, node: &str, field: &str) -> String {
@@ -119,12 +143,20 @@ impl Sim {
             ("scope", "https://management.azure.com/.default"),
         ]);
         assert_eq!(r.status, 200, "{:?}", r.body);
-        r.body["access_token"].as_str().expect("access_token").to_string()
+        r.body["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_string()
     }
 
     pub fn login_form(&self, form: &[(&str, &str)]) -> Resp {
         let url = format!("{}/{}/oauth2/v2.0/token", self.s("login"), self.s("tenant"));
-        let r = self.client.post(url).form(form).send().expect("login answers");
+        let r = self
+            .client
+            .post(url)
+            .form(form)
+            .send()
+            .expect("login answers");
         to_resp(r)
     }
 
@@ -146,13 +178,22 @@ impl Sim {
     }
 
     /// An ARM call; `path` may carry its own query, otherwise the right api-version is added.
-    pub fn arm_with(&self, method: &str, path: &str, body: Option<&Value>, headers: &[(&str, &str)], token: Option<&str>) -> Resp {
+    pub fn arm_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Resp {
         let url = if path.starts_with("http") {
             path.to_string()
         } else if path.contains('?') {
             format!("{}{path}", self.s("arm"))
         } else {
-            let api = if path.to_lowercase().contains("/disks") || path.to_lowercase().contains("/snapshots") {
+            let api = if path.to_lowercase().contains("/disks")
+                || path.to_lowercase().contains("/snapshots")
+            {
                 DISK_API
             } else {
                 VM_API
@@ -170,7 +211,11 @@ impl Sim {
             req = req.json(b);
         }
         let r = to_resp(req.send().unwrap_or_else(|e| panic!("{method} {url}: {e}")));
-        let rel = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+        let rel = url
+            .splitn(4, '/')
+            .nth(3)
+            .map(|p| format!("/{p}"))
+            .unwrap_or_default();
         self.exchanges.lock().expect("lock").push(Exchange {
             method: method.to_string(),
             path: rel,
@@ -182,7 +227,11 @@ impl Sim {
 
     pub fn try_arm(&self, method: &str, path: &str) -> Result<Resp, reqwest::Error> {
         let url = format!("{}{path}", self.s("arm"));
-        let r = self.client.request(method.parse().expect("method"), &url).bearer_auth(&self.token).send()?;
+        let r = self
+            .client
+            .request(method.parse().expect("method"), &url)
+            .bearer_auth(&self.token)
+            .send()?;
         Ok(to_resp(r))
     }
 
@@ -202,7 +251,10 @@ impl Sim {
 
     /// Follows `Azure-AsyncOperation` to the end; returns the final status resource.
     pub fn wait_async(&self, accepted: &Resp) -> Value {
-        let url = accepted.header("azure-asyncoperation").expect("Azure-AsyncOperation header").to_string();
+        let url = accepted
+            .header("azure-asyncoperation")
+            .expect("Azure-AsyncOperation header")
+            .to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let r = self.arm("GET", &url, None);
@@ -217,7 +269,10 @@ impl Sim {
 
     /// Follows `Location` to the end; returns the final answer.
     pub fn wait_location(&self, accepted: &Resp) -> Resp {
-        let url = accepted.header("location").expect("Location header").to_string();
+        let url = accepted
+            .header("location")
+            .expect("Location header")
+            .to_string();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let r = self.arm("GET", &url, None);
@@ -249,7 +304,12 @@ impl Sim {
 
     pub fn create_disk(&self, name: &str, body: Value) -> Value {
         let r = self.arm("PUT", &self.disk_id(name), Some(&body));
-        assert!(r.status == 200 || r.status == 202, "{} {:?}", r.status, r.body);
+        assert!(
+            r.status == 200 || r.status == 202,
+            "{} {:?}",
+            r.status,
+            r.body
+        );
         self.done(r);
         let got = self.arm("GET", &self.disk_id(name), None);
         assert_eq!(got.status, 200);
@@ -266,13 +326,19 @@ impl Sim {
     }
 
     pub fn attach(&self, node: &str, disks: &[&str]) -> Resp {
-        let list: Vec<Value> = disks.iter().map(|d| json!({"diskId": self.disk_id(d)})).collect();
+        let list: Vec<Value> = disks
+            .iter()
+            .map(|d| json!({"diskId": self.disk_id(d)}))
+            .collect();
         let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
         self.arm("POST", &path, Some(&json!({ "dataDisksToAttach": list })))
     }
 
     pub fn detach(&self, node: &str, disks: &[&str]) -> Resp {
-        let list: Vec<Value> = disks.iter().map(|d| json!({"diskId": self.disk_id(d)})).collect();
+        let list: Vec<Value> = disks
+            .iter()
+            .map(|d| json!({"diskId": self.disk_id(d)}))
+            .collect();
         let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
         self.arm("POST", &path, Some(&json!({ "dataDisksToDetach": list })))
     }
@@ -283,13 +349,18 @@ impl Sim {
             .as_array()
             .expect("dataDisks")
             .iter()
-            .find(|d| d["name"].as_str().is_some_and(|n| n.eq_ignore_ascii_case(disk)))
+            .find(|d| {
+                d["name"]
+                    .as_str()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(disk))
+            })
             .and_then(|d| d["lun"].as_i64())
             .unwrap_or_else(|| panic!("{disk} not on {node}: {}", vm.body))
     }
 
     pub fn lun_link(&self, node: &str, lun: i64) -> PathBuf {
-        self.root(node).join(format!("dev/disk/azure/scsi1/lun{lun}"))
+        self.root(node)
+            .join(format!("dev/disk/azure/scsi1/lun{lun}"))
     }
 
     /// SIGTERM and wait; the state directory stays.
@@ -339,7 +410,11 @@ fn to_resp(r: reqwest::blocking::Response) -> Resp {
     } else {
         serde_json::from_str(&text).unwrap_or(Value::String(text))
     };
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 /// Where the official checker lives: `../shared/tools/arm-schema-check` beside the workspace.
@@ -386,9 +461,20 @@ pub fn check_schemas(exchanges: &[Exchange]) {
         let args: Vec<String> = if e.status >= 400 {
             vec!["--definition".into(), "CloudError".into()]
         } else {
-            vec!["--method".into(), e.method.clone(), "--path".into(), e.path.clone(), "--status".into(), e.status.to_string()]
+            vec![
+                "--method".into(),
+                e.method.clone(),
+                "--path".into(),
+                e.path.clone(),
+                "--status".into(),
+                e.status.to_string(),
+            ]
         };
-        let body = if e.body.is_null() { json!({}) } else { e.body.clone() };
+        let body = if e.body.is_null() {
+            json!({})
+        } else {
+            e.body.clone()
+        };
         cases.push(json!({"label": label, "args": args, "body": body}));
     }
     assert!(!cases.is_empty(), "no ARM answers to check");
@@ -401,17 +487,28 @@ pub fn check_schemas(exchanges: &[Exchange]) {
         .arg(tmp.path())
         .output()
         .expect("python3 runs");
-    assert!(out.status.success(), "schema check crashed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "schema check crashed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     assert_eq!(report["checked"].as_u64(), Some(cases.len() as u64));
     let failures = report["failures"].as_array().expect("failures");
-    assert!(failures.is_empty(), "answers that do not match the API specification:\n{}", serde_json::to_string_pretty(failures).unwrap_or_default());
+    assert!(
+        failures.is_empty(),
+        "answers that do not match the API specification:\n{}",
+        serde_json::to_string_pretty(failures).unwrap_or_default()
+    );
 }
 
 /// Writes `data` at `offset` of a block device (through the LUN link, as a guest would).
 pub fn write_at(dev: &Path, offset: u64, data: &[u8]) {
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(dev).unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dev)
+        .unwrap_or_else(|e| panic!("open {}: {e}", dev.display()));
     f.seek(SeekFrom::Start(offset)).expect("seek");
     f.write_all(data).expect("write");
     f.sync_all().expect("sync");
@@ -427,6 +524,13 @@ pub fn read_at(dev: &Path, offset: u64, len: usize) -> Vec<u8> {
 }
 
 pub fn block_size_bytes(dev: &Path) -> u64 {
-    let out = Command::new("blockdev").arg("--getsize64").arg(dev).output().expect("blockdev");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("size")
+    let out = Command::new("blockdev")
+        .arg("--getsize64")
+        .arg(dev)
+        .output()
+        .expect("blockdev");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("size")
 }
