@@ -93,33 +93,84 @@ impl Default for Throttle {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(try_from = "NodeSpecFile", into = "NodeSpecFile")]
 pub struct NodeSpec {
     /// The Kubernetes node name; for scale-set instances it is derived and may be omitted.
-    #[serde(default)]
     pub name: Option<String>,
     pub vm_size: String,
-    #[serde(default)]
     pub zone: Option<String>,
-    #[serde(default = "defaults::yes")]
     pub system_assigned_identity: bool,
-    #[serde(flatten)]
     pub placement: Placement,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Placement {
-    ScaleSet {
-        #[serde(rename = "scaleSet")]
-        scale_set: String,
-        #[serde(rename = "instanceId")]
-        instance_id: u32,
-    },
-    AvailabilitySet {
-        #[serde(rename = "availabilitySet")]
-        availability_set: String,
-    },
+    ScaleSet { scale_set: String, instance_id: u32 },
+    AvailabilitySet { availability_set: String },
+}
+
+/// A node as written in a world file: either `availabilitySet`, or `scaleSet` with `instanceId`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NodeSpecFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    vm_size: String,
+    #[serde(default)]
+    zone: Option<String>,
+    #[serde(default = "defaults::yes")]
+    system_assigned_identity: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    availability_set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scale_set: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance_id: Option<u32>,
+}
+
+impl TryFrom<NodeSpecFile> for NodeSpec {
+    type Error = String;
+
+    fn try_from(f: NodeSpecFile) -> Result<NodeSpec, String> {
+        let placement = match (f.availability_set, f.scale_set, f.instance_id) {
+            (Some(a), None, None) => Placement::AvailabilitySet { availability_set: a },
+            (None, Some(s), Some(i)) => Placement::ScaleSet {
+                scale_set: s,
+                instance_id: i,
+            },
+            _ => {
+                return Err(format!(
+                    "node {}: give either availabilitySet, or scaleSet with instanceId",
+                    f.name.as_deref().unwrap_or("(unnamed)")
+                ))
+            }
+        };
+        Ok(NodeSpec {
+            name: f.name,
+            vm_size: f.vm_size,
+            zone: f.zone,
+            system_assigned_identity: f.system_assigned_identity,
+            placement,
+        })
+    }
+}
+
+impl From<NodeSpec> for NodeSpecFile {
+    fn from(n: NodeSpec) -> NodeSpecFile {
+        let (availability_set, scale_set, instance_id) = match n.placement {
+            Placement::AvailabilitySet { availability_set } => (Some(availability_set), None, None),
+            Placement::ScaleSet { scale_set, instance_id } => (None, Some(scale_set), Some(instance_id)),
+        };
+        NodeSpecFile {
+            name: n.name,
+            vm_size: n.vm_size,
+            zone: n.zone,
+            system_assigned_identity: n.system_assigned_identity,
+            availability_set,
+            scale_set,
+            instance_id,
+        }
+    }
 }
 
 impl NodeSpec {
@@ -341,6 +392,18 @@ mod tests {
         assert!(names.contains(&"aks-nodepool1-31415926-vmss000001".to_string()));
         assert_eq!(w.nodes[3].vm_name(), "aks-nodepool1-31415926-vmss_1");
         w.validate().expect("default world is valid");
+    }
+
+    #[test]
+    fn world_files_round_trip_and_refuse_unknown_fields() {
+        let w = World::default_world();
+        let text = serde_json::to_string(&w).unwrap();
+        let back: World = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.nodes[2].placement, w.nodes[2].placement);
+        let bad = text.replacen("\"vmSize\"", "\"vmSise\"", 1);
+        assert!(serde_json::from_str::<World>(&bad).is_err());
+        let both = r#"{"nodes":[{"vmSize":"Standard_B2s","availabilitySet":"a","scaleSet":"s","instanceId":1}]}"#;
+        assert!(serde_json::from_str::<World>(both).unwrap_err().to_string().contains("either"));
     }
 
     #[test]
