@@ -133,7 +133,9 @@ impl TryFrom<NodeSpecFile> for NodeSpec {
 
     fn try_from(f: NodeSpecFile) -> Result<NodeSpec, String> {
         let placement = match (f.availability_set, f.scale_set, f.instance_id) {
-            (Some(a), None, None) => Placement::AvailabilitySet { availability_set: a },
+            (Some(a), None, None) => Placement::AvailabilitySet {
+                availability_set: a,
+            },
             (None, Some(s), Some(i)) => Placement::ScaleSet {
                 scale_set: s,
                 instance_id: i,
@@ -159,7 +161,10 @@ impl From<NodeSpec> for NodeSpecFile {
     fn from(n: NodeSpec) -> NodeSpecFile {
         let (availability_set, scale_set, instance_id) = match n.placement {
             Placement::AvailabilitySet { availability_set } => (Some(availability_set), None, None),
-            Placement::ScaleSet { scale_set, instance_id } => (None, Some(scale_set), Some(instance_id)),
+            Placement::ScaleSet {
+                scale_set,
+                instance_id,
+            } => (None, Some(scale_set), Some(instance_id)),
         };
         NodeSpecFile {
             name: n.name,
@@ -403,7 +408,10 @@ mod tests {
         let bad = text.replacen("\"vmSize\"", "\"vmSise\"", 1);
         assert!(serde_json::from_str::<World>(&bad).is_err());
         let both = r#"{"nodes":[{"vmSize":"Standard_B2s","availabilitySet":"a","scaleSet":"s","instanceId":1}]}"#;
-        assert!(serde_json::from_str::<World>(both).unwrap_err().to_string().contains("either"));
+        assert!(serde_json::from_str::<World>(both)
+            .unwrap_err()
+            .to_string()
+            .contains("either"));
     }
 
     #[test]

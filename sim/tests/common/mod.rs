@@ -253,34 +253,34 @@ impl Sim {
     pub fn wait_async(&self, accepted: &Resp) -> Value {
         let url = accepted
             .header("azure-asyncoperation")
-            .expect("Azure-AsyncOperation header")
-            .to_string();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = self.arm("GET", &url, None);
+            .expect("Azure-AsyncOperation header");
+        self.poll_until(url, |r| {
             assert_eq!(r.status, 200, "status polls are always 200: {:?}", r.body);
-            if r.body["status"] != "InProgress" {
-                return r.body;
-            }
-            assert!(Instant::now() < deadline, "operation never ended");
-            std::thread::sleep(Duration::from_millis(25));
-        }
+            r.body["status"] != "InProgress"
+        })
+        .body
     }
 
     /// Follows `Location` to the end; returns the final answer.
     pub fn wait_location(&self, accepted: &Resp) -> Resp {
-        let url = accepted
-            .header("location")
-            .expect("Location header")
-            .to_string();
+        let url = accepted.header("location").expect("Location header");
+        self.poll_until(url, |r| {
+            assert!(
+                r.status != 202 || r.body.is_null(),
+                "a 202 poll has no body"
+            );
+            r.status != 202
+        })
+    }
+
+    fn poll_until(&self, url: &str, done: impl Fn(&Resp) -> bool) -> Resp {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let r = self.arm("GET", &url, None);
-            if r.status != 202 {
+            let r = self.arm("GET", url, None);
+            if done(&r) {
                 return r;
             }
-            assert!(r.body.is_null(), "a 202 poll has no body");
-            assert!(Instant::now() < deadline, "operation never ended");
+            assert!(Instant::now() < deadline, "operation never ended: {url}");
             std::thread::sleep(Duration::from_millis(25));
         }
     }
