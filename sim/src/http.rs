@@ -86,8 +86,14 @@ impl From<Response> for Outcome {
 pub type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
 pub type Handler = Arc<dyn Fn(Request) -> BoxFuture + Send + Sync>;
 
-/// Serves `listener` until `shutdown` turns true; each connection on its own task.
-pub async fn serve(listener: TcpListener, handler: Handler, mut shutdown: watch::Receiver<bool>) {
+/// Serves `listener` (over TLS when given an acceptor) until `shutdown` turns true; each connection
+/// on its own task.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -98,11 +104,15 @@ pub async fn serve(listener: TcpListener, handler: Handler, mut shutdown: watch:
             continue;
         };
         let handler = handler.clone();
-        tokio::spawn(connection(stream, handler));
+        tokio::spawn(connection(stream, handler, tls.clone()));
     }
 }
 
-async fn connection(stream: tokio::net::TcpStream, handler: Handler) {
+async fn connection(
+    stream: tokio::net::TcpStream,
+    handler: Handler,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let _ = stream.set_nodelay(true);
     // A second handle on the same socket lets us turn the close into a reset after hyper lets go.
     let Ok(std_stream) = stream.into_std() else {
@@ -141,9 +151,24 @@ async fn connection(stream: tokio::net::TcpStream, handler: Handler) {
             }
         }
     });
-    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    let served = async {
+        match tls {
+            Some(acceptor) => {
+                if let Ok(tls_stream) = acceptor.accept(stream).await {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls_stream), service)
+                        .await;
+                }
+            }
+            None => {
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            }
+        }
+    };
     tokio::select! {
-        _ = conn => {}
+        _ = served => {}
         _ = kill.notified() => {
             let _ = socket2::SockRef::from(&keeper).set_linger(Some(Duration::ZERO));
         }

@@ -16,6 +16,7 @@ pub mod serve;
 pub mod simulator;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 pub mod vm_sizes;
 pub mod world;

@@ -35,9 +35,10 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let login = TcpListener::bind(("127.0.0.1", opts.login_port))
         .await
         .context("binding the login port")?;
+    let tls = crate::tls::load_or_create(&state_dir.join("tls"))?;
     let urls = Urls {
         arm: format!("http://{}", arm.local_addr()?),
-        login: format!("http://{}", login.local_addr()?),
+        login: format!("https://{}", login.local_addr()?),
     };
     let _ = sim.urls.set(urls.clone());
     crate::arm::lro::resume_all(&sim);
@@ -55,13 +56,19 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }
         })
     });
-    tasks.push(tokio::spawn(http::serve(arm, arm_handler, stop_rx.clone())));
+    tasks.push(tokio::spawn(http::serve(
+        arm,
+        arm_handler,
+        None,
+        stop_rx.clone(),
+    )));
     let s = sim.clone();
     let login_handler: Handler =
         Arc::new(move |req: Request| Box::pin(crate::entra::handle(s.clone(), req)));
     tasks.push(tokio::spawn(http::serve(
         login,
         login_handler,
+        Some(tls.acceptor.clone()),
         stop_rx.clone(),
     )));
 
@@ -80,7 +87,12 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let (s, n) = (sim.clone(), name.clone());
         let h: Handler =
             Arc::new(move |req: Request| Box::pin(crate::imds::handle(s.clone(), n.clone(), req)));
-        tasks.push(tokio::spawn(http::serve(listener, h, stop_rx.clone())));
+        tasks.push(tokio::spawn(http::serve(
+            listener,
+            h,
+            None,
+            stop_rx.clone(),
+        )));
         let root = sim.store.node_root(&name);
         let config = root.join("etc/kubernetes/azure.json");
         write_json(&config, &node_config(&sim, &urls))?;
@@ -121,6 +133,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         "location": sim.world.location,
         "azureJson": control_config,
         "federatedTokenFile": token_file,
+        "caBundle": tls.ca_file,
         "state": state_dir,
         "nodes": nodes,
     });

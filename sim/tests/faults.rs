@@ -294,6 +294,24 @@ fn entra_and_imds_issue_the_only_tokens_arm_accepts() {
         .header("Metadata", "true").send().expect("imds").json().expect("json");
     assert_eq!(tok["client_id"], client_id.as_str());
     assert!(tok["expires_on"].is_string() && tok["expires_in"].is_string());
+    assert!(
+        sim.s("login").starts_with("https://"),
+        "Entra ID is served over TLS only"
+    );
+    let untrusted = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .build()
+        .expect("client")
+        .get(format!(
+            "{}/{}/v2.0/.well-known/openid-configuration",
+            sim.s("login"),
+            sim.s("tenant")
+        ))
+        .send();
+    assert!(
+        untrusted.is_err(),
+        "a client that does not trust the simulator's CA is refused"
+    );
     let mi_token = tok["access_token"].as_str().expect("token").to_string();
     assert_eq!(
         sim.arm_with("GET", &sim.vm_path(SS_0), None, &[], Some(&mi_token))

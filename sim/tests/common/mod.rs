@@ -99,10 +99,7 @@ impl Sim {
             .expect("ready line");
         let ready: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-        let client = Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("client");
+        let client = client_trusting(&ready);
         let mut sim = Sim {
             child: Some(child),
             ready,
@@ -399,6 +396,19 @@ impl Drop for Sim {
             let _ = child.wait();
         }
     }
+}
+
+/// An HTTP client that trusts the simulator's private CA (and nothing else), as a node configured
+/// with `SSL_CERT_FILE` would.
+pub fn client_trusting(ready: &Value) -> Client {
+    let ca = std::fs::read(ready["caBundle"].as_str().expect("caBundle")).expect("CA file");
+    Client::builder()
+        .timeout(Duration::from_secs(30))
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).expect("CA PEM"))
+        .build()
+        .expect("client")
 }
 
 fn to_resp(r: reqwest::blocking::Response) -> Resp {
