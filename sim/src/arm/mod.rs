@@ -303,17 +303,13 @@ fn dispatch(
         (Target::Vms { rg }, _) => vms::list(sim, rg, None),
         (Target::ScaleSetVms { rg, scale_set }, _) => vms::list(sim, rg, Some(scale_set)),
         (Target::Vm { .. } | Target::ScaleSetVm { .. }, "GET") => vms::get(sim, &route.target),
-        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => {
-            let patch = m == "PATCH";
-            vms::update(
-                sim,
-                req,
-                &route.target,
-                body(sim, req, route.operation)?,
-                patch,
-                planted,
-            )
-        }
+        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => vms::update(
+            sim,
+            req,
+            &route.target,
+            body(sim, req, route.operation)?,
+            planted,
+        ),
         (Target::VmAttachDetach { .. } | Target::ScaleSetVmAttachDetach { .. }, _) => {
             vms::attach_detach(
                 sim,

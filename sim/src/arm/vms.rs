@@ -207,7 +207,6 @@ pub fn update(
     req: &Request,
     target: &Target,
     body: Value,
-    patch: bool,
     planted: Option<ErrorBody>,
 ) -> ArmResult<Response> {
     let mut state = sim.lock();
@@ -267,7 +266,6 @@ pub fn update(
         .and_then(Value::as_array)
     else {
         // Nothing the simulator models changes: the update succeeds as it is.
-        let _ = patch;
         return Ok(
             Response::json(200, &vm_json(sim, &state, &vm)).with_header("etag", vm.etag_header())
         );
@@ -439,7 +437,7 @@ fn start_change(
     let mut attach_keys = Vec::new();
     let mut new_entries = Vec::new();
     for a in &attach {
-        let (sub, rg, kind, name) = parse_id(&a.disk_id)
+        let (sub, rg, _, name) = parse_id(&a.disk_id)
             .filter(|(_, _, kind, _)| kind.eq_ignore_ascii_case("disks"))
             .ok_or_else(|| {
                 invalid(format!(
@@ -460,7 +458,6 @@ fn start_change(
                     format!("Disk '{}' was not found.", a.disk_id),
                 )
             })?;
-        let _ = kind;
         if attach_keys.contains(&k) {
             return Err(invalid(format!(
                 "Disk '{}' is named twice in one request.",
