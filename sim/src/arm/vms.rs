@@ -169,20 +169,6 @@ pub fn attach_detach(
     }
     let mut state = sim.lock();
     let node = find_node(sim, &state, target)?;
-    for d in &detach {
-        let vm = &state.vms[&node];
-        if !vm
-            .data_disks
-            .iter()
-            .any(|e| e.disk_id.eq_ignore_ascii_case(&d.disk_id))
-        {
-            return Err(invalid(format!(
-                "Disk '{}' is not attached to VM '{}'.",
-                d.disk_id, vm.id
-            ))
-            .with_target("dataDisksToDetach"));
-        }
-    }
     let began = start_change(
         sim,
         &mut state,
@@ -409,6 +395,7 @@ fn start_change(
                     "Disk '{}' is not attached to VM '{}'.",
                     d.disk_id, vm.id
                 ))
+                .with_target("dataDisksToDetach")
             })?;
         detach_keys.push(entry.disk_key.clone());
     }

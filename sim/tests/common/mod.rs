@@ -323,21 +323,20 @@ impl Sim {
     }
 
     pub fn attach(&self, node: &str, disks: &[&str]) -> Resp {
-        let list: Vec<Value> = disks
-            .iter()
-            .map(|d| json!({"diskId": self.disk_id(d)}))
-            .collect();
-        let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
-        self.arm("POST", &path, Some(&json!({ "dataDisksToAttach": list })))
+        self.attach_detach(node, "dataDisksToAttach", disks)
     }
 
     pub fn detach(&self, node: &str, disks: &[&str]) -> Resp {
+        self.attach_detach(node, "dataDisksToDetach", disks)
+    }
+
+    fn attach_detach(&self, node: &str, list_name: &str, disks: &[&str]) -> Resp {
         let list: Vec<Value> = disks
             .iter()
             .map(|d| json!({"diskId": self.disk_id(d)}))
             .collect();
         let path = format!("{}/attachDetachDataDisks", self.vm_path(node));
-        self.arm("POST", &path, Some(&json!({ "dataDisksToDetach": list })))
+        self.arm("POST", &path, Some(&json!({ list_name: list })))
     }
 
     pub fn lun_of(&self, node: &str, disk: &str) -> i64 {
