@@ -1,1 +1,27 @@
-//! Everything flexdisk says to Azure. Not built yet (issue #3).
+//! Everything flexdisk says to Azure: the cloud configuration (`azure.json`), Entra ID
+//! credentials, Resource Manager calls for disks and VMs with ARM's long-running operations,
+//! retries and error classes, and the sans-IO decisions around them (StorageClass parameters,
+//! names, attach plans).
+#![forbid(unsafe_code)]
+
+pub mod arm;
+pub mod cloud;
+pub mod config;
+pub mod credential;
+pub mod disks;
+pub mod error;
+pub mod lro;
+pub mod naming;
+pub mod params;
+pub mod retry;
+pub mod secret;
+mod transport;
+pub mod vms;
+
+pub use arm::{Arm, ArmOptions};
+pub use config::{Auth, CloudName, Config, ConfigError, VmType};
+pub use disks::{DiskInfo, DiskSpec};
+pub use error::AzureError;
+pub use params::{Caching, DiskParams, ParamError, Sku};
+pub use transport::TransportStats;
+pub use vms::{AttachSpec, AttachedDisk, VmDisks, VmRef};

@@ -1,0 +1,254 @@
+//! The HTTP under both Azure SDK generations.
+//!
+//! - ARM (azure_core 0.21, under azure_mgmt_compute): [`ArmTransport`] sends with reqwest, trusts
+//!   the extra CA bundle of `SSL_CERT_FILE` (private clouds such as Azure Stack Hub), and does all
+//!   retrying ([`crate::retry`]), because it is the one layer that sees status, headers and body.
+//! - Entra ID and IMDS (azure_core 1.x, under azure_identity): the SDK's own client, wrapped by
+//!   [`ImdsRedirect`] so that `IMDS_ENDPOINT` (Azure Arc, IMDS proxies) is honoured — azure_identity
+//!   1.x always asks the link-local address.
+
+use crate::error::AzureError;
+use crate::retry::{parse_retry_after, Attempt, RetryPolicy};
+use azure_core::headers::Headers;
+use azure_core::{Body, Context, Policy, PolicyResult, Request, Response, StatusCode};
+use bytes::Bytes;
+use rand::Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+use url::Url;
+
+/// The certificates of `SSL_CERT_FILE`, added to the built-in roots.
+fn extra_roots() -> Result<Vec<reqwest::Certificate>, AzureError> {
+    let Some(path) = std::env::var_os("SSL_CERT_FILE") else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(&path).map_err(|e| {
+        AzureError::other(format!(
+            "cannot read the CA bundle SSL_CERT_FILE={}: {e}",
+            path.to_string_lossy()
+        ))
+    })?;
+    reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        AzureError::other(format!(
+            "SSL_CERT_FILE={} holds no usable PEM certificate: {e}",
+            path.to_string_lossy()
+        ))
+    })
+}
+
+/// The one reqwest client for ARM and cloud metadata.
+pub(crate) fn http_client() -> Result<reqwest::Client, AzureError> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        // ARM does not redirect; following one would carry the bearer token elsewhere.
+        .redirect(reqwest::redirect::Policy::none());
+    for cert in extra_roots()? {
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| AzureError::other(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Counts what the transport did, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct TransportStats {
+    pub requests: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+}
+
+impl TransportStats {
+    pub fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.requests.load(Ordering::Relaxed),
+            self.retries.load(Ordering::Relaxed),
+            self.throttled.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The last policy of the ARM pipeline: sends, and retries what [`RetryPolicy`] says to.
+#[derive(Debug)]
+pub(crate) struct ArmTransport {
+    pub client: reqwest::Client,
+    pub retry: RetryPolicy,
+    pub stats: Arc<TransportStats>,
+}
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Bytes,
+}
+
+impl ArmTransport {
+    async fn once(&self, request: &Request) -> Result<Answer, reqwest::Error> {
+        let method = reqwest::Method::from_bytes(request.method().as_ref().as_bytes())
+            .unwrap_or(reqwest::Method::GET);
+        let mut req = self.client.request(method, request.url().clone());
+        for (name, value) in request.headers().iter() {
+            req = req.header(name.as_str(), value.as_str());
+        }
+        if let Body::Bytes(bytes) = request.body() {
+            if !bytes.is_empty() {
+                req = req.body(bytes.clone());
+            }
+        }
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let rsp = req.send().await?;
+        let status = rsp.status().as_u16();
+        let headers = rsp.headers().clone();
+        let body = rsp.bytes().await?;
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Policy for ArmTransport {
+    async fn send(
+        &self,
+        _ctx: &Context,
+        request: &mut Request,
+        _next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let what = format!("{} {}", request.method(), request.url().path());
+        let mut retries = 0;
+        loop {
+            let result = self.once(request).await;
+            let jitter = rand::thread_rng().gen::<f64>();
+            let wait = match &result {
+                Ok(a) if a.status < 400 => None,
+                Ok(a) => {
+                    let (code, message) = error_code_message(&a.body);
+                    let retry_after = a
+                        .headers
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(parse_retry_after);
+                    if a.status == 429 {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let attempt = Attempt::Status {
+                        status: a.status,
+                        code: &code,
+                        message: &message,
+                        retry_after,
+                    };
+                    let wait = self.retry.decide(retries, attempt, jitter);
+                    if let Some(w) = wait {
+                        info!(request = %what, status = a.status, code = %code, wait_ms = w.as_millis() as u64, "ARM answered an error worth retrying");
+                    }
+                    wait
+                }
+                Err(e) => {
+                    let wait = self.retry.decide(retries, Attempt::Io, jitter);
+                    warn!(request = %what, error = %e, retry = wait.is_some(), "ARM request got no answer");
+                    wait
+                }
+            };
+            match (result, wait) {
+                (Ok(a), None) => {
+                    debug!(request = %what, status = a.status, "ARM answered");
+                    return Ok(to_response(a));
+                }
+                (Err(e), None) => {
+                    return Err(azure_core::Error::full(
+                        azure_core::error::ErrorKind::Io,
+                        e,
+                        format!("{what}: no answer from Azure Resource Manager"),
+                    ))
+                }
+                (_, Some(w)) => {
+                    retries += 1;
+                    self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(w).await;
+                }
+            }
+        }
+    }
+}
+
+fn to_response(a: Answer) -> Response {
+    let mut headers = Headers::new();
+    for (name, value) in &a.headers {
+        if let Ok(v) = value.to_str() {
+            headers.insert(name.as_str().to_string(), v.to_string());
+        }
+    }
+    let status = StatusCode::try_from(a.status).unwrap_or(StatusCode::InternalServerError);
+    Response::new(
+        status,
+        headers,
+        Box::pin(azure_core::BytesStream::new(a.body)),
+    )
+}
+
+/// `code` and `message` of an ARM error body (wrapped in `error` or not).
+pub(crate) fn error_code_message(body: &[u8]) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let e = v.get("error").unwrap_or(&v);
+    let s = |lower: &str, upper: &str| {
+        e.get(lower)
+            .or_else(|| e.get(upper))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    (s("code", "Code"), s("message", "Message"))
+}
+
+/// Sends azure_identity's IMDS requests to `IMDS_ENDPOINT` when one is configured.
+#[derive(Debug)]
+pub(crate) struct ImdsRedirect {
+    pub inner: Arc<dyn azure_core_1::http::HttpClient>,
+    pub imds: Url,
+}
+
+const LINK_LOCAL_IMDS: &str = "169.254.169.254";
+
+#[async_trait::async_trait]
+impl azure_core_1::http::HttpClient for ImdsRedirect {
+    async fn execute_request(
+        &self,
+        request: &azure_core_1::http::Request,
+    ) -> azure_core_1::Result<azure_core_1::http::AsyncRawResponse> {
+        let to_imds = request.url().host_str() == Some(LINK_LOCAL_IMDS)
+            && self.imds.host_str() != Some(LINK_LOCAL_IMDS);
+        if !to_imds {
+            return self.inner.execute_request(request).await;
+        }
+        let mut redirected = request.clone();
+        let url = redirected.url_mut();
+        // Url setters only fail for cannot-be-a-base URLs; IMDS_ENDPOINT was checked to be http(s).
+        let _ = url.set_scheme(self.imds.scheme());
+        let _ = url.set_host(self.imds.host_str());
+        let _ = url.set_port(self.imds.port());
+        self.inner.execute_request(&redirected).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_wrapped_or_bare() {
+        assert_eq!(
+            error_code_message(br#"{"error":{"code":"NotFound","message":"gone"}}"#),
+            ("NotFound".to_string(), "gone".to_string())
+        );
+        assert_eq!(
+            error_code_message(br#"{"Code":"TooManyRequests","Message":"slow"}"#),
+            ("TooManyRequests".to_string(), "slow".to_string())
+        );
+        assert_eq!(error_code_message(b""), (String::new(), String::new()));
+    }
+}

@@ -1,0 +1,518 @@
+//! VMs and their data disks: which VM a node is, what is attached where, and attaching or
+//! detaching several disks in one operation (`attachDetachDataDisks`).
+
+use crate::arm::{from_core, Arm};
+use crate::config::VmType;
+use crate::error::AzureError;
+use crate::params::Caching;
+use azure_core::Method;
+use azure_mgmt_compute::package_2024_07_01::models;
+use tracing::info;
+
+pub const VM_API_VERSION: &str = "2024-07-01";
+
+/// A VM that can hold data disks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum VmRef {
+    /// Standalone or availability-set VM (also a flexible scale set's VM).
+    Standard {
+        resource_group: String,
+        name: String,
+    },
+    /// A uniform scale set's instance.
+    ScaleSet {
+        resource_group: String,
+        scale_set: String,
+        instance_id: String,
+    },
+}
+
+impl VmRef {
+    pub fn id(&self, subscription: &str) -> String {
+        match self {
+            VmRef::Standard {
+                resource_group,
+                name,
+            } => format!(
+                "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachines/{name}"
+            ),
+            VmRef::ScaleSet {
+                resource_group,
+                scale_set,
+                instance_id,
+            } => format!(
+                "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Compute/virtualMachineScaleSets/{scale_set}/virtualMachines/{instance_id}"
+            ),
+        }
+    }
+
+    /// The VM's name as Azure shows it (`<scale set>_<instance id>` for scale-set instances).
+    pub fn name(&self) -> String {
+        match self {
+            VmRef::Standard { name, .. } => name.clone(),
+            VmRef::ScaleSet {
+                scale_set,
+                instance_id,
+                ..
+            } => format!("{scale_set}_{instance_id}"),
+        }
+    }
+
+    /// The VMs a Kubernetes node may be, most likely first (no I/O).
+    ///
+    /// - `standard`, `vmssflex`: the node name is the VM name.
+    /// - `vmss`: AKS names nodes `<scale set><instance id as 6 base-36 digits>`; clusters may mix
+    ///   in availability-set VMs, so the plain VM name is the second guess.
+    pub fn candidates_for_node(node: &str, vm_type: VmType, resource_group: &str) -> Vec<VmRef> {
+        let standard = VmRef::Standard {
+            resource_group: resource_group.to_string(),
+            name: node.to_string(),
+        };
+        match (vm_type, split_scale_set_node(node)) {
+            (VmType::Vmss, Some((scale_set, instance_id))) => vec![
+                VmRef::ScaleSet {
+                    resource_group: resource_group.to_string(),
+                    scale_set,
+                    instance_id,
+                },
+                standard,
+            ],
+            _ => vec![standard],
+        }
+    }
+}
+
+/// `aks-nodepool1-12345678-vmss00000a` → (`aks-nodepool1-12345678-vmss`, `10`).
+pub fn split_scale_set_node(node: &str) -> Option<(String, String)> {
+    if node.len() <= 6 || !node.is_ascii() {
+        return None;
+    }
+    let (prefix, suffix) = node.split_at(node.len() - 6);
+    let id = u64::from_str_radix(&suffix.to_ascii_lowercase(), 36).ok()?;
+    let suffix_ok = suffix
+        .chars()
+        .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase());
+    (suffix_ok && !prefix.is_empty()).then(|| (prefix.to_string(), id.to_string()))
+}
+
+/// A data disk as a VM lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedDisk {
+    pub lun: i32,
+    /// The managed disk's resource ID.
+    pub disk_id: String,
+    pub name: String,
+    pub caching: Option<String>,
+    /// Detach asked for and not finished.
+    pub to_be_detached: bool,
+}
+
+/// A VM's data disks and what matters about the VM for attaching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmDisks {
+    pub vm: VmRef,
+    pub disks: Vec<AttachedDisk>,
+    pub zone: Option<String>,
+    pub vm_size: Option<String>,
+    pub provisioning_state: Option<String>,
+}
+
+impl VmDisks {
+    /// The disk's entry, compared by ID case-insensitively as ARM does.
+    pub fn find(&self, disk_id: &str) -> Option<&AttachedDisk> {
+        self.disks
+            .iter()
+            .find(|d| d.disk_id.eq_ignore_ascii_case(disk_id))
+    }
+}
+
+fn attached_disks(profile: Option<models::StorageProfile>) -> Vec<AttachedDisk> {
+    profile
+        .map(|p| p.data_disks)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|d| {
+            let disk_id = d.managed_disk.as_ref()?.sub_resource.id.clone()?;
+            Some(AttachedDisk {
+                lun: d.lun,
+                name: d
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| disk_id.rsplit('/').next().unwrap_or_default().to_string()),
+                disk_id,
+                caching: d
+                    .caching
+                    .as_ref()
+                    .and_then(|c| serde_json::to_value(c).ok())
+                    .and_then(|v| v.as_str().map(str::to_string)),
+                to_be_detached: d.to_be_detached.unwrap_or(false),
+            })
+        })
+        .collect()
+}
+
+fn vm_size_name(h: Option<&models::HardwareProfile>) -> Option<String> {
+    h.and_then(|h| h.vm_size.as_ref())
+        .and_then(|s| serde_json::to_value(s).ok())
+        .and_then(|v| v.as_str().map(str::to_string))
+}
+
+/// One disk to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachSpec {
+    pub disk_id: String,
+    /// `None`: Azure picks the lowest free LUN.
+    pub lun: Option<i32>,
+    pub caching: Caching,
+}
+
+/// What has to be sent, after looking at the VM as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ChangePlan {
+    pub attach: Vec<AttachSpec>,
+    pub detach: Vec<String>,
+}
+
+impl ChangePlan {
+    pub fn is_empty(&self) -> bool {
+        self.attach.is_empty() && self.detach.is_empty()
+    }
+}
+
+/// Drops what is already so: disks attached already (to this VM) and detaches of disks this VM
+/// does not have. A disk this VM is still detaching cannot be attached again yet (no I/O).
+pub fn plan_change(
+    current: &VmDisks,
+    attach: &[AttachSpec],
+    detach: &[String],
+) -> Result<ChangePlan, AzureError> {
+    let mut plan = ChangePlan::default();
+    for a in attach {
+        match current.find(&a.disk_id) {
+            Some(d) if d.to_be_detached => return Err(AzureError::BeingDetached {
+                message: format!(
+                    "disk {} is being detached from VM {}; attach it again when that has finished",
+                    d.name,
+                    current.vm.name()
+                ),
+            }),
+            Some(_) => {}
+            None => {
+                if !plan
+                    .attach
+                    .iter()
+                    .any(|p: &AttachSpec| p.disk_id.eq_ignore_ascii_case(&a.disk_id))
+                {
+                    plan.attach.push(a.clone());
+                }
+            }
+        }
+    }
+    for id in detach {
+        if current.find(id).is_some_and(|d| !d.to_be_detached)
+            && !plan.detach.iter().any(|p| p.eq_ignore_ascii_case(id))
+        {
+            plan.detach.push(id.clone());
+        }
+    }
+    Ok(plan)
+}
+
+/// Whether the VM shows the change done: every attach listed (and not leaving), every detach gone.
+pub fn change_done(current: &VmDisks, attach: &[AttachSpec], detach: &[String]) -> bool {
+    attach
+        .iter()
+        .all(|a| current.find(&a.disk_id).is_some_and(|d| !d.to_be_detached))
+        && detach.iter().all(|id| current.find(id).is_none())
+}
+
+impl Arm {
+    /// The VM's data disks, fresh from Azure.
+    pub async fn vm_disks(&self, vm: &VmRef) -> Result<VmDisks, AzureError> {
+        let not_found = |e: AzureError| match e {
+            AzureError::NotFound { message } => AzureError::NotFound {
+                message: format!("VM {} ({message})", vm.name()),
+            },
+            other => other,
+        };
+        match vm {
+            VmRef::Standard {
+                resource_group,
+                name,
+            } => {
+                let v: models::VirtualMachine = self
+                    .client
+                    .virtual_machines_client()
+                    .get(resource_group, name, &self.subscription)
+                    .send()
+                    .await
+                    .map_err(|e| not_found(from_core(e)))?
+                    .into_body()
+                    .await
+                    .map_err(from_core)?;
+                let props = v.properties;
+                Ok(VmDisks {
+                    vm: vm.clone(),
+                    zone: v.zones.first().cloned(),
+                    vm_size: vm_size_name(props.as_ref().and_then(|p| p.hardware_profile.as_ref())),
+                    provisioning_state: props.as_ref().and_then(|p| p.provisioning_state.clone()),
+                    disks: attached_disks(props.and_then(|p| p.storage_profile)),
+                })
+            }
+            VmRef::ScaleSet {
+                resource_group,
+                scale_set,
+                instance_id,
+            } => {
+                let v: models::VirtualMachineScaleSetVm = self
+                    .client
+                    .virtual_machine_scale_set_v_ms_client()
+                    .get(resource_group, scale_set, instance_id, &self.subscription)
+                    .send()
+                    .await
+                    .map_err(|e| not_found(from_core(e)))?
+                    .into_body()
+                    .await
+                    .map_err(from_core)?;
+                let props = v.properties;
+                Ok(VmDisks {
+                    vm: vm.clone(),
+                    zone: v.zones.first().cloned(),
+                    vm_size: v.sku.and_then(|s| s.name).or_else(|| {
+                        vm_size_name(props.as_ref().and_then(|p| p.hardware_profile.as_ref()))
+                    }),
+                    provisioning_state: props.as_ref().and_then(|p| p.provisioning_state.clone()),
+                    disks: attached_disks(props.and_then(|p| p.storage_profile)),
+                })
+            }
+        }
+    }
+
+    /// The node's VM and its data disks. Tries the names the node may have (see
+    /// [`VmRef::candidates_for_node`]); a node whose VM is gone is `NotFound`.
+    pub async fn node_vm(&self, node: &str) -> Result<VmDisks, AzureError> {
+        let candidates = VmRef::candidates_for_node(node, self.vm_type, &self.resource_group);
+        let mut tried = Vec::new();
+        for vm in candidates {
+            match self.vm_disks(&vm).await {
+                Err(AzureError::NotFound { .. }) => tried.push(vm.name()),
+                other => return other,
+            }
+        }
+        Err(AzureError::NotFound {
+            message: format!(
+                "no VM for node {node} in resource group {} (looked for {})",
+                self.resource_group,
+                tried.join(", ")
+            ),
+        })
+    }
+
+    /// Attaches and detaches disks on one VM in one Azure operation, after a fresh read of the
+    /// VM so that what is already so is not asked again. Returns the VM's disks afterwards.
+    ///
+    /// When an answer is lost (the request may or may not have been carried out), the VM is read
+    /// again and the change counts as done if the VM shows it.
+    pub async fn attach_detach(
+        &self,
+        vm: &VmRef,
+        attach: &[AttachSpec],
+        detach: &[String],
+    ) -> Result<VmDisks, AzureError> {
+        let current = self.vm_disks(vm).await?;
+        let plan = plan_change(&current, attach, detach)?;
+        if plan.is_empty() {
+            return Ok(current);
+        }
+        info!(vm = %vm.name(), attach = plan.attach.len(), detach = plan.detach.len(), "changing data disks");
+        match self.send_attach_detach(vm, &plan).await {
+            Ok(Some(after)) if change_done(&after, attach, detach) => Ok(after),
+            Ok(_) => self.vm_disks(vm).await,
+            Err(
+                e @ (AzureError::Transient { .. }
+                | AzureError::InvalidParameter { .. }
+                | AzureError::LunConflict { .. }),
+            ) => {
+                // A retried request whose first try went through is refused as "already
+                // attached" (or a LUN clash with itself); a lost answer is "transient".
+                let after = self.vm_disks(vm).await?;
+                if change_done(&after, attach, detach) {
+                    info!(vm = %vm.name(), error = %e, "the VM shows the change done; the error was about a request that went through");
+                    Ok(after)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One `attachDetachDataDisks`; the VM's disks from the operation's result when it gives
+    /// them.
+    async fn send_attach_detach(
+        &self,
+        vm: &VmRef,
+        plan: &ChangePlan,
+    ) -> Result<Option<VmDisks>, AzureError> {
+        let mut request = models::AttachDetachDataDisksRequest::new();
+        request.data_disks_to_attach = plan
+            .attach
+            .iter()
+            .map(|a| {
+                let mut d = models::DataDisksToAttach::new(a.disk_id.clone());
+                d.lun = a.lun;
+                d.caching = Some(match a.caching {
+                    Caching::None => models::Caching::None,
+                    Caching::ReadOnly => models::Caching::ReadOnly,
+                    Caching::ReadWrite => models::Caching::ReadWrite,
+                });
+                d
+            })
+            .collect();
+        request.data_disks_to_detach = plan
+            .detach
+            .iter()
+            .map(|id| models::DataDisksToDetach::new(id.clone()))
+            .collect();
+        let url = self.url(
+            &format!("{}/attachDetachDataDisks", vm.id(&self.subscription)),
+            VM_API_VERSION,
+        )?;
+        let sent = match vm {
+            VmRef::Standard {
+                resource_group,
+                name,
+            } => self
+                .client
+                .virtual_machines_client()
+                .attach_detach_data_disks(resource_group, name, request, &self.subscription)
+                .send()
+                .await
+                .map(|r| r.into_raw_response()),
+            VmRef::ScaleSet {
+                resource_group,
+                scale_set,
+                instance_id,
+            } => self
+                .client
+                .virtual_machine_scale_set_v_ms_client()
+                .attach_detach_data_disks(
+                    resource_group,
+                    scale_set,
+                    instance_id,
+                    request,
+                    &self.subscription,
+                )
+                .send()
+                .await
+                .map(|r| r.into_raw_response()),
+        };
+        let body = self.write(sent, Method::Post, &url).await?;
+        Ok(body
+            .and_then(|b| serde_json::from_slice::<models::StorageProfile>(&b).ok())
+            .map(|profile| VmDisks {
+                vm: vm.clone(),
+                disks: attached_disks(Some(profile)),
+                zone: None,
+                vm_size: None,
+                provisioning_state: None,
+            }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aks_node_names_split_into_scale_set_and_instance() {
+        assert_eq!(
+            split_scale_set_node("aks-nodepool1-31415926-vmss000000"),
+            Some(("aks-nodepool1-31415926-vmss".into(), "0".into()))
+        );
+        assert_eq!(
+            split_scale_set_node("aks-np-vmss00000a"),
+            Some(("aks-np-vmss".into(), "10".into()))
+        );
+        assert_eq!(split_scale_set_node("k8s-agentpool1-31415926-0"), None);
+        assert_eq!(split_scale_set_node("vm0001"), None);
+        assert_eq!(split_scale_set_node("aks-np-vmss00000A"), None);
+    }
+
+    #[test]
+    fn candidates_follow_vm_type() {
+        let c = VmRef::candidates_for_node("aks-np-vmss000003", VmType::Vmss, "rg");
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].name(), "aks-np-vmss_3");
+        assert_eq!(c[1].name(), "aks-np-vmss000003");
+        assert_eq!(
+            c[0].id("s"),
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/aks-np-vmss/virtualMachines/3"
+        );
+        let c = VmRef::candidates_for_node("aks-np-vmss000003", VmType::Standard, "rg");
+        assert_eq!(
+            c,
+            vec![VmRef::Standard {
+                resource_group: "rg".into(),
+                name: "aks-np-vmss000003".into()
+            }]
+        );
+        let c = VmRef::candidates_for_node("k8s-agentpool1-31415926-0", VmType::Vmss, "rg");
+        assert_eq!(c.len(), 1);
+    }
+
+    fn vm_with(disks: &[(&str, i32, bool)]) -> VmDisks {
+        VmDisks {
+            vm: VmRef::Standard {
+                resource_group: "rg".into(),
+                name: "vm".into(),
+            },
+            disks: disks
+                .iter()
+                .map(|(id, lun, leaving)| AttachedDisk {
+                    lun: *lun,
+                    disk_id: id.to_string(),
+                    name: id.rsplit('/').next().unwrap_or_default().into(),
+                    caching: None,
+                    to_be_detached: *leaving,
+                })
+                .collect(),
+            zone: None,
+            vm_size: None,
+            provisioning_state: None,
+        }
+    }
+
+    fn spec(id: &str) -> AttachSpec {
+        AttachSpec {
+            disk_id: id.into(),
+            lun: None,
+            caching: Caching::None,
+        }
+    }
+
+    #[test]
+    fn plans_skip_what_is_already_so() {
+        let vm = vm_with(&[("/d/A", 0, false), ("/d/B", 1, false)]);
+        let plan = plan_change(
+            &vm,
+            &[spec("/d/a"), spec("/d/c"), spec("/d/C")],
+            &["/d/b".into(), "/d/z".into()],
+        )
+        .expect("plan");
+        assert_eq!(plan.attach, vec![spec("/d/c")]);
+        assert_eq!(plan.detach, vec!["/d/b".to_string()]);
+        let nothing = plan_change(&vm, &[spec("/d/A")], &[]).expect("plan");
+        assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn attaching_a_disk_that_is_leaving_waits() {
+        let vm = vm_with(&[("/d/A", 0, true)]);
+        let e = plan_change(&vm, &[spec("/d/A")], &[]).expect_err("being detached");
+        assert_eq!(e.label(), "being_detached");
+        assert!(change_done(&vm, &[], &[]));
+        assert!(!change_done(&vm, &[spec("/d/A")], &[]));
+        assert!(!change_done(&vm, &[], &["/d/A".into()]));
+    }
+}
