@@ -4,6 +4,7 @@
 use crate::cloud::CloudEndpoints;
 use crate::config::{Config, VmType};
 use crate::credential::ArmCredential;
+use crate::disks::Deleted;
 use crate::error::{classify, AzureError};
 use crate::lro::{
     failure, poll_delay, provisioning_state, status_resource_state, Accepted, FinalVia, PollState,
@@ -142,6 +143,27 @@ impl Arm {
         let first = Accepted::collect(sent.map_err(from_core)?).await?;
         self.finish(first, FinalVia::for_method(&method), resource)
             .await
+    }
+
+    /// Sends a DELETE and follows it; ARM answers 204 at once when there was nothing to delete.
+    pub(crate) async fn delete(
+        &self,
+        sent: azure_core::Result<azure_core::Response>,
+        resource: &Url,
+    ) -> Result<Deleted, AzureError> {
+        let first = match sent.map_err(from_core) {
+            Ok(rsp) => Accepted::collect(rsp).await?,
+            Err(AzureError::NotFound { .. }) => return Ok(Deleted::AlreadyGone),
+            Err(e) => return Err(e),
+        };
+        if first.status == 204 {
+            return Ok(Deleted::AlreadyGone);
+        }
+        match self.finish(first, FinalVia::Nothing, resource).await {
+            Ok(_) => Ok(Deleted::Deleted),
+            Err(AzureError::NotFound { .. }) => Ok(Deleted::AlreadyGone),
+            Err(e) => Err(e),
+        }
     }
 
     async fn finish(

@@ -338,11 +338,7 @@ impl Arm {
             .send()
             .await
             .map(|r| r.into_raw_response());
-        match self.write(sent, Method::Delete, &url).await {
-            Ok(_) => Ok(Deleted::Deleted),
-            Err(AzureError::NotFound { .. }) => Ok(Deleted::AlreadyGone),
-            Err(e) => Err(e),
-        }
+        self.delete(sent, &url).await
     }
 
     fn snapshot_url(&self, resource_group: &str, name: &str) -> Result<url::Url, AzureError> {
@@ -401,11 +397,7 @@ impl Arm {
             .send()
             .await
             .map(|r| r.into_raw_response());
-        match self.write(sent, Method::Delete, &url).await {
-            Ok(_) => Ok(Deleted::Deleted),
-            Err(AzureError::NotFound { .. }) => Ok(Deleted::AlreadyGone),
-            Err(e) => Err(e),
-        }
+        self.delete(sent, &url).await
     }
 }
 

@@ -189,13 +189,15 @@ pub fn plan_change(
     let mut plan = ChangePlan::default();
     for a in attach {
         match current.find(&a.disk_id) {
-            Some(d) if d.to_be_detached => return Err(AzureError::BeingDetached {
-                message: format!(
+            Some(d) if d.to_be_detached => {
+                return Err(AzureError::BeingDetached {
+                    message: format!(
                     "disk {} is being detached from VM {}; attach it again when that has finished",
                     d.name,
                     current.vm.name()
                 ),
-            }),
+                })
+            }
             Some(_) => {}
             None => {
                 if !plan

@@ -42,6 +42,10 @@ pub enum Command {
         /// First IMDS port (node i gets this + i); 0 picks free ones.
         #[arg(long, default_value_t = 0)]
         imds_port: u16,
+        /// Where the private CA and the login certificate live (default: STATE/tls). Several
+        /// simulators may share one, so that one `SSL_CERT_FILE` trusts them all.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
     },
     /// Print the default world as JSON, a starting point for --world files.
     World,
@@ -64,6 +68,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             arm_port,
             login_port,
             imds_port,
+            tls_dir,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -78,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 arm_port,
                 login_port,
                 imds_port,
+                tls_dir,
             }))
         }
     }

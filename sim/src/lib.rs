@@ -11,6 +11,7 @@ pub mod imds;
 pub mod inventory;
 pub mod model;
 pub mod node;
+pub mod process;
 pub mod schema;
 pub mod serve;
 pub mod simulator;

@@ -19,6 +19,7 @@ pub struct ServeOptions {
     pub arm_port: u16,
     pub login_port: u16,
     pub imds_port: u16,
+    pub tls_dir: Option<PathBuf>,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -35,7 +36,11 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let login = TcpListener::bind(("127.0.0.1", opts.login_port))
         .await
         .context("binding the login port")?;
-    let tls = crate::tls::load_or_create(&state_dir.join("tls"))?;
+    let tls_dir = opts
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| state_dir.join("tls"));
+    let tls = crate::tls::load_or_create(&tls_dir)?;
     let urls = Urls {
         arm: format!("http://{}", arm.local_addr()?),
         login: format!("https://{}", login.local_addr()?),

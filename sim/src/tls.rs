@@ -34,13 +34,22 @@ pub fn load_or_create(dir: &Path) -> Result<Tls, TlsError> {
         let path = path.display().to_string();
         move |source| TlsError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let (ca_file, cert_file, key_file) = (
         dir.join("ca.pem"),
         dir.join("server.pem"),
         dir.join("server.key"),
     );
     if !(ca_file.exists() && cert_file.exists() && key_file.exists()) {
+        // Made beside and renamed into place, so that simulators sharing one directory
+        // (--tls-dir) and starting together agree on one CA.
+        let parent = dir.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+        let staging = parent.join(format!(
+            ".{}.{}.tmp",
+            dir.file_name().and_then(|n| n.to_str()).unwrap_or("tls"),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&staging).map_err(io(&staging))?;
         let ca_key = rcgen::KeyPair::generate()?;
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -56,9 +65,19 @@ pub fn load_or_create(dir: &Path) -> Result<Tls, TlsError> {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "flexdisk-sim login");
         let cert = params.signed_by(&key, &issuer)?;
-        std::fs::write(&ca_file, ca_cert.pem()).map_err(io(&ca_file))?;
-        std::fs::write(&cert_file, cert.pem()).map_err(io(&cert_file))?;
-        std::fs::write(&key_file, key.serialize_pem()).map_err(io(&key_file))?;
+        for (name, content) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", cert.pem()),
+            ("server.key", key.serialize_pem()),
+        ] {
+            let f = staging.join(name);
+            std::fs::write(&f, content).map_err(io(&f))?;
+        }
+        // An empty leftover directory is replaced; a complete one made meanwhile wins.
+        let _ = std::fs::remove_dir(dir);
+        if std::fs::rename(&staging, dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
     }
     let pem = |path: &Path, detail: String| TlsError::Pem {
         path: path.display().to_string(),

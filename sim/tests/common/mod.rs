@@ -2,19 +2,18 @@
 //! answer and checks them all against the official API descriptions with `arm-schema-check`.
 #![allow(dead_code)]
 
+use flexdisk_sim::process::SimProcess;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Sim {
-    child: Option<Child>,
+    process: SimProcess,
     pub ready: Value,
     pub state: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
     client: Client,
     token: String,
     exchanges: Mutex<Vec<Exchange>>,
@@ -62,49 +61,38 @@ pub const AS_B: &str = "k8s-agentpool1-31415926-1";
 pub const SS_0: &str = "aks-nodepool1-31415926-vmss000000";
 pub const SS_1: &str = "aks-nodepool1-31415926-vmss000001";
 
+/// Short operations unless a test asks otherwise.
+fn with_test_timing<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    if !args.contains(&"--vm-op-ms") {
+        all.extend(["--vm-op-ms", "150"]);
+    }
+    if !args.contains(&"--disk-op-ms") {
+        all.extend(["--disk-op-ms", "100"]);
+    }
+    all
+}
+
 impl Sim {
     pub fn start(args: &[&str]) -> Sim {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let state = tmp.path().join("state");
-        let mut sim = Sim::start_at(&state, args);
-        sim._tmp = Some(tmp);
-        sim
+        let bin = Path::new(env!("CARGO_BIN_EXE_flexdisk-sim"));
+        Sim::wrap(SimProcess::start(bin, &with_test_timing(args)).expect("flexdisk-sim starts"))
     }
 
     /// Starts on a given state directory (for restart tests); the caller keeps it alive.
     pub fn start_at(state: &Path, args: &[&str]) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flexdisk-sim"))
-            .arg("serve")
-            .arg("--state")
-            .arg(state)
-            .args(if args.contains(&"--vm-op-ms") {
-                &[][..]
-            } else {
-                &["--vm-op-ms", "150"][..]
-            })
-            .args(if args.contains(&"--disk-op-ms") {
-                &[][..]
-            } else {
-                &["--disk-op-ms", "100"][..]
-            })
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("flexdisk-sim starts");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("ready line");
-        let ready: Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("ready line {line:?}: {e}"));
-        let client = client_trusting(&ready);
+        let bin = Path::new(env!("CARGO_BIN_EXE_flexdisk-sim"));
+        Sim::wrap(
+            SimProcess::start_at(bin, state, &with_test_timing(args)).expect("flexdisk-sim starts"),
+        )
+    }
+
+    fn wrap(process: SimProcess) -> Sim {
+        let client = client_trusting(&process.ready);
         let mut sim = Sim {
-            child: Some(child),
-            ready,
-            state: state.to_path_buf(),
-            _tmp: None,
+            ready: process.ready.clone(),
+            state: process.state.clone(),
+            process,
             client,
             token: String::new(),
             exchanges: Mutex::new(Vec::new()),
@@ -361,12 +349,7 @@ impl Sim {
 
     /// SIGTERM and wait; the state directory stays.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let status = child.wait().expect("simulator exits");
-            assert!(status.success(), "simulator exited with {status}");
-        }
+        assert!(self.process.stop(), "simulator exits cleanly");
     }
 
     /// Checks every ARM answer this test received against the official API descriptions.
@@ -384,16 +367,6 @@ impl Sim {
             .filter(|l| l.contains(&state))
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let _ = child.wait();
-        }
     }
 }
 
