@@ -9,12 +9,40 @@ use azure_core_1::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core_1::credentials::TokenCredential as TokenCredential1;
 use azure_core_1::http::{ClientOptions, Transport};
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The projected service-account token, read afresh for every exchange: kubelet rotates the file,
+/// and azure_identity's own workload credential would keep a copy for ten minutes.
+#[derive(Debug)]
+struct TokenFile(PathBuf);
+
+#[async_trait::async_trait]
+impl ClientAssertion for TokenFile {
+    async fn secret(
+        &self,
+        _: Option<azure_core_1::http::ClientMethodOptions<'_>>,
+    ) -> azure_core_1::Result<String> {
+        let path = self.0.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read_to_string(&path)).await;
+        match read {
+            Ok(Ok(token)) => Ok(token.trim().to_string()),
+            Ok(Err(e)) => Err(azure_core_1::Error::with_message(
+                azure_core_1::error::ErrorKind::Credential,
+                format!("cannot read the federated token file {}: {e}", self.0.display()),
+            )),
+            Err(e) => Err(azure_core_1::Error::with_message(
+                azure_core_1::error::ErrorKind::Credential,
+                format!("reading the federated token file was cancelled: {e}"),
+            )),
+        }
+    }
+}
 
 /// A credential for Resource Manager, usable by azure_core 0.21 clients.
 #[derive(Clone)]
@@ -72,12 +100,12 @@ impl ArmCredential {
             Auth::WorkloadIdentity {
                 client_id,
                 token_file,
-            } => WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                credential_options: ClientAssertionCredentialOptions { client_options },
-                client_id: Some(client_id.clone()),
-                tenant_id: Some(config.tenant_id.clone()),
-                token_file_path: Some(token_file.clone()),
-            }))
+            } => ClientAssertionCredential::new(
+                config.tenant_id.clone(),
+                client_id.clone(),
+                TokenFile(token_file.clone()),
+                Some(ClientAssertionCredentialOptions { client_options }),
+            )
             .map_err(refuse)?,
         };
         Ok(ArmCredential {
