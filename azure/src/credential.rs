@@ -34,7 +34,10 @@ impl ClientAssertion for TokenFile {
             Ok(Ok(token)) => Ok(token.trim().to_string()),
             Ok(Err(e)) => Err(azure_core_1::Error::with_message(
                 azure_core_1::error::ErrorKind::Credential,
-                format!("cannot read the federated token file {}: {e}", self.0.display()),
+                format!(
+                    "cannot read the federated token file {}: {e}",
+                    self.0.display()
+                ),
             )),
             Err(e) => Err(azure_core_1::Error::with_message(
                 azure_core_1::error::ErrorKind::Credential,

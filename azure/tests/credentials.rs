@@ -10,7 +10,8 @@ use std::path::Path;
 
 /// Proves a credential works: a read of the cluster's resource group through ARM.
 fn read_works(rt: &tokio::runtime::Runtime, arm: &Arm) -> Result<(), AzureError> {
-    rt.block_on(arm.get_disk(&arm.resource_group, "pvc-probe")).map(|_| ())
+    rt.block_on(arm.get_disk(&arm.resource_group, "pvc-probe"))
+        .map(|_| ())
 }
 
 #[test]
@@ -22,7 +23,11 @@ fn client_secret_from_the_control_plane_config() {
     let arm = connect(&rt, &config);
     assert_eq!(arm.credential().kind(), "client secret");
     // The custom cloud's endpoints came from its metadata document.
-    assert!(arm.endpoints.authority_host.as_str().starts_with("https://127.0.0.1:"));
+    assert!(arm
+        .endpoints
+        .authority_host
+        .as_str()
+        .starts_with("https://127.0.0.1:"));
     read_works(&rt, &arm).expect("service principal reads");
 }
 
@@ -65,7 +70,9 @@ fn managed_identity_user_assigned_and_system_assigned_through_imds() {
         &std::fs::read(sim.node_field(SS_0, "azureJson")).expect("node azure.json"),
     )
     .expect("json");
-    file.as_object_mut().expect("object").remove("userAssignedIdentityID");
+    file.as_object_mut()
+        .expect("object")
+        .remove("userAssignedIdentityID");
     let path = json_file(dir.path(), "azure.json", &file);
     let imds = sim.node_field(SS_0, "imds");
     let system = Config::load_with(&path, &env(&[("IMDS_ENDPOINT", &imds)])).expect("config");
@@ -100,7 +107,10 @@ fn workload_identity_rereads_the_token_file() {
     let config = Config::load_with(
         Path::new(&sim.field("azureJson")),
         &env(&[
-            ("AZURE_FEDERATED_TOKEN_FILE", token_file.to_str().expect("utf-8")),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                token_file.to_str().expect("utf-8"),
+            ),
             ("AZURE_CLIENT_ID", &client_id),
             ("AZURE_TENANT_ID", &sim.field("tenant")),
         ]),
