@@ -21,7 +21,7 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("the cloud config {path} is not a JSON object: {reason}")]
+    #[error("the cloud config {path} is not a valid JSON object: {reason}")]
     Syntax { path: PathBuf, reason: String },
     #[error("the cloud config {path} lacks `{field}`: {hint}")]
     Missing {

@@ -96,7 +96,6 @@ impl ArmCredential {
                 ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                     user_assigned_id: client_id.clone().map(UserAssignedId::ClientId),
                     client_options,
-                    ..ManagedIdentityCredentialOptions::default()
                 }))
                 .map_err(refuse)?
             }

@@ -25,3 +25,9 @@ pub use error::AzureError;
 pub use params::{Caching, DiskParams, ParamError, Sku};
 pub use transport::TransportStats;
 pub use vms::{AttachSpec, AttachedDisk, VmDisks, VmRef};
+
+/// Log directives every binary adds to its filter, whatever level the operator asks for: at
+/// trace level the Azure SDK crates print whole requests, `Authorization` header included.
+pub const QUIET_DEPENDENCIES: &str =
+    "azure_core=info,azure_identity=info,typespec_client_core=info,\
+azure_mgmt_compute=info,reqwest=info,hyper=info,hyper_util=info,h2=info,rustls=info";

@@ -215,7 +215,7 @@ fn scale_set_nodes_zones_owners_luns_and_refusals() {
         Err(AzureError::OwnedByOtherVm { owner, .. }) => assert_eq!(owner, ss0.vm.name()),
         other => panic!("{other:?}"),
     }
-    rt.block_on(arm.attach_detach(&ss0.vm, &[], &[z1.disk_id.clone()]))
+    rt.block_on(arm.attach_detach(&ss0.vm, &[], std::slice::from_ref(&z1.disk_id)))
         .expect("detached");
     match rt.block_on(arm.attach_detach(&ss1.vm, std::slice::from_ref(&z1), &[])) {
         Err(AzureError::InvalidParameter { message, .. }) => {
