@@ -221,7 +221,14 @@ fn a_vm_busy_with_another_operation_is_waited_for() {
     reset_counters(&sim);
     let (r1, r2) = rt.block_on(async {
         tokio::join!(one.attach_detach(&vm.vm, &b1, &[]), async {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            // Once the first attach is under way (the VM lists its disk), send the second.
+            loop {
+                let now = two.vm_disks(&vm.vm).await.expect("vm");
+                if now.find(&b1[0].disk_id).is_some() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             two.attach_detach(&vm.vm, &b2, &[]).await
         })
     });

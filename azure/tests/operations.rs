@@ -306,8 +306,14 @@ fn a_disk_being_detached_is_refused_elsewhere_until_done() {
     let outcome = rt.block_on(async {
         let detach = arm.attach_detach(&a.vm, &[], std::slice::from_ref(&d.disk_id));
         let attach = async {
-            // Let the detach be accepted first.
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            // Once the detach is under way (the VM lists the disk as leaving), try B.
+            loop {
+                let on_a = arm.vm_disks(&a.vm).await.expect("A");
+                if on_a.find(&d.disk_id).is_some_and(|e| e.to_be_detached) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             arm.attach_detach(&b.vm, std::slice::from_ref(&d), &[])
                 .await
         };
