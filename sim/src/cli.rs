@@ -42,6 +42,15 @@ pub enum Command {
         /// First IMDS port (node i gets this + i); 0 picks free ones.
         #[arg(long, default_value_t = 0)]
         imds_port: u16,
+        /// Kubernetes API port; 0 picks a free one.
+        #[arg(long, default_value_t = 0)]
+        kube_port: u16,
+        /// How many changes a Kubernetes watch can resume from; older resourceVersions get 410 Gone.
+        #[arg(long, default_value_t = crate::kube::DEFAULT_WINDOW)]
+        kube_watch_window: usize,
+        /// How often watches that allow bookmarks get one, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        kube_bookmark_ms: u64,
         /// Where the private CA and the login certificate live (default: STATE/tls). Several
         /// simulators may share one, so that one `SSL_CERT_FILE` trusts them all.
         #[arg(long)]
@@ -69,6 +78,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             login_port,
             imds_port,
             tls_dir,
+            kube_port,
+            kube_watch_window,
+            kube_bookmark_ms,
         } => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -84,6 +96,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 login_port,
                 imds_port,
                 tls_dir,
+                kube_port,
+                kube_watch_window,
+                kube_bookmark: Duration::from_millis(kube_bookmark_ms),
             }))
         }
     }

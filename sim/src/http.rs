@@ -73,9 +73,31 @@ impl Response {
 
 pub enum Outcome {
     Reply(Response),
+    /// Headers now, then the body as it comes (a watch): each chunk sent as soon as it is received;
+    /// the body ends when the sender is dropped.
+    Stream(Response, tokio::sync::mpsc::Receiver<Bytes>),
     /// Close the connection with a TCP reset and no answer.
     Reset,
 }
+
+/// A response body fed by a channel.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
 impl From<Response> for Outcome {
     fn from(r: Response) -> Outcome {
@@ -143,7 +165,14 @@ async fn connection(
                 body,
             };
             match handler(request).await {
-                Outcome::Reply(r) => Ok::<_, std::convert::Infallible>(to_hyper(r)),
+                Outcome::Reply(r) => {
+                    let body = Full::new(Bytes::from(r.body.clone())).boxed();
+                    Ok::<_, std::convert::Infallible>(to_hyper(r, body))
+                }
+                Outcome::Stream(r, rx) => {
+                    let body = ChannelBody(rx).boxed();
+                    Ok(to_hyper(r, body))
+                }
                 Outcome::Reset => {
                     kill.notify_one();
                     std::future::pending().await
@@ -176,8 +205,8 @@ async fn connection(
     drop(keeper);
 }
 
-fn to_hyper(r: Response) -> hyper::Response<Full<Bytes>> {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(r.body)));
+fn to_hyper(r: Response, body: Body) -> hyper::Response<Body> {
+    let mut resp = hyper::Response::new(body);
     *resp.status_mut() = r.status;
     for (k, v) in r.headers {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -9,6 +9,7 @@ pub mod faults;
 pub mod http;
 pub mod imds;
 pub mod inventory;
+pub mod kube;
 pub mod model;
 pub mod node;
 pub mod process;

@@ -20,6 +20,9 @@ pub struct ServeOptions {
     pub login_port: u16,
     pub imds_port: u16,
     pub tls_dir: Option<PathBuf>,
+    pub kube_port: u16,
+    pub kube_watch_window: usize,
+    pub kube_bookmark: std::time::Duration,
 }
 
 pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
@@ -119,6 +122,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             }),
         );
     }
+    let (kube_url, kubeconfig) = serve_kube(&sim, &state_dir, &opts, &stop_rx, &mut tasks).await?;
     let control_config = state_dir.join("azure.json");
     write_json(&control_config, &control_plane_config(&sim, &urls))?;
     let token_file = state_dir.join("federated-token");
@@ -141,6 +145,8 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         "caBundle": tls.ca_file,
         "state": state_dir,
         "nodes": nodes,
+        "kube": kube_url,
+        "kubeconfig": kubeconfig,
     });
     println!("{ready}");
 
@@ -158,6 +164,56 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         tracing::error!("releasing a loop device: {e}");
     }
     Ok(())
+}
+
+/// The Kubernetes API: its listener, a cluster seeded from the Azure world, the volume
+/// controllers, and a kubeconfig.
+async fn serve_kube(
+    sim: &Arc<Simulator>,
+    state_dir: &Path,
+    opts: &ServeOptions,
+    stop_rx: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<(String, PathBuf)> {
+    use crate::kube::{KubeApi, NodeInfo};
+    let listener = TcpListener::bind(("127.0.0.1", opts.kube_port))
+        .await
+        .context("binding the Kubernetes API port")?;
+    let address = listener.local_addr()?.to_string();
+    let url = format!("http://{address}");
+    let api = Arc::new(KubeApi::new(
+        address,
+        opts.kube_watch_window,
+        opts.kube_bookmark,
+    ));
+    let nodes: Vec<NodeInfo> = {
+        let state = sim.lock();
+        sim.world
+            .nodes
+            .iter()
+            .map(|n| {
+                let name = n.node_name();
+                NodeInfo {
+                    vm_id: state.vms.get(&name).map(|v| v.id.clone()).unwrap_or_default(),
+                    name,
+                    vm_size: n.vm_size.clone(),
+                    zone: n.zone.clone(),
+                    max_data_disks: crate::vm_sizes::max_data_disks(&n.vm_size),
+                }
+            })
+            .collect()
+    };
+    api.seed(&sim.world.location, &nodes)
+        .map_err(|e| anyhow::anyhow!("seeding the cluster: {}", e.message))?;
+    let kubeconfig = state_dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, &url)
+        .with_context(|| format!("writing {}", kubeconfig.display()))?;
+    let a = api.clone();
+    let handler: Handler =
+        Arc::new(move |req: Request| Box::pin(crate::kube::api::handle(a.clone(), req)));
+    tasks.push(tokio::spawn(http::serve(listener, handler, None, stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::kube::controllers::run(api, stop_rx.clone())));
+    Ok((url, kubeconfig))
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

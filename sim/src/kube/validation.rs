@@ -1,0 +1,246 @@
+//! Per-type defaulting and validation, as kube-apiserver's strategies and admission do it for the
+//! types flexdisk touches: strict, because a lenient server hides client bugs.
+
+use super::quantity;
+use super::resources::ResourceType;
+use super::status::{ApiError, ApiResult};
+use super::store::Defaults;
+use serde_json::{json, Value};
+
+pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+const ACCESS_MODES: &[&str] = &["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+/// PersistentVolume sources (one is required).
+const PV_SOURCES: &[&str] = &[
+    "flexVolume", "csi", "hostPath", "local", "azureDisk", "azureFile", "nfs", "iscsi", "fc",
+    "awsElasticBlockStore", "gcePersistentDisk", "cephfs", "rbd", "cinder", "glusterfs",
+    "vsphereVolume", "portworxVolume", "scaleIO", "storageos", "photonPersistentDisk", "quobyte", "flocker",
+];
+
+fn name_of(o: &Value) -> String {
+    o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string()
+}
+
+fn valid_subdomain(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 253
+        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && n.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+fn add_finalizer(o: &mut Value, f: &str) {
+    let list = o["metadata"]
+        .as_object_mut()
+        .map(|m| m.entry("finalizers").or_insert(json!([])));
+    if let Some(Value::Array(a)) = list {
+        if !a.iter().any(|x| x == f) {
+            a.push(json!(f));
+        }
+    }
+}
+
+fn default(o: &mut Value, pointer: &str, value: Value) {
+    if o.pointer(pointer).is_none() {
+        let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", pointer));
+        if o.pointer(parent).is_none() {
+            let (pp, pl) = parent.rsplit_once('/').unwrap_or(("", parent));
+            if let Some(Value::Object(m)) = o.pointer_mut(pp) {
+                m.insert(pl.to_string(), json!({}));
+            }
+        }
+        if let Some(Value::Object(m)) = o.pointer_mut(parent) {
+            m.insert(last.to_string(), value);
+        }
+    }
+}
+
+fn storage_of(o: &Value, pointer: &str) -> Option<u128> {
+    o.pointer(pointer).and_then(Value::as_str).and_then(quantity::parse)
+}
+
+fn access_modes(kind: &str, name: &str, o: &Value) -> ApiResult<()> {
+    let modes = o.pointer("/spec/accessModes").and_then(Value::as_array);
+    match modes {
+        None => Err(ApiError::invalid(kind, name, "spec.accessModes", "Required value: at least 1 access mode is required")),
+        Some(m) if m.is_empty() => Err(ApiError::invalid(kind, name, "spec.accessModes", "Required value: at least 1 access mode is required")),
+        Some(m) => match m.iter().find(|x| !x.as_str().is_some_and(|s| ACCESS_MODES.contains(&s))) {
+            Some(bad) => Err(ApiError::invalid(kind, name, "spec.accessModes", &format!("Unsupported value: {bad}: supported values: \"ReadOnlyMany\", \"ReadWriteMany\", \"ReadWriteOnce\", \"ReadWriteOncePod\""))),
+            None => Ok(()),
+        },
+    }
+}
+
+pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiResult<()> {
+    let name = name_of(o);
+    if !valid_subdomain(&name) {
+        return Err(ApiError::invalid(
+            rt.kind,
+            &name,
+            "metadata.name",
+            &format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+        ));
+    }
+    match (rt.group, rt.plural) {
+        ("", "persistentvolumeclaims") => {
+            access_modes(rt.kind, &name, o)?;
+            if storage_of(o, "/spec/resources/requests/storage").is_none() {
+                return Err(ApiError::invalid(rt.kind, &name, "spec.resources[storage]", "Required value"));
+            }
+            default(o, "/spec/volumeMode", json!("Filesystem"));
+            if o.pointer("/spec/storageClassName").is_none() {
+                if let Some(sc) = &defaults.default_storage_class {
+                    o["spec"]["storageClassName"] = json!(sc);
+                }
+            }
+            o["status"] = json!({"phase": "Pending"});
+            add_finalizer(o, PVC_PROTECTION);
+        }
+        ("", "persistentvolumes") => {
+            access_modes(rt.kind, &name, o)?;
+            if storage_of(o, "/spec/capacity/storage").is_none() {
+                return Err(ApiError::invalid(rt.kind, &name, "spec.capacity", "Required value"));
+            }
+            let sources = PV_SOURCES.iter().filter(|s| o.pointer(&format!("/spec/{s}")).is_some()).count();
+            if sources != 1 {
+                return Err(ApiError::invalid(rt.kind, &name, "spec", "Required value: must specify exactly one volume type"));
+            }
+            default(o, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
+            default(o, "/spec/volumeMode", json!("Filesystem"));
+            o["status"] = json!({"phase": "Pending"});
+            add_finalizer(o, PV_PROTECTION);
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            if o.get("provisioner").and_then(Value::as_str).is_none_or(str::is_empty) {
+                return Err(ApiError::invalid(rt.kind, &name, "provisioner", "Required value"));
+            }
+            default(o, "/reclaimPolicy", json!("Delete"));
+            default(o, "/volumeBindingMode", json!("Immediate"));
+            let mode = o["volumeBindingMode"].as_str().unwrap_or_default();
+            if !["Immediate", "WaitForFirstConsumer"].contains(&mode) {
+                return Err(ApiError::invalid(rt.kind, &name, "volumeBindingMode", &format!("Unsupported value: \"{mode}\": supported values: \"Immediate\", \"WaitForFirstConsumer\"")));
+            }
+        }
+        ("", "pods") => {
+            if o.pointer("/spec/containers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                return Err(ApiError::invalid(rt.kind, &name, "spec.containers", "Required value"));
+            }
+            default(o, "/status", json!({}));
+            default(o, "/status/phase", json!("Pending"));
+        }
+        ("", "namespaces") => {
+            o["status"] = json!({"phase": "Active"});
+        }
+        ("", "secrets") => {
+            default(o, "/type", json!("Opaque"));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn without(o: &Value, pointers: &[&str]) -> Value {
+    let mut c = o.clone();
+    for p in pointers {
+        if let Some((parent, last)) = p.rsplit_once('/') {
+            if let Some(Value::Object(m)) = c.pointer_mut(parent) {
+                m.remove(last);
+            }
+        }
+    }
+    c
+}
+
+pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<()> {
+    let name = name_of(old);
+    match (rt.group, rt.plural) {
+        ("", "persistentvolumeclaims") => {
+            let before = without(&old["spec"], &["/resources/requests", "/volumeName", "/volumeAttributesClassName"]);
+            let after = without(&new["spec"], &["/resources/requests", "/volumeName", "/volumeAttributesClassName"]);
+            if before != after {
+                return Err(ApiError::invalid(rt.kind, &name, "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
+            }
+            if let (Some(a), Some(b)) = (old.pointer("/spec/volumeName"), new.pointer("/spec/volumeName")) {
+                if a != b && a.as_str().is_some_and(|s| !s.is_empty()) {
+                    return Err(ApiError::invalid(rt.kind, &name, "spec.volumeName", "Forbidden: spec is immutable after creation"));
+                }
+            }
+            match (storage_of(old, "/spec/resources/requests/storage"), storage_of(new, "/spec/resources/requests/storage")) {
+                (_, None) => return Err(ApiError::invalid(rt.kind, &name, "spec.resources[storage]", "Required value")),
+                (Some(a), Some(b)) if b < a => {
+                    return Err(ApiError::invalid(rt.kind, &name, "spec.resources.requests.storage", "Forbidden: field can not be less than previous value"))
+                }
+                _ => {}
+            }
+        }
+        ("", "persistentvolumes") => {
+            for source in PV_SOURCES {
+                let p = format!("/spec/{source}");
+                if old.pointer(&p) != new.pointer(&p) {
+                    return Err(ApiError::invalid(rt.kind, &name, "spec.persistentvolumesource", "Forbidden: spec.persistentvolumesource is immutable after creation"));
+                }
+            }
+            if storage_of(new, "/spec/capacity/storage").is_none() {
+                return Err(ApiError::invalid(rt.kind, &name, "spec.capacity", "Required value"));
+            }
+        }
+        ("storage.k8s.io", "storageclasses") => {
+            for field in ["parameters", "provisioner", "reclaimPolicy", "volumeBindingMode"] {
+                if old.get(field) != new.get(field) {
+                    return Err(ApiError::invalid(rt.kind, &name, field, &format!("Forbidden: updates to {field} are forbidden.")));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kube::resources::find;
+
+    fn defaults() -> Defaults {
+        Defaults { default_storage_class: Some("standard".into()) }
+    }
+
+    #[test]
+    fn claims_are_defaulted_and_protected() {
+        let rt = find("", "v1", "persistentvolumeclaims").expect("pvc");
+        let mut pvc = json!({"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+        on_create(rt, &mut pvc, &defaults()).expect("valid");
+        assert_eq!(pvc["spec"]["storageClassName"], "standard");
+        assert_eq!(pvc["spec"]["volumeMode"], "Filesystem");
+        assert_eq!(pvc["status"]["phase"], "Pending");
+        assert_eq!(pvc["metadata"]["finalizers"], json!([PVC_PROTECTION]));
+        let mut grown = pvc.clone();
+        grown["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        on_update(rt, &pvc, &mut grown).expect("growing is allowed");
+        let mut shrunk = pvc.clone();
+        shrunk["spec"]["resources"]["requests"]["storage"] = json!("512Mi");
+        assert_eq!(on_update(rt, &pvc, &mut shrunk).expect_err("shrink").code, 422);
+        let mut changed = pvc.clone();
+        changed["spec"]["accessModes"] = json!(["ReadWriteMany"]);
+        assert!(on_update(rt, &pvc, &mut changed).expect_err("immutable").message.contains("spec is immutable"));
+        let mut bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {}});
+        assert_eq!(on_create(rt, &mut bad, &defaults()).expect_err("name").reason, "Invalid");
+    }
+
+    #[test]
+    fn volumes_need_one_source_and_classes_are_immutable() {
+        let pv = find("", "v1", "persistentvolumes").expect("pv");
+        let mut none = json!({"metadata": {"name": "pv1"}, "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}}});
+        assert!(on_create(pv, &mut none, &defaults()).is_err());
+        let mut ok = json!({"metadata": {"name": "pv1"}, "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}, "flexVolume": {"driver": "flexdisk/azure-disk"}}});
+        on_create(pv, &mut ok, &defaults()).expect("valid");
+        assert_eq!(ok["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        let sc = find("storage.k8s.io", "v1", "storageclasses").expect("sc");
+        let mut class = json!({"metadata": {"name": "fast"}, "provisioner": "flexdisk/azure-disk", "parameters": {"skuName": "Premium_LRS"}});
+        on_create(sc, &mut class, &defaults()).expect("valid");
+        assert_eq!(class["volumeBindingMode"], "Immediate");
+        let mut edited = class.clone();
+        edited["parameters"]["skuName"] = json!("Standard_LRS");
+        assert!(on_update(sc, &class, &mut edited).is_err());
+    }
+}
