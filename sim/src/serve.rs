@@ -194,7 +194,11 @@ async fn serve_kube(
             .map(|n| {
                 let name = n.node_name();
                 NodeInfo {
-                    vm_id: state.vms.get(&name).map(|v| v.id.clone()).unwrap_or_default(),
+                    vm_id: state
+                        .vms
+                        .get(&name)
+                        .map(|v| v.id.clone())
+                        .unwrap_or_default(),
                     name,
                     vm_size: n.vm_size.clone(),
                     zone: n.zone.clone(),
@@ -211,8 +215,16 @@ async fn serve_kube(
     let a = api.clone();
     let handler: Handler =
         Arc::new(move |req: Request| Box::pin(crate::kube::api::handle(a.clone(), req)));
-    tasks.push(tokio::spawn(http::serve(listener, handler, None, stop_rx.clone())));
-    tasks.push(tokio::spawn(crate::kube::controllers::run(api, stop_rx.clone())));
+    tasks.push(tokio::spawn(http::serve(
+        listener,
+        handler,
+        None,
+        stop_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::kube::controllers::run(
+        api,
+        stop_rx.clone(),
+    )));
     Ok((url, kubeconfig))
 }
 

@@ -59,7 +59,13 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
     let (group, version, rest) = match s.as_slice() {
         ["api", v, rest @ ..] => ("", *v, rest),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
     };
     let target = target(group, version, rest)?;
     let verb = verb(&req, &target);
@@ -74,7 +80,12 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
             FaultAction::Latency { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
             FaultAction::Reset => return Ok(Outcome::Reset),
             FaultAction::LoseResponse => lose = true,
-            FaultAction::Status { status, code, message, retry_after } => {
+            FaultAction::Status {
+                status,
+                code,
+                message,
+                retry_after,
+            } => {
                 let reason = match status {
                     429 => "TooManyRequests",
                     500 => "InternalError",
@@ -82,7 +93,11 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
                     504 => "Timeout",
                     _ => "InternalError",
                 };
-                let mut e = ApiError::new(status, reason, message.unwrap_or_else(|| "injected by flexdisk-sim".into()));
+                let mut e = ApiError::new(
+                    status,
+                    reason,
+                    message.unwrap_or_else(|| "injected by flexdisk-sim".into()),
+                );
                 if let Some(c) = code {
                     e.details = json!({"causes": [{"reason": c}]});
                 }
@@ -102,7 +117,9 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
 fn verb(req: &Request, t: &Target) -> &'static str {
     match (&req.method, t.name.is_some()) {
         (&Method::GET, true) => "get",
-        (&Method::GET, false) if req.query("watch").is_some_and(|w| w == "true" || w == "1") => "watch",
+        (&Method::GET, false) if req.query("watch").is_some_and(|w| w == "true" || w == "1") => {
+            "watch"
+        }
         (&Method::GET, false) => "list",
         (&Method::POST, _) => "create",
         (&Method::PUT, _) => "update",
@@ -116,7 +133,11 @@ fn verb(req: &Request, t: &Target) -> &'static str {
 fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
     let find = |plural: &str| {
         resources::find(group, version, plural).ok_or_else(|| {
-            ApiError::new(404, "NotFound", "the server could not find the requested resource")
+            ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
         })
     };
     let t = match rest {
@@ -156,16 +177,34 @@ fn target(group: &str, version: &str, rest: &[&str]) -> ApiResult<Target> {
             name: Some(name.to_string()),
             status: true,
         },
-        _ => return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
+        _ => {
+            return Err(ApiError::new(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ))
+        }
     };
     if t.status && !t.rt.status {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     if t.rt.namespaced && t.name.is_some() && t.namespace.is_none() {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     if !t.rt.namespaced && t.namespace.is_some() {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     Ok(t)
 }
@@ -192,26 +231,39 @@ fn manager(req: &Request) -> String {
 
 fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult<Outcome> {
     if req.query("dryRun").is_some() {
-        return Err(ApiError::bad_request("dryRun is not supported by flexdisk-sim"));
+        return Err(ApiError::bad_request(
+            "dryRun is not supported by flexdisk-sim",
+        ));
     }
     let ns = t.namespace.clone().unwrap_or_default();
     let store = &api.store;
     let ok = |code: u16, v: Value| Ok(Response::json(code, &v).into());
     match verb {
-        "get" => ok(200, store.get(t.rt, &ns, t.name.as_deref().unwrap_or_default())?),
+        "get" => ok(
+            200,
+            store.get(t.rt, &ns, t.name.as_deref().unwrap_or_default())?,
+        ),
         "list" => list(api, req, t),
         "watch" => {
             let w = WatchRequest {
                 rt: t.rt,
                 namespace: t.namespace.clone(),
                 labels: LabelSelector::parse(req.query("labelSelector").unwrap_or(""))?,
-                fields: FieldSelector::parse(req.query("fieldSelector").unwrap_or(""), t.rt.kind, t.rt.fields)?,
+                fields: FieldSelector::parse(
+                    req.query("fieldSelector").unwrap_or(""),
+                    t.rt.kind,
+                    t.rt.fields,
+                )?,
                 from: match req.query("resourceVersion").filter(|v| !v.is_empty()) {
                     None => None,
-                    Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {v}")))?),
+                    Some(v) => Some(v.parse::<u64>().map_err(|_| {
+                        ApiError::bad_request(format!("invalid resource version: {v}"))
+                    })?),
                 },
                 timeout: Duration::from_secs(
-                    req.query("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(1800),
+                    req.query("timeoutSeconds")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(1800),
                 ),
                 bookmarks: req.query("allowWatchBookmarks") == Some("true"),
                 bookmark_every: api.bookmark_every,
@@ -226,20 +278,53 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
         }
         "create" => {
             if t.status || t.name.is_some() {
-                return Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"));
+                return Err(ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ));
             }
             if t.rt.namespaced && t.namespace.is_none() {
-                return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ));
             }
-            ok(201, store.create(t.rt, &ns, body_json(req)?, &manager(req))?)
+            ok(
+                201,
+                store.create(t.rt, &ns, body_json(req)?, &manager(req))?,
+            )
         }
         "update" => {
-            let name = t.name.as_deref().ok_or_else(|| ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))?;
-            ok(200, store.replace(t.rt, &ns, name, body_json(req)?, &manager(req), t.status)?)
+            let name = t.name.as_deref().ok_or_else(|| {
+                ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )
+            })?;
+            ok(
+                200,
+                store.replace(t.rt, &ns, name, body_json(req)?, &manager(req), t.status)?,
+            )
         }
         "patch" => {
-            let name = t.name.as_deref().ok_or_else(|| ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"))?;
-            let ctype = req.header("content-type").unwrap_or("").split(';').next().unwrap_or("").trim().to_string();
+            let name = t.name.as_deref().ok_or_else(|| {
+                ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                )
+            })?;
+            let ctype = req
+                .header("content-type")
+                .unwrap_or("")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string();
             let kind = match ctype.as_str() {
                 "application/merge-patch+json" => PatchKind::Merge,
                 "application/json-patch+json" => PatchKind::Json,
@@ -257,23 +342,40 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
                 }
             };
             let body = body_json(req)?;
-            ok(200, store.patch(t.rt, &ns, name, kind, &body, &manager(req), t.status)?)
+            ok(
+                200,
+                store.patch(t.rt, &ns, name, kind, &body, &manager(req), t.status)?,
+            )
         }
         "delete" => {
             let name = t.name.as_deref().unwrap_or_default();
             if t.status {
-                return Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource"));
+                return Err(ApiError::new(
+                    405,
+                    "MethodNotAllowed",
+                    "the server does not allow this method on the requested resource",
+                ));
             }
             ok(200, store.delete(t.rt, &ns, name, &body_json(req)?)?)
         }
-        _ => Err(ApiError::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")),
+        _ => Err(ApiError::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }
 
 fn list(api: &Arc<KubeApi>, req: &Request, t: &Target) -> ApiResult<Outcome> {
     let labels = LabelSelector::parse(req.query("labelSelector").unwrap_or(""))?;
-    let fields = FieldSelector::parse(req.query("fieldSelector").unwrap_or(""), t.rt.kind, t.rt.fields)?;
-    let keep = |o: &Value| labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && fields.matches(o);
+    let fields = FieldSelector::parse(
+        req.query("fieldSelector").unwrap_or(""),
+        t.rt.kind,
+        t.rt.fields,
+    )?;
+    let keep = |o: &Value| {
+        labels.matches(o.pointer("/metadata/labels").unwrap_or(&Value::Null)) && fields.matches(o)
+    };
     let (items, rv) = api.store.list(t.rt, t.namespace.as_deref(), &keep);
     let offset = match req.query("continue").filter(|c| !c.is_empty()) {
         None => 0,
@@ -282,9 +384,14 @@ fn list(api: &Arc<KubeApi>, req: &Request, t: &Target) -> ApiResult<Outcome> {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.parse::<usize>().ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid: illegal base64 data"))?,
+            .ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: illegal base64 data")
+            })?,
     };
-    let limit = req.query("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = req
+        .query("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let end = limit.map_or(items.len(), |l| (offset + l).min(items.len()));
     let page: Vec<Value> = items
         .get(offset..end)
@@ -305,12 +412,15 @@ fn list(api: &Arc<KubeApi>, req: &Request, t: &Target) -> ApiResult<Outcome> {
         metadata["continue"] = json!(URL_SAFE_NO_PAD.encode(end.to_string()));
         metadata["remainingItemCount"] = json!(items.len() - end);
     }
-    Ok(Response::json(200, &json!({
-        "kind": t.rt.list_kind(),
-        "apiVersion": t.rt.api_version(),
-        "metadata": metadata,
-        "items": page,
-    }))
+    Ok(Response::json(
+        200,
+        &json!({
+            "kind": t.rt.list_kind(),
+            "apiVersion": t.rt.api_version(),
+            "metadata": metadata,
+            "items": page,
+        }),
+    )
     .into())
 }
 
@@ -333,15 +443,26 @@ fn api_groups() -> Value {
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut out = Vec::new();
-    for t in TYPES.iter().filter(|t| t.group == group && t.version == version) {
-        out.push(json!({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
+    for t in TYPES
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
+        out.push(
+            json!({"name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
             "kind": t.kind, "shortNames": t.short_names,
-            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}));
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}),
+        );
         if t.status {
-            out.push(json!({"name": format!("{}/status", t.plural), "singularName": "",
-                "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}));
+            out.push(
+                json!({"name": format!("{}/status", t.plural), "singularName": "",
+                "namespaced": t.namespaced, "kind": t.kind, "verbs": ["get", "patch", "update"]}),
+            );
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out})
 }

@@ -13,9 +13,9 @@ pub fn handle(api: &KubeApi, req: &Request) -> Response {
     match (&req.method, req.path.trim_end_matches('/')) {
         (&Method::GET, "/_sim/faults") => Response::json(200, &json!(api.faults.list())),
         (&Method::POST, "/_sim/faults") => match serde_json::from_slice::<FaultRule>(&req.body) {
-            Ok(rule) if matches!(rule.action, FaultAction::LroFail { .. }) => {
-                bad("lroFail is an ARM fault; the Kubernetes API has no long-running operations".into())
-            }
+            Ok(rule) if matches!(rule.action, FaultAction::LroFail { .. }) => bad(
+                "lroFail is an ARM fault; the Kubernetes API has no long-running operations".into(),
+            ),
             Ok(rule) => Response::json(201, &json!(api.faults.add(rule))),
             Err(e) => bad(format!("not a fault rule: {e}")),
         },
@@ -34,6 +34,9 @@ pub fn handle(api: &KubeApi, req: &Request) -> Response {
             let n = api.drop_all_watches();
             Response::json(200, &json!({"generation": n}))
         }
-        _ => Response::json(404, &json!({"error": format!("no control call {} {}", req.method, req.path)})),
+        _ => Response::json(
+            404,
+            &json!({"error": format!("no control call {} {}", req.method, req.path)}),
+        ),
     }
 }

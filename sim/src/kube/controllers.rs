@@ -87,7 +87,10 @@ fn act(plural: &'static str, o: &Value, status: bool, patch: Patch) -> Action {
 }
 
 fn remove_finalizer(plural: &'static str, o: &Value, f: &str) -> Action {
-    let list = o.pointer("/metadata/finalizers").cloned().unwrap_or(json!([]));
+    let list = o
+        .pointer("/metadata/finalizers")
+        .cloned()
+        .unwrap_or(json!([]));
     let kept: Vec<Value> = list
         .as_array()
         .map(|a| a.iter().filter(|x| *x != f).cloned().collect())
@@ -107,7 +110,8 @@ fn remove_finalizer(plural: &'static str, o: &Value, f: &str) -> Action {
 fn refers_to(pv: &Value, claim: &Value) -> bool {
     s(pv, "/spec/claimRef/name") == Some(name(claim).as_str())
         && s(pv, "/spec/claimRef/namespace") == Some(ns(claim).as_str())
-        && s(pv, "/spec/claimRef/uid").is_none_or(|u| u.is_empty() || Some(u) == s(claim, "/metadata/uid"))
+        && s(pv, "/spec/claimRef/uid")
+            .is_none_or(|u| u.is_empty() || Some(u) == s(claim, "/metadata/uid"))
 }
 
 /// What the controllers would do now.
@@ -124,14 +128,26 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
             continue;
         }
         match phase(pv) {
-            "" | "Pending" => out.push(act("persistentvolumes", pv, true, Patch::Merge(json!({"status": {"phase": "Available"}})))),
+            "" | "Pending" => out.push(act(
+                "persistentvolumes",
+                pv,
+                true,
+                Patch::Merge(json!({"status": {"phase": "Available"}})),
+            )),
             "Bound" => {
                 let claim = s(pv, "/spec/claimRef/namespace")
                     .zip(s(pv, "/spec/claimRef/name"))
                     .and_then(|(n, c)| claim_named(n, c));
-                let same = claim.is_some_and(|c| s(pv, "/spec/claimRef/uid").is_none_or(|u| Some(u) == s(c, "/metadata/uid")));
+                let same = claim.is_some_and(|c| {
+                    s(pv, "/spec/claimRef/uid").is_none_or(|u| Some(u) == s(c, "/metadata/uid"))
+                });
                 if !same {
-                    out.push(act("persistentvolumes", pv, true, Patch::Merge(json!({"status": {"phase": "Released"}}))));
+                    out.push(act(
+                        "persistentvolumes",
+                        pv,
+                        true,
+                        Patch::Merge(json!({"status": {"phase": "Released"}})),
+                    ));
                 }
             }
             _ => {}
@@ -143,12 +159,20 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
             let in_use = pods.iter().any(|p| {
                 ns(p) == ns(pvc)
                     && !matches!(phase(p), "Succeeded" | "Failed")
-                    && p.pointer("/spec/volumes").and_then(Value::as_array).is_some_and(|vs| {
-                        vs.iter().any(|v| s(v, "/persistentVolumeClaim/claimName") == Some(name(pvc).as_str()))
-                    })
+                    && p.pointer("/spec/volumes")
+                        .and_then(Value::as_array)
+                        .is_some_and(|vs| {
+                            vs.iter().any(|v| {
+                                s(v, "/persistentVolumeClaim/claimName") == Some(name(pvc).as_str())
+                            })
+                        })
             });
             if has_finalizer(pvc, PVC_PROTECTION) && !in_use {
-                out.push(remove_finalizer("persistentvolumeclaims", pvc, PVC_PROTECTION));
+                out.push(remove_finalizer(
+                    "persistentvolumeclaims",
+                    pvc,
+                    PVC_PROTECTION,
+                ));
             }
             continue;
         }
@@ -156,7 +180,12 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
         if phase(pvc) == "Bound" {
             let gone = s(pvc, "/spec/volumeName").is_none_or(|v| volume_named(v).is_none());
             if gone {
-                out.push(act("persistentvolumeclaims", pvc, true, Patch::Merge(json!({"status": {"phase": "Lost"}}))));
+                out.push(act(
+                    "persistentvolumeclaims",
+                    pvc,
+                    true,
+                    Patch::Merge(json!({"status": {"phase": "Lost"}})),
+                ));
             }
             continue;
         }
@@ -164,70 +193,133 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
             continue;
         }
         if let Some(vname) = s(pvc, "/spec/volumeName").filter(|v| !v.is_empty()) {
-            let Some(pv) = volume_named(vname) else { continue };
+            let Some(pv) = volume_named(vname) else {
+                continue;
+            };
             if deleting(pv) {
                 continue;
             }
             if pv.pointer("/spec/claimRef").is_none() {
-                out.push(act("persistentvolumes", pv, false, Patch::Merge(json!({
+                out.push(act(
+                    "persistentvolumes",
+                    pv,
+                    false,
+                    Patch::Merge(json!({
                     "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
                     "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}}))));
+                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}})),
+                ));
                 continue;
             }
             if !refers_to(pv, pvc) {
                 continue;
             }
             if s(pv, "/spec/claimRef/uid").is_none_or(str::is_empty) {
-                out.push(act("persistentvolumes", pv, false, Patch::Merge(json!({"spec": {"claimRef": {"uid": uid}}}))));
+                out.push(act(
+                    "persistentvolumes",
+                    pv,
+                    false,
+                    Patch::Merge(json!({"spec": {"claimRef": {"uid": uid}}})),
+                ));
                 continue;
             }
             if phase(pv) != "Bound" {
-                out.push(act("persistentvolumes", pv, true, Patch::Merge(json!({"status": {"phase": "Bound"}}))));
+                out.push(act(
+                    "persistentvolumes",
+                    pv,
+                    true,
+                    Patch::Merge(json!({"status": {"phase": "Bound"}})),
+                ));
             }
-            if s(pvc, &format!("/metadata/annotations/{}", BIND_COMPLETED.replace('/', "~1"))).is_none() {
-                out.push(act("persistentvolumeclaims", pvc, false, Patch::Merge(json!({"metadata": {"annotations": {BIND_COMPLETED: "yes"}}}))));
+            if s(
+                pvc,
+                &format!(
+                    "/metadata/annotations/{}",
+                    BIND_COMPLETED.replace('/', "~1")
+                ),
+            )
+            .is_none()
+            {
+                out.push(act(
+                    "persistentvolumeclaims",
+                    pvc,
+                    false,
+                    Patch::Merge(json!({"metadata": {"annotations": {BIND_COMPLETED: "yes"}}})),
+                ));
             }
-            out.push(act("persistentvolumeclaims", pvc, true, Patch::Merge(json!({"status": {
-                "phase": "Bound",
-                "accessModes": pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
-                "capacity": pv.pointer("/spec/capacity").cloned().unwrap_or(json!({})),
-            }}))));
+            out.push(act(
+                "persistentvolumeclaims",
+                pvc,
+                true,
+                Patch::Merge(json!({"status": {
+                    "phase": "Bound",
+                    "accessModes": pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
+                    "capacity": pv.pointer("/spec/capacity").cloned().unwrap_or(json!({})),
+                }})),
+            ));
             continue;
         }
         if let Some(pv) = volumes.iter().find(|v| !deleting(v) && refers_to(v, pvc)) {
-            out.push(act("persistentvolumeclaims", pvc, false, Patch::Merge(json!({
+            out.push(act(
+                "persistentvolumeclaims",
+                pvc,
+                false,
+                Patch::Merge(json!({
                 "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
-                "spec": {"volumeName": name(pv)}}))));
+                "spec": {"volumeName": name(pv)}})),
+            ));
             continue;
         }
         let class = classes.iter().find(|c| name(c) == class_of(pvc));
-        let delayed = class.is_some_and(|c| s(c, "/volumeBindingMode") == Some("WaitForFirstConsumer"));
-        let selected = s(pvc, &format!("/metadata/annotations/{}", SELECTED_NODE_KEY.replace('/', "~1"))).is_some();
+        let delayed =
+            class.is_some_and(|c| s(c, "/volumeBindingMode") == Some("WaitForFirstConsumer"));
+        let selected = s(
+            pvc,
+            &format!(
+                "/metadata/annotations/{}",
+                SELECTED_NODE_KEY.replace('/', "~1")
+            ),
+        )
+        .is_some();
         if !delayed {
             // Static binding: the smallest available volume of the class that fits.
             let want = storage(pvc, "/spec/resources/requests/storage");
             let fits = volumes
                 .iter()
-                .filter(|v| !deleting(v) && phase(v) == "Available" && v.pointer("/spec/claimRef").is_none())
+                .filter(|v| {
+                    !deleting(v) && phase(v) == "Available" && v.pointer("/spec/claimRef").is_none()
+                })
                 .filter(|v| class_of(v) == class_of(pvc))
                 .filter(|v| storage(v, "/spec/capacity/storage") >= want)
                 .filter(|v| modes(pvc).iter().all(|m| modes(v).contains(m)))
                 .min_by_key(|v| storage(v, "/spec/capacity/storage"));
             if let Some(pv) = fits {
-                out.push(act("persistentvolumes", pv, false, Patch::Merge(json!({
+                out.push(act(
+                    "persistentvolumes",
+                    pv,
+                    false,
+                    Patch::Merge(json!({
                     "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
                     "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}}))));
+                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}})),
+                ));
                 continue;
             }
         }
         let Some(class) = class else { continue };
         let provisioner = s(class, "/provisioner").unwrap_or_default();
-        if provisioner.is_empty() || provisioner == "kubernetes.io/no-provisioner" || (delayed && !selected) {
+        if provisioner.is_empty()
+            || provisioner == "kubernetes.io/no-provisioner"
+            || (delayed && !selected)
+        {
             continue;
         }
-        let annotated = |k: &str| s(pvc, &format!("/metadata/annotations/{}", k.replace('/', "~1"))) == Some(provisioner);
+        let annotated = |k: &str| {
+            s(
+                pvc,
+                &format!("/metadata/annotations/{}", k.replace('/', "~1")),
+            ) == Some(provisioner)
+        };
         if !annotated(PROVISIONER_KEY) || !annotated(PROVISIONER_BETA_KEY) {
             out.push(act("persistentvolumeclaims", pvc, false, Patch::Merge(json!({
                 "metadata": {"annotations": {PROVISIONER_KEY: provisioner, PROVISIONER_BETA_KEY: provisioner}}}))));
@@ -246,8 +338,17 @@ fn rt(plural: &str) -> Option<&'static ResourceType> {
 /// One pass: plan against the store as it is now and carry out the plan. Writes that lose a race
 /// are left to the next pass.
 fn sweep(api: &KubeApi) -> usize {
-    let all = |plural: &str| rt(plural).map(|t| api.store.list(t, None, &|_| true).0).unwrap_or_default();
-    let actions = plan(&all("persistentvolumeclaims"), &all("persistentvolumes"), &all("storageclasses"), &all("pods"));
+    let all = |plural: &str| {
+        rt(plural)
+            .map(|t| api.store.list(t, None, &|_| true).0)
+            .unwrap_or_default()
+    };
+    let actions = plan(
+        &all("persistentvolumeclaims"),
+        &all("persistentvolumes"),
+        &all("storageclasses"),
+        &all("pods"),
+    );
     let mut done = 0;
     for a in &actions {
         let Some(t) = rt(a.plural) else { continue };
@@ -255,9 +356,14 @@ fn sweep(api: &KubeApi) -> usize {
             Patch::Merge(b) => (PatchKind::Merge, b),
             Patch::Json(b) => (PatchKind::Json, b),
         };
-        match api.store.patch(t, &a.namespace, &a.name, kind, body, MANAGER, a.status) {
+        match api
+            .store
+            .patch(t, &a.namespace, &a.name, kind, body, MANAGER, a.status)
+        {
             Ok(_) => done += 1,
-            Err(e) => tracing::debug!(target: "kube", "controller write to {} {}/{} lost: {}", a.plural, a.namespace, a.name, e.message),
+            Err(e) => {
+                tracing::debug!(target: "kube", "controller write to {} {}/{} lost: {}", a.plural, a.namespace, a.name, e.message)
+            }
         }
     }
     done
@@ -312,44 +418,106 @@ mod tests {
 
     #[test]
     fn immediate_claims_are_annotated_for_their_provisioner() {
-        let actions = plan(&[claim("a", "fast", json!({}))], &[], &[class("fast", "Immediate")], &[]);
+        let actions = plan(
+            &[claim("a", "fast", json!({}))],
+            &[],
+            &[class("fast", "Immediate")],
+            &[],
+        );
         assert_eq!(actions.len(), 1);
-        let Patch::Merge(p) = &actions[0].patch else { panic!() };
-        assert_eq!(p["metadata"]["annotations"][PROVISIONER_KEY], "flexdisk/azure-disk");
-        assert_eq!(p["metadata"]["annotations"][PROVISIONER_BETA_KEY], "flexdisk/azure-disk");
+        let Patch::Merge(p) = &actions[0].patch else {
+            panic!()
+        };
+        assert_eq!(
+            p["metadata"]["annotations"][PROVISIONER_KEY],
+            "flexdisk/azure-disk"
+        );
+        assert_eq!(
+            p["metadata"]["annotations"][PROVISIONER_BETA_KEY],
+            "flexdisk/azure-disk"
+        );
     }
 
     #[test]
     fn delayed_claims_wait_for_a_selected_node() {
         let waiting = claim("a", "late", json!({}));
-        assert!(plan(&[waiting], &[], &[class("late", "WaitForFirstConsumer")], &[]).is_empty());
-        let chosen = claim("a", "late", json!({"metadata": {"annotations": {SELECTED_NODE_KEY: "n1"}}}));
-        assert_eq!(plan(&[chosen], &[], &[class("late", "WaitForFirstConsumer")], &[]).len(), 1);
+        assert!(plan(
+            &[waiting],
+            &[],
+            &[class("late", "WaitForFirstConsumer")],
+            &[]
+        )
+        .is_empty());
+        let chosen = claim(
+            "a",
+            "late",
+            json!({"metadata": {"annotations": {SELECTED_NODE_KEY: "n1"}}}),
+        );
+        assert_eq!(
+            plan(
+                &[chosen],
+                &[],
+                &[class("late", "WaitForFirstConsumer")],
+                &[]
+            )
+            .len(),
+            1
+        );
     }
 
     #[test]
     fn a_prebound_volume_binds_its_claim_in_steps() {
-        let pv = volume("pv-a", json!({"spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}}}));
+        let pv = volume(
+            "pv-a",
+            json!({"spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}}}),
+        );
         let c = claim("a", "fast", json!({}));
-        let a = plan(&[c.clone()], &[pv.clone()], &[class("fast", "Immediate")], &[]);
+        let a = plan(
+            &[c.clone()],
+            &[pv.clone()],
+            &[class("fast", "Immediate")],
+            &[],
+        );
         assert_eq!(a[0].plural, "persistentvolumeclaims");
-        let Patch::Merge(p) = &a[0].patch else { panic!() };
+        let Patch::Merge(p) = &a[0].patch else {
+            panic!()
+        };
         assert_eq!(p["spec"]["volumeName"], "pv-a");
         let bound_claim = claim("a", "fast", json!({"spec": {"volumeName": "pv-a"}}));
         let a = plan(&[bound_claim], &[pv], &[class("fast", "Immediate")], &[]);
         let statuses: Vec<(&str, bool)> = a.iter().map(|x| (x.plural, x.status)).collect();
-        assert_eq!(statuses, vec![("persistentvolumes", true), ("persistentvolumeclaims", false), ("persistentvolumeclaims", true)]);
+        assert_eq!(
+            statuses,
+            vec![
+                ("persistentvolumes", true),
+                ("persistentvolumeclaims", false),
+                ("persistentvolumeclaims", true)
+            ]
+        );
     }
 
     #[test]
     fn released_when_the_claim_goes_and_protection_lifted() {
-        let pv = volume("pv-a", json!({"spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}}, "status": {"phase": "Bound"}}));
+        let pv = volume(
+            "pv-a",
+            json!({"spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}}, "status": {"phase": "Bound"}}),
+        );
         let a = plan(&[], &[pv], &[], &[]);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].patch, Patch::Merge(json!({"status": {"phase": "Released"}})));
-        let gone = claim("a", "fast", json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}));
+        assert_eq!(
+            a[0].patch,
+            Patch::Merge(json!({"status": {"phase": "Released"}}))
+        );
+        let gone = claim(
+            "a",
+            "fast",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        );
         let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "a"}}]}, "status": {"phase": "Running"}});
-        assert!(plan(&[gone.clone()], &[], &[], &[pod]).is_empty(), "in use: protected");
+        assert!(
+            plan(&[gone.clone()], &[], &[], &[pod]).is_empty(),
+            "in use: protected"
+        );
         let a = plan(&[gone], &[], &[], &[]);
         assert_eq!(a.len(), 1);
         assert!(matches!(&a[0].patch, Patch::Json(_)));
@@ -357,8 +525,14 @@ mod tests {
 
     #[test]
     fn static_volumes_bind_smallest_fit() {
-        let big = volume("big", json!({"spec": {"capacity": {"storage": "10Gi"}, "storageClassName": ""}}));
-        let small = volume("small", json!({"spec": {"capacity": {"storage": "2Gi"}, "storageClassName": ""}}));
+        let big = volume(
+            "big",
+            json!({"spec": {"capacity": {"storage": "10Gi"}, "storageClassName": ""}}),
+        );
+        let small = volume(
+            "small",
+            json!({"spec": {"capacity": {"storage": "2Gi"}, "storageClassName": ""}}),
+        );
         let c = claim("a", "", json!({}));
         let a = plan(&[c], &[big, small], &[], &[]);
         assert_eq!(a.len(), 1);

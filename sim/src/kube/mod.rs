@@ -67,11 +67,14 @@ impl KubeApi {
     /// What a new cluster has: the system namespaces and a Node for every VM, labelled and with
     /// `spec.providerID` as Azure's cloud provider does.
     pub fn seed(&self, location: &str, nodes: &[NodeInfo]) -> Result<(), status::ApiError> {
-        let ns = resources::find("", "v1", "namespaces").ok_or_else(|| status::ApiError::bad_request("no namespaces"))?;
+        let ns = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| status::ApiError::bad_request("no namespaces"))?;
         for name in ["default", "kube-system", "kube-node-lease", "kube-public"] {
-            self.store.create(ns, "", json!({"metadata": {"name": name}}), "flexdisk-sim")?;
+            self.store
+                .create(ns, "", json!({"metadata": {"name": name}}), "flexdisk-sim")?;
         }
-        let node_rt = resources::find("", "v1", "nodes").ok_or_else(|| status::ApiError::bad_request("no nodes"))?;
+        let node_rt = resources::find("", "v1", "nodes")
+            .ok_or_else(|| status::ApiError::bad_request("no nodes"))?;
         for n in nodes {
             let zone = match &n.zone {
                 Some(z) => format!("{location}-{z}"),

@@ -32,10 +32,24 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
         .as_array()
         .ok_or("a JSON patch must be an array of operations")?;
     for (i, op) in ops.iter().enumerate() {
-        let name = op.get("op").and_then(Value::as_str).ok_or(format!("operation {i} has no \"op\""))?;
-        let path = op.get("path").and_then(Value::as_str).ok_or(format!("operation {i} has no \"path\""))?;
-        let value = || op.get("value").cloned().ok_or(format!("operation {i} ({name}) has no \"value\""));
-        let from = || op.get("from").and_then(Value::as_str).ok_or(format!("operation {i} ({name}) has no \"from\""));
+        let name = op
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or(format!("operation {i} has no \"op\""))?;
+        let path = op
+            .get("path")
+            .and_then(Value::as_str)
+            .ok_or(format!("operation {i} has no \"path\""))?;
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or(format!("operation {i} ({name}) has no \"value\""))
+        };
+        let from = || {
+            op.get("from")
+                .and_then(Value::as_str)
+                .ok_or(format!("operation {i} ({name}) has no \"from\""))
+        };
         match name {
             "add" => add(target, path, value()?)?,
             "remove" => {
@@ -62,7 +76,8 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
                 if got != Some(&want) {
                     return Err(format!(
                         "testing value {path} failed: expected {want}, found {}",
-                        got.map(Value::to_string).unwrap_or_else(|| "nothing".into())
+                        got.map(Value::to_string)
+                            .unwrap_or_else(|| "nothing".into())
                     ));
                 }
             }
@@ -80,7 +95,9 @@ fn parent_and_last(path: &str) -> Result<(String, String), String> {
     if path.is_empty() {
         return Err("the whole document cannot be patched".into());
     }
-    let (parent, last) = path.rsplit_once('/').ok_or(format!("{path:?} is not a JSON pointer"))?;
+    let (parent, last) = path
+        .rsplit_once('/')
+        .ok_or(format!("{path:?} is not a JSON pointer"))?;
     Ok((parent.to_string(), unescape(last)))
 }
 
@@ -95,7 +112,8 @@ fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
             let idx = if last == "-" {
                 a.len()
             } else {
-                last.parse::<usize>().map_err(|_| format!("{path}: {last:?} is not an index"))?
+                last.parse::<usize>()
+                    .map_err(|_| format!("{path}: {last:?} is not an index"))?
             };
             if idx > a.len() {
                 return Err(format!("{path}: index {idx} is out of bounds"));
@@ -110,9 +128,13 @@ fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
 fn remove(target: &mut Value, path: &str) -> Result<Value, String> {
     let (parent, last) = parent_and_last(path)?;
     match target.pointer_mut(&parent) {
-        Some(Value::Object(m)) => m.remove(&last).ok_or(format!("remove a path that does not exist: {path}")),
+        Some(Value::Object(m)) => m
+            .remove(&last)
+            .ok_or(format!("remove a path that does not exist: {path}")),
         Some(Value::Array(a)) => {
-            let idx = last.parse::<usize>().map_err(|_| format!("{path}: {last:?} is not an index"))?;
+            let idx = last
+                .parse::<usize>()
+                .map_err(|_| format!("{path}: {last:?} is not an index"))?;
             if idx >= a.len() {
                 return Err(format!("{path}: index {idx} is out of bounds"));
             }
@@ -157,7 +179,11 @@ pub fn strategic_merge(target: &mut Value, patch: &Value, path: &str) -> Result<
         if k.starts_with('$') {
             return Err(format!("unknown strategic merge directive {k}"));
         }
-        let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+        let child = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
         if v.is_null() {
             t.remove(k);
             continue;
@@ -258,8 +284,11 @@ mod tests {
             t,
             json!({"metadata": {"labels": {"a/b": "2"}, "annotations": {"a/b": "2"}, "finalizers": [], "first": "x"}})
         );
-        let e = json_patch(&mut t, &json!([{"op": "test", "path": "/metadata/first", "value": "no"}]))
-            .expect_err("test fails");
+        let e = json_patch(
+            &mut t,
+            &json!([{"op": "test", "path": "/metadata/first", "value": "no"}]),
+        )
+        .expect_err("test fails");
         assert!(e.contains("testing value /metadata/first failed"), "{e}");
         assert!(json_patch(&mut t, &json!([{"op": "remove", "path": "/nope"}])).is_err());
     }
@@ -283,16 +312,22 @@ mod tests {
         .expect("merges");
         assert_eq!(t["metadata"]["finalizers"], json!(["a", "b"]));
         assert_eq!(t["metadata"]["labels"], json!({"y": "2"}));
-        assert_eq!(t["spec"]["accessModes"], json!(["ReadWriteMany"]), "plain lists are replaced");
+        assert_eq!(
+            t["spec"]["accessModes"],
+            json!(["ReadWriteMany"]),
+            "plain lists are replaced"
+        );
         assert_eq!(
             t["status"]["conditions"],
             json!([{"type": "Resizing", "status": "False"}, {"type": "New", "status": "True"}])
         );
-        strategic_merge(&mut t, &json!({"$deleteFromPrimitiveList/finalizers": ["a"]}), "metadata")
-            .map(|_| ())
-            .expect("directive");
         let mut m = t["metadata"].clone();
-        strategic_merge(&mut m, &json!({"$deleteFromPrimitiveList/finalizers": ["a"]}), "metadata").expect("ok");
+        strategic_merge(
+            &mut m,
+            &json!({"$deleteFromPrimitiveList/finalizers": ["a"]}),
+            "metadata",
+        )
+        .expect("ok");
         assert_eq!(m["finalizers"], json!(["b"]));
         assert!(strategic_merge(&mut t, &json!({"$bogus": 1}), "").is_err());
     }

@@ -98,7 +98,15 @@ pub const TYPES: &[ResourceType] = &[
         namespaced: true,
         status: true,
         short_names: &["po"],
-        fields: &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "status.phase", "status.podIP", "status.nominatedNodeName"],
+        fields: &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
     },
     ResourceType {
         group: CORE,
@@ -120,7 +128,19 @@ pub const TYPES: &[ResourceType] = &[
         namespaced: true,
         status: false,
         short_names: &["ev"],
-        fields: &["involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid", "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath", "reason", "reportingComponent", "source", "type"],
+        fields: &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
     },
     ResourceType {
         group: "events.k8s.io",
@@ -131,7 +151,15 @@ pub const TYPES: &[ResourceType] = &[
         namespaced: true,
         status: false,
         short_names: &["ev"],
-        fields: &["regarding.kind", "regarding.namespace", "regarding.name", "regarding.uid", "reason", "reportingController", "type"],
+        fields: &[
+            "regarding.kind",
+            "regarding.namespace",
+            "regarding.name",
+            "regarding.uid",
+            "reason",
+            "reportingController",
+            "type",
+        ],
     },
     ResourceType {
         group: "storage.k8s.io",
@@ -184,7 +212,9 @@ pub fn merge_key(path: &str) -> Option<Option<&'static str>> {
         "spec.containers" | "spec.initContainers" | "spec.ephemeralContainers" => Some("name"),
         "spec.volumes" | "spec.imagePullSecrets" => Some("name"),
         "spec.containers.*.env" | "spec.initContainers.*.env" => Some("name"),
-        "spec.containers.*.volumeMounts" | "spec.initContainers.*.volumeMounts" => Some("mountPath"),
+        "spec.containers.*.volumeMounts" | "spec.initContainers.*.volumeMounts" => {
+            Some("mountPath")
+        }
         "spec.containers.*.volumeDevices" => Some("devicePath"),
         "spec.containers.*.ports" => Some("containerPort"),
         "spec.tolerations" => return None,
@@ -210,7 +240,10 @@ mod tests {
         assert_eq!(lease.api_version(), "coordination.k8s.io/v1");
         assert_eq!(lease.qualified(), "leases.coordination.k8s.io");
         assert!(find("", "v1", "leases").is_none());
-        assert_eq!(groups(), vec!["events.k8s.io", "storage.k8s.io", "coordination.k8s.io"]);
+        assert_eq!(
+            groups(),
+            vec!["events.k8s.io", "storage.k8s.io", "coordination.k8s.io"]
+        );
         assert_eq!(merge_key("metadata.finalizers"), Some(None));
         assert_eq!(merge_key("status.conditions"), Some(Some("type")));
         assert_eq!(merge_key("spec.accessModes"), None);

@@ -24,13 +24,16 @@ fn valid_key(k: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     let prefix_ok = prefix.is_none_or(|p| {
         !p.is_empty()
             && p.len() <= 253
-            && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
+            && p.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'))
     });
     name_ok && prefix_ok
 }
@@ -38,7 +41,8 @@ fn valid_key(k: &str) -> bool {
 fn valid_value(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -66,9 +70,14 @@ fn split_top(s: &str) -> Vec<String> {
 
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<LabelSelector, ApiError> {
-        let bad = |why: String| ApiError::bad_request(format!("unable to parse requirement: {why}"));
+        let bad =
+            |why: String| ApiError::bad_request(format!("unable to parse requirement: {why}"));
         let mut reqs = Vec::new();
-        for part in split_top(s).iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
+        for part in split_top(s)
+            .iter()
+            .map(|p| p.trim())
+            .filter(|p| !p.is_empty())
+        {
             let req = if let Some(key) = part.strip_prefix('!') {
                 LabelReq::NotExists(key.trim().to_string())
             } else if let Some((k, v)) = part.split_once("!=") {
@@ -150,11 +159,13 @@ impl FieldSelector {
                 )));
             };
             let field = field.trim();
-            if !["metadata.name", "metadata.namespace"].contains(&field) && !supported.contains(&field) {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
-                ))
-                .with_kind(kind));
+            if !["metadata.name", "metadata.namespace"].contains(&field)
+                && !supported.contains(&field)
+            {
+                return Err(
+                    ApiError::bad_request(format!("field label not supported: {field}"))
+                        .with_kind(kind),
+                );
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }
@@ -189,7 +200,8 @@ mod tests {
 
     #[test]
     fn label_selectors() {
-        let labels = json!({"app": "db", "tier": "storage", "topology.kubernetes.io/zone": "westus2-1"});
+        let labels =
+            json!({"app": "db", "tier": "storage", "topology.kubernetes.io/zone": "westus2-1"});
         let m = |s: &str| LabelSelector::parse(s).expect(s).matches(&labels);
         assert!(m("app=db"));
         assert!(m("app==db,tier"));
@@ -197,7 +209,9 @@ mod tests {
         assert!(m("app in (db, cache)"));
         assert!(m("app notin (web)"));
         assert!(m("!missing"));
-        assert!(m("topology.kubernetes.io/zone in (westus2-1,westus2-2),tier=storage"));
+        assert!(m(
+            "topology.kubernetes.io/zone in (westus2-1,westus2-2),tier=storage"
+        ));
         assert!(!m("app=web"));
         assert!(!m("missing"));
         assert!(!m("!app"));
@@ -215,7 +229,8 @@ mod tests {
         assert!(f("metadata.name=p,spec.nodeName==n1").matches(&pod));
         assert!(f("metadata.namespace!=other").matches(&pod));
         assert!(!f("spec.nodeName=n2").matches(&pod));
-        let e = FieldSelector::parse("spec.volumeName=x", "PersistentVolumeClaim", &[]).expect_err("unsupported");
+        let e = FieldSelector::parse("spec.volumeName=x", "PersistentVolumeClaim", &[])
+            .expect_err("unsupported");
         assert_eq!(e.message, "field label not supported: spec.volumeName");
     }
 }

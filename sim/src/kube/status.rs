@@ -36,8 +36,12 @@ impl ApiError {
     }
 
     pub fn already_exists(qualified: &str, name: &str) -> ApiError {
-        ApiError::new(409, "AlreadyExists", format!("{qualified} \"{name}\" already exists"))
-            .about(qualified.split('.').next().unwrap_or(qualified), name)
+        ApiError::new(
+            409,
+            "AlreadyExists",
+            format!("{qualified} \"{name}\" already exists"),
+        )
+        .about(qualified.split('.').next().unwrap_or(qualified), name)
     }
 
     pub fn conflict(qualified: &str, name: &str) -> ApiError {
@@ -106,6 +110,8 @@ mod tests {
         assert_eq!(body["code"], 404);
         assert_eq!(body["details"]["kind"], "persistentvolumeclaims");
         let c = ApiError::conflict("leases.coordination.k8s.io", "l");
-        assert!(c.message.starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"l\""));
+        assert!(c
+            .message
+            .starts_with("Operation cannot be fulfilled on leases.coordination.k8s.io \"l\""));
     }
 }

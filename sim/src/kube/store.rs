@@ -96,7 +96,11 @@ fn meta(o: &Value, field: &str) -> Option<String> {
 fn finalizers(o: &Value) -> Vec<String> {
     o.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -108,9 +112,15 @@ fn leaves(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
                 let p = format!("{prefix}/{}", k.replace('~', "~0").replace('/', "~1"));
                 if matches!(
                     p.as_str(),
-                    "/apiVersion" | "/kind" | "/metadata/resourceVersion" | "/metadata/managedFields"
-                        | "/metadata/name" | "/metadata/namespace" | "/metadata/uid"
-                        | "/metadata/creationTimestamp" | "/metadata/generation"
+                    "/apiVersion"
+                        | "/kind"
+                        | "/metadata/resourceVersion"
+                        | "/metadata/managedFields"
+                        | "/metadata/name"
+                        | "/metadata/namespace"
+                        | "/metadata/uid"
+                        | "/metadata/creationTimestamp"
+                        | "/metadata/generation"
                 ) {
                     continue;
                 }
@@ -247,7 +257,9 @@ impl Store {
         let items = inner
             .objects
             .iter()
-            .filter(|((g, p, n, _), _)| *g == rt.group && *p == rt.plural && ns.is_none_or(|ns| ns == n))
+            .filter(|((g, p, n, _), _)| {
+                *g == rt.group && *p == rt.plural && ns.is_none_or(|ns| ns == n)
+            })
             .map(|(_, s)| &s.object)
             .filter(|o| keep(o))
             .cloned()
@@ -331,7 +343,9 @@ impl Store {
         }
         body["apiVersion"] = json!(rt.api_version());
         body["kind"] = json!(rt.kind);
-        let m = body["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+        let m = body["metadata"]
+            .as_object_mut()
+            .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
         m.insert("name".into(), json!(name));
         if rt.namespaced {
             m.insert("namespace".into(), json!(ns));
@@ -355,7 +369,13 @@ impl Store {
     }
 
     /// The URL names the object; a body that names another is refused, as kube-apiserver does.
-    fn check_identity(&self, rt: &ResourceType, ns: &str, name: Option<&str>, body: &Value) -> ApiResult<()> {
+    fn check_identity(
+        &self,
+        rt: &ResourceType,
+        ns: &str,
+        name: Option<&str>,
+        body: &Value,
+    ) -> ApiResult<()> {
         if let (Some(url), Some(b)) = (name, meta(body, "name")) {
             if url != b {
                 return Err(ApiError::bad_request(format!(
@@ -420,7 +440,9 @@ impl Store {
         match kind {
             PatchKind::Merge => patch::merge_patch(&mut new, body),
             PatchKind::Json => patch::json_patch(&mut new, body).map_err(invalid)?,
-            PatchKind::Strategic => patch::strategic_merge(&mut new, body, "").map_err(|e| ApiError::bad_request(e))?,
+            PatchKind::Strategic => {
+                patch::strategic_merge(&mut new, body, "").map_err(|e| ApiError::bad_request(e))?
+            }
             PatchKind::Apply { force } => {
                 self.check_identity(rt, ns, Some(name), body)?;
                 new = apply(&current, body, manager, force, rt, name)?;
@@ -455,7 +477,15 @@ impl Store {
         // What the client may not change.
         new["apiVersion"] = json!(rt.api_version());
         new["kind"] = json!(rt.kind);
-        for field in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        for field in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ] {
             match old["metadata"].get(field) {
                 Some(v) => new["metadata"][field] = v.clone(),
                 None => {
@@ -477,7 +507,8 @@ impl Store {
                         }
                     }
                 }
-                only_status["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
+                only_status["metadata"]["resourceVersion"] =
+                    old["metadata"]["resourceVersion"].clone();
                 new = only_status;
             } else {
                 match old.get("status") {
@@ -510,7 +541,10 @@ impl Store {
             return Ok(old.clone());
         }
         if body_without_spec_and_status(&new) != body_without_spec_and_status(old) {
-            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+            let g = old
+                .pointer("/metadata/generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
             new["metadata"]["generation"] = json!(g + 1);
         }
         // Field ownership: what this manager set is now its own (and no longer others').
@@ -527,16 +561,35 @@ impl Store {
         };
         for (m, paths) in owners.iter_mut() {
             if m != manager {
-                paths.retain(|p| !touched.contains(p) || (applied.is_some() && new.pointer(p) == old.pointer(p)));
+                paths.retain(|p| {
+                    !touched.contains(p) || (applied.is_some() && new.pointer(p) == old.pointer(p))
+                });
             }
         }
-        owners.entry(manager.to_string()).or_default().extend(touched);
+        owners
+            .entry(manager.to_string())
+            .or_default()
+            .extend(touched);
         owners.retain(|_, p| !p.is_empty());
 
         if terminating && finalizers(&new).is_empty() {
-            return Ok(self.commit(inner, rt, EventKind::Deleted, new, Some(old.clone()), owners));
+            return Ok(self.commit(
+                inner,
+                rt,
+                EventKind::Deleted,
+                new,
+                Some(old.clone()),
+                owners,
+            ));
         }
-        Ok(self.commit(inner, rt, EventKind::Modified, new, Some(old.clone()), owners))
+        Ok(self.commit(
+            inner,
+            rt,
+            EventKind::Modified,
+            new,
+            Some(old.clone()),
+            owners,
+        ))
     }
 
     pub fn delete(
@@ -553,7 +606,10 @@ impl Store {
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
         let old = &current.object;
-        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if let Some(uid) = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+        {
             let actual = meta(old, "uid").unwrap_or_default();
             if uid != actual {
                 return Err(ApiError::new(409, "Conflict", format!(
@@ -562,7 +618,10 @@ impl Store {
                 )));
             }
         }
-        if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
             let actual = meta(old, "resourceVersion").unwrap_or_default();
             if rv != actual {
                 return Err(ApiError::new(409, "Conflict", format!(
@@ -572,7 +631,14 @@ impl Store {
             }
         }
         if finalizers(old).is_empty() {
-            return Ok(self.commit(&mut inner, rt, EventKind::Deleted, old.clone(), Some(old.clone()), current.owners.clone()));
+            return Ok(self.commit(
+                &mut inner,
+                rt,
+                EventKind::Deleted,
+                old.clone(),
+                Some(old.clone()),
+                current.owners.clone(),
+            ));
         }
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok(old.clone());
@@ -580,7 +646,14 @@ impl Store {
         let mut new = old.clone();
         new["metadata"]["deletionTimestamp"] = json!(now());
         new["metadata"]["deletionGracePeriodSeconds"] = json!(0);
-        Ok(self.commit(&mut inner, rt, EventKind::Modified, new, Some(old.clone()), current.owners.clone()))
+        Ok(self.commit(
+            &mut inner,
+            rt,
+            EventKind::Modified,
+            new,
+            Some(old.clone()),
+            current.owners.clone(),
+        ))
     }
 }
 
@@ -604,7 +677,10 @@ fn apply(
             if old.pointer(path).is_some_and(|v| v != value) {
                 for (m, owned) in &current.owners {
                     if m != manager && owned.contains(path) {
-                        conflicts.push(format!("conflict with \"{m}\": .{}", path.trim_start_matches('/').replace('/', ".")));
+                        conflicts.push(format!(
+                            "conflict with \"{m}\": .{}",
+                            path.trim_start_matches('/').replace('/', ".")
+                        ));
                     }
                 }
             }
@@ -613,7 +689,12 @@ fn apply(
             let mut e = ApiError::new(
                 409,
                 "Conflict",
-                format!("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.join("\n")),
+                format!(
+                    "Apply failed with {} conflict{}: {}",
+                    conflicts.len(),
+                    if conflicts.len() == 1 { "" } else { "s" },
+                    conflicts.join("\n")
+                ),
             );
             e.details = json!({"name": name, "kind": rt.plural,
                 "causes": conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": c})).collect::<Vec<_>>()});
@@ -623,7 +704,10 @@ fn apply(
     let mut new = old.clone();
     if let Some(before) = current.owners.get(manager) {
         for path in before.iter().filter(|p| !fields.contains_key(*p)) {
-            let others = current.owners.iter().any(|(m, o)| m != manager && o.contains(path));
+            let others = current
+                .owners
+                .iter()
+                .any(|(m, o)| m != manager && o.contains(path));
             if !others {
                 if let Some((parent, last)) = path.rsplit_once('/') {
                     if let Some(Value::Object(m)) = new.pointer_mut(parent) {
@@ -634,7 +718,10 @@ fn apply(
         }
     }
     let mut patch_body = applied.clone();
-    if let Some(m) = patch_body.get_mut("metadata").and_then(Value::as_object_mut) {
+    if let Some(m) = patch_body
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+    {
         m.remove("resourceVersion");
     }
     patch::merge_patch(&mut new, &patch_body);
@@ -645,7 +732,9 @@ fn random_suffix() -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut rng = rand::thread_rng();
-    (0..5).map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| CHARS[rng.gen_range(0..CHARS.len())] as char)
+        .collect()
 }
 
 /// What defaulting on create reads from other objects (the default StorageClass).

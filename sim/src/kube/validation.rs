@@ -9,22 +9,50 @@ use serde_json::{json, Value};
 
 pub const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
 pub const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
-const ACCESS_MODES: &[&str] = &["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"];
+const ACCESS_MODES: &[&str] = &[
+    "ReadWriteOnce",
+    "ReadOnlyMany",
+    "ReadWriteMany",
+    "ReadWriteOncePod",
+];
 /// PersistentVolume sources (one is required).
 const PV_SOURCES: &[&str] = &[
-    "flexVolume", "csi", "hostPath", "local", "azureDisk", "azureFile", "nfs", "iscsi", "fc",
-    "awsElasticBlockStore", "gcePersistentDisk", "cephfs", "rbd", "cinder", "glusterfs",
-    "vsphereVolume", "portworxVolume", "scaleIO", "storageos", "photonPersistentDisk", "quobyte", "flocker",
+    "flexVolume",
+    "csi",
+    "hostPath",
+    "local",
+    "azureDisk",
+    "azureFile",
+    "nfs",
+    "iscsi",
+    "fc",
+    "awsElasticBlockStore",
+    "gcePersistentDisk",
+    "cephfs",
+    "rbd",
+    "cinder",
+    "glusterfs",
+    "vsphereVolume",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+    "photonPersistentDisk",
+    "quobyte",
+    "flocker",
 ];
 
 fn name_of(o: &Value) -> String {
-    o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string()
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn valid_subdomain(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && n.starts_with(|c: char| c.is_ascii_alphanumeric())
         && n.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
@@ -56,7 +84,9 @@ fn default(o: &mut Value, pointer: &str, value: Value) {
 }
 
 fn storage_of(o: &Value, pointer: &str) -> Option<u128> {
-    o.pointer(pointer).and_then(Value::as_str).and_then(quantity::parse)
+    o.pointer(pointer)
+        .and_then(Value::as_str)
+        .and_then(quantity::parse)
 }
 
 fn access_modes(kind: &str, name: &str, o: &Value) -> ApiResult<()> {
@@ -85,7 +115,12 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
         ("", "persistentvolumeclaims") => {
             access_modes(rt.kind, &name, o)?;
             if storage_of(o, "/spec/resources/requests/storage").is_none() {
-                return Err(ApiError::invalid(rt.kind, &name, "spec.resources[storage]", "Required value"));
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec.resources[storage]",
+                    "Required value",
+                ));
             }
             default(o, "/spec/volumeMode", json!("Filesystem"));
             if o.pointer("/spec/storageClassName").is_none() {
@@ -99,11 +134,24 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
         ("", "persistentvolumes") => {
             access_modes(rt.kind, &name, o)?;
             if storage_of(o, "/spec/capacity/storage").is_none() {
-                return Err(ApiError::invalid(rt.kind, &name, "spec.capacity", "Required value"));
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec.capacity",
+                    "Required value",
+                ));
             }
-            let sources = PV_SOURCES.iter().filter(|s| o.pointer(&format!("/spec/{s}")).is_some()).count();
+            let sources = PV_SOURCES
+                .iter()
+                .filter(|s| o.pointer(&format!("/spec/{s}")).is_some())
+                .count();
             if sources != 1 {
-                return Err(ApiError::invalid(rt.kind, &name, "spec", "Required value: must specify exactly one volume type"));
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec",
+                    "Required value: must specify exactly one volume type",
+                ));
             }
             default(o, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
             default(o, "/spec/volumeMode", json!("Filesystem"));
@@ -111,8 +159,16 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
             add_finalizer(o, PV_PROTECTION);
         }
         ("storage.k8s.io", "storageclasses") => {
-            if o.get("provisioner").and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(ApiError::invalid(rt.kind, &name, "provisioner", "Required value"));
+            if o.get("provisioner")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty)
+            {
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "provisioner",
+                    "Required value",
+                ));
             }
             default(o, "/reclaimPolicy", json!("Delete"));
             default(o, "/volumeBindingMode", json!("Immediate"));
@@ -122,8 +178,16 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
             }
         }
         ("", "pods") => {
-            if o.pointer("/spec/containers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
-                return Err(ApiError::invalid(rt.kind, &name, "spec.containers", "Required value"));
+            if o.pointer("/spec/containers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+            {
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec.containers",
+                    "Required value",
+                ));
             }
             default(o, "/status", json!({}));
             default(o, "/status/phase", json!("Pending"));
@@ -155,20 +219,57 @@ pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<(
     let name = name_of(old);
     match (rt.group, rt.plural) {
         ("", "persistentvolumeclaims") => {
-            let before = without(&old["spec"], &["/resources/requests", "/volumeName", "/volumeAttributesClassName"]);
-            let after = without(&new["spec"], &["/resources/requests", "/volumeName", "/volumeAttributesClassName"]);
+            let before = without(
+                &old["spec"],
+                &[
+                    "/resources/requests",
+                    "/volumeName",
+                    "/volumeAttributesClassName",
+                ],
+            );
+            let after = without(
+                &new["spec"],
+                &[
+                    "/resources/requests",
+                    "/volumeName",
+                    "/volumeAttributesClassName",
+                ],
+            );
             if before != after {
                 return Err(ApiError::invalid(rt.kind, &name, "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
             }
-            if let (Some(a), Some(b)) = (old.pointer("/spec/volumeName"), new.pointer("/spec/volumeName")) {
+            if let (Some(a), Some(b)) = (
+                old.pointer("/spec/volumeName"),
+                new.pointer("/spec/volumeName"),
+            ) {
                 if a != b && a.as_str().is_some_and(|s| !s.is_empty()) {
-                    return Err(ApiError::invalid(rt.kind, &name, "spec.volumeName", "Forbidden: spec is immutable after creation"));
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        "spec.volumeName",
+                        "Forbidden: spec is immutable after creation",
+                    ));
                 }
             }
-            match (storage_of(old, "/spec/resources/requests/storage"), storage_of(new, "/spec/resources/requests/storage")) {
-                (_, None) => return Err(ApiError::invalid(rt.kind, &name, "spec.resources[storage]", "Required value")),
+            match (
+                storage_of(old, "/spec/resources/requests/storage"),
+                storage_of(new, "/spec/resources/requests/storage"),
+            ) {
+                (_, None) => {
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        "spec.resources[storage]",
+                        "Required value",
+                    ))
+                }
                 (Some(a), Some(b)) if b < a => {
-                    return Err(ApiError::invalid(rt.kind, &name, "spec.resources.requests.storage", "Forbidden: field can not be less than previous value"))
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        "spec.resources.requests.storage",
+                        "Forbidden: field can not be less than previous value",
+                    ))
                 }
                 _ => {}
             }
@@ -177,17 +278,37 @@ pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<(
             for source in PV_SOURCES {
                 let p = format!("/spec/{source}");
                 if old.pointer(&p) != new.pointer(&p) {
-                    return Err(ApiError::invalid(rt.kind, &name, "spec.persistentvolumesource", "Forbidden: spec.persistentvolumesource is immutable after creation"));
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        "spec.persistentvolumesource",
+                        "Forbidden: spec.persistentvolumesource is immutable after creation",
+                    ));
                 }
             }
             if storage_of(new, "/spec/capacity/storage").is_none() {
-                return Err(ApiError::invalid(rt.kind, &name, "spec.capacity", "Required value"));
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec.capacity",
+                    "Required value",
+                ));
             }
         }
         ("storage.k8s.io", "storageclasses") => {
-            for field in ["parameters", "provisioner", "reclaimPolicy", "volumeBindingMode"] {
+            for field in [
+                "parameters",
+                "provisioner",
+                "reclaimPolicy",
+                "volumeBindingMode",
+            ] {
                 if old.get(field) != new.get(field) {
-                    return Err(ApiError::invalid(rt.kind, &name, field, &format!("Forbidden: updates to {field} are forbidden.")));
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        field,
+                        &format!("Forbidden: updates to {field} are forbidden."),
+                    ));
                 }
             }
         }
@@ -202,7 +323,9 @@ mod tests {
     use crate::kube::resources::find;
 
     fn defaults() -> Defaults {
-        Defaults { default_storage_class: Some("standard".into()) }
+        Defaults {
+            default_storage_class: Some("standard".into()),
+        }
     }
 
     #[test]
@@ -219,12 +342,23 @@ mod tests {
         on_update(rt, &pvc, &mut grown).expect("growing is allowed");
         let mut shrunk = pvc.clone();
         shrunk["spec"]["resources"]["requests"]["storage"] = json!("512Mi");
-        assert_eq!(on_update(rt, &pvc, &mut shrunk).expect_err("shrink").code, 422);
+        assert_eq!(
+            on_update(rt, &pvc, &mut shrunk).expect_err("shrink").code,
+            422
+        );
         let mut changed = pvc.clone();
         changed["spec"]["accessModes"] = json!(["ReadWriteMany"]);
-        assert!(on_update(rt, &pvc, &mut changed).expect_err("immutable").message.contains("spec is immutable"));
+        assert!(on_update(rt, &pvc, &mut changed)
+            .expect_err("immutable")
+            .message
+            .contains("spec is immutable"));
         let mut bad = json!({"metadata": {"name": "Bad_Name"}, "spec": {}});
-        assert_eq!(on_create(rt, &mut bad, &defaults()).expect_err("name").reason, "Invalid");
+        assert_eq!(
+            on_create(rt, &mut bad, &defaults())
+                .expect_err("name")
+                .reason,
+            "Invalid"
+        );
     }
 
     #[test]

@@ -24,9 +24,10 @@ pub struct WatchRequest {
 
 impl WatchRequest {
     fn selects(&self, o: &Value) -> bool {
-        let ns_ok = self.namespace.as_deref().is_none_or(|ns| {
-            o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns)
-        });
+        let ns_ok = self
+            .namespace
+            .as_deref()
+            .is_none_or(|ns| o.pointer("/metadata/namespace").and_then(Value::as_str) == Some(ns));
         ns_ok
             && self
                 .labels
