@@ -102,7 +102,18 @@ impl SimProcess {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), reqwest::Error> {
-        let url = format!("{}{path}", self.field("control"));
+        self.control_at("control", method, path, body)
+    }
+
+    /// A call to `{ready[base]}{path}`, e.g. the Kubernetes API's own `/_sim/…` under `kube`.
+    pub fn control_at(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let url = format!("{}{path}", self.field(base));
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
         let mut req = self.http.request(method, url);
         if let Some(b) = body {

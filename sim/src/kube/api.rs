@@ -74,6 +74,8 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
         target.rt.plural,
         if target.status { "/status" } else { "" }
     );
+    api.counters
+        .count(&operation, !matches!(verb, "get" | "list" | "watch"));
     let mut lose = false;
     for action in api.faults.fire(req.method.as_str(), &operation, &req.path) {
         match action {

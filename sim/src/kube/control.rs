@@ -30,6 +30,11 @@ pub fn handle(api: &KubeApi, req: &Request) -> Response {
                 Err(_) => bad("fault ids are numbers".into()),
             }
         }
+        (&Method::GET, "/_sim/counters") => Response::json(200, &json!(api.counters.snapshot())),
+        (&Method::DELETE, "/_sim/counters") => {
+            api.counters.reset();
+            Response::empty(204)
+        }
         (&Method::DELETE, "/_sim/watches") => {
             let n = api.drop_all_watches();
             Response::json(200, &json!({"generation": n}))

@@ -14,7 +14,7 @@ pub mod store;
 pub mod validation;
 pub mod watch;
 
-use crate::faults::Faults;
+use crate::faults::{Counters, Faults};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub const DEFAULT_WINDOW: usize = 10_000;
 pub struct KubeApi {
     pub store: Store,
     pub faults: Faults,
+    /// Requests per operation (`list secrets`, `watch leases`, `patch persistentvolumeclaims/status`).
+    pub counters: Counters,
     /// host:port, for discovery.
     pub address: String,
     pub drop_watches: tokio::sync::watch::Sender<u64>,
@@ -48,6 +50,7 @@ impl KubeApi {
         KubeApi {
             store: Store::new(window),
             faults: Faults::default(),
+            counters: Counters::default(),
             address,
             drop_watches,
             bookmark_every,

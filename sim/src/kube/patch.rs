@@ -72,7 +72,10 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
             }
             "test" => {
                 let want = value()?;
-                let got = target.pointer(path);
+                // As in kube-apiserver's JSON patch library, a missing value tests equal to null.
+                let got = target
+                    .pointer(path)
+                    .or(Some(&Value::Null).filter(|_| want.is_null()));
                 if got != Some(&want) {
                     return Err(format!(
                         "testing value {path} failed: expected {want}, found {}",
@@ -291,6 +294,11 @@ mod tests {
         .expect_err("test fails");
         assert!(e.contains("testing value /metadata/first failed"), "{e}");
         assert!(json_patch(&mut t, &json!([{"op": "remove", "path": "/nope"}])).is_err());
+        json_patch(
+            &mut t,
+            &json!([{"op": "test", "path": "/metadata/missing", "value": null}]),
+        )
+        .expect("missing equals null");
     }
 
     #[test]
