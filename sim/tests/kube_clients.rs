@@ -29,6 +29,9 @@ where
     F: FnOnce(Arc<SimProcess>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
+    // In a workspace build rustls has both ring and aws-lc-rs (azure_identity brings the latter),
+    // so the process must name its provider, as flexdisk's binaries do.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = Arc::new(start(args));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

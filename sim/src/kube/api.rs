@@ -4,7 +4,7 @@
 use super::resources::{self, ResourceType, TYPES};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, ApiResult};
-use super::store::PatchKind;
+use super::store::{PatchKind, Writer};
 use super::watch::{self, WatchRequest};
 use super::KubeApi;
 use crate::faults::FaultAction;
@@ -308,7 +308,16 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
             })?;
             ok(
                 200,
-                store.replace(t.rt, &ns, name, body_json(req)?, &manager(req), t.status)?,
+                store.replace(
+                    t.rt,
+                    &ns,
+                    name,
+                    body_json(req)?,
+                    Writer {
+                        manager: &manager(req),
+                        status: t.status,
+                    },
+                )?,
             )
         }
         "patch" => {
@@ -346,7 +355,17 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
             let body = body_json(req)?;
             ok(
                 200,
-                store.patch(t.rt, &ns, name, kind, &body, &manager(req), t.status)?,
+                store.patch(
+                    t.rt,
+                    &ns,
+                    name,
+                    kind,
+                    &body,
+                    Writer {
+                        manager: &manager(req),
+                        status: t.status,
+                    },
+                )?,
             )
         }
         "delete" => {

@@ -5,7 +5,7 @@
 
 use super::quantity;
 use super::resources::{find, ResourceType};
-use super::store::PatchKind;
+use super::store::{PatchKind, Writer};
 use super::validation::{PVC_PROTECTION, PV_PROTECTION};
 use super::KubeApi;
 use serde_json::{json, Value};
@@ -356,10 +356,17 @@ fn sweep(api: &KubeApi) -> usize {
             Patch::Merge(b) => (PatchKind::Merge, b),
             Patch::Json(b) => (PatchKind::Json, b),
         };
-        match api
-            .store
-            .patch(t, &a.namespace, &a.name, kind, body, MANAGER, a.status)
-        {
+        match api.store.patch(
+            t,
+            &a.namespace,
+            &a.name,
+            kind,
+            body,
+            Writer {
+                manager: MANAGER,
+                status: a.status,
+            },
+        ) {
             Ok(_) => done += 1,
             Err(e) => {
                 tracing::debug!(target: "kube", "controller write to {} {}/{} lost: {}", a.plural, a.namespace, a.name, e.message)
@@ -473,8 +480,8 @@ mod tests {
         );
         let c = claim("a", "fast", json!({}));
         let a = plan(
-            &[c.clone()],
-            &[pv.clone()],
+            std::slice::from_ref(&c),
+            std::slice::from_ref(&pv),
             &[class("fast", "Immediate")],
             &[],
         );
@@ -515,7 +522,7 @@ mod tests {
         );
         let pod = json!({"metadata": {"name": "p", "namespace": "default"}, "spec": {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "a"}}]}, "status": {"phase": "Running"}});
         assert!(
-            plan(&[gone.clone()], &[], &[], &[pod]).is_empty(),
+            plan(std::slice::from_ref(&gone), &[], &[], &[pod]).is_empty(),
             "in use: protected"
         );
         let a = plan(&[gone], &[], &[], &[]);

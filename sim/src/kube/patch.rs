@@ -65,7 +65,7 @@ pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), String> {
             }
             "copy" => {
                 let v = target
-                    .pointer(&from()?.to_string())
+                    .pointer(from()?)
                     .cloned()
                     .ok_or(format!("copy from a path that does not exist: {}", from()?))?;
                 add(target, path, v)?;

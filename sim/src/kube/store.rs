@@ -59,6 +59,13 @@ struct Inner {
     log: VecDeque<Arc<Change>>,
 }
 
+/// Who writes, and to which part: the object or its `/status`.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    pub manager: &'a str,
+    pub status: bool,
+}
+
 pub enum PatchKind {
     Merge,
     Json,
@@ -400,8 +407,7 @@ impl Store {
         ns: &str,
         name: &str,
         body: Value,
-        manager: &str,
-        status: bool,
+        by: Writer<'_>,
     ) -> ApiResult<Value> {
         let mut inner = self.lock();
         self.check_identity(rt, ns, Some(name), &body)?;
@@ -410,7 +416,7 @@ impl Store {
             .get(&key(rt, ns, name))
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.qualified(), name))?;
-        self.write(&mut inner, rt, current, body, manager, status, None)
+        self.write(&mut inner, rt, current, body, by, None)
     }
 
     pub fn patch(
@@ -420,9 +426,9 @@ impl Store {
         name: &str,
         kind: PatchKind,
         body: &Value,
-        manager: &str,
-        status: bool,
+        by: Writer<'_>,
     ) -> ApiResult<Value> {
+        let manager = by.manager;
         let mut inner = self.lock();
         let Some(current) = inner.objects.get(&key(rt, ns, name)).cloned() else {
             if let PatchKind::Apply { .. } = kind {
@@ -441,7 +447,7 @@ impl Store {
             PatchKind::Merge => patch::merge_patch(&mut new, body),
             PatchKind::Json => patch::json_patch(&mut new, body).map_err(invalid)?,
             PatchKind::Strategic => {
-                patch::strategic_merge(&mut new, body, "").map_err(|e| ApiError::bad_request(e))?
+                patch::strategic_merge(&mut new, body, "").map_err(ApiError::bad_request)?
             }
             PatchKind::Apply { force } => {
                 self.check_identity(rt, ns, Some(name), body)?;
@@ -449,21 +455,20 @@ impl Store {
                 applied = Some(body.clone());
             }
         }
-        self.write(&mut inner, rt, current, new, manager, status, applied)
+        self.write(&mut inner, rt, current, new, by, applied)
     }
 
     /// The one place an existing object changes.
-    #[allow(clippy::too_many_arguments)]
     fn write(
         &self,
         inner: &mut Inner,
         rt: &'static ResourceType,
         current: Stored,
         mut new: Value,
-        manager: &str,
-        status: bool,
+        by: Writer<'_>,
         applied: Option<Value>,
     ) -> ApiResult<Value> {
+        let (manager, status) = (by.manager, by.status);
         let old = &current.object;
         let name = meta(old, "name").unwrap_or_default();
         if !new.is_object() || !new.get("metadata").is_some_and(Value::is_object) {
