@@ -1,12 +1,8 @@
-//! The FlexVolume driver. Not built yet (issue #4): until then every call answers a Failure reply
-//! that says so, on stdout only, as kubelet expects.
+//! `flexdisk <call> <args…>`: prints exactly one JSON reply, exits 0 on Success.
 
 fn main() {
-    let call = std::env::args().nth(1).unwrap_or_default();
-    let reply = serde_json::json!({
-        "status": "Failure",
-        "message": format!("flexdisk: '{call}' is not implemented yet in this build"),
-    });
-    println!("{reply}");
-    std::process::exit(1);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let reply = flexdisk::main_reply(&argv);
+    println!("{}", reply.to_json());
+    std::process::exit(reply.exit_code());
 }

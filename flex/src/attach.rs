@@ -1,0 +1,173 @@
+//! The controller-side calls (attach, isattached, detach): Azure through the azure library, one
+//! change per VM at a time (a per-VM lock across processes), and a record of which disk each
+//! attached volume is, since `detach` is told only the volume's name.
+
+use crate::options::VolumeOptions;
+use crate::settings::Settings;
+use flexdisk_azure::naming::{disk_name_for_pv, parse_resource_id, ResourceKind};
+use flexdisk_azure::{Arm, ArmOptions, AttachSpec, AzureError, Caching, Config};
+use nix::fcntl::{Flock, FlockArg};
+use std::path::PathBuf;
+use tracing::{info, warn};
+
+pub async fn connect(s: &Settings) -> Result<Arm, String> {
+    let config = Config::load(&s.cloud_config).map_err(|e| e.to_string())?;
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    Arm::connect(&config, ArmOptions::default())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Holds the VM's lock until dropped: attaches and detaches of one VM from this host go one at a
+/// time (Azure would refuse the second as "another operation is in progress" anyway).
+fn lock_vm(s: &Settings, vm: &str) -> Result<Flock<std::fs::File>, String> {
+    let dir = s.state_dir.join("locks");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(format!("{vm}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+}
+
+fn record_path(s: &Settings, volume: &str) -> PathBuf {
+    s.state_dir.join("volumes").join(volume)
+}
+
+fn remember(s: &Settings, volume: &str, disk_uri: &str) {
+    let path = record_path(s, volume);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, disk_uri)
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .is_err()
+    {
+        warn!(
+            volume,
+            "could not record the volume's disk; detach will look for a disk named after it"
+        );
+    }
+}
+
+/// Attaches the volume's disk to the node's VM; the LUN.
+pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32, String> {
+    let arm = connect(s).await?;
+    let disk = arm
+        .get_disk(&opts.disk.resource_group, &opts.disk.name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("disk {} does not exist", opts.disk_uri))?;
+    let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
+    if let Some(d) = vm.find(&disk.id) {
+        if !d.to_be_detached {
+            if let Some(v) = &opts.volume_name {
+                remember(s, v, &opts.disk_uri);
+            }
+            return Ok(d.lun);
+        }
+    }
+    let vm_id = vm.vm.id(&arm.subscription);
+    let owners: Vec<String> = disk
+        .attached_to()
+        .into_iter()
+        .filter(|o| !o.eq_ignore_ascii_case(&vm_id))
+        .collect();
+    if !owners.is_empty() && disk.max_shares.unwrap_or(1) <= 1 {
+        return Err(format!(
+            "disk {} is attached to VM {}; it attaches here once detached there (maxShares is 1)",
+            disk.name,
+            flexdisk_azure::error::vm_name_from_id(&owners[0])
+        ));
+    }
+    let v2 = disk.sku.starts_with("PremiumV2") || disk.sku.starts_with("UltraSSD");
+    let caching = if disk.size_gib >= flexdisk_azure::params::NO_CACHING_FROM_GIB
+        || v2
+        || disk.max_shares.unwrap_or(1) > 1
+    {
+        Caching::None
+    } else {
+        opts.caching.unwrap_or(Caching::ReadOnly)
+    };
+    let _lock = lock_vm(s, &vm.vm.name())?;
+    let spec = AttachSpec {
+        disk_id: disk.id.clone(),
+        lun: None,
+        caching,
+    };
+    let after = arm
+        .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[])
+        .await
+        .map_err(describe)?;
+    let lun = after.find(&disk.id).map(|d| d.lun).ok_or_else(|| {
+        format!(
+            "Azure reported the attach of {} done but the VM does not list it",
+            disk.name
+        )
+    })?;
+    if let Some(v) = &opts.volume_name {
+        remember(s, v, &opts.disk_uri);
+    }
+    info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
+    Ok(lun)
+}
+
+fn describe(e: AzureError) -> String {
+    match e {
+        AzureError::DataDiskLimit { limit, message } => format!(
+            "the VM has no room for another data disk{}: {message}; move the pod to a node with free slots or a larger VM size",
+            limit.map(|l| format!(" (its size allows {l})")).unwrap_or_default()
+        ),
+        other => other.to_string(),
+    }
+}
+
+pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
+    let arm = connect(s).await?;
+    match arm.node_vm(node).await {
+        Ok(vm) => Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached)),
+        Err(AzureError::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Detaches the volume's disk from the node's VM. Gone disk, gone node, not attached: success.
+pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
+    let arm = connect(s).await?;
+    let recorded = std::fs::read_to_string(record_path(s, volume)).ok();
+    let disk_id = match recorded.as_deref().map(str::trim) {
+        Some(uri) => parse_resource_id(uri, ResourceKind::Disk)
+            .map_err(|e| format!("the record of {volume}: {e}"))?,
+        None => arm.disk_id(&arm.resource_group, &disk_name_for_pv(volume)),
+    };
+    let vm = match arm.node_vm(node).await {
+        Ok(vm) => vm,
+        Err(AzureError::NotFound { message }) => {
+            return Ok(format!("nothing to detach: {message}"))
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let id = disk_id.to_string();
+    if vm.find(&id).is_none() {
+        let _ = std::fs::remove_file(record_path(s, volume));
+        return Ok(format!(
+            "disk {} is not attached to {}",
+            disk_id.name,
+            vm.vm.name()
+        ));
+    }
+    let _lock = lock_vm(s, &vm.vm.name())?;
+    arm.attach_detach(&vm.vm, &[], std::slice::from_ref(&id))
+        .await
+        .map_err(describe)?;
+    let _ = std::fs::remove_file(record_path(s, volume));
+    info!(disk = %disk_id.name, vm = %vm.vm.name(), "detached");
+    Ok(format!("detached {} from {}", disk_id.name, vm.vm.name()))
+}

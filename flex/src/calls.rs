@@ -1,0 +1,142 @@
+//! One call from kubelet or kube-controller-manager, start to reply.
+
+use crate::attach;
+use crate::device;
+use crate::format::{decide, Plan};
+use crate::mounts;
+use crate::options::VolumeOptions;
+use crate::protocol::{Call, Capabilities, Reply};
+use crate::settings::Settings;
+use serde_json::{Map, Value};
+use std::path::Path;
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start: {e}"))
+}
+
+fn opts(m: &Map<String, Value>) -> Result<VolumeOptions, Reply> {
+    VolumeOptions::parse(m).map_err(Reply::failure)
+}
+
+pub fn run(s: &Settings, call: Call) -> Reply {
+    match call {
+        Call::Init => Reply {
+            capabilities: Some(Capabilities {
+                attach: true,
+                selinux_relabel: false,
+                supports_metrics: false,
+                fs_group: true,
+                requires_fs_resize: false,
+            }),
+            ..Reply::success()
+        },
+        Call::Version => {
+            Reply::success().with_message(format!("flexdisk {}", env!("CARGO_PKG_VERSION")))
+        }
+        Call::Unsupported(name) => Reply::not_supported(&name),
+        Call::Attach { options, node } => {
+            let o = match opts(&options) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            match runtime().and_then(|rt| rt.block_on(attach::attach(s, &o, &node))) {
+                Ok(lun) => Reply {
+                    device: Some(lun.to_string()),
+                    ..Reply::success()
+                },
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::IsAttached { options, node } => {
+            let o = match opts(&options) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            match runtime().and_then(|rt| rt.block_on(attach::is_attached(s, &o, &node))) {
+                Ok(a) => Reply {
+                    attached: Some(a),
+                    ..Reply::success()
+                },
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::Detach { volume, node } => {
+            match runtime().and_then(|rt| rt.block_on(attach::detach(s, &volume, &node))) {
+                Ok(m) => Reply::success().with_message(m),
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::WaitForAttach { device, options } => {
+            if let Err(r) = opts(&options) {
+                return r;
+            }
+            if device.starts_with('/') && Path::new(&device).exists() {
+                return Reply {
+                    device: Some(device),
+                    ..Reply::success()
+                };
+            }
+            let Ok(lun) = device.trim().parse::<u32>() else {
+                return Reply::failure(format!(
+                    "waitforattach: {device:?} is not a LUN (attach answers the LUN)"
+                ));
+            };
+            match device::wait_for(s, lun) {
+                Ok(dev) => Reply {
+                    device: Some(dev.display().to_string()),
+                    ..Reply::success()
+                },
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::MountDevice {
+            dir,
+            device,
+            options,
+        } => {
+            let o = match opts(&options) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            match mount_device(Path::new(&dir), Path::new(&device), &o) {
+                Ok(m) => Reply::success().with_message(m),
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::UnmountDevice { dir } => match mounts::unmount(Path::new(&dir)) {
+            Ok(()) => Reply::success(),
+            Err(m) => Reply::failure(m),
+        },
+    }
+}
+
+fn mount_device(dir: &Path, device: &Path, o: &VolumeOptions) -> Result<String, String> {
+    let rdev = mounts::device_number(device)?;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    if let Some((mounted, fs)) = mounts::mounted_at(dir) {
+        return if mounted == rdev {
+            Ok(format!("already mounted ({fs})"))
+        } else {
+            Err(format!(
+                "{} already has another filesystem mounted ({fs}); unmount it first",
+                dir.display()
+            ))
+        };
+    }
+    let found = mounts::inspect(device)?;
+    match decide(found.as_ref(), &o.fs_type, o.read_only) {
+        Plan::Refuse(m) => Err(format!("{}: {m}", device.display())),
+        Plan::Format(fs) => {
+            mounts::mkfs(device, &fs)?;
+            mounts::mount_device(device, dir, &fs, o.read_only, &o.mount_options)?;
+            Ok(format!("formatted {fs} and mounted"))
+        }
+        Plan::Mount(fs) => {
+            mounts::mount_device(device, dir, &fs, o.read_only, &o.mount_options)?;
+            Ok(format!("mounted existing {fs}"))
+        }
+    }
+}

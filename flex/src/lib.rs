@@ -1,0 +1,45 @@
+//! flexdisk, the FlexVolume driver for Azure managed disks: kubelet and kube-controller-manager
+//! exec it for every volume operation and read one JSON object from its output.
+#![forbid(unsafe_code)]
+
+pub mod attach;
+pub mod calls;
+pub mod device;
+pub mod format;
+pub mod logging;
+pub mod mounts;
+pub mod options;
+pub mod protocol;
+pub mod settings;
+pub mod signatures;
+
+use protocol::{Call, Reply};
+use settings::Settings;
+use std::time::Instant;
+
+/// Runs one invocation (argv without the program name) and returns its reply; never panics
+/// outward, never prints.
+pub fn main_reply(argv: &[String]) -> Reply {
+    let settings = Settings::from_env();
+    let _log = logging::init(&settings);
+    let started = Instant::now();
+    let call_name = argv.first().cloned().unwrap_or_default();
+    let reply = match Call::parse(argv) {
+        Err(e) => Reply::failure(e.0),
+        Ok(call) => std::panic::catch_unwind(|| calls::run(&settings, call)).unwrap_or_else(|_| {
+            Reply::failure(format!(
+                "flexdisk {call_name} failed unexpectedly; see {}",
+                settings.log.display()
+            ))
+        }),
+    };
+    tracing::info!(
+        call = %call_name,
+        args = ?argv.get(1..).unwrap_or_default().iter().map(|a| a.chars().take(200).collect::<String>()).collect::<Vec<_>>(),
+        outcome = ?reply.status,
+        message = %reply.message,
+        duration_ms = started.elapsed().as_millis() as u64,
+        "call"
+    );
+    reply
+}

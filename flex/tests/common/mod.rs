@@ -1,0 +1,182 @@
+//! Harness: the simulator, and the real `flexdisk` binary run as kubelet and
+//! kube-controller-manager run it (a fresh process per call, environment as installed).
+#![allow(dead_code)]
+
+use flexdisk_azure::{Arm, ArmOptions, Config, DiskParams, DiskSpec};
+use flexdisk_sim::process::{binary, SimProcess};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub const AS_A: &str = "k8s-agentpool1-31415926-0";
+pub const AS_B: &str = "k8s-agentpool1-31415926-1";
+
+fn tls_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca");
+        std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
+        dir
+    })
+}
+
+pub struct Env {
+    pub sim: SimProcess,
+    pub tmp: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub arm: Arm,
+}
+
+pub struct Out {
+    pub status: String,
+    pub reply: Value,
+    pub raw: String,
+    pub code: i32,
+}
+
+impl Env {
+    pub fn start() -> Env {
+        let tls = tls_dir().to_string_lossy().to_string();
+        let sim = SimProcess::start(
+            &binary(),
+            &["--tls-dir", &tls, "--vm-op-ms", "150", "--disk-op-ms", "50"],
+        )
+        .expect("sim starts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let config = Config::load(Path::new(&sim.field("azureJson"))).expect("config");
+        let arm = rt
+            .block_on(Arm::connect(&config, ArmOptions::default()))
+            .expect("arm");
+        Env {
+            sim,
+            tmp: tempfile::tempdir().expect("tmp"),
+            rt,
+            arm,
+        }
+    }
+
+    pub fn disk(&self, name: &str, gib: u64) -> String {
+        let p = DiskParams::parse([("skuName", "Premium_LRS")]).expect("params");
+        let spec = DiskSpec::from_params(
+            &p,
+            name,
+            gib,
+            None,
+            &self.arm.resource_group,
+            &self.arm.location,
+        );
+        self.rt
+            .block_on(self.arm.create_disk(&spec))
+            .expect("disk")
+            .id
+    }
+
+    pub fn options(&self, disk_id: &str, volume: &str, extra: Value) -> String {
+        let mut o = json!({"diskURI": disk_id, "kubernetes.io/fsType": "ext4", "kubernetes.io/readwrite": "rw",
+            "kubernetes.io/pvOrVolumeName": volume});
+        if let (Some(m), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            for (k, v) in e {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        o.to_string()
+    }
+
+    /// A call as kube-controller-manager makes it (the control plane's config).
+    pub fn controller(&self, args: &[&str]) -> Out {
+        self.flexdisk(
+            args,
+            &[("FLEXDISK_CONFIG", self.sim.field("azureJson"))],
+            "controller",
+        )
+    }
+
+    /// A call as kubelet on `node` makes it (the node's config and device tree).
+    pub fn kubelet(&self, node: &str, args: &[&str]) -> Out {
+        self.flexdisk(
+            args,
+            &[
+                ("FLEXDISK_CONFIG", self.sim.node_field(node, "azureJson")),
+                ("FLEXDISK_HOST_ROOT", self.sim.node_field(node, "root")),
+                ("IMDS_ENDPOINT", self.sim.node_field(node, "imds")),
+                ("FLEXDISK_WAIT_SECS", "20".into()),
+            ],
+            node,
+        )
+    }
+
+    fn flexdisk(&self, args: &[&str], env: &[(&str, String)], who: &str) -> Out {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexdisk"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SSL_CERT_FILE", self.sim.field("caBundle"))
+            .env("FLEXDISK_LOG", self.tmp.path().join("flexdisk.log"))
+            .env(
+                "FLEXDISK_STATE_DIR",
+                self.tmp.path().join(format!("state-{who}")),
+            );
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("flexdisk runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.stderr.is_empty(),
+            "flexdisk wrote to stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines.len(), 1, "exactly one line of output: {stdout:?}");
+        let reply: Value =
+            serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"));
+        let status = reply["status"].as_str().expect("status").to_string();
+        let code = out.status.code().unwrap_or(-1);
+        assert_eq!(
+            code == 0,
+            status == "Success",
+            "exit code {code} with {status}"
+        );
+        Out {
+            status,
+            reply,
+            raw: stdout,
+            code,
+        }
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+impl Out {
+    pub fn ok(&self) -> &Value {
+        assert_eq!(self.status, "Success", "{}", self.raw);
+        &self.reply
+    }
+
+    pub fn message(&self) -> &str {
+        self.reply["message"].as_str().unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Leave no mounts behind whatever happened.
+        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+            let root = self.tmp.path().to_string_lossy().to_string();
+            for line in info.lines() {
+                if let Some(point) = line.split(' ').nth(4) {
+                    if point.starts_with(&root) {
+                        let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+                    }
+                }
+            }
+        }
+    }
+}

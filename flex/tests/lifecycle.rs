@@ -1,0 +1,173 @@
+//! The whole life of a volume as kubelet and kube-controller-manager drive it, on real loop
+//! devices: attach, wait, format, mount, write; then the pod moves to another node and finds its
+//! data; every call repeated gives the same answer.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[test]
+fn a_volume_lives_moves_nodes_and_keeps_its_data() {
+    let env = Env::start();
+    let disk = env.disk("pvc-life", 1);
+    let opts = env.options(&disk, "pvc-life", json!({}));
+
+    assert!(env.controller(&["init"]).ok()["capabilities"]["attach"]
+        .as_bool()
+        .expect("attach"));
+    let attached = env.controller(&["attach", &opts, AS_A]);
+    let lun = attached.ok()["device"]
+        .as_str()
+        .expect("device")
+        .to_string();
+    assert_eq!(
+        env.controller(&["attach", &opts, AS_A]).ok()["device"],
+        lun.as_str(),
+        "repeatable"
+    );
+    assert_eq!(
+        env.controller(&["isattached", &opts, AS_A]).ok()["attached"],
+        true
+    );
+    assert_eq!(
+        env.controller(&["isattached", &opts, AS_B]).ok()["attached"],
+        false
+    );
+
+    let waited = env.kubelet(AS_A, &["waitforattach", &lun, &opts]);
+    let dev = waited.ok()["device"].as_str().expect("device").to_string();
+    assert!(dev.starts_with(&env.sim.node_field(AS_A, "root")), "{dev}");
+    assert_eq!(
+        env.kubelet(AS_A, &["waitforattach", &lun, &opts]).ok()["device"],
+        dev.as_str()
+    );
+
+    let mnt_a = env.dir("a/globalmount");
+    let mnt_a = mnt_a.to_str().expect("utf-8");
+    let first = env.kubelet(AS_A, &["mountdevice", mnt_a, &dev, &opts]);
+    assert!(
+        first.ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("formatted ext4"),
+        "{}",
+        first.raw
+    );
+    assert!(
+        env.kubelet(AS_A, &["mountdevice", mnt_a, &dev, &opts]).ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("already mounted")
+    );
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(format!("{mnt_a}/data.bin"), &payload).expect("write");
+    nix::unistd::sync();
+
+    // The pod moves: unmount and detach on A (kubelet and the controller retry: same answers).
+    env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
+    env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
+    env.controller(&["detach", "pvc-life", AS_A]).ok();
+    assert!(
+        env.controller(&["detach", "pvc-life", AS_A]).ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("not attached")
+    );
+    assert_eq!(
+        env.controller(&["isattached", &opts, AS_A]).ok()["attached"],
+        false
+    );
+
+    let lun_b = env.controller(&["attach", &opts, AS_B]).ok()["device"]
+        .as_str()
+        .expect("lun")
+        .to_string();
+    let dev_b = env.kubelet(AS_B, &["waitforattach", &lun_b, &opts]).ok()["device"]
+        .as_str()
+        .expect("dev")
+        .to_string();
+    let mnt_b = env.dir("b/globalmount");
+    let mnt_b = mnt_b.to_str().expect("utf-8");
+    let m = env.kubelet(AS_B, &["mountdevice", mnt_b, &dev_b, &opts]);
+    assert!(
+        m.ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("mounted existing ext4"),
+        "{}",
+        m.raw
+    );
+    assert_eq!(
+        std::fs::read(format!("{mnt_b}/data.bin")).expect("read"),
+        payload,
+        "byte-identical on the new node"
+    );
+    env.kubelet(AS_B, &["unmountdevice", mnt_b]).ok();
+    env.controller(&["detach", "pvc-life", AS_B]).ok();
+    // Detach from a node whose VM is gone is a success too.
+    env.controller(&["detach", "pvc-life", "no-such-node"]).ok();
+}
+
+#[test]
+fn a_disk_owned_elsewhere_or_missing_is_refused_by_name() {
+    let env = Env::start();
+    let disk = env.disk("pvc-owned", 1);
+    let opts = env.options(&disk, "pvc-owned", json!({}));
+    env.controller(&["attach", &opts, AS_A]).ok();
+    let refused = env.controller(&["attach", &opts, AS_B]);
+    assert_eq!(refused.status, "Failure");
+    assert!(refused.message().contains(AS_A), "{}", refused.raw);
+    let ghost = env.options(
+        &disk.replace("pvc-owned", "pvc-ghost"),
+        "pvc-ghost",
+        json!({}),
+    );
+    let missing = env.controller(&["attach", &ghost, AS_A]);
+    assert!(
+        missing.message().contains("does not exist"),
+        "{}",
+        missing.raw
+    );
+    let unknown_node = env.controller(&[
+        "attach",
+        &opts.replace("pvc-owned\"}", "pvc-owned\"}"),
+        "nowhere",
+    ]);
+    assert_eq!(unknown_node.status, "Failure");
+}
+
+#[test]
+fn bad_calls_get_one_failure_line() {
+    let env = Env::start();
+    for args in [
+        vec!["frobnicate"],
+        vec![],
+        vec!["attach", "{not json", AS_A],
+        vec!["attach", "{}"],
+        vec!["attach", "{}", AS_A],
+        vec!["attach", r#"{"diskURI":"not-an-id"}"#, AS_A],
+        vec![
+            "mountdevice",
+            "/tmp/x",
+            "/dev/null",
+            r#"{"diskURI":"/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/disks/d","kubernetes.io/fsType":"zfs"}"#,
+        ],
+        vec![
+            "waitforattach",
+            "not-a-lun",
+            r#"{"diskURI":"/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/disks/d"}"#,
+        ],
+        vec!["unmountdevice"],
+    ] {
+        let out = env.controller(&args);
+        assert_eq!(out.status, "Failure", "{args:?}: {}", out.raw);
+        assert_eq!(out.code, 1);
+        assert!(!out.message().is_empty());
+        assert!(!out.raw.contains("panicked"), "{}", out.raw);
+    }
+    assert_eq!(
+        env.controller(&["mount", "/x", "{}"]).status,
+        "Not supported"
+    );
+}
