@@ -1,0 +1,185 @@
+//! No disk that carries something is ever formatted: ext4, xfs, btrfs, a GPT and an MBR partition
+//! table, each with data; a blank disk for a read-only mount; an fsType mismatch. The whole device
+//! is checksummed before and after.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+
+/// The whole device's digest (md5sum: fast, and it reads every byte).
+fn checksum(dev: &str) -> String {
+    let out = Command::new("md5sum").arg(dev).output().expect("md5sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Puts data on the device the way an admin might have.
+fn prepare(kind: &str, dev: &str, scratch: &std::path::Path) {
+    match kind {
+        "ext4" | "xfs" | "btrfs" => {
+            let mkfs = format!("mkfs.{kind}");
+            let force = if kind == "ext4" { "-F" } else { "-f" };
+            run(&mkfs, &[force, dev]);
+            std::fs::create_dir_all(scratch).expect("dir");
+            run("mount", &[dev, scratch.to_str().expect("utf-8")]);
+            std::fs::write(scratch.join("precious.txt"), "do not lose me").expect("write");
+            run("umount", &[scratch.to_str().expect("utf-8")]);
+        }
+        "gpt" => {
+            run("sgdisk", &["-o", "-n", "1:2048:+64M", dev]);
+        }
+        "mbr" => {
+            run(
+                "parted",
+                &[
+                    "-s", dev, "mklabel", "msdos", "mkpart", "primary", "1MiB", "65MiB",
+                ],
+            );
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn nothing_with_a_signature_is_ever_formatted() {
+    let env = Env::start();
+    // (what is on the disk, the fsType the volume asks for)
+    let cases = [
+        ("ext4", "xfs"),
+        ("xfs", "ext4"),
+        ("btrfs", "ext4"),
+        ("gpt", "ext4"),
+        ("mbr", "xfs"),
+    ];
+    for (i, (kind, asked)) in cases.iter().enumerate() {
+        let name = format!("pvc-safe-{i}");
+        let disk = env.disk(&name, 1);
+        let opts = env.options(&disk, &name, json!({"kubernetes.io/fsType": asked}));
+        let lun = env.controller(&["attach", &opts, AS_A]).ok()["device"]
+            .as_str()
+            .expect("lun")
+            .to_string();
+        let dev = env.kubelet(AS_A, &["waitforattach", &lun, &opts]).ok()["device"]
+            .as_str()
+            .expect("dev")
+            .to_string();
+        prepare(kind, &dev, &env.dir(&format!("scratch-{i}")));
+        let before = checksum(&dev);
+        let mnt = env.dir(&format!("mnt-{i}"));
+        let out = env.kubelet(
+            AS_A,
+            &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &opts],
+        );
+        assert_eq!(
+            out.status, "Failure",
+            "{kind} asked as {asked}: {}",
+            out.raw
+        );
+        let expected = match *kind {
+            "gpt" => "gpt partition table".to_string(),
+            "mbr" => "dos partition table".to_string(),
+            fs => format!("holds a {fs} filesystem but the volume asks for {asked}"),
+        };
+        assert!(
+            out.message().contains(&expected),
+            "{kind}: {}",
+            out.message()
+        );
+        assert_eq!(checksum(&dev), before, "{kind}: the device changed");
+        // Asked for what is there, a filesystem is mounted as it is, data intact.
+        if !matches!(*kind, "gpt" | "mbr") {
+            let right = env.options(&disk, &name, json!({"kubernetes.io/fsType": kind}));
+            let ok = env.kubelet(
+                AS_A,
+                &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &right],
+            );
+            assert!(
+                ok.ok()["message"]
+                    .as_str()
+                    .expect("m")
+                    .contains("mounted existing"),
+                "{}",
+                ok.raw
+            );
+            assert_eq!(
+                std::fs::read_to_string(mnt.join("precious.txt")).expect("data"),
+                "do not lose me"
+            );
+            env.kubelet(AS_A, &["unmountdevice", mnt.to_str().expect("utf-8")])
+                .ok();
+        }
+        env.controller(&["detach", &name, AS_A]).ok();
+    }
+
+    // A blank disk mounted read-only: nothing to mount, and it stays blank.
+    let disk = env.disk("pvc-blank-ro", 1);
+    let ro = env.options(
+        &disk,
+        "pvc-blank-ro",
+        json!({"kubernetes.io/readwrite": "ro"}),
+    );
+    let lun = env.controller(&["attach", &ro, AS_A]).ok()["device"]
+        .as_str()
+        .expect("lun")
+        .to_string();
+    let dev = env.kubelet(AS_A, &["waitforattach", &lun, &ro]).ok()["device"]
+        .as_str()
+        .expect("dev")
+        .to_string();
+    let before = checksum(&dev);
+    let out = env.kubelet(
+        AS_A,
+        &[
+            "mountdevice",
+            env.dir("mnt-ro").to_str().expect("utf-8"),
+            &dev,
+            &ro,
+        ],
+    );
+    assert!(
+        out.message()
+            .contains("blank and the volume is mounted read-only"),
+        "{}",
+        out.raw
+    );
+    assert_eq!(checksum(&dev), before);
+
+    // Read-only really is read-only once there is a filesystem.
+    let rw = env.options(&disk, "pvc-blank-ro", json!({}));
+    let mnt = env.dir("mnt-rw");
+    env.kubelet(
+        AS_A,
+        &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &rw],
+    )
+    .ok();
+    env.kubelet(AS_A, &["unmountdevice", mnt.to_str().expect("utf-8")])
+        .ok();
+    let mnt = env.dir("mnt-ro2");
+    env.kubelet(
+        AS_A,
+        &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &ro],
+    )
+    .ok();
+    let err = std::fs::write(mnt.join("x"), "y").expect_err("read-only mount");
+    assert_eq!(err.raw_os_error(), Some(nix::libc::EROFS));
+    env.kubelet(AS_A, &["unmountdevice", mnt.to_str().expect("utf-8")])
+        .ok();
+}
