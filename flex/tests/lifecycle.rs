@@ -129,12 +129,13 @@ fn a_disk_owned_elsewhere_or_missing_is_refused_by_name() {
         "{}",
         missing.raw
     );
-    let unknown_node = env.controller(&[
-        "attach",
-        &opts.replace("pvc-owned\"}", "pvc-owned\"}"),
-        "nowhere",
-    ]);
+    let unknown_node = env.controller(&["attach", &opts, "nowhere"]);
     assert_eq!(unknown_node.status, "Failure");
+    assert!(
+        unknown_node.message().contains("no VM for node nowhere"),
+        "{}",
+        unknown_node.raw
+    );
 }
 
 #[test]
