@@ -1,12 +1,12 @@
 //! The controller-side calls (attach, isattached, detach): Azure through the azure library, one
-//! change per VM at a time (a per-VM lock across processes), and a record of which disk each
+//! operation per VM at a time, batched across processes (`batch.rs`), and a record of which disk each
 //! attached volume is, since `detach` is told only the volume's name.
 
+use crate::batch::{self, Answer, Op};
 use crate::options::VolumeOptions;
 use crate::settings::Settings;
 use flexdisk_azure::naming::{disk_name_for_pv, parse_resource_id, ResourceKind};
-use flexdisk_azure::{Arm, ArmOptions, AttachSpec, AzureError, Caching, Config};
-use nix::fcntl::{Flock, FlockArg};
+use flexdisk_azure::{Arm, ArmOptions, AzureError, Caching, Config};
 use std::path::PathBuf;
 use tracing::{info, warn};
 
@@ -18,22 +18,6 @@ pub async fn connect(s: &Settings) -> Result<Arm, String> {
     Arm::connect(&config, ArmOptions::default())
         .await
         .map_err(|e| e.to_string())
-}
-
-/// Holds the VM's lock until dropped: attaches and detaches of one VM from this host go one at a
-/// time (Azure would refuse the second as "another operation is in progress" anyway).
-fn lock_vm(s: &Settings, vm: &str) -> Result<Flock<std::fs::File>, String> {
-    let dir = s.state_dir.join("locks");
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let path = dir.join(format!("{vm}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
 }
 
 fn record_path(s: &Settings, volume: &str) -> PathBuf {
@@ -96,37 +80,19 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     } else {
         opts.caching.unwrap_or(Caching::ReadOnly)
     };
-    let _lock = lock_vm(s, &vm.vm.name())?;
-    let spec = AttachSpec {
-        disk_id: disk.id.clone(),
-        lun: None,
-        caching,
+    let op = Op::Attach {
+        caching: caching.as_str().to_string(),
     };
-    let after = arm
-        .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[])
-        .await
-        .map_err(describe)?;
-    let lun = after.find(&disk.id).map(|d| d.lun).ok_or_else(|| {
-        format!(
-            "Azure reported the attach of {} done but the VM does not list it",
-            disk.name
-        )
-    })?;
+    let lun = match batch::submit(s, &arm, &vm.vm, &disk.id, op).await? {
+        Answer::Attached { lun } => lun,
+        Answer::Failed { message } => return Err(message),
+        Answer::Detached => return Err("the attach was answered as a detach".into()),
+    };
     if let Some(v) = &opts.volume_name {
         remember(s, v, &opts.disk_uri);
     }
     info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
     Ok(lun)
-}
-
-fn describe(e: AzureError) -> String {
-    match e {
-        AzureError::DataDiskLimit { limit, message } => format!(
-            "the VM has no room for another data disk{}: {message}; move the pod to a node with free slots or a larger VM size",
-            limit.map(|l| format!(" (its size allows {l})")).unwrap_or_default()
-        ),
-        other => other.to_string(),
-    }
 }
 
 pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
@@ -163,10 +129,11 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
             vm.vm.name()
         ));
     }
-    let _lock = lock_vm(s, &vm.vm.name())?;
-    arm.attach_detach(&vm.vm, &[], std::slice::from_ref(&id))
-        .await
-        .map_err(describe)?;
+    match batch::submit(s, &arm, &vm.vm, &id, Op::Detach).await? {
+        Answer::Detached => {}
+        Answer::Failed { message } => return Err(message),
+        Answer::Attached { .. } => return Err("the detach was answered as an attach".into()),
+    }
     let _ = std::fs::remove_file(record_path(s, volume));
     info!(disk = %disk_id.name, vm = %vm.vm.name(), "detached");
     Ok(format!("detached {} from {}", disk_id.name, vm.vm.name()))

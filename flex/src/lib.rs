@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attach;
+pub mod batch;
 pub mod calls;
 pub mod device;
 pub mod format;

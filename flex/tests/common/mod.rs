@@ -37,12 +37,18 @@ pub struct Out {
 
 impl Env {
     pub fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    /// With extra simulator arguments (e.g. `--world FILE`, `--vm-op-ms N`).
+    pub fn start_with(extra: &[&str]) -> Env {
         let tls = tls_dir().to_string_lossy().to_string();
-        let sim = SimProcess::start(
-            &binary(),
-            &["--tls-dir", &tls, "--vm-op-ms", "150", "--disk-op-ms", "50"],
-        )
-        .expect("sim starts");
+        let mut args = vec!["--tls-dir", tls.as_str(), "--disk-op-ms", "50"];
+        if !extra.contains(&"--vm-op-ms") {
+            args.extend(["--vm-op-ms", "150"]);
+        }
+        args.extend(extra);
+        let sim = SimProcess::start(&binary(), &args).expect("sim starts");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -109,7 +115,20 @@ impl Env {
         )
     }
 
-    fn flexdisk(&self, args: &[&str], env: &[(&str, String)], who: &str) -> Out {
+    /// A controller call started now and finished later (for concurrency tests).
+    pub fn controller_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(
+            args,
+            &[("FLEXDISK_CONFIG", self.sim.field("azureJson"))],
+            "controller",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flexdisk starts")
+    }
+
+    fn command(&self, args: &[&str], env: &[(&str, String)], who: &str) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flexdisk"));
         cmd.args(args)
             .env_clear()
@@ -123,7 +142,24 @@ impl Env {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("flexdisk runs");
+        cmd
+    }
+
+    fn flexdisk(&self, args: &[&str], env: &[(&str, String)], who: &str) -> Out {
+        let out = self
+            .command(args, env, who)
+            .output()
+            .expect("flexdisk runs");
+        Out::from_output(out)
+    }
+
+    pub fn dir(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+}
+
+impl Out {
+    pub fn from_output(out: std::process::Output) -> Out {
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(
             out.stderr.is_empty(),
@@ -149,12 +185,6 @@ impl Env {
         }
     }
 
-    pub fn dir(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-}
-
-impl Out {
     pub fn ok(&self) -> &Value {
         assert_eq!(self.status, "Success", "{}", self.raw);
         &self.reply
