@@ -138,3 +138,19 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
     info!(disk = %disk_id.name, vm = %vm.vm.name(), "detached");
     Ok(format!("detached {} from {}", disk_id.name, vm.vm.name()))
 }
+
+/// Grows the disk to hold `new_bytes` (whole GiB). Where Azure cannot grow it in place, says what
+/// to do.
+pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Result<String, String> {
+    let arm = connect(s).await?;
+    let gib = flexdisk_azure::disks::gib_for_bytes(new_bytes);
+    match arm.grow_disk(&opts.disk.resource_group, &opts.disk.name, gib).await {
+        Ok(d) => Ok(format!("disk {} is {} GiB", d.name, d.size_gib)),
+        Err(AzureError::Other { status: Some(409), message, .. }) => Err(format!(
+            "Azure cannot grow disk {} to {gib} GiB while it is attached: {message}; stop the pod using it \
+             (so the disk is detached) and the resize will go through",
+            opts.disk.name
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}

@@ -29,7 +29,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 selinux_relabel: false,
                 supports_metrics: false,
                 fs_group: true,
-                requires_fs_resize: false,
+                requires_fs_resize: true,
             }),
             ..Reply::success()
         },
@@ -106,6 +106,34 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 Err(m) => Reply::failure(m),
             }
         }
+        Call::ExpandVolume { options, new_bytes } => {
+            let o = match opts(&options) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            match runtime().and_then(|rt| rt.block_on(attach::expand(s, &o, new_bytes))) {
+                Ok(m) => Reply::success().with_message(m),
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::ExpandFs {
+            options,
+            device,
+            dir,
+        } => {
+            let o = match opts(&options) {
+                Ok(o) => o,
+                Err(r) => return r,
+            };
+            match mounts::grow_filesystem(s, Path::new(&device), Path::new(&dir), &o.fs_type) {
+                Ok(m) => Reply::success().with_message(m),
+                Err(m) => Reply::failure(m),
+            }
+        }
+        Call::Install { plugin_dir } => match crate::install::install(Path::new(&plugin_dir)) {
+            Ok(m) => Reply::success().with_message(m),
+            Err(m) => Reply::failure(m),
+        },
         Call::UnmountDevice { dir } => match mounts::unmount(Path::new(&dir)) {
             Ok(()) => Reply::success(),
             Err(m) => Reply::failure(m),

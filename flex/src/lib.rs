@@ -7,6 +7,7 @@ pub mod batch;
 pub mod calls;
 pub mod device;
 pub mod format;
+pub mod install;
 pub mod logging;
 pub mod mounts;
 pub mod options;

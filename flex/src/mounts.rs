@@ -158,3 +158,65 @@ pub fn unmount(dir: &Path) -> Result<(), String> {
         Err(e) => Err(format!("unmount {}: {e}", dir.display())),
     }
 }
+
+/// Grows the filesystem to the device's (new) size, online: the device is asked to re-read its
+/// capacity first.
+pub fn grow_filesystem(
+    s: &crate::settings::Settings,
+    device: &Path,
+    dir: &Path,
+    fs_type: &str,
+) -> Result<String, String> {
+    if let Some(name) = std::fs::canonicalize(device)
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+    {
+        let _ = std::fs::write(
+            s.host(&format!("sys/class/block/{name}/device/rescan")),
+            "1",
+        );
+    }
+    let found = match mounted_at(dir) {
+        Some((_, fs)) => fs,
+        None => {
+            return Err(format!(
+                "{} is not mounted; kubelet grows the filesystem of a mounted volume",
+                dir.display()
+            ))
+        }
+    };
+    let fs = if found.is_empty() {
+        fs_type.to_string()
+    } else {
+        found
+    };
+    let (program, args): (&str, Vec<String>) = match fs.as_str() {
+        "ext4" | "ext3" | "ext2" => ("resize2fs", vec![device.display().to_string()]),
+        "xfs" => ("xfs_growfs", vec![dir.display().to_string()]),
+        "btrfs" => (
+            "btrfs",
+            vec![
+                "filesystem".into(),
+                "resize".into(),
+                "max".into(),
+                dir.display().to_string(),
+            ],
+        ),
+        other => return Err(format!("cannot grow a {other} filesystem")),
+    };
+    let out = Command::new(program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program} ({e}); install it on the node"))?;
+    if !out.status.success() {
+        let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let hint = if why.contains("Permission denied") {
+            " (an online resize needs CAP_SYS_RESOURCE: run the driver with full root capabilities)"
+        } else {
+            ""
+        };
+        return Err(format!("{program} failed: {why}{hint}"));
+    }
+    Ok(format!("grew the {fs} filesystem"))
+}

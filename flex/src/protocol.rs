@@ -114,9 +114,22 @@ pub enum Call {
         volume: String,
         node: String,
     },
-    /// mount, unmount, getvolumename, expandvolume, expandfs (not built yet): "Not supported".
+    ExpandVolume {
+        options: Map<String, Value>,
+        new_bytes: u64,
+    },
+    ExpandFs {
+        options: Map<String, Value>,
+        device: String,
+        dir: String,
+    },
+    /// mount, unmount, getvolumename: "Not supported" (kubelet then bind-mounts the device mount,
+    /// which mountdevice made read-only when the volume is).
     Unsupported(String),
     Version,
+    Install {
+        plugin_dir: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -138,6 +151,12 @@ fn json_options(call: &str, text: &str) -> Result<Map<String, Value>, UsageError
             e.column()
         ))),
     }
+}
+
+fn bytes(call: &str, v: &str) -> Result<u64, UsageError> {
+    v.trim()
+        .parse()
+        .map_err(|_| UsageError(format!("{call}: {v:?} is not a size in bytes")))
 }
 
 fn arity(call: &str, args: &[String], want: usize, usage: &str) -> Result<(), UsageError> {
@@ -206,9 +225,43 @@ impl Call {
                     node: args[1].clone(),
                 }
             }
-            "mount" | "unmount" | "getvolumename" | "expandvolume" | "expandfs" => {
-                Call::Unsupported(name.to_string())
+            "expandvolume" => {
+                arity(
+                    name,
+                    args,
+                    4,
+                    "<json options> <device mount path> <new size> <old size>",
+                )?;
+                Call::ExpandVolume {
+                    options: json_options(name, &args[0])?,
+                    new_bytes: bytes(name, &args[2])?,
+                }
             }
+            "expandfs" => {
+                arity(
+                    name,
+                    args,
+                    5,
+                    "<json options> <device> <device mount path> <new size> <old size>",
+                )?;
+                bytes(name, &args[3])?;
+                Call::ExpandFs {
+                    options: json_options(name, &args[0])?,
+                    device: args[1].clone(),
+                    dir: args[2].clone(),
+                }
+            }
+            "install" => match args {
+                [flag, dir] if flag == "--plugin-dir" => Call::Install {
+                    plugin_dir: dir.clone(),
+                },
+                _ => {
+                    return Err(UsageError(
+                        "install takes --plugin-dir <kubelet's volume plugin dir>".into(),
+                    ))
+                }
+            },
+            "mount" | "unmount" | "getvolumename" => Call::Unsupported(name.to_string()),
             "version" | "--version" => Call::Version,
             other => return Err(UsageError(format!("unknown call {other:?}"))),
         })
@@ -265,5 +318,21 @@ mod tests {
             Call::parse(&argv(&["mount", "/x", "{}"])),
             Ok(Call::Unsupported("mount".into()))
         );
+        let e = Call::parse(&argv(&["expandvolume", "{}", "/p", "ten", "1"])).expect_err("size");
+        assert!(e.0.contains("not a size in bytes"));
+        assert!(matches!(
+            Call::parse(&argv(&[
+                "expandvolume",
+                "{}",
+                "/p",
+                "2147483648",
+                "1073741824"
+            ])),
+            Ok(Call::ExpandVolume {
+                new_bytes: 2147483648,
+                ..
+            })
+        ));
+        assert!(Call::parse(&argv(&["install", "/x"])).is_err());
     }
 }
