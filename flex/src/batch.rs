@@ -5,7 +5,8 @@
 //! directory, then takes the VM's lock. Whoever holds the lock sends every pending request of that
 //! VM in one `attachDetachDataDisks` and writes each requester its answer; a process that finds its
 //! answer waiting when it gets the lock just reads it. Requests that arrive during an operation go
-//! in the next one.
+//! in the next one. The holder waits a short window (`FLEXDISK_BATCH_WINDOW_MS`, 200 ms) before
+//! collecting, so that a burst of requests shares one operation.
 
 use crate::settings::Settings;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
@@ -101,6 +102,9 @@ pub async fn submit(
         drop(guard);
         return Ok(answer);
     }
+    // Requests of one burst (a node drained, a StatefulSet scheduled) arrive within moments of
+    // each other: a short gathering window lets them share this operation.
+    tokio::time::sleep(s.batch_window).await;
     let pending = collect(&dir);
     let answers = send(arm, vm, &pending).await;
     for (r, a) in pending.iter().zip(&answers) {

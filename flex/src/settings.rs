@@ -16,6 +16,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How long waitforattach waits for the device (`FLEXDISK_WAIT_SECS`), well under kubelet's 10 min.
     pub device_wait: Duration,
+    /// How long the holder of a VM's lock gathers requests before sending them
+    /// (`FLEXDISK_BATCH_WINDOW_MS`).
+    pub batch_window: Duration,
 }
 
 impl Settings {
@@ -34,6 +37,11 @@ impl Settings {
             state_dir: var("FLEXDISK_STATE_DIR")
                 .unwrap_or_else(|| "/var/lib/flexdisk".into())
                 .into(),
+            batch_window: Duration::from_millis(
+                var("FLEXDISK_BATCH_WINDOW_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(200),
+            ),
             device_wait: Duration::from_secs(
                 var("FLEXDISK_WAIT_SECS")
                     .and_then(|v| v.parse().ok())
