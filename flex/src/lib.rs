@@ -6,6 +6,7 @@ pub mod attach;
 pub mod batch;
 pub mod calls;
 pub mod device;
+pub mod doctor;
 pub mod format;
 pub mod install;
 pub mod logging;

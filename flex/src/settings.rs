@@ -22,8 +22,22 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The environment, then `flexdisk.conf` beside the binary (`KEY=VALUE` lines of these same
+    /// variables, as an installer may leave them), then the defaults.
     pub fn from_env() -> Settings {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let file = std::env::current_exe()
+            .ok()
+            .and_then(|exe| std::fs::read_to_string(exe.with_file_name("flexdisk.conf")).ok())
+            .unwrap_or_default();
+        Settings::from_lookup(&|k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .or_else(|| conf_value(&file, k))
+        })
+    }
+
+    pub fn from_lookup(var: &dyn Fn(&str) -> Option<String>) -> Settings {
         Settings {
             cloud_config: var("FLEXDISK_CONFIG")
                 .unwrap_or_else(|| "/etc/kubernetes/azure.json".into())
@@ -53,5 +67,41 @@ impl Settings {
     /// A host path under the host root.
     pub fn host(&self, path: &str) -> PathBuf {
         self.host_root.join(path.trim_start_matches('/'))
+    }
+}
+
+/// `KEY=VALUE` from a conf file (blank lines and `#` comments skipped; quotes around the value
+/// removed).
+fn conf_value(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_files_and_defaults() {
+        let text = "# installed by the DaemonSet\nFLEXDISK_CONFIG=/etc/azure/azure.json\nFLEXDISK_WAIT_SECS = \"60\"\n";
+        assert_eq!(
+            conf_value(text, "FLEXDISK_CONFIG").as_deref(),
+            Some("/etc/azure/azure.json")
+        );
+        assert_eq!(
+            conf_value(text, "FLEXDISK_WAIT_SECS").as_deref(),
+            Some("60")
+        );
+        assert_eq!(conf_value(text, "FLEXDISK_LOG"), None);
+        let s = Settings::from_lookup(&|k| conf_value(text, k));
+        assert_eq!(s.cloud_config, PathBuf::from("/etc/azure/azure.json"));
+        assert_eq!(s.device_wait, Duration::from_secs(60));
+        assert_eq!(s.host_root, PathBuf::from("/"));
+        assert_eq!(s.host("/dev/disk/azure"), PathBuf::from("/dev/disk/azure"));
     }
 }

@@ -124,3 +124,61 @@ fn install_replaces_the_driver_atomically() {
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"attach\":true"));
 }
+
+#[test]
+fn doctor_checks_an_installed_driver_configured_beside_it() {
+    let env = Env::start();
+    let plugins = env.dir("plugins");
+    env.controller(&["install", "--plugin-dir", plugins.to_str().expect("utf-8")])
+        .ok();
+    let installed = plugins.join("flexdisk~azure-disk/azure-disk");
+    std::fs::write(
+        plugins.join("flexdisk~azure-disk/flexdisk.conf"),
+        format!(
+            "# written by the installer\nFLEXDISK_CONFIG={}\nFLEXDISK_LOG={}\nFLEXDISK_STATE_DIR={}\nFLEXDISK_HOST_ROOT={}\n",
+            env.sim.node_field(AS_A, "azureJson"),
+            env.dir("doctor.log").display(),
+            env.dir("doctor-state").display(),
+            env.sim.node_field(AS_A, "root"),
+        ),
+    )
+    .expect("conf");
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = std::process::Command::new(&installed);
+        c.arg("doctor")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SSL_CERT_FILE", env.sim.field("caBundle"))
+            .env("IMDS_ENDPOINT", env.sim.node_field(AS_A, "imds"));
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        let out = c.output().expect("doctor runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (code, text) = run(&[]);
+    for line in [
+        "ok    install",
+        "ok    config",
+        "ok    imds",
+        "ok    credentials",
+        "ok    log",
+        "ok    state",
+        "ok    devices",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    assert!(text.contains("user-assigned managed identity"), "{text}");
+    let tools_ok = text.contains("ok    tools");
+    assert_eq!(code, Some(if tools_ok { 0 } else { 1 }), "{text}");
+    // The environment wins over the file; a broken config is reported with a fix, exit 1.
+    let (code, text) = run(&[("FLEXDISK_CONFIG", "/nonexistent/azure.json")]);
+    assert_eq!(code, Some(1));
+    assert!(
+        text.contains("FAIL  config: cannot read the cloud config /nonexistent/azure.json"),
+        "{text}"
+    );
+}
