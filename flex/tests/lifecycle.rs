@@ -172,3 +172,78 @@ fn bad_calls_get_one_failure_line() {
         "Not supported"
     );
 }
+
+#[test]
+fn limits_static_volumes_sysfs_fallback_and_big_growth() {
+    let env = Env::start();
+    // The VM size's data-disk limit (B2s: 4), with what to do.
+    let opts: Vec<String> = (0..5)
+        .map(|i| {
+            let name = format!("pvc-limit-{i}");
+            let d = env.disk(&name, 1);
+            env.options(&d, &name, json!({}))
+        })
+        .collect();
+    for o in &opts[..4] {
+        env.controller(&["attach", o, AS_B]).ok();
+    }
+    let full = env.controller(&["attach", &opts[4], AS_B]);
+    assert_eq!(full.status, "Failure");
+    assert!(
+        full.message()
+            .contains("no room for another data disk (its size allows 4)"),
+        "{}",
+        full.raw
+    );
+
+    // A static PV of an existing disk: the volume name is not the disk's; detach still finds it.
+    let existing = env.disk("existing-data", 1);
+    let static_opts = env.options(&existing, "static-pv", json!({}));
+    let lun = env.controller(&["attach", &static_opts, AS_A]).ok()["device"]
+        .as_str()
+        .expect("lun")
+        .to_string();
+    // Without udev's link the device is found through sysfs.
+    let link = std::path::Path::new(&env.sim.node_field(AS_A, "root"))
+        .join(format!("dev/disk/azure/scsi1/lun{lun}"));
+    std::fs::remove_file(&link).expect("remove the udev link");
+    let dev = env.kubelet(AS_A, &["waitforattach", &lun, &static_opts]);
+    assert!(
+        dev.ok()["device"]
+            .as_str()
+            .expect("dev")
+            .contains("/dev/sd"),
+        "{}",
+        dev.raw
+    );
+    let detached = env.controller(&["detach", "static-pv", AS_A]);
+    assert!(
+        detached.ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("detached existing-data"),
+        "{}",
+        detached.raw
+    );
+    assert_eq!(
+        env.controller(&["isattached", &static_opts, AS_A]).ok()["attached"],
+        false
+    );
+
+    // Growing across 4 TiB while attached needs a detach: the message says so.
+    let big = env.disk("pvc-big", 4000);
+    let big_opts = env.options(&big, "pvc-big", json!({}));
+    env.controller(&["attach", &big_opts, AS_A]).ok();
+    let new = (4200u64 << 30).to_string();
+    let old = (4000u64 << 30).to_string();
+    let refused = env.controller(&["expandvolume", &big_opts, "/unused", &new, &old]);
+    assert_eq!(refused.status, "Failure");
+    assert!(
+        refused.message().contains("stop the pod"),
+        "{}",
+        refused.raw
+    );
+    env.controller(&["detach", "pvc-big", AS_A]).ok();
+    env.controller(&["expandvolume", &big_opts, "/unused", &new, &old])
+        .ok();
+}
