@@ -22,6 +22,17 @@ pub fn binary() -> PathBuf {
     profile_dir.join("flexdisk-sim")
 }
 
+/// One CA for every simulator a test process starts (pass the directory to `--tls-dir`), trusted
+/// through `SSL_CERT_FILE` as a private cloud's CA is. The variable is process-wide, so it is set
+/// once, before any client exists: call this before anything else in each test.
+pub fn shared_tls_dir(dir: &Path) -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
+        dir.to_path_buf()
+    })
+}
+
 /// A running simulator.
 pub struct SimProcess {
     child: Option<Child>,

@@ -6,7 +6,6 @@ use flexdisk_sim::process::{binary, SimProcess};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 pub const AS_A: &str = "k8s-agentpool1-31415926-0";
 pub const AS_B: &str = "k8s-agentpool1-31415926-1";
@@ -16,13 +15,9 @@ pub const SS_1: &str = "aks-nodepool1-31415926-vmss000001";
 /// One CA for every simulator of this test process, trusted through `SSL_CERT_FILE` as a private
 /// cloud's CA is: the variable is process-wide, so all simulators share the CA (`--tls-dir`).
 fn tls_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca");
-        // Set once, before any client exists; every test comes through here first.
-        std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
-        dir
-    })
+    flexdisk_sim::process::shared_tls_dir(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca"),
+    )
 }
 
 /// A simulator with quick operations (150 ms VM, 100 ms disk) unless `args` say otherwise.

@@ -7,18 +7,14 @@ use flexdisk_sim::process::{binary, SimProcess};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 pub const AS_A: &str = "k8s-agentpool1-31415926-0";
 pub const AS_B: &str = "k8s-agentpool1-31415926-1";
 
 fn tls_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca");
-        std::env::set_var("SSL_CERT_FILE", dir.join("ca.pem"));
-        dir
-    })
+    flexdisk_sim::process::shared_tls_dir(
+        &Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca"),
+    )
 }
 
 pub struct Env {

@@ -116,6 +116,14 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
     Ok(if lose { Outcome::Reset } else { outcome })
 }
 
+fn not_allowed() -> ApiError {
+    ApiError::new(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
 fn verb(req: &Request, t: &Target) -> &'static str {
     match (&req.method, t.name.is_some()) {
         (&Method::GET, true) => "get",
@@ -299,13 +307,7 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
             )
         }
         "update" => {
-            let name = t.name.as_deref().ok_or_else(|| {
-                ApiError::new(
-                    405,
-                    "MethodNotAllowed",
-                    "the server does not allow this method on the requested resource",
-                )
-            })?;
+            let name = t.name.as_deref().ok_or_else(not_allowed)?;
             ok(
                 200,
                 store.replace(
@@ -321,13 +323,7 @@ fn serve(api: &Arc<KubeApi>, req: &Request, t: &Target, verb: &str) -> ApiResult
             )
         }
         "patch" => {
-            let name = t.name.as_deref().ok_or_else(|| {
-                ApiError::new(
-                    405,
-                    "MethodNotAllowed",
-                    "the server does not allow this method on the requested resource",
-                )
-            })?;
+            let name = t.name.as_deref().ok_or_else(not_allowed)?;
             let ctype = req
                 .header("content-type")
                 .unwrap_or("")

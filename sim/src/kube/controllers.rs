@@ -114,6 +114,19 @@ fn refers_to(pv: &Value, claim: &Value) -> bool {
             .is_none_or(|u| u.is_empty() || Some(u) == s(claim, "/metadata/uid"))
 }
 
+/// The controller binding a volume to a claim (it says so in an annotation).
+fn bind_volume(pv: &Value, pvc: &Value) -> Action {
+    act(
+        "persistentvolumes",
+        pv,
+        false,
+        Patch::Merge(json!({
+            "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
+            "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
+                "namespace": ns(pvc), "name": name(pvc), "uid": s(pvc, "/metadata/uid").unwrap_or_default()}}})),
+    )
+}
+
 /// What the controllers would do now.
 pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Value]) -> Vec<Action> {
     let mut out = Vec::new();
@@ -200,15 +213,7 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                 continue;
             }
             if pv.pointer("/spec/claimRef").is_none() {
-                out.push(act(
-                    "persistentvolumes",
-                    pv,
-                    false,
-                    Patch::Merge(json!({
-                    "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
-                    "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}})),
-                ));
+                out.push(bind_volume(pv, pvc));
                 continue;
             }
             if !refers_to(pv, pvc) {
@@ -294,15 +299,7 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                 .filter(|v| modes(pvc).iter().all(|m| modes(v).contains(m)))
                 .min_by_key(|v| storage(v, "/spec/capacity/storage"));
             if let Some(pv) = fits {
-                out.push(act(
-                    "persistentvolumes",
-                    pv,
-                    false,
-                    Patch::Merge(json!({
-                    "metadata": {"annotations": {BOUND_BY_CONTROLLER: "yes"}},
-                    "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1",
-                        "namespace": ns(pvc), "name": name(pvc), "uid": uid}}})),
-                ));
+                out.push(bind_volume(pv, pvc));
                 continue;
             }
         }
