@@ -1,0 +1,524 @@
+//! "Claim + class → disk + PV" and "released PV → delete the disk?", as plain functions.
+
+use flexdisk_azure::disks::{gib_for_bytes, DiskSpec};
+use flexdisk_azure::naming::{disk_name_for_pv, ResourceId, ResourceKind};
+use flexdisk_azure::{Caching, DiskParams};
+use std::collections::BTreeMap;
+
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// What the provisioner needs of a claim.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub request_bytes: u64,
+    pub access_modes: Vec<String>,
+    /// `Filesystem` when absent.
+    pub volume_mode: Option<String>,
+    pub has_selector: bool,
+    pub data_source: Option<DataSource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataSource {
+    pub api_group: Option<String>,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A claim this one clones, as found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceClaim {
+    pub storage_class: String,
+    /// The bound PV's disk (`None`: not bound yet).
+    pub disk_uri: Option<String>,
+    pub capacity_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Class {
+    pub name: String,
+    pub parameters: BTreeMap<String, String>,
+    /// `Delete` when absent.
+    pub reclaim_policy: Option<String>,
+    pub mount_options: Vec<String>,
+    /// Zones from `allowedTopologies` (values of `topology.kubernetes.io/zone`).
+    pub allowed_zones: Vec<String>,
+}
+
+/// Where the cluster is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub subscription: String,
+    pub resource_group: String,
+    pub location: String,
+}
+
+/// The PV to create, in plain terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PvPlan {
+    pub name: String,
+    pub capacity_gib: u64,
+    pub access_modes: Vec<String>,
+    pub storage_class: String,
+    pub reclaim_policy: String,
+    pub mount_options: Vec<String>,
+    pub fs_type: String,
+    pub disk_uri: String,
+    pub caching: Caching,
+    /// `topology.kubernetes.io/zone` value the volume is pinned to (`<location>-<n>`).
+    pub zone: Option<String>,
+    pub claim: (String, String, String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub disk: DiskSpec,
+    pub pv: PvPlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Provision(Box<Plan>),
+    /// Refuse once, with an event the admin can act on; no retry until the claim or class changes.
+    Refuse(String),
+}
+
+/// The zone number from a zone label value: `westus2-2` → `2`; Azure's `0`/`1` fault-domain
+/// labels of machines outside zones → none.
+pub fn zone_of(label: &str, location: &str) -> Option<String> {
+    let n = label.strip_prefix(&format!("{location}-"))?;
+    (!n.is_empty() && n.chars().all(|c| c.is_ascii_digit())).then(|| n.to_string())
+}
+
+/// Decides what to create for `claim` of `class`, provisioned for a pod on a node in
+/// `node_zone_label` (WaitForFirstConsumer), cloning `source` when the claim has a data source.
+pub fn provision(
+    claim: &Claim,
+    class: &Class,
+    node_zone_label: Option<&str>,
+    source: Option<&SourceClaim>,
+    cluster: &Cluster,
+) -> Decision {
+    let params = match DiskParams::parse(
+        class
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    ) {
+        Ok(p) => p,
+        Err(e) => return Decision::Refuse(format!("StorageClass {}: {e}", class.name)),
+    };
+    if claim.has_selector {
+        return Decision::Refuse("claims with a selector are not provisioned dynamically (a selector picks an existing volume); remove spec.selector".into());
+    }
+    if claim
+        .volume_mode
+        .as_deref()
+        .is_some_and(|m| m != "Filesystem")
+    {
+        return Decision::Refuse(
+            "volumeMode Block is not supported by the flexdisk FlexVolume driver; use Filesystem"
+                .into(),
+        );
+    }
+    let shared = params.max_shares.unwrap_or(1) > 1;
+    if let Some(m) = claim
+        .access_modes
+        .iter()
+        .find(|m| matches!(m.as_str(), "ReadWriteMany" | "ReadOnlyMany"))
+    {
+        if !shared {
+            return Decision::Refuse(format!(
+                "access mode {m} needs a shared disk: an Azure disk attaches to one VM unless the class sets maxShares > 1"
+            ));
+        }
+    }
+    let mut size_gib = gib_for_bytes(claim.request_bytes);
+    let mut copy_from = None;
+    if let Some(ds) = &claim.data_source {
+        let core = ds.api_group.as_deref().is_none_or(str::is_empty);
+        if !(core && ds.kind == "PersistentVolumeClaim") {
+            return Decision::Refuse(format!(
+                "dataSource of kind {}{} is not supported; only PersistentVolumeClaim (a clone) is",
+                ds.api_group
+                    .as_deref()
+                    .map(|g| format!("{g}/"))
+                    .unwrap_or_default(),
+                ds.kind
+            ));
+        }
+        let Some(src) = source else {
+            return Decision::Refuse(format!(
+                "the source claim {} does not exist in namespace {}",
+                ds.name, claim.namespace
+            ));
+        };
+        let Some(uri) = &src.disk_uri else {
+            return Decision::Refuse(format!(
+                "the source claim {} is not bound yet; a clone needs its disk",
+                ds.name
+            ));
+        };
+        if src.storage_class != class.name {
+            return Decision::Refuse(format!(
+                "the source claim {} is of class {}, not {}; clones stay in their class",
+                ds.name, src.storage_class, class.name
+            ));
+        }
+        if claim.request_bytes < src.capacity_bytes {
+            return Decision::Refuse(format!(
+                "a clone must be at least as large as its source ({} bytes)",
+                src.capacity_bytes
+            ));
+        }
+        size_gib = size_gib.max(gib_for_bytes(src.capacity_bytes));
+        copy_from = Some(uri.clone());
+    }
+    let node_zone = node_zone_label.and_then(|l| zone_of(l, &cluster.location));
+    let allowed: Vec<String> = class
+        .allowed_zones
+        .iter()
+        .filter_map(|z| zone_of(z, &cluster.location).or(Some(z.clone())))
+        .collect();
+    let zone = match params.zone_for(node_zone.as_deref(), &allowed) {
+        Ok(z) => z,
+        Err(e) => return Decision::Refuse(format!("StorageClass {}: {e}", class.name)),
+    };
+    let pv_name = format!("pvc-{}", claim.uid);
+    let disk_name = disk_name_for_pv(&pv_name);
+    let mut disk = DiskSpec::from_params(
+        &params,
+        &disk_name,
+        size_gib,
+        zone.clone(),
+        &cluster.resource_group,
+        &cluster.location,
+    );
+    disk.source = copy_from;
+    for (k, v) in [
+        ("kubernetes.io-created-for-pv-name", pv_name.as_str()),
+        ("kubernetes.io-created-for-pvc-name", claim.name.as_str()),
+        (
+            "kubernetes.io-created-for-pvc-namespace",
+            claim.namespace.as_str(),
+        ),
+    ] {
+        disk.tags.insert(k.to_string(), v.to_string());
+    }
+    let disk_uri = ResourceId::new(
+        &cluster.subscription,
+        &disk.resource_group,
+        ResourceKind::Disk,
+        &disk_name,
+    )
+    .to_string();
+    let pv = PvPlan {
+        name: pv_name,
+        capacity_gib: size_gib,
+        access_modes: claim.access_modes.clone(),
+        storage_class: class.name.clone(),
+        reclaim_policy: class
+            .reclaim_policy
+            .clone()
+            .unwrap_or_else(|| "Delete".into()),
+        mount_options: class.mount_options.clone(),
+        fs_type: params.fs_type.clone(),
+        disk_uri,
+        caching: params.caching_for(size_gib),
+        zone: zone.map(|z| format!("{}-{z}", disk.location)),
+        claim: (
+            claim.namespace.clone(),
+            claim.name.clone(),
+            claim.uid.clone(),
+        ),
+    };
+    Decision::Provision(Box::new(Plan { disk, pv }))
+}
+
+/// What the provisioner knows of a PV when deciding about deletion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// `pv.kubernetes.io/provisioned-by`.
+    pub provisioned_by: Option<String>,
+    pub phase: String,
+    pub reclaim_policy: String,
+    pub disk_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deletion {
+    /// Another provisioner's, or a hand-made PV: never touched.
+    NotOurs,
+    /// Not released (yet).
+    Wait,
+    /// Retain: the disk stays; only our finalizer goes.
+    Keep,
+    /// Delete this disk, then the PV.
+    DeleteDisk(String),
+}
+
+pub fn deletion(pv: &Volume, provisioner: &str) -> Deletion {
+    if pv.provisioned_by.as_deref() != Some(provisioner) {
+        return Deletion::NotOurs;
+    }
+    if !matches!(pv.phase.as_str(), "Released" | "Failed") {
+        return Deletion::Wait;
+    }
+    match (pv.reclaim_policy.as_str(), &pv.disk_uri) {
+        ("Delete", Some(uri)) => Deletion::DeleteDisk(uri.clone()),
+        _ => Deletion::Keep,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        Cluster {
+            subscription: "sub".into(),
+            resource_group: "MC_rg".into(),
+            location: "westus2".into(),
+        }
+    }
+
+    fn claim() -> Claim {
+        Claim {
+            namespace: "apps".into(),
+            name: "data".into(),
+            uid: "0c9f6e34-6f5e-4c5e-8f0e-3b1f7c1e2d4a".into(),
+            request_bytes: (10 << 30) + 1,
+            access_modes: vec!["ReadWriteOnce".into()],
+            ..Claim::default()
+        }
+    }
+
+    fn class(params: &[(&str, &str)]) -> Class {
+        Class {
+            name: "fast".into(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Class::default()
+        }
+    }
+
+    fn plan(d: Decision) -> Plan {
+        match d {
+            Decision::Provision(p) => *p,
+            Decision::Refuse(m) => panic!("refused: {m}"),
+        }
+    }
+
+    fn refused(d: Decision) -> String {
+        match d {
+            Decision::Refuse(m) => m,
+            Decision::Provision(p) => panic!("provisioned {p:?}"),
+        }
+    }
+
+    #[test]
+    fn a_zonal_premium_disk_for_a_node_in_zone_two() {
+        let p = plan(provision(
+            &claim(),
+            &class(&[("skuName", "Premium_LRS"), ("fsType", "xfs")]),
+            Some("westus2-2"),
+            None,
+            &cluster(),
+        ));
+        assert_eq!(p.pv.name, "pvc-0c9f6e34-6f5e-4c5e-8f0e-3b1f7c1e2d4a");
+        assert_eq!(
+            p.disk.name, p.pv.name,
+            "disk named after the PV, so detach finds it"
+        );
+        assert_eq!(p.disk.size_gib, 11, "rounded up to whole GiB");
+        assert_eq!(p.disk.zone.as_deref(), Some("2"));
+        assert_eq!(p.pv.zone.as_deref(), Some("westus2-2"));
+        assert_eq!(p.pv.fs_type, "xfs");
+        assert_eq!(p.pv.caching, Caching::ReadOnly);
+        assert_eq!(p.pv.reclaim_policy, "Delete");
+        assert_eq!(p.pv.disk_uri, "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/disks/pvc-0c9f6e34-6f5e-4c5e-8f0e-3b1f7c1e2d4a");
+        assert_eq!(
+            p.disk
+                .tags
+                .get("kubernetes.io-created-for-pvc-namespace")
+                .map(String::as_str),
+            Some("apps")
+        );
+    }
+
+    #[test]
+    fn regional_and_zone_redundant_disks() {
+        let p = plan(provision(
+            &claim(),
+            &class(&[]),
+            Some("0"),
+            None,
+            &cluster(),
+        ));
+        assert_eq!(
+            p.disk.zone, None,
+            "a node outside zones gets a regional disk"
+        );
+        let p = plan(provision(
+            &claim(),
+            &class(&[("skuName", "Premium_ZRS")]),
+            Some("westus2-1"),
+            None,
+            &cluster(),
+        ));
+        assert_eq!(p.disk.zone, None, "ZRS is never pinned");
+        let mut c = class(&[("zoned", "true")]);
+        c.allowed_zones = vec!["westus2-3".into()];
+        let p = plan(provision(&claim(), &c, None, None, &cluster()));
+        assert_eq!(
+            p.disk.zone.as_deref(),
+            Some("3"),
+            "allowedTopologies without a node"
+        );
+    }
+
+    #[test]
+    fn refusals_say_what_to_do() {
+        assert!(refused(provision(
+            &claim(),
+            &class(&[("cachngMode", "None")]),
+            None,
+            None,
+            &cluster()
+        ))
+        .contains("`cachngMode`"));
+        let mut c = claim();
+        c.has_selector = true;
+        assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("selector"));
+        let mut c = claim();
+        c.volume_mode = Some("Block".into());
+        assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("Block"));
+        let mut c = claim();
+        c.access_modes = vec!["ReadWriteMany".into()];
+        assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("maxShares"));
+        assert!(matches!(
+            provision(
+                &c,
+                &class(&[("skuName", "Premium_LRS"), ("maxShares", "2")]),
+                None,
+                None,
+                &cluster()
+            ),
+            Decision::Provision(_)
+        ));
+        let mut c = claim();
+        c.data_source = Some(DataSource {
+            api_group: Some("snapshot.storage.k8s.io".into()),
+            kind: "VolumeSnapshot".into(),
+            name: "s".into(),
+        });
+        assert!(refused(provision(&c, &class(&[]), None, None, &cluster()))
+            .contains("snapshot.storage.k8s.io/VolumeSnapshot is not supported"));
+    }
+
+    #[test]
+    fn clones_copy_their_bound_source_in_the_same_class() {
+        let mut c = claim();
+        c.data_source = Some(DataSource {
+            api_group: None,
+            kind: "PersistentVolumeClaim".into(),
+            name: "src".into(),
+        });
+        let src = SourceClaim {
+            storage_class: "fast".into(),
+            disk_uri: Some(
+                "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/disks/pvc-src"
+                    .into(),
+            ),
+            capacity_bytes: 10 << 30,
+        };
+        let p = plan(provision(&c, &class(&[]), None, Some(&src), &cluster()));
+        assert_eq!(p.disk.source.as_deref(), src.disk_uri.as_deref());
+        let unbound = SourceClaim {
+            disk_uri: None,
+            ..src.clone()
+        };
+        assert!(
+            refused(provision(&c, &class(&[]), None, Some(&unbound), &cluster()))
+                .contains("not bound")
+        );
+        let other = SourceClaim {
+            storage_class: "slow".into(),
+            ..src.clone()
+        };
+        assert!(
+            refused(provision(&c, &class(&[]), None, Some(&other), &cluster()))
+                .contains("clones stay in their class")
+        );
+        let bigger = SourceClaim {
+            capacity_bytes: 20 << 30,
+            ..src
+        };
+        assert!(
+            refused(provision(&c, &class(&[]), None, Some(&bigger), &cluster()))
+                .contains("at least as large")
+        );
+        assert!(
+            refused(provision(&c, &class(&[]), None, None, &cluster())).contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn only_our_released_delete_volumes_lose_their_disk() {
+        let ours = Volume {
+            provisioned_by: Some("flexdisk/azure-disk".into()),
+            phase: "Released".into(),
+            reclaim_policy: "Delete".into(),
+            disk_uri: Some("/d".into()),
+        };
+        assert_eq!(
+            deletion(&ours, "flexdisk/azure-disk"),
+            Deletion::DeleteDisk("/d".into())
+        );
+        assert_eq!(
+            deletion(
+                &Volume {
+                    provisioned_by: Some("other".into()),
+                    ..ours.clone()
+                },
+                "flexdisk/azure-disk"
+            ),
+            Deletion::NotOurs
+        );
+        assert_eq!(
+            deletion(
+                &Volume {
+                    provisioned_by: None,
+                    ..ours.clone()
+                },
+                "flexdisk/azure-disk"
+            ),
+            Deletion::NotOurs
+        );
+        assert_eq!(
+            deletion(
+                &Volume {
+                    phase: "Bound".into(),
+                    ..ours.clone()
+                },
+                "flexdisk/azure-disk"
+            ),
+            Deletion::Wait
+        );
+        assert_eq!(
+            deletion(
+                &Volume {
+                    reclaim_policy: "Retain".into(),
+                    ..ours
+                },
+                "flexdisk/azure-disk"
+            ),
+            Deletion::Keep
+        );
+    }
+}
