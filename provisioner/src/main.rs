@@ -1,6 +1,9 @@
-//! The dynamic provisioner. Not built yet (issue #6).
+//! `flexdisk-provisioner`: creates an Azure managed disk and a PersistentVolume for each claim of
+//! its StorageClasses, and deletes them when released.
 
-fn main() {
-    eprintln!("flexdisk-provisioner is not implemented yet in this build");
-    std::process::exit(1);
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    flexdisk_provisioner::run::main(flexdisk_provisioner::cli::Cli::parse()).await
 }

@@ -1,0 +1,278 @@
+//! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
+
+use crate::decide::{
+    provision, Claim, Class, DataSource, Decision, PvPlan, SourceClaim, ZONE_LABEL,
+};
+use crate::run::{Ctx, Error};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::info;
+
+pub const PROVISIONER_KEY: &str = "volume.kubernetes.io/storage-provisioner";
+pub const PROVISIONER_BETA_KEY: &str = "volume.beta.kubernetes.io/storage-provisioner";
+pub const SELECTED_NODE_KEY: &str = "volume.kubernetes.io/selected-node";
+pub const FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+
+fn bytes_of(q: &str) -> u64 {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (n, unit) = q.split_at(split);
+    let n: f64 = n.parse().unwrap_or(0.0);
+    let m: f64 = match unit {
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        _ => 1.0,
+    };
+    (n * m).ceil() as u64
+}
+
+fn claim_of(pvc: &PersistentVolumeClaim) -> Claim {
+    let spec = pvc.spec.clone().unwrap_or_default();
+    Claim {
+        namespace: pvc.namespace().unwrap_or_default(),
+        name: pvc.name_any(),
+        uid: pvc.uid().unwrap_or_default(),
+        request_bytes: spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"))
+            .map(|q| bytes_of(&q.0))
+            .unwrap_or(0),
+        access_modes: spec.access_modes.clone().unwrap_or_default(),
+        volume_mode: spec.volume_mode.clone(),
+        has_selector: spec.selector.is_some(),
+        data_source: spec
+            .data_source_ref
+            .as_ref()
+            .map(|d| DataSource {
+                api_group: d.api_group.clone(),
+                kind: d.kind.clone(),
+                name: d.name.clone(),
+            })
+            .or_else(|| {
+                spec.data_source.as_ref().map(|d| DataSource {
+                    api_group: d.api_group.clone(),
+                    kind: d.kind.clone(),
+                    name: d.name.clone(),
+                })
+            }),
+    }
+}
+
+fn class_of(sc: &StorageClass) -> Class {
+    Class {
+        name: sc.name_any(),
+        parameters: sc.parameters.clone().unwrap_or_default(),
+        reclaim_policy: sc.reclaim_policy.clone(),
+        mount_options: sc.mount_options.clone().unwrap_or_default(),
+        allowed_zones: sc
+            .allowed_topologies
+            .iter()
+            .flatten()
+            .flat_map(|t| t.match_label_expressions.iter().flatten())
+            .filter(|e| e.key == ZONE_LABEL || e.key == "topology.disk.csi.azure.com/zone")
+            .flat_map(|e| e.values.clone())
+            .collect(),
+    }
+}
+
+/// Whether this claim is for us to provision now.
+fn ours(pvc: &PersistentVolumeClaim, name: &str) -> bool {
+    let a = pvc.annotations();
+    let asked = a
+        .get(PROVISIONER_KEY)
+        .or_else(|| a.get(PROVISIONER_BETA_KEY))
+        .is_some_and(|p| p == name);
+    let unbound = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_ref())
+        .is_none_or(|v| v.is_empty());
+    asked && unbound && pvc.metadata.deletion_timestamp.is_none()
+}
+
+pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, Error> {
+    let (ns, name, uid) = &plan.claim;
+    let mut spec = json!({
+        "capacity": {"storage": format!("{}Gi", plan.capacity_gib)},
+        "accessModes": plan.access_modes,
+        "persistentVolumeReclaimPolicy": plan.reclaim_policy,
+        "storageClassName": plan.storage_class,
+        "volumeMode": "Filesystem",
+        "claimRef": {"kind": "PersistentVolumeClaim", "apiVersion": "v1", "namespace": ns, "name": name, "uid": uid},
+        "flexVolume": {"driver": provisioner, "fsType": plan.fs_type,
+            "options": {"diskURI": plan.disk_uri, "cachingMode": plan.caching.as_str(), "kind": "managed"}},
+    });
+    if !plan.mount_options.is_empty() {
+        spec["mountOptions"] = json!(plan.mount_options);
+    }
+    if let Some(zone) = &plan.zone {
+        spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}});
+    }
+    let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": plan.name, "annotations": {PROVISIONED_BY: provisioner}, "finalizers": [FINALIZER]},
+        "spec": spec});
+    serde_json::from_value(pv).map_err(|e| Error::Internal(format!("building the PV: {e}")))
+}
+
+pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    if !ours(&pvc, &ctx.name) {
+        return Ok(Action::await_change());
+    }
+    let ns = pvc.namespace().unwrap_or_default();
+    let claim = claim_of(&pvc);
+    let pv_name = format!("pvc-{}", claim.uid);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if pvs.get_opt(&pv_name).await?.is_some() {
+        return Ok(Action::await_change());
+    }
+    let class_name = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .unwrap_or_default();
+    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+    let Some(sc) = classes.get_opt(&class_name).await? else {
+        ctx.event(
+            &*pvc,
+            EventType::Warning,
+            "ProvisioningFailed",
+            format!("StorageClass {class_name:?} does not exist"),
+        )
+        .await;
+        return Ok(Action::await_change());
+    };
+    if sc.provisioner != ctx.name {
+        return Ok(Action::await_change());
+    }
+    let delayed = sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    let selected = pvc.annotations().get(SELECTED_NODE_KEY).cloned();
+    if delayed && selected.is_none() {
+        return Ok(Action::await_change());
+    }
+    let zone_label = match &selected {
+        Some(node) => {
+            let nodes: Api<Node> = Api::all(ctx.client.clone());
+            nodes
+                .get_opt(node)
+                .await?
+                .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+        }
+        None => None,
+    };
+    let source = match &claim.data_source {
+        Some(ds) if ds.kind == "PersistentVolumeClaim" => source_claim(&ctx, &ns, &ds.name).await?,
+        _ => None,
+    };
+    let plan = match provision(
+        &claim,
+        &class_of(&sc),
+        zone_label.as_deref(),
+        source.as_ref(),
+        &ctx.cluster,
+    ) {
+        Decision::Refuse(message) => {
+            ctx.event(&*pvc, EventType::Warning, "ProvisioningFailed", message)
+                .await;
+            return Ok(Action::await_change());
+        }
+        Decision::Provision(plan) => plan,
+    };
+    ctx.event(
+        &*pvc,
+        EventType::Normal,
+        "Provisioning",
+        format!(
+            "creating disk {} ({} GiB, {})",
+            plan.disk.name, plan.disk.size_gib, plan.disk.sku
+        ),
+    )
+    .await;
+    let disk = ctx.arm.create_disk(&plan.disk).await?;
+    // The claim may have gone while the disk was made: then the disk is ours to clean up.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let still = claims
+        .get_opt(&claim.name)
+        .await?
+        .is_some_and(|c| c.uid().as_deref() == Some(claim.uid.as_str()));
+    if !still {
+        info!(disk = %disk.name, "the claim went away while its disk was made; deleting the disk");
+        ctx.arm
+            .delete_disk(&plan.disk.resource_group, &plan.disk.name)
+            .await?;
+        return Ok(Action::await_change());
+    }
+    match pvs
+        .create(&PostParams::default(), &pv_object(&plan.pv, &ctx.name)?)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    ctx.event(
+        &*pvc,
+        EventType::Normal,
+        "ProvisioningSucceeded",
+        format!("provisioned volume {} on disk {}", plan.pv.name, disk.id),
+    )
+    .await;
+    info!(claim = %format!("{ns}/{}", claim.name), pv = %plan.pv.name, "provisioned");
+    Ok(Action::await_change())
+}
+
+async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceClaim>, Error> {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
+    let Some(src) = claims.get_opt(name).await? else {
+        return Ok(None);
+    };
+    let spec = src.spec.clone().unwrap_or_default();
+    let mut disk_uri = None;
+    if let Some(v) = spec.volume_name.as_ref().filter(|v| !v.is_empty()) {
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        disk_uri = pvs
+            .get_opt(v)
+            .await?
+            .and_then(|pv| pv.spec)
+            .and_then(|s| s.flex_volume)
+            .and_then(|f| f.options)
+            .and_then(|o| o.get("diskURI").cloned());
+    }
+    let capacity = src
+        .status
+        .as_ref()
+        .and_then(|s| s.capacity.as_ref())
+        .and_then(|c| c.get("storage"))
+        .map(|q| bytes_of(&q.0))
+        .unwrap_or(0);
+    Ok(Some(SourceClaim {
+        storage_class: spec.storage_class_name.unwrap_or_default(),
+        disk_uri,
+        capacity_bytes: capacity,
+    }))
+}
+
+pub fn error_policy(_: Arc<PersistentVolumeClaim>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(error = %e, "provisioning failed; retrying");
+    Action::requeue(e.retry_after().unwrap_or(Duration::from_secs(5)))
+}

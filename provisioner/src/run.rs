@@ -1,0 +1,180 @@
+//! Wiring: clients, the two controllers (claims, volumes), leader election, shutdown.
+
+use crate::cli::Cli;
+use crate::decide::Cluster;
+use flexdisk_azure::{Arm, ArmOptions, AzureError, Config};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Azure: {0}")]
+    Azure(#[from] AzureError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// How long to wait before the next try: Azure's throttling first.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Azure(AzureError::Throttled { retry_after, .. }) => {
+                Some(retry_after.unwrap_or(Duration::from_secs(30)))
+            }
+            Error::Azure(e) if !e.is_retryable() => Some(Duration::from_secs(60)),
+            _ => None,
+        }
+    }
+}
+
+pub struct Ctx {
+    pub client: Client,
+    pub arm: Arm,
+    pub name: String,
+    pub cluster: Cluster,
+    pub recorder: Recorder,
+}
+
+impl Ctx {
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Provision".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
+            warn!("cannot publish event {reason}: {e}");
+        }
+    }
+}
+
+async fn kube_client(cli: &Cli) -> anyhow::Result<Client> {
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+pub async fn main(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(format!(
+            "{},{}",
+            cli.log,
+            flexdisk_azure::QUIET_DEPENDENCIES
+        ))?)
+        .with_writer(std::io::stderr)
+        .init();
+    // kube's TLS and azure_identity's both bring rustls crypto providers: name one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = kube_client(&cli).await?;
+    let config = Config::load(&cli.cloud_config)?;
+    for w in &config.warnings {
+        warn!("{w}");
+    }
+    let arm = Arm::connect(&config, ArmOptions::default()).await?;
+    let identity = cli
+        .identity
+        .clone()
+        .unwrap_or_else(|| format!("flexdisk-provisioner-{}", std::process::id()));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "flexdisk-provisioner".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cluster: Cluster {
+            subscription: arm.subscription.clone(),
+            resource_group: arm.resource_group.clone(),
+            location: arm.location.clone(),
+        },
+        arm,
+        name: cli.provisioner_name.clone(),
+        recorder,
+    });
+
+    let mut leadership = None;
+    if cli.leader_elect {
+        let manager =
+            kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "flexdisk-provisioner")
+                .with_namespace(cli.lease_namespace.clone())
+                .with_identity(identity.clone())
+                .with_duration(15)
+                .with_grace(5)
+                .build()
+                .await?;
+        let (mut leader, task) = manager.watch().await;
+        info!(%identity, "waiting to lead");
+        while !*leader.borrow_and_update() {
+            leader.changed().await?;
+        }
+        info!(%identity, "leading");
+        leadership = Some((leader, task));
+    }
+
+    let workers = cli.workers.max(1);
+    let claims = Controller::new(
+        Api::<PersistentVolumeClaim>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(workers))
+    .run(
+        crate::claims::reconcile,
+        crate::claims::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let volumes = Controller::new(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(ControllerConfig::default().concurrency(workers))
+    .run(
+        crate::volumes::reconcile,
+        crate::volumes::error_policy,
+        ctx.clone(),
+    )
+    .for_each(|_| async {});
+    let lost = async {
+        match &mut leadership {
+            Some((leader, _)) => loop {
+                if leader.changed().await.is_err() || !*leader.borrow() {
+                    return;
+                }
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = claims => error!("the claims controller stopped"),
+        _ = volumes => error!("the volumes controller stopped"),
+        _ = lost => { error!("lost the leader lease; exiting so that another replica leads"); std::process::exit(1); }
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),
+    }
+    Ok(())
+}

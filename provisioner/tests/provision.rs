@@ -1,0 +1,325 @@
+//! The real `flexdisk-provisioner` binary against the simulator's Azure and Kubernetes:
+//! Immediate and WaitForFirstConsumer classes end Bound with the right disk and PV, a bad class is
+//! one clear event and no ARM write, deletion removes disk and PV, Retain keeps the disk.
+
+use flexdisk_azure::{Arm, ArmOptions, Config};
+use flexdisk_sim::process::{binary, shared_tls_dir, SimProcess};
+use reqwest::blocking::Client;
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Setup {
+    sim: SimProcess,
+    provisioner: Child,
+    kube: String,
+    http: Client,
+    rt: tokio::runtime::Runtime,
+    arm: Arm,
+    _tmp: tempfile::TempDir,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        let _ = self.provisioner.kill();
+        let _ = self.provisioner.wait();
+    }
+}
+
+impl Setup {
+    fn start() -> Setup {
+        let tls = shared_tls_dir(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca"));
+        let sim = SimProcess::start(
+            &binary(),
+            &[
+                "--tls-dir",
+                tls.to_str().expect("utf-8"),
+                "--vm-op-ms",
+                "150",
+                "--disk-op-ms",
+                "100",
+            ],
+        )
+        .expect("sim");
+        let tmp = tempfile::tempdir().expect("tmp");
+        let log = std::fs::File::create(tmp.path().join("provisioner.log")).expect("log");
+        let provisioner = Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
+            .args([
+                "--kubeconfig",
+                &sim.field("kubeconfig"),
+                "--cloud-config",
+                &sim.field("azureJson"),
+                "--log",
+                "info",
+            ])
+            .env("SSL_CERT_FILE", sim.field("caBundle"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("provisioner starts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let config = Config::load(Path::new(&sim.field("azureJson"))).expect("config");
+        let arm = rt
+            .block_on(Arm::connect(&config, ArmOptions::default()))
+            .expect("arm");
+        Setup {
+            kube: sim.field("kube"),
+            sim,
+            provisioner,
+            http: Client::new(),
+            rt,
+            arm,
+            _tmp: tmp,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut r = self.http.request(
+            method.parse().expect("method"),
+            format!("{}{path}", self.kube),
+        );
+        if let Some(b) = body {
+            r = r
+                .header(
+                    "content-type",
+                    if method == "PATCH" {
+                        "application/merge-patch+json"
+                    } else {
+                        "application/json"
+                    },
+                )
+                .body(b.to_string());
+        }
+        let rsp = r.send().expect("kube answers");
+        let status = rsp.status().as_u16();
+        (status, rsp.json().unwrap_or(Value::Null))
+    }
+
+    fn until(&self, path: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.call("GET", path, None);
+            if status == 200 && f(&body) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never {what}: {body}\nprovisioner log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn gone(&self, path: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.call("GET", path, None).0 != 404 {
+            assert!(
+                Instant::now() < deadline,
+                "{path} never went\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self._tmp.path().join("provisioner.log")).unwrap_or_default()
+    }
+
+    fn class(&self, name: &str, params: Value, extra: Value) {
+        let mut sc = json!({"metadata": {"name": name}, "provisioner": "flexdisk/azure-disk", "parameters": params});
+        if let (Some(m), Some(e)) = (sc.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        assert_eq!(
+            self.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
+                .0,
+            201
+        );
+    }
+
+    fn claim(&self, name: &str, class: &str, size: &str) -> Value {
+        let (status, body) = self.call("POST", "/api/v1/namespaces/default/persistentvolumeclaims", Some(json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class, "resources": {"requests": {"storage": size}}}})));
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    fn disk(&self, name: &str) -> Option<flexdisk_azure::DiskInfo> {
+        self.rt
+            .block_on(self.arm.get_disk(&self.arm.resource_group, name))
+            .expect("get disk")
+    }
+}
+
+const PVCS: &str = "/api/v1/namespaces/default/persistentvolumeclaims";
+
+#[test]
+fn claims_become_disks_and_volumes_and_go_away_again() {
+    let s = Setup::start();
+    s.class(
+        "fast",
+        json!({"skuName": "Premium_LRS", "tags": "team=storage"}),
+        json!({}),
+    );
+    let c = s.claim("data", "fast", "3Gi");
+    let uid = c["metadata"]["uid"].as_str().expect("uid").to_string();
+    let pv_name = format!("pvc-{uid}");
+    let bound = s.until(&format!("{PVCS}/data"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    assert_eq!(bound["spec"]["volumeName"], pv_name.as_str());
+    let pv = s.until(
+        &format!("/api/v1/persistentvolumes/{pv_name}"),
+        "bound PV",
+        |o| o["status"]["phase"] == "Bound",
+    );
+    assert_eq!(
+        pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
+        "flexdisk/azure-disk"
+    );
+    assert!(pv["metadata"]["finalizers"]
+        .as_array()
+        .expect("finalizers")
+        .iter()
+        .any(|f| f == "external-provisioner.volume.kubernetes.io/finalizer"));
+    assert_eq!(pv["spec"]["claimRef"]["uid"], uid.as_str());
+    assert_eq!(pv["spec"]["storageClassName"], "fast");
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Delete");
+    assert_eq!(pv["spec"]["capacity"]["storage"], "3Gi");
+    assert_eq!(pv["spec"]["flexVolume"]["driver"], "flexdisk/azure-disk");
+    assert_eq!(
+        pv["spec"]["flexVolume"]["options"]["cachingMode"],
+        "ReadOnly"
+    );
+    let uri = pv["spec"]["flexVolume"]["options"]["diskURI"]
+        .as_str()
+        .expect("diskURI");
+    assert!(uri.ends_with(&format!("/disks/{pv_name}")), "{uri}");
+    let disk = s.disk(&pv_name).expect("the disk exists");
+    assert_eq!((disk.sku.as_str(), disk.size_gib), ("Premium_LRS", 3));
+    assert_eq!(disk.tags.get("team").map(String::as_str), Some("storage"));
+    assert_eq!(
+        disk.tags
+            .get("kubernetes.io-created-for-pvc-name")
+            .map(String::as_str),
+        Some("data")
+    );
+
+    // Deleting the claim deletes the volume and its disk.
+    assert_eq!(s.call("DELETE", &format!("{PVCS}/data"), None).0, 200);
+    s.gone(&format!("/api/v1/persistentvolumes/{pv_name}"));
+    assert_eq!(s.disk(&pv_name), None, "the disk was deleted");
+
+    // Retain keeps the disk and the Released volume.
+    s.class("keep", json!({}), json!({"reclaimPolicy": "Retain"}));
+    let kept = s.claim("kept", "keep", "1Gi");
+    let kept_pv = format!("pvc-{}", kept["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/kept"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    s.call("DELETE", &format!("{PVCS}/kept"), None);
+    s.until(
+        &format!("/api/v1/persistentvolumes/{kept_pv}"),
+        "Released",
+        |o| o["status"]["phase"] == "Released",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(s.disk(&kept_pv).is_some(), "Retain keeps the disk");
+    assert_eq!(
+        s.call("GET", &format!("/api/v1/persistentvolumes/{kept_pv}"), None)
+            .0,
+        200
+    );
+}
+
+#[test]
+fn wait_for_first_consumer_follows_the_node_and_bad_classes_are_one_clear_event() {
+    let s = Setup::start();
+    s.class(
+        "late",
+        json!({"skuName": "Premium_LRS"}),
+        json!({"volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    let c = s.claim("late", "late", "1Gi");
+    let pv_name = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        s.call("GET", &format!("/api/v1/persistentvolumes/{pv_name}"), None)
+            .0,
+        404,
+        "nothing before the scheduler picks a node"
+    );
+    s.call("PATCH", &format!("{PVCS}/late"), Some(json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "aks-nodepool1-31415926-vmss000001"}}})));
+    s.until(&format!("{PVCS}/late"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let pv = s.until(
+        &format!("/api/v1/persistentvolumes/{pv_name}"),
+        "PV",
+        |_| true,
+    );
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"],
+        json!(["westus2-2"])
+    );
+    assert_eq!(s.disk(&pv_name).expect("disk").zones, vec!["2".to_string()]);
+
+    // A class with a typo: one ProvisioningFailed event naming the key, no disk written.
+    s.class(
+        "broken",
+        json!({"skuName": "Premium_LRS", "cachngMode": "None"}),
+        json!({}),
+    );
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    s.claim("bad", "broken", "1Gi");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let event = loop {
+        let (_, list) = s.call(
+            "GET",
+            "/apis/events.k8s.io/v1/namespaces/default/events",
+            None,
+        );
+        let found = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["regarding"]["name"] == "bad" && e["reason"] == "ProvisioningFailed")
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ProvisioningFailed event\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        event["note"]
+            .as_str()
+            .expect("note")
+            .contains("`cachngMode`"),
+        "{event}"
+    );
+    assert_eq!(event["type"], "Warning");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(
+        counters["writes"].as_u64().unwrap_or(0),
+        0,
+        "no ARM write for a refused claim: {counters}"
+    );
+    assert_eq!(
+        s.call("GET", &format!("{PVCS}/bad"), None).1["status"]["phase"],
+        "Pending"
+    );
+}
