@@ -29,6 +29,9 @@ pub struct Cli {
     pub leader_elect: bool,
     #[arg(long, env = "LEASE_NAMESPACE", default_value = "kube-system")]
     pub lease_namespace: String,
+    /// How long a leader's lease lasts without renewal; a standby takes over after it.
+    #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
     /// This replica's identity in the election (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,

@@ -323,3 +323,78 @@ fn wait_for_first_consumer_follows_the_node_and_bad_classes_are_one_clear_event(
         "Pending"
     );
 }
+
+fn log_of(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+#[test]
+fn two_replicas_one_leader_and_a_handover_when_it_dies() {
+    let s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let start = |id: &str| {
+        let log = tmp.path().join(format!("{id}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
+            .args([
+                "--kubeconfig",
+                &s.sim.field("kubeconfig"),
+                "--cloud-config",
+                &s.sim.field("azureJson"),
+            ])
+            .args([
+                "--leader-elect",
+                "--identity",
+                id,
+                "--lease-duration-secs",
+                "3",
+                "--provisioner-name",
+                "example.com/ha",
+            ])
+            .env("SSL_CERT_FILE", s.sim.field("caBundle"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("replica starts");
+        (child, log)
+    };
+    let (mut a, a_log) = start("replica-a");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !log_of(&a_log).contains("leading") {
+        assert!(
+            Instant::now() < deadline,
+            "a never led:\n{}",
+            log_of(&a_log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (mut b, b_log) = start("replica-b");
+    // Claims for this provisioner name (the other test's provisioner ignores them).
+    let sc = json!({"metadata": {"name": "ha"}, "provisioner": "example.com/ha"});
+    assert_eq!(
+        s.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
+            .0,
+        201
+    );
+    s.claim("first", "ha", "1Gi");
+    s.until(&format!("{PVCS}/first"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    assert!(log_of(&a_log).contains("provisioned"), "the leader acted");
+    assert!(
+        !log_of(&b_log).contains("leading") && !log_of(&b_log).contains("provisioned"),
+        "the standby did nothing:\n{}",
+        log_of(&b_log)
+    );
+
+    // The leader dies without a word; the standby takes over after the lease.
+    a.kill().expect("SIGKILL");
+    let _ = a.wait();
+    s.claim("second", "ha", "1Gi");
+    s.until(&format!("{PVCS}/second"), "Bound after the handover", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    assert!(log_of(&b_log).contains("leading"));
+    let _ = b.kill();
+    let _ = b.wait();
+}
