@@ -184,6 +184,7 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         Some(ds) if ds.kind == "PersistentVolumeClaim" => source_claim(&ctx, &ns, &ds.name).await?,
         _ => None,
     };
+    let started = std::time::Instant::now();
     let plan = match provision(
         &claim,
         &class_of(&sc),
@@ -192,6 +193,7 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         &ctx.cluster,
     ) {
         Decision::Refuse(message) => {
+            ctx.metrics.provision(&class_name, "refused", None);
             ctx.event(&*pvc, EventType::Warning, "ProvisioningFailed", message)
                 .await;
             return Ok(Action::await_change());
@@ -237,6 +239,8 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         format!("provisioned volume {} on disk {}", plan.pv.name, disk.id),
     )
     .await;
+    ctx.metrics
+        .provision(&class_name, "succeeded", Some(started.elapsed()));
     info!(claim = %format!("{ns}/{}", claim.name), pv = %plan.pv.name, "provisioned");
     Ok(Action::await_change())
 }
@@ -272,7 +276,13 @@ async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceCl
     }))
 }
 
-pub fn error_policy(_: Arc<PersistentVolumeClaim>, e: &Error, _: Arc<Ctx>) -> Action {
+pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let class = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .unwrap_or_default();
+    ctx.metrics.provision(&class, "failed", None);
     tracing::warn!(error = %e, "provisioning failed; retrying");
     Action::requeue(e.retry_after().unwrap_or(Duration::from_secs(5)))
 }

@@ -35,6 +35,10 @@ pub struct Cli {
     /// This replica's identity in the election (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Where Prometheus metrics, /healthz and /readyz are served (port 0: any free one; the
+    /// address is logged).
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: String,
     /// Log filter (tracing's syntax).
     #[arg(long, env = "LOG", default_value = "info")]
     pub log: String,

@@ -6,5 +6,6 @@
 pub mod claims;
 pub mod cli;
 pub mod decide;
+pub mod metrics;
 pub mod run;
 pub mod volumes;

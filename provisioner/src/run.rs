@@ -37,6 +37,7 @@ impl Error {
 }
 
 pub struct Ctx {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
     pub arm: Arm,
     pub name: String,
@@ -93,6 +94,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         warn!("{w}");
     }
     let arm = Arm::connect(&config, ArmOptions::default()).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
     let identity = cli
         .identity
         .clone()
@@ -105,6 +107,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         },
     );
     let ctx = Arc::new(Ctx {
+        metrics: metrics.clone(),
         client: client.clone(),
         cluster: Cluster {
             subscription: arm.subscription.clone(),
@@ -115,6 +118,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         name: cli.provisioner_name.clone(),
         recorder,
     });
+
+    let stats_ctx = ctx.clone();
+    crate::metrics::serve(
+        &cli.metrics_addr,
+        metrics.clone(),
+        Arc::new(move || stats_ctx.arm.stats()),
+    )
+    .await?;
+    metrics.set_ready();
 
     let mut leadership = None;
     if cli.leader_elect {
@@ -132,6 +144,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             leader.changed().await?;
         }
         info!(%identity, "leading");
+        metrics.leader.set(1);
         leadership = Some((leader, task));
     }
 

@@ -58,6 +58,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
         Deletion::NotOurs | Deletion::Wait => Ok(Action::await_change()),
         Deletion::Keep => {
             if pv.metadata.deletion_timestamp.is_some() {
+                ctx.metrics.deletion("kept");
                 drop_finalizer(&api, &pv).await?;
             }
             Ok(Action::await_change())
@@ -67,6 +68,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             match ctx.arm.delete_disk(&id.resource_group, &id.name).await {
                 Ok(_) => {}
                 Err(AzureError::OwnedByOtherVm { owner, .. }) => {
+                    ctx.metrics.deletion("refused");
                     ctx.event(
                         &*pv,
                         EventType::Warning,
@@ -81,6 +83,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
                 }
                 Err(e) => return Err(e.into()),
             }
+            ctx.metrics.deletion("deleted");
             info!(pv = %pv.name_any(), disk = %id.name, "deleted the disk of a released volume");
             if pv.metadata.deletion_timestamp.is_none() {
                 api.delete(&pv.name_any(), &DeleteParams::default()).await?;
@@ -93,7 +96,8 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
     }
 }
 
-pub fn error_policy(_: Arc<PersistentVolume>, e: &Error, _: Arc<Ctx>) -> Action {
+pub fn error_policy(_: Arc<PersistentVolume>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics.deletion("failed");
     tracing::warn!(error = %e, "deleting a volume failed; retrying");
     Action::requeue(e.retry_after().unwrap_or(Duration::from_secs(5)))
 }

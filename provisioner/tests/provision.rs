@@ -52,6 +52,8 @@ impl Setup {
                 &sim.field("azureJson"),
                 "--log",
                 "info",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ])
             .env("SSL_CERT_FILE", sim.field("caBundle"))
             .stdout(Stdio::null())
@@ -212,6 +214,39 @@ fn claims_become_disks_and_volumes_and_go_away_again() {
         Some("data")
     );
 
+    // Metrics, health and readiness.
+    let addr = s
+        .log()
+        .lines()
+        .find_map(|l| l.split("metrics on ").nth(1).map(|a| a.trim().to_string()))
+        .expect("the metrics address is logged");
+    let get = |path: &str| {
+        let r = s
+            .http
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .expect("metrics server");
+        (r.status().as_u16(), r.text().expect("text"))
+    };
+    let (status, text) = get("/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(
+            r#"flexdisk_provisioner_provisions_total{class="fast",outcome="succeeded"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("flexdisk_provisioner_arm_requests_total"),
+        "{text}"
+    );
+    assert!(
+        text.contains("flexdisk_provisioner_provision_duration_seconds_count"),
+        "{text}"
+    );
+    assert_eq!(get("/healthz").0, 200);
+    assert_eq!(get("/readyz").0, 200);
+
     // Deleting the claim deletes the volume and its disk.
     assert_eq!(s.call("DELETE", &format!("{PVCS}/data"), None).0, 200);
     s.gone(&format!("/api/v1/persistentvolumes/{pv_name}"));
@@ -350,6 +385,8 @@ fn two_replicas_one_leader_and_a_handover_when_it_dies() {
                 "3",
                 "--provisioner-name",
                 "example.com/ha",
+                "--metrics-addr",
+                "127.0.0.1:0",
             ])
             .env("SSL_CERT_FILE", s.sim.field("caBundle"))
             .stdout(Stdio::null())
