@@ -12,7 +12,6 @@ use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 use tracing::info;
 
 pub const PROVISIONER_KEY: &str = "volume.kubernetes.io/storage-provisioner";
@@ -283,6 +282,7 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -
         .and_then(|s| s.storage_class_name.clone())
         .unwrap_or_default();
     ctx.metrics.provision(&class, "failed", None);
+    let delay = ctx.backoff.next(&pvc.uid().unwrap_or_default(), e);
     tracing::warn!(error = %e, "provisioning failed; retrying");
-    Action::requeue(e.retry_after().unwrap_or(Duration::from_secs(5)))
+    Action::requeue(delay)
 }

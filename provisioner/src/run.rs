@@ -24,19 +24,36 @@ pub enum Error {
 }
 
 impl Error {
-    /// How long to wait before the next try: Azure's throttling first.
+    /// What Azure asked for (throttling), if anything.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Azure(AzureError::Throttled { retry_after, .. }) => {
-                Some(retry_after.unwrap_or(Duration::from_secs(30)))
-            }
-            Error::Azure(e) if !e.is_retryable() => Some(Duration::from_secs(60)),
+            Error::Azure(AzureError::Throttled { retry_after, .. }) => *retry_after,
             _ => None,
         }
     }
 }
 
+/// Per-object exponential back-off (1 s doubling to 5 min), reset by a success; Azure's
+/// Retry-After wins when longer.
+#[derive(Default)]
+pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+impl Backoff {
+    pub fn next(&self, key: &str, e: &Error) -> Duration {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(key.to_string()).or_insert(0);
+        let d = Duration::from_secs(1u64 << (*n).min(8)).min(Duration::from_secs(300));
+        *n += 1;
+        e.retry_after().map_or(d, |r| r.max(d))
+    }
+
+    pub fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
 pub struct Ctx {
+    pub backoff: Backoff,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
     pub arm: Arm,
@@ -107,6 +124,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         },
     );
     let ctx = Arc::new(Ctx {
+        backoff: Backoff::default(),
         metrics: metrics.clone(),
         client: client.clone(),
         cluster: Cluster {
@@ -190,4 +208,25 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_caps_resets_and_honours_retry_after() {
+        let b = Backoff::default();
+        let plain = Error::Internal("x".into());
+        let d: Vec<u64> = (0..11).map(|_| b.next("a", &plain).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
+        b.reset("a");
+        assert_eq!(b.next("a", &plain).as_secs(), 1);
+        assert_eq!(b.next("other", &plain).as_secs(), 1, "per object");
+        let throttled = Error::Azure(AzureError::Throttled {
+            retry_after: Some(Duration::from_secs(40)),
+            message: String::new(),
+        });
+        assert_eq!(b.next("c", &throttled).as_secs(), 40);
+    }
 }

@@ -96,8 +96,9 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
     }
 }
 
-pub fn error_policy(_: Arc<PersistentVolume>, e: &Error, ctx: Arc<Ctx>) -> Action {
+pub fn error_policy(pv: Arc<PersistentVolume>, e: &Error, ctx: Arc<Ctx>) -> Action {
     ctx.metrics.deletion("failed");
+    let delay = ctx.backoff.next(&pv.uid().unwrap_or_default(), e);
     tracing::warn!(error = %e, "deleting a volume failed; retrying");
-    Action::requeue(e.retry_after().unwrap_or(Duration::from_secs(5)))
+    Action::requeue(delay)
 }

@@ -435,3 +435,96 @@ fn two_replicas_one_leader_and_a_handover_when_it_dies() {
     let _ = b.kill();
     let _ = b.wait();
 }
+
+#[test]
+fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
+    let s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    let fault = |rule: Value| {
+        let (status, body) = s
+            .sim
+            .control("POST", "/faults", Some(&rule))
+            .expect("fault");
+        assert_eq!(status, 201, "{body}");
+    };
+    fault(
+        json!({"operation": "Disks_CreateOrUpdate", "times": 4, "action": {"kind": "status", "status": 429, "retryAfter": 1}}),
+    );
+    fault(
+        json!({"operation": "Disks_Get", "times": 3, "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
+    );
+    fault(
+        json!({"operation": "Disks_CreateOrUpdate", "skip": 6, "times": 2, "action": {"kind": "lroFail", "code": "InternalDiskManagementError"}}),
+    );
+    fault(
+        json!({"operation": "Disks_CreateOrUpdate", "skip": 8, "times": 1, "action": {"kind": "loseResponse"}}),
+    );
+    let names: Vec<String> = (0..10).map(|i| format!("storm-{i}")).collect();
+    for n in &names {
+        s.claim(n, "fast", "1Gi");
+    }
+    for n in &names {
+        s.until(&format!("{PVCS}/{n}"), "Bound under faults", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+    }
+    let (_, left) = s.sim.control("GET", "/faults", None).expect("faults");
+    assert_eq!(
+        left,
+        json!([]),
+        "every injected fault fired (and was retired)"
+    );
+    // Every disk belongs to a PV and every PV has its disk.
+    let leak_check = || {
+        let (_, state) = s.sim.control("GET", "/state", None).expect("state");
+        let mut disks: Vec<String> = state["disks"]
+            .as_object()
+            .map(|m| {
+                m.values()
+                    .filter_map(|d| d["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .or_else(|| {
+                state["disks"].as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|d| d["name"].as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .expect("disks in the state");
+        disks.retain(|d| d.starts_with("pvc-"));
+        disks.sort();
+        let (_, pvs) = s.call("GET", "/api/v1/persistentvolumes", None);
+        let mut pv_names: Vec<String> = pvs["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().expect("n").to_string())
+            .collect();
+        pv_names.sort();
+        (disks, pv_names)
+    };
+    let (disks, pvs) = leak_check();
+    assert_eq!(disks, pvs, "one disk per PV, nothing else");
+    assert_eq!(pvs.len(), 10);
+
+    fault(
+        json!({"operation": "Disks_Delete", "times": 3, "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
+    );
+    for n in &names {
+        s.call("DELETE", &format!("{PVCS}/{n}"), None);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (disks, pvs) = leak_check();
+        if disks.is_empty() && pvs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: disks {disks:?}, PVs {pvs:?}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
