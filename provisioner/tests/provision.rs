@@ -528,3 +528,38 @@ fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn a_clone_copies_its_bound_source() {
+    let s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    let src = s.claim("src", "fast", "2Gi");
+    s.until(&format!("{PVCS}/src"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let (status, copy) = s.call("POST", "/api/v1/namespaces/default/persistentvolumeclaims", Some(json!({
+        "metadata": {"name": "copy"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "2Gi"}},
+                 "dataSource": {"kind": "PersistentVolumeClaim", "name": "src"}}})));
+    assert_eq!(status, 201, "{copy}");
+    s.until(&format!("{PVCS}/copy"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let copy_disk = format!("pvc-{}", copy["metadata"]["uid"].as_str().expect("uid"));
+    let src_disk = format!("pvc-{}", src["metadata"]["uid"].as_str().expect("uid"));
+    let (_, state) = s.sim.control("GET", "/state", None).expect("state");
+    let disks: Vec<&Value> = match &state["disks"] {
+        Value::Object(m) => m.values().collect(),
+        Value::Array(a) => a.iter().collect(),
+        _ => Vec::new(),
+    };
+    let made = disks
+        .iter()
+        .find(|d| d["name"] == copy_disk.as_str())
+        .expect("the clone's disk");
+    let text = made.to_string();
+    assert!(
+        text.contains(&src_disk),
+        "created from the source's disk: {text}"
+    );
+}
