@@ -27,7 +27,36 @@ impl Drop for Setup {
     }
 }
 
+/// The provisioner as deployed (one replica), its log appended to `log`.
+fn spawn_provisioner(sim: &SimProcess, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
+        .args([
+            "--kubeconfig",
+            &sim.field("kubeconfig"),
+            "--cloud-config",
+            &sim.field("azureJson"),
+        ])
+        .args(["--log", "info", "--metrics-addr", "127.0.0.1:0"])
+        .env("SSL_CERT_FILE", sim.field("caBundle"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("provisioner starts")
+}
+
 impl Setup {
+    /// SIGKILL and start again (a crash and kubelet's restart).
+    fn crash_and_restart(&mut self) {
+        let _ = self.provisioner.kill();
+        let _ = self.provisioner.wait();
+        self.provisioner = spawn_provisioner(&self.sim, &self._tmp.path().join("provisioner.log"));
+    }
+
     fn start() -> Setup {
         let tls = shared_tls_dir(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("flexdisk-sim-ca"));
         let sim = SimProcess::start(
@@ -43,23 +72,7 @@ impl Setup {
         )
         .expect("sim");
         let tmp = tempfile::tempdir().expect("tmp");
-        let log = std::fs::File::create(tmp.path().join("provisioner.log")).expect("log");
-        let provisioner = Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
-            .args([
-                "--kubeconfig",
-                &sim.field("kubeconfig"),
-                "--cloud-config",
-                &sim.field("azureJson"),
-                "--log",
-                "info",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("SSL_CERT_FILE", sim.field("caBundle"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("provisioner starts");
+        let provisioner = spawn_provisioner(&sim, &tmp.path().join("provisioner.log"));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -151,6 +164,33 @@ impl Setup {
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class, "resources": {"requests": {"storage": size}}}})));
         assert_eq!(status, 201, "{body}");
         body
+    }
+
+    /// The simulator's disks named like provisioned ones, and the PVs, both sorted.
+    fn disks_and_pvs(&self) -> (Vec<String>, Vec<String>) {
+        let (_, state) = self.sim.control("GET", "/state", None).expect("state");
+        let mut disks: Vec<String> = match &state["disks"] {
+            Value::Object(m) => m
+                .values()
+                .filter_map(|d| d["name"].as_str().map(str::to_string))
+                .collect(),
+            Value::Array(a) => a
+                .iter()
+                .filter_map(|d| d["name"].as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        disks.retain(|d| d.starts_with("pvc-"));
+        disks.sort();
+        let (_, pvs) = self.call("GET", "/api/v1/persistentvolumes", None);
+        let mut pvs: Vec<String> = pvs["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        pvs.sort();
+        (disks, pvs)
     }
 
     fn disk(&self, name: &str) -> Option<flexdisk_azure::DiskInfo> {
@@ -475,36 +515,7 @@ fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
         "every injected fault fired (and was retired)"
     );
     // Every disk belongs to a PV and every PV has its disk.
-    let leak_check = || {
-        let (_, state) = s.sim.control("GET", "/state", None).expect("state");
-        let mut disks: Vec<String> = state["disks"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|d| d["name"].as_str().map(str::to_string))
-                    .collect()
-            })
-            .or_else(|| {
-                state["disks"].as_array().map(|a| {
-                    a.iter()
-                        .filter_map(|d| d["name"].as_str().map(str::to_string))
-                        .collect()
-                })
-            })
-            .expect("disks in the state");
-        disks.retain(|d| d.starts_with("pvc-"));
-        disks.sort();
-        let (_, pvs) = s.call("GET", "/api/v1/persistentvolumes", None);
-        let mut pv_names: Vec<String> = pvs["items"]
-            .as_array()
-            .expect("items")
-            .iter()
-            .map(|p| p["metadata"]["name"].as_str().expect("n").to_string())
-            .collect();
-        pv_names.sort();
-        (disks, pv_names)
-    };
-    let (disks, pvs) = leak_check();
+    let (disks, pvs) = s.disks_and_pvs();
     assert_eq!(disks, pvs, "one disk per PV, nothing else");
     assert_eq!(pvs.len(), 10);
 
@@ -516,7 +527,7 @@ fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (disks, pvs) = leak_check();
+        let (disks, pvs) = s.disks_and_pvs();
         if disks.is_empty() && pvs.is_empty() {
             break;
         }
@@ -562,4 +573,58 @@ fn a_clone_copies_its_bound_source() {
         text.contains(&src_disk),
         "created from the source's disk: {text}"
     );
+}
+
+#[test]
+fn crashes_at_random_moments_leak_nothing_and_duplicate_nothing() {
+    let mut s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    // A fixed-seed generator: the kill moments are random-looking and reproducible.
+    let mut seed: u64 = 0x2545F4914F6CDD1D;
+    let mut pause = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(50 + seed % 400)
+    };
+    let names: Vec<String> = (0..100).map(|i| format!("crash-{i}")).collect();
+    for chunk in names.chunks(10) {
+        for n in chunk {
+            s.claim(n, "fast", "1Gi");
+        }
+        std::thread::sleep(pause());
+        s.crash_and_restart();
+    }
+    for n in &names {
+        s.until(&format!("{PVCS}/{n}"), "Bound after crashes", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+    }
+    let (disks, pvs) = s.disks_and_pvs();
+    assert_eq!(pvs.len(), 100, "one PV per claim, no duplicates");
+    assert_eq!(disks, pvs, "one disk per PV, no leaks");
+
+    // Deleting everything, with crashes in the middle.
+    for chunk in names.chunks(25) {
+        for n in chunk {
+            s.call("DELETE", &format!("{PVCS}/{n}"), None);
+        }
+        std::thread::sleep(pause());
+        s.crash_and_restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let (disks, pvs) = s.disks_and_pvs();
+        if disks.is_empty() && pvs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {} disks, {} PVs\n{}",
+            disks.len(),
+            pvs.len(),
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
