@@ -628,3 +628,83 @@ fn crashes_at_random_moments_leak_nothing_and_duplicate_nothing() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn every_refusal_is_one_clear_event_and_no_arm_write() {
+    let s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    std::thread::sleep(Duration::from_millis(300));
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    let spec = |extra: Value| {
+        let mut spec = json!({"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}}});
+        if let (Some(m), Some(e)) = (spec.as_object_mut(), extra.as_object()) {
+            m.extend(e.clone());
+        }
+        spec
+    };
+    let cases = [
+        (
+            "sel",
+            spec(json!({"selector": {"matchLabels": {"disk": "old"}}})),
+            "selector",
+        ),
+        (
+            "blk",
+            spec(json!({"volumeMode": "Block"})),
+            "volumeMode Block",
+        ),
+        (
+            "rwx",
+            spec(json!({"accessModes": ["ReadWriteMany"]})),
+            "maxShares > 1",
+        ),
+        (
+            "snap",
+            spec(
+                json!({"dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s1"}}),
+            ),
+            "VolumeSnapshot is not supported",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        let (status, body) = s.call(
+            "POST",
+            "/api/v1/namespaces/default/persistentvolumeclaims",
+            Some(json!({"metadata": {"name": name}, "spec": spec})),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    for (name, _, words) in &cases {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, list) = s.call(
+                "GET",
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                None,
+            );
+            let events: Vec<&Value> = list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| e["regarding"]["name"] == *name)
+                .collect();
+            if let Some(e) = events.first() {
+                assert_eq!(events.len(), 1, "one event for {name}: {events:?}");
+                assert_eq!(e["reason"], "ProvisioningFailed");
+                assert!(
+                    e["note"].as_str().expect("note").contains(words),
+                    "{name}: {e}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no event for {name}\n{}",
+                s.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(counters["writes"].as_u64().unwrap_or(0), 0, "{counters}");
+}
