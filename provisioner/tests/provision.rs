@@ -708,3 +708,63 @@ fn every_refusal_is_one_clear_event_and_no_arm_write() {
     let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
     assert_eq!(counters["writes"].as_u64().unwrap_or(0), 0, "{counters}");
 }
+
+#[test]
+fn a_disk_still_attached_is_not_deleted_until_it_is_detached() {
+    let s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    let c = s.claim("busy", "fast", "1Gi");
+    let pv_name = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/busy"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let vm =
+        s.rt.block_on(s.arm.node_vm("k8s-agentpool1-31415926-0"))
+            .expect("vm");
+    let spec = flexdisk_azure::AttachSpec {
+        disk_id: s.arm.disk_id(&s.arm.resource_group, &pv_name).to_string(),
+        lun: None,
+        caching: flexdisk_azure::Caching::None,
+    };
+    s.rt.block_on(
+        s.arm
+            .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[]),
+    )
+    .expect("attach");
+    s.call("DELETE", &format!("{PVCS}/busy"), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, list) = s.call("GET", "/apis/events.k8s.io/v1/events", None);
+        let found = list["items"].as_array().into_iter().flatten().any(|e| {
+            e["reason"] == "VolumeFailedDelete"
+                && e["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("still attached to VM k8s-agentpool1-31415926-0"))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no VolumeFailedDelete event\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.disk(&pv_name).is_some(),
+        "an attached disk is not deleted"
+    );
+    assert_eq!(
+        s.call("GET", &format!("/api/v1/persistentvolumes/{pv_name}"), None)
+            .0,
+        200
+    );
+    s.rt.block_on(
+        s.arm
+            .attach_detach(&vm.vm, &[], std::slice::from_ref(&spec.disk_id)),
+    )
+    .expect("detach");
+    s.gone(&format!("/api/v1/persistentvolumes/{pv_name}"));
+    assert_eq!(s.disk(&pv_name), None, "deleted once detached");
+}
