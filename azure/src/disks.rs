@@ -232,6 +232,26 @@ impl Arm {
         }
     }
 
+    /// Every disk of a resource group (all pages).
+    pub async fn list_disks(&self, resource_group: &str) -> Result<Vec<DiskInfo>, AzureError> {
+        use futures::StreamExt;
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .disks_client()
+            .list_by_resource_group(&self.subscription, resource_group)
+            .into_stream();
+        while let Some(page) = pages.next().await {
+            out.extend(
+                page.map_err(from_core)?
+                    .value
+                    .into_iter()
+                    .map(DiskInfo::from_model),
+            );
+        }
+        Ok(out)
+    }
+
     /// Creates the disk, or finds it made already: PUT is idempotent, so a provisioner that
     /// crashed half-way simply asks again.
     pub async fn create_disk(&self, spec: &DiskSpec) -> Result<DiskInfo, AzureError> {

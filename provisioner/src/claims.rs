@@ -210,12 +210,11 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     )
     .await;
     let disk = ctx.arm.create_disk(&plan.disk).await?;
-    // The claim may have gone while the disk was made: then the disk is ours to clean up.
+    // The claim may have gone (or be going) while the disk was made: then the disk is ours to clean up.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let still = claims
-        .get_opt(&claim.name)
-        .await?
-        .is_some_and(|c| c.uid().as_deref() == Some(claim.uid.as_str()));
+    let still = claims.get_opt(&claim.name).await?.is_some_and(|c| {
+        c.uid().as_deref() == Some(claim.uid.as_str()) && c.metadata.deletion_timestamp.is_none()
+    });
     if !still {
         info!(disk = %disk.name, "the claim went away while its disk was made; deleting the disk");
         ctx.arm

@@ -7,5 +7,6 @@ pub mod claims;
 pub mod cli;
 pub mod decide;
 pub mod metrics;
+pub mod orphans;
 pub mod run;
 pub mod volumes;

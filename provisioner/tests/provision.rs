@@ -41,7 +41,14 @@ fn spawn_provisioner(sim: &SimProcess, log: &Path) -> Child {
             "--cloud-config",
             &sim.field("azureJson"),
         ])
-        .args(["--log", "info", "--metrics-addr", "127.0.0.1:0"])
+        .args([
+            "--log",
+            "info",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--orphan-sweep-secs",
+            "10",
+        ])
         .env("SSL_CERT_FILE", sim.field("caBundle"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -767,4 +774,109 @@ fn a_disk_still_attached_is_not_deleted_until_it_is_detached() {
     .expect("detach");
     s.gone(&format!("/api/v1/persistentvolumes/{pv_name}"));
     assert_eq!(s.disk(&pv_name), None, "deleted once detached");
+}
+
+#[test]
+fn disks_orphaned_by_a_crash_are_swept_and_disks_in_progress_kept() {
+    let mut s = Setup::start();
+    let sc = json!({"metadata": {"name": "other"}, "provisioner": "example.com/other"});
+    assert_eq!(
+        s.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
+            .0,
+        201
+    );
+    let inflight = s.claim("inflight", "other", "1Gi");
+    let inflight_disk = format!("pvc-{}", inflight["metadata"]["uid"].as_str().expect("uid"));
+    let orphan_disk = "pvc-00000000-0000-4000-8000-000000000001".to_string();
+    // Disks as a provisioner killed between the disk's PUT and the PV leaves them.
+    for (disk, claim) in [(&inflight_disk, "inflight"), (&orphan_disk, "gone")] {
+        let params = flexdisk_azure::DiskParams::parse([]).expect("params");
+        let mut spec = flexdisk_azure::DiskSpec::from_params(
+            &params,
+            disk,
+            1,
+            None,
+            &s.arm.resource_group,
+            &s.arm.location,
+        );
+        for (k, v) in [
+            ("kubernetes.io-created-for-pv-name", disk.as_str()),
+            ("kubernetes.io-created-for-pvc-name", claim),
+            ("kubernetes.io-created-for-pvc-namespace", "default"),
+        ] {
+            spec.tags.insert(k.to_string(), v.to_string());
+        }
+        s.rt.block_on(s.arm.create_disk(&spec)).expect("disk");
+    }
+    s.crash_and_restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.disk(&orphan_disk).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan was never swept\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        s.disk(&inflight_disk).is_some(),
+        "a disk whose claim still exists is kept"
+    );
+    assert!(s.log().contains("deleting an orphaned disk"));
+}
+
+#[test]
+fn crashes_while_claims_come_and_go_leave_nothing_behind() {
+    let mut s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    let mut seed: u64 = 0x9E3779B97F4A7C15;
+    let mut pause = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(20 + seed % 300)
+    };
+    let names: Vec<String> = (0..60).map(|i| format!("churn-{i}")).collect();
+    for (round, chunk) in names.chunks(10).enumerate() {
+        for n in chunk {
+            s.claim(n, "fast", "1Gi");
+        }
+        std::thread::sleep(pause());
+        // Claims deleted while they are being provisioned, then a crash.
+        for n in chunk.iter().take(5) {
+            s.call("DELETE", &format!("{PVCS}/{n}"), None);
+        }
+        if round % 2 == 0 {
+            std::thread::sleep(pause());
+        }
+        s.crash_and_restart();
+    }
+    for n in names.iter().filter(|n| {
+        n.trim_start_matches("churn-")
+            .parse::<usize>()
+            .is_ok_and(|i| i % 10 >= 5)
+    }) {
+        s.until(&format!("{PVCS}/{n}"), "Bound", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+    }
+    // PVs of claims deleted after their PV was made are on their way out; the survivors all have one.
+    let (_, pvs) = s.disks_and_pvs();
+    assert!(pvs.len() >= 30, "{pvs:?}");
+    for n in &names {
+        s.call("DELETE", &format!("{PVCS}/{n}"), None);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (disks, pvs) = s.disks_and_pvs();
+        if disks.is_empty() && pvs.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "left behind: disks {disks:?}, PVs {pvs:?}\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }

@@ -140,6 +140,22 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
             }
             continue;
         }
+        // A volume bound to a claim (its claimRef has the claim's uid) whose claim is gone is
+        // Released, whatever its phase.
+        let claim_gone = s(pv, "/spec/claimRef/uid").is_some_and(|u| !u.is_empty())
+            && s(pv, "/spec/claimRef/namespace")
+                .zip(s(pv, "/spec/claimRef/name"))
+                .and_then(|(n, c)| claim_named(n, c))
+                .is_none_or(|c| s(c, "/metadata/uid") != s(pv, "/spec/claimRef/uid"));
+        if claim_gone && !matches!(phase(pv), "Released" | "Failed") {
+            out.push(act(
+                "persistentvolumes",
+                pv,
+                true,
+                Patch::Merge(json!({"status": {"phase": "Released"}})),
+            ));
+            continue;
+        }
         match phase(pv) {
             "" | "Pending" => out.push(act(
                 "persistentvolumes",
