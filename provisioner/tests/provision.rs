@@ -27,6 +27,17 @@ impl Drop for Setup {
     }
 }
 
+/// Random-looking but reproducible pauses of `min..min + spread` ms (xorshift from `seed`), for
+/// crash moments.
+fn pauses(mut seed: u64, min: u64, spread: u64) -> impl FnMut() -> Duration {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        Duration::from_millis(min + seed % spread)
+    }
+}
+
 /// The provisioner as deployed (one replica), its log appended to `log`.
 fn spawn_provisioner(sim: &SimProcess, log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
@@ -198,6 +209,31 @@ impl Setup {
             .collect();
         pvs.sort();
         (disks, pvs)
+    }
+
+    /// Deletes the claims and waits until no provisioned disk and no PV is left.
+    fn delete_all_and_converge(&self, names: &[String], within: Duration) {
+        for n in names {
+            self.call("DELETE", &format!("{PVCS}/{n}"), None);
+        }
+        self.converge(within);
+    }
+
+    /// Waits until no provisioned disk and no PV is left.
+    fn converge(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let (disks, pvs) = self.disks_and_pvs();
+            if disks.is_empty() && pvs.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "left behind: disks {disks:?}, PVs {pvs:?}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn disk(&self, name: &str) -> Option<flexdisk_azure::DiskInfo> {
@@ -529,22 +565,7 @@ fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
     fault(
         json!({"operation": "Disks_Delete", "times": 3, "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
     );
-    for n in &names {
-        s.call("DELETE", &format!("{PVCS}/{n}"), None);
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (disks, pvs) = s.disks_and_pvs();
-        if disks.is_empty() && pvs.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: disks {disks:?}, PVs {pvs:?}\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    s.delete_all_and_converge(&names, Duration::from_secs(60));
 }
 
 #[test]
@@ -586,14 +607,7 @@ fn a_clone_copies_its_bound_source() {
 fn crashes_at_random_moments_leak_nothing_and_duplicate_nothing() {
     let mut s = Setup::start();
     s.class("fast", json!({}), json!({}));
-    // A fixed-seed generator: the kill moments are random-looking and reproducible.
-    let mut seed: u64 = 0x2545F4914F6CDD1D;
-    let mut pause = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        Duration::from_millis(50 + seed % 400)
-    };
+    let mut pause = pauses(0x2545F4914F6CDD1D, 50, 400);
     let names: Vec<String> = (0..100).map(|i| format!("crash-{i}")).collect();
     for chunk in names.chunks(10) {
         for n in chunk {
@@ -619,21 +633,7 @@ fn crashes_at_random_moments_leak_nothing_and_duplicate_nothing() {
         std::thread::sleep(pause());
         s.crash_and_restart();
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let (disks, pvs) = s.disks_and_pvs();
-        if disks.is_empty() && pvs.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: {} disks, {} PVs\n{}",
-            disks.len(),
-            pvs.len(),
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    s.converge(Duration::from_secs(90));
 }
 
 #[test]
@@ -829,13 +829,7 @@ fn disks_orphaned_by_a_crash_are_swept_and_disks_in_progress_kept() {
 fn crashes_while_claims_come_and_go_leave_nothing_behind() {
     let mut s = Setup::start();
     s.class("fast", json!({}), json!({}));
-    let mut seed: u64 = 0x9E3779B97F4A7C15;
-    let mut pause = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        Duration::from_millis(20 + seed % 300)
-    };
+    let mut pause = pauses(0x9E3779B97F4A7C15, 20, 300);
     let names: Vec<String> = (0..60).map(|i| format!("churn-{i}")).collect();
     for (round, chunk) in names.chunks(10).enumerate() {
         for n in chunk {
@@ -863,20 +857,5 @@ fn crashes_while_claims_come_and_go_leave_nothing_behind() {
     // PVs of claims deleted after their PV was made are on their way out; the survivors all have one.
     let (_, pvs) = s.disks_and_pvs();
     assert!(pvs.len() >= 30, "{pvs:?}");
-    for n in &names {
-        s.call("DELETE", &format!("{PVCS}/{n}"), None);
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (disks, pvs) = s.disks_and_pvs();
-        if disks.is_empty() && pvs.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "left behind: disks {disks:?}, PVs {pvs:?}\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    s.delete_all_and_converge(&names, Duration::from_secs(120));
 }
