@@ -118,6 +118,24 @@ pub struct VmDisks {
 }
 
 impl VmDisks {
+    /// From the parts a VM and a scale-set VM share (their models differ around them).
+    fn from_parts(
+        vm: &VmRef,
+        zones: &[String],
+        sku: Option<String>,
+        hardware: Option<models::HardwareProfile>,
+        provisioning_state: Option<String>,
+        storage: Option<models::StorageProfile>,
+    ) -> VmDisks {
+        VmDisks {
+            vm: vm.clone(),
+            zone: zones.first().cloned(),
+            vm_size: sku.or_else(|| vm_size_name(hardware.as_ref())),
+            provisioning_state,
+            disks: attached_disks(storage),
+        }
+    }
+
     /// The disk's entry, compared by ID case-insensitively as ARM does.
     pub fn find(&self, disk_id: &str) -> Option<&AttachedDisk> {
         self.disks
@@ -252,14 +270,15 @@ impl Arm {
                     .into_body()
                     .await
                     .map_err(from_core)?;
-                let props = v.properties;
-                Ok(VmDisks {
-                    vm: vm.clone(),
-                    zone: v.zones.first().cloned(),
-                    vm_size: vm_size_name(props.as_ref().and_then(|p| p.hardware_profile.as_ref())),
-                    provisioning_state: props.as_ref().and_then(|p| p.provisioning_state.clone()),
-                    disks: attached_disks(props.and_then(|p| p.storage_profile)),
-                })
+                let p = v.properties.unwrap_or_default();
+                Ok(VmDisks::from_parts(
+                    vm,
+                    &v.zones,
+                    None,
+                    p.hardware_profile,
+                    p.provisioning_state,
+                    p.storage_profile,
+                ))
             }
             VmRef::ScaleSet {
                 resource_group,
@@ -276,16 +295,16 @@ impl Arm {
                     .into_body()
                     .await
                     .map_err(from_core)?;
-                let props = v.properties;
-                Ok(VmDisks {
-                    vm: vm.clone(),
-                    zone: v.zones.first().cloned(),
-                    vm_size: v.sku.and_then(|s| s.name).or_else(|| {
-                        vm_size_name(props.as_ref().and_then(|p| p.hardware_profile.as_ref()))
-                    }),
-                    provisioning_state: props.as_ref().and_then(|p| p.provisioning_state.clone()),
-                    disks: attached_disks(props.and_then(|p| p.storage_profile)),
-                })
+                let p = v.properties.unwrap_or_default();
+                let sku = v.sku.and_then(|s| s.name);
+                Ok(VmDisks::from_parts(
+                    vm,
+                    &v.zones,
+                    sku,
+                    p.hardware_profile,
+                    p.provisioning_state,
+                    p.storage_profile,
+                ))
             }
         }
     }
