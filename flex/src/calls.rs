@@ -130,7 +130,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 Err(m) => Reply::failure(m),
             }
         }
-        Call::Install { plugin_dir } => match crate::install::install(Path::new(&plugin_dir)) {
+        Call::Install(request) => match crate::install::install(&request) {
             Ok(m) => Reply::success().with_message(m),
             Err(m) => Reply::failure(m),
         },

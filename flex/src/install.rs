@@ -1,31 +1,190 @@
-//! `flexdisk install --plugin-dir DIR`: puts this binary where kubelet looks for the driver,
-//! atomically — kubelet's prober watches that directory and must never see a half-written file.
+//! `flexdisk install --plugin-dir DIR [--cloud-config FILE] [--stay]`: puts this binary where
+//! kubelet looks for the driver, atomically — kubelet's prober watches that directory and must never
+//! see a half-written file.
+//!
+//! The installer runs in a DaemonSet pod, but the driver it installs runs on the host (kubelet) and
+//! in kube-controller-manager's container, neither of which sees the pod's environment or volumes.
+//! So what the driver needs travels beside it in the plugin dir: `flexdisk.conf` (every `FLEXDISK_*`
+//! variable of the installer's environment) and, with `--cloud-config`, a private copy of the cloud
+//! config as `azure.json`, which `flexdisk.conf` names relative to the binary.
 
+use crate::protocol::UsageError;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub const VENDOR_DRIVER: &str = "flexdisk~azure-disk";
 pub const DRIVER: &str = "azure-disk";
+/// Settings file beside the installed binary (see `settings.rs`).
+pub const CONF: &str = "flexdisk.conf";
+/// Name of the cloud config copied beside the binary by `--cloud-config`.
+pub const CLOUD_CONFIG_COPY: &str = "azure.json";
 
-pub fn install(plugin_dir: &Path) -> Result<String, String> {
+const USAGE: &str =
+    "install takes --plugin-dir <kubelet's volume plugin dir> [--cloud-config <azure.json>] [--stay]";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallRequest {
+    pub plugin_dir: PathBuf,
+    /// Copied beside the binary (mode 0600) for hosts without `/etc/kubernetes/azure.json`.
+    pub cloud_config: Option<PathBuf>,
+    /// After installing, wait for SIGTERM/SIGINT (a DaemonSet container must keep running).
+    pub stay: bool,
+}
+
+impl InstallRequest {
+    pub fn parse(args: &[String]) -> Result<InstallRequest, UsageError> {
+        let mut plugin_dir = None;
+        let mut cloud_config = None;
+        let mut stay = false;
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || {
+                it.next()
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+                    .ok_or_else(|| UsageError(format!("{flag} needs a value; {USAGE}")))
+            };
+            match flag.as_str() {
+                "--plugin-dir" => plugin_dir = Some(value()?),
+                "--cloud-config" => cloud_config = Some(value()?),
+                "--stay" => stay = true,
+                other => return Err(UsageError(format!("unknown argument {other:?}; {USAGE}"))),
+            }
+        }
+        Ok(InstallRequest {
+            plugin_dir: plugin_dir.ok_or_else(|| UsageError(USAGE.into()))?,
+            cloud_config,
+            stay,
+        })
+    }
+}
+
+/// Whether argv asks the installer to keep running after a successful install.
+pub fn stays(argv: &[String]) -> bool {
+    argv.first().map(String::as_str) == Some("install") && argv.iter().any(|a| a == "--stay")
+}
+
+/// Blocks until SIGTERM or SIGINT. A DaemonSet's container is PID 1, which ignores signals it has
+/// no handler for, so waiting for them explicitly is what lets the pod stop at once.
+pub fn idle_until_terminated() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if set.thread_block().is_ok() {
+        let _ = set.wait();
+    }
+}
+
+/// The `flexdisk.conf` an installer with this environment leaves beside the binary.
+pub fn conf_text(env: &[(String, String)], cloud_config_copied: bool) -> String {
+    let mut lines: Vec<String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("FLEXDISK_"))
+        .filter(|(k, _)| !(cloud_config_copied && k == "FLEXDISK_CONFIG"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if cloud_config_copied {
+        lines.push(format!("FLEXDISK_CONFIG={CLOUD_CONFIG_COPY}"));
+    }
+    lines.sort();
+    let mut text = String::from(
+        "# Written by `flexdisk install` from its environment; rewritten at every install.\n",
+    );
+    for l in lines {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    text
+}
+
+pub fn install(request: &InstallRequest) -> Result<String, String> {
     let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    let dir = plugin_dir.join(VENDOR_DRIVER);
+    let dir = request.plugin_dir.join(VENDOR_DRIVER);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let target = dir.join(DRIVER);
-    let staging = dir.join(format!(".{DRIVER}.{}", std::process::id()));
+    // What the driver reads comes first: the prober may run the binary the moment it appears.
+    if let Some(source) = &request.cloud_config {
+        let bytes = std::fs::read(source).map_err(|e| {
+            format!(
+                "cannot read the cloud config {}: {e}; mount it into the installer (a hostPath or a Secret)",
+                source.display()
+            )
+        })?;
+        replace(&dir, CLOUD_CONFIG_COPY, &bytes, 0o600)?;
+    }
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let conf = conf_text(&env, request.cloud_config.is_some());
+    replace(&dir, CONF, conf.as_bytes(), 0o644)?;
     let bytes = std::fs::read(&me).map_err(|e| format!("{}: {e}", me.display()))?;
+    let target = replace(&dir, DRIVER, &bytes, 0o755)?;
+    Ok(format!("installed {}", target.display()))
+}
+
+/// Writes `dir/name` through a staging file, fsync and rename, so readers see the old or the new
+/// file, never a part.
+fn replace(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, String> {
+    let target = dir.join(name);
+    let staging = dir.join(format!(".{name}.{}", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&staging)?;
-        f.write_all(&bytes)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o755))?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&staging, &target)?;
-        std::fs::File::open(&dir)?.sync_all()
+        std::fs::File::open(dir)?.sync_all()
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&staging);
-        format!("installing to {}: {e}", target.display())
+        format!("installing {}: {e}", target.display())
     })?;
-    Ok(format!("installed {}", target.display()))
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn arguments() {
+        let r = InstallRequest::parse(&args(&[
+            "--stay",
+            "--plugin-dir",
+            "/p",
+            "--cloud-config",
+            "/c/azure.json",
+        ]))
+        .expect("valid");
+        assert_eq!(r.plugin_dir, PathBuf::from("/p"));
+        assert_eq!(r.cloud_config, Some(PathBuf::from("/c/azure.json")));
+        assert!(r.stay);
+        let e = InstallRequest::parse(&args(&["--plugin-dir"])).expect_err("no value");
+        assert!(e.0.contains("--plugin-dir needs a value"), "{e}");
+        let e = InstallRequest::parse(&args(&["/x"])).expect_err("positional");
+        assert!(e.0.contains("unknown argument \"/x\""), "{e}");
+        assert!(InstallRequest::parse(&args(&["--stay"])).is_err());
+        assert!(stays(&args(&["install", "--plugin-dir", "/p", "--stay"])));
+        assert!(!stays(&args(&["attach", "--stay"])));
+    }
+
+    #[test]
+    fn conf_carries_the_driver_settings_only() {
+        let env = vec![
+            ("PATH".to_string(), "/bin".to_string()),
+            ("FLEXDISK_WAIT_SECS".to_string(), "60".to_string()),
+            ("FLEXDISK_CONFIG".to_string(), "/etc/x.json".to_string()),
+        ];
+        assert_eq!(
+            conf_text(&env, false).lines().skip(1).collect::<Vec<_>>(),
+            ["FLEXDISK_CONFIG=/etc/x.json", "FLEXDISK_WAIT_SECS=60"]
+        );
+        assert_eq!(
+            conf_text(&env, true).lines().skip(1).collect::<Vec<_>>(),
+            ["FLEXDISK_CONFIG=azure.json", "FLEXDISK_WAIT_SECS=60"]
+        );
+    }
 }

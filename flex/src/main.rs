@@ -12,5 +12,8 @@ fn main() {
     }
     let reply = flexdisk::main_reply(&argv);
     println!("{}", reply.to_json());
+    if reply.exit_code() == 0 && flexdisk::install::stays(&argv) {
+        flexdisk::install::idle_until_terminated();
+    }
     std::process::exit(reply.exit_code());
 }

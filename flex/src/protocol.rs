@@ -127,9 +127,7 @@ pub enum Call {
     /// which mountdevice made read-only when the volume is).
     Unsupported(String),
     Version,
-    Install {
-        plugin_dir: String,
-    },
+    Install(crate::install::InstallRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -251,16 +249,7 @@ impl Call {
                     dir: args[2].clone(),
                 }
             }
-            "install" => match args {
-                [flag, dir] if flag == "--plugin-dir" => Call::Install {
-                    plugin_dir: dir.clone(),
-                },
-                _ => {
-                    return Err(UsageError(
-                        "install takes --plugin-dir <kubelet's volume plugin dir>".into(),
-                    ))
-                }
-            },
+            "install" => Call::Install(crate::install::InstallRequest::parse(args)?),
             "mount" | "unmount" | "getvolumename" => Call::Unsupported(name.to_string()),
             "version" | "--version" => Call::Version,
             other => return Err(UsageError(format!("unknown call {other:?}"))),

@@ -1,6 +1,6 @@
 //! The driver's configuration, from the environment, with production defaults.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -25,15 +25,17 @@ impl Settings {
     /// The environment, then `flexdisk.conf` beside the binary (`KEY=VALUE` lines of these same
     /// variables, as an installer may leave them), then the defaults.
     pub fn from_env() -> Settings {
-        let file = std::env::current_exe()
-            .ok()
-            .and_then(|exe| std::fs::read_to_string(exe.with_file_name("flexdisk.conf")).ok())
+        let exe = std::env::current_exe().ok();
+        let file = exe
+            .as_ref()
+            .and_then(|exe| std::fs::read_to_string(exe.with_file_name(crate::install::CONF)).ok())
             .unwrap_or_default();
+        let beside = exe.as_ref().and_then(|e| e.parent()).map(Path::to_path_buf);
         Settings::from_lookup(&|k: &str| {
             std::env::var(k)
                 .ok()
                 .filter(|v| !v.is_empty())
-                .or_else(|| conf_value(&file, k))
+                .or_else(|| conf_path(&file, k, beside.as_deref()))
         })
     }
 
@@ -70,6 +72,22 @@ impl Settings {
     }
 }
 
+/// A conf value, with relative paths taken from the conf file's directory: the installer cannot
+/// know where the host mounts the plugin dir, so it names files beside the binary relatively.
+fn conf_path(text: &str, key: &str, beside: Option<&Path>) -> Option<String> {
+    let v = conf_value(text, key)?;
+    let is_path = matches!(
+        key,
+        "FLEXDISK_CONFIG" | "FLEXDISK_LOG" | "FLEXDISK_STATE_DIR"
+    );
+    match beside {
+        Some(dir) if is_path && Path::new(&v).is_relative() => {
+            Some(dir.join(&v).to_string_lossy().into_owned())
+        }
+        _ => Some(v),
+    }
+}
+
 /// `KEY=VALUE` from a conf file (blank lines and `#` comments skipped; quotes around the value
 /// removed).
 fn conf_value(text: &str, key: &str) -> Option<String> {
@@ -103,5 +121,19 @@ mod tests {
         assert_eq!(s.device_wait, Duration::from_secs(60));
         assert_eq!(s.host_root, PathBuf::from("/"));
         assert_eq!(s.host("/dev/disk/azure"), PathBuf::from("/dev/disk/azure"));
+        let beside = Path::new("/plugins/flexdisk~azure-disk");
+        assert_eq!(
+            conf_path(
+                "FLEXDISK_CONFIG=azure.json\nFLEXDISK_WAIT_SECS=9",
+                "FLEXDISK_CONFIG",
+                Some(beside)
+            )
+            .as_deref(),
+            Some("/plugins/flexdisk~azure-disk/azure.json")
+        );
+        assert_eq!(
+            conf_path("FLEXDISK_WAIT_SECS=9", "FLEXDISK_WAIT_SECS", Some(beside)).as_deref(),
+            Some("9")
+        );
     }
 }

@@ -111,9 +111,11 @@ fn install_replaces_the_driver_atomically() {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
+    let mut entries = entries;
+    entries.sort();
     assert_eq!(
         entries,
-        vec!["azure-disk".to_string()],
+        ["azure-disk", "flexdisk.conf"],
         "no staging files left"
     );
     // The installed copy answers kubelet's probe.
@@ -127,22 +129,41 @@ fn install_replaces_the_driver_atomically() {
 
 #[test]
 fn doctor_checks_an_installed_driver_configured_beside_it() {
+    // As the DaemonSet does it: the installer's FLEXDISK_* environment and a cloud config from a
+    // Secret travel beside the binary; the installed driver then runs with no environment at all.
     let env = Env::start();
     let plugins = env.dir("plugins");
-    env.controller(&["install", "--plugin-dir", plugins.to_str().expect("utf-8")])
-        .ok();
-    let installed = plugins.join("flexdisk~azure-disk/azure-disk");
-    std::fs::write(
-        plugins.join("flexdisk~azure-disk/flexdisk.conf"),
-        format!(
-            "# written by the installer\nFLEXDISK_CONFIG={}\nFLEXDISK_LOG={}\nFLEXDISK_STATE_DIR={}\nFLEXDISK_HOST_ROOT={}\n",
-            env.sim.node_field(AS_A, "azureJson"),
-            env.dir("doctor.log").display(),
-            env.dir("doctor-state").display(),
-            env.sim.node_field(AS_A, "root"),
-        ),
-    )
-    .expect("conf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flexdisk"))
+        .args(["install", "--plugin-dir", plugins.to_str().expect("utf-8")])
+        .args(["--cloud-config", &env.sim.node_field(AS_A, "azureJson")])
+        .env_clear()
+        .env("FLEXDISK_LOG", env.dir("doctor.log"))
+        .env("FLEXDISK_STATE_DIR", env.dir("doctor-state"))
+        .env("FLEXDISK_HOST_ROOT", env.sim.node_field(AS_A, "root"))
+        .env("FLEXDISK_CONFIG", "/ignored/when/a/copy/is/installed.json")
+        .env("UNRELATED", "not copied")
+        .output()
+        .expect("install runs");
+    assert!(out.status.success(), "{out:?}");
+    let beside = plugins.join("flexdisk~azure-disk");
+    let installed = beside.join("azure-disk");
+    let conf = std::fs::read_to_string(beside.join("flexdisk.conf")).expect("conf");
+    assert!(conf.contains("\nFLEXDISK_CONFIG=azure.json\n"), "{conf}");
+    assert!(
+        !conf.contains("UNRELATED") && !conf.contains("/ignored/"),
+        "{conf}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let copy = std::fs::metadata(beside.join("azure.json")).expect("copied");
+    assert_eq!(
+        copy.permissions().mode() & 0o777,
+        0o600,
+        "the copy holds secrets"
+    );
+    assert_eq!(
+        std::fs::read(beside.join("azure.json")).expect("copy"),
+        std::fs::read(env.sim.node_field(AS_A, "azureJson")).expect("source")
+    );
     let run = |extra: &[(&str, &str)]| {
         let mut c = std::process::Command::new(&installed);
         c.arg("doctor")
@@ -181,4 +202,61 @@ fn doctor_checks_an_installed_driver_configured_beside_it() {
         text.contains("FAIL  config: cannot read the cloud config /nonexistent/azure.json"),
         "{text}"
     );
+}
+
+#[test]
+fn installer_stays_until_terminated_and_reports_a_missing_cloud_config() {
+    let env = Env::start();
+    let plugins = env.dir("plugins");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flexdisk"))
+        .args([
+            "install",
+            "--stay",
+            "--plugin-dir",
+            plugins.to_str().expect("utf-8"),
+        ])
+        .env_clear()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    let installed = plugins.join("flexdisk~azure-disk/azure-disk");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !installed.exists() {
+        assert!(std::time::Instant::now() < deadline, "never installed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "--stay keeps running"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("signal");
+    let out = child.wait_with_output().expect("exits");
+    assert_eq!(out.status.code(), Some(0), "SIGTERM ends it cleanly");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"status\":\"Success\""));
+
+    // A cloud config that is not there: Failure naming it, nothing installed, and no staying.
+    let other = env.dir("other-plugins");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flexdisk"))
+        .args([
+            "install",
+            "--stay",
+            "--plugin-dir",
+            other.to_str().expect("utf-8"),
+        ])
+        .args(["--cloud-config", "/nonexistent/azure.json"])
+        .env_clear()
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cannot read the cloud config /nonexistent/azure.json"),
+        "{text}"
+    );
+    assert!(!other.join("flexdisk~azure-disk/azure-disk").exists());
 }
