@@ -37,10 +37,17 @@ impl InstallRequest {
         let mut plugin_dir = None;
         let mut cloud_config = None;
         let mut stay = false;
-        let mut it = args.iter();
-        while let Some(flag) = it.next() {
+        // Both `--flag value` and `--flag=value`, as manifests write either.
+        let mut words = args.iter().flat_map(|a| match a.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                vec![flag.to_string(), value.to_string()]
+            }
+            _ => vec![a.clone()],
+        });
+        while let Some(flag) = words.next() {
             let mut value = || {
-                it.next()
+                words
+                    .next()
                     .filter(|v| !v.is_empty())
                     .map(PathBuf::from)
                     .ok_or_else(|| UsageError(format!("{flag} needs a value; {USAGE}")))
@@ -60,22 +67,42 @@ impl InstallRequest {
     }
 }
 
-/// Whether argv asks the installer to keep running after a successful install.
-pub fn stays(argv: &[String]) -> bool {
-    argv.first().map(String::as_str) == Some("install") && argv.iter().any(|a| a == "--stay")
-}
-
-/// Blocks until SIGTERM or SIGINT. A DaemonSet's container is PID 1, which ignores signals it has
-/// no handler for, so waiting for them explicitly is what lets the pod stop at once.
-pub fn idle_until_terminated() {
+/// After a successful `install --stay`: keeps the copied cloud config current (a Secret's update
+/// reaches the pod, and a node's azure.json may be rewritten when credentials rotate) until SIGTERM
+/// or SIGINT. A DaemonSet's container is PID 1, which ignores signals it has no handler for, so
+/// waiting for them explicitly is what lets the pod stop at once.
+pub fn stay_if_asked(argv: &[String]) {
+    let request = match argv.split_first() {
+        Some((call, rest)) if call == "install" => match InstallRequest::parse(rest) {
+            Ok(r) if r.stay => r,
+            _ => return,
+        },
+        _ => return,
+    };
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
-    if set.thread_block().is_ok() {
-        let _ = set.wait();
+    // Blocked before the refresher starts, so that it inherits the mask and the signal comes here.
+    if set.thread_block().is_err() {
+        return;
     }
+    if let Some(source) = request.cloud_config.clone() {
+        let dir = request.plugin_dir.join(VENDOR_DRIVER);
+        std::thread::spawn(move || loop {
+            std::thread::sleep(CLOUD_CONFIG_REFRESH);
+            let fresh = std::fs::read(&source).ok();
+            let current = std::fs::read(dir.join(CLOUD_CONFIG_COPY)).ok();
+            if let Some(bytes) = fresh.filter(|b| Some(b) != current.as_ref()) {
+                let _ = replace(&dir, CLOUD_CONFIG_COPY, &bytes, 0o600);
+            }
+        });
+    }
+    let _ = set.wait();
 }
+
+/// How often `--stay` compares the cloud config with its copy.
+pub const CLOUD_CONFIG_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `flexdisk.conf` an installer with this environment leaves beside the binary.
 pub fn conf_text(env: &[(String, String)], cloud_config_copied: bool) -> String {
@@ -155,8 +182,7 @@ mod tests {
             "--stay",
             "--plugin-dir",
             "/p",
-            "--cloud-config",
-            "/c/azure.json",
+            "--cloud-config=/c/azure.json",
         ]))
         .expect("valid");
         assert_eq!(r.plugin_dir, PathBuf::from("/p"));
@@ -167,8 +193,7 @@ mod tests {
         let e = InstallRequest::parse(&args(&["/x"])).expect_err("positional");
         assert!(e.0.contains("unknown argument \"/x\""), "{e}");
         assert!(InstallRequest::parse(&args(&["--stay"])).is_err());
-        assert!(stays(&args(&["install", "--plugin-dir", "/p", "--stay"])));
-        assert!(!stays(&args(&["attach", "--stay"])));
+        assert!(InstallRequest::parse(&args(&["--plugin-dir="])).is_err());
     }
 
     #[test]

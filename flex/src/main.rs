@@ -12,8 +12,8 @@ fn main() {
     }
     let reply = flexdisk::main_reply(&argv);
     println!("{}", reply.to_json());
-    if reply.exit_code() == 0 && flexdisk::install::stays(&argv) {
-        flexdisk::install::idle_until_terminated();
+    if reply.exit_code() == 0 {
+        flexdisk::install::stay_if_asked(&argv);
     }
     std::process::exit(reply.exit_code());
 }

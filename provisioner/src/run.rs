@@ -152,8 +152,8 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             kube_lease_manager::LeaseManagerBuilder::new(client.clone(), "flexdisk-provisioner")
                 .with_namespace(cli.lease_namespace.clone())
                 .with_identity(identity.clone())
-                .with_duration(15)
-                .with_grace(5)
+                .with_duration(cli.lease_duration_secs.max(2))
+                .with_grace((cli.lease_duration_secs / 3).clamp(1, 5))
                 .build()
                 .await?;
         let (mut leader, task) = manager.watch().await;

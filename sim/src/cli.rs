@@ -58,6 +58,19 @@ pub enum Command {
     },
     /// Print the default world as JSON, a starting point for --world files.
     World,
+    /// The whole system on this machine (needs root): simulators, the real provisioner and driver;
+    /// a claim is provisioned, used on one node, moved to another, checked and deleted.
+    Demo {
+        /// Where logs and the simulators' state go; kept after the run.
+        #[arg(long, default_value = "/tmp/flexdisk-demo")]
+        dir: PathBuf,
+        /// How long VM operations (attach, detach) take, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        vm_op_ms: u64,
+        /// How long disk operations take, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        disk_op_ms: u64,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -67,6 +80,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 serde_json::to_string_pretty(&crate::world::World::default_world())?
             );
+            Ok(())
+        }
+        Command::Demo {
+            dir,
+            vm_op_ms,
+            disk_op_ms,
+        } => {
+            let passed = crate::demo::run(crate::demo::DemoOptions {
+                dir,
+                vm_op_ms,
+                disk_op_ms,
+            })?;
+            if !passed {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Serve {

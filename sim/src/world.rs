@@ -366,7 +366,7 @@ mod defaults {
     pub fn federated() -> Vec<FederatedCredential> {
         vec![FederatedCredential {
             issuer: "https://oidc.flexdisk-sim.invalid/".into(),
-            subject: "system:serviceaccount:kube-system:flexdisk-provisioner".into(),
+            subject: "system:serviceaccount:flexdisk-system:flexdisk-provisioner".into(),
         }]
     }
     pub fn kubelet_identity() -> Identity {

@@ -1,2 +1,184 @@
-//! System tests of the whole of flexdisk against the simulators. Not built yet (issue #8); the
-//! simulator's own tests live in `sim/tests/`.
+//! System tests of the whole of flexdisk: the real binaries, the simulators, the shipped manifests
+//! and examples. Helpers shared by the test files live here.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The repository's top directory.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or_else(|| Path::new(".."))
+        .to_path_buf()
+}
+
+/// A workspace binary, beside the running test's directory (`target/<profile>/`), where
+/// `cargo test --workspace` builds every binary.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new("."))
+        .join(name)
+}
+
+/// The documents of a YAML file, as JSON values (empty documents skipped).
+pub fn yaml_docs(path: &Path) -> Result<Vec<Value>, String> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = Value::deserialize(doc).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+/// Every `*.yaml` file directly in `dir`, sorted.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Parses a document into its typed form, naming the file and object on failure.
+pub fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
+    serde_json::from_value(doc.clone()).unwrap_or_else(|e| {
+        panic!(
+            "{} {} does not parse as {}: {e}",
+            doc["kind"],
+            doc["metadata"]["name"],
+            std::any::type_name::<T>()
+        )
+    })
+}
+
+/// Where a document holds keys its typed form dropped (a misspelt or misplaced field, which
+/// kube-apiserver would reject or silently ignore): the first such path, if any.
+pub fn unknown_field(original: &Value, typed: &Value, at: &str) -> Option<String> {
+    match (original, typed) {
+        (Value::Object(o), Value::Object(t)) => o.iter().find_map(|(k, v)| match t.get(k) {
+            None if !v.is_null() => Some(format!("{at}.{k}")),
+            None => None,
+            Some(tv) => unknown_field(v, tv, &format!("{at}.{k}")),
+        }),
+        (Value::Array(o), Value::Array(t)) => o
+            .iter()
+            .zip(t)
+            .enumerate()
+            .find_map(|(i, (a, b))| unknown_field(a, b, &format!("{at}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Parses a document into its typed form and back, failing on any field the type does not have.
+pub fn strictly_typed<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> T {
+    let t: T = typed(doc);
+    let back = serde_json::to_value(&t).unwrap_or_default();
+    if let Some(path) = unknown_field(doc, &back, "") {
+        panic!(
+            "{} {}: unknown field {path}",
+            doc["kind"], doc["metadata"]["name"]
+        );
+    }
+    t
+}
+
+/// The simulators, a client of their Kubernetes API, and the provisioner when started.
+pub struct Cluster {
+    pub sim: flexdisk_sim::process::SimProcess,
+    pub kube: flexdisk_sim::kube_client::KubeClient,
+    pub tmp: tempfile::TempDir,
+    provisioner: Option<std::process::Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_provisioner();
+    }
+}
+
+impl Cluster {
+    pub fn start(sim_args: &[&str]) -> Cluster {
+        let tls = flexdisk_sim::process::shared_tls_dir(
+            &std::env::temp_dir().join("flexdisk-system-tests-ca"),
+        );
+        let mut args = vec!["--tls-dir", tls.to_str().unwrap_or_default()];
+        args.extend_from_slice(sim_args);
+        let sim = flexdisk_sim::process::SimProcess::start(&bin("flexdisk-sim"), &args)
+            .expect("the simulators start");
+        Cluster {
+            kube: flexdisk_sim::kube_client::KubeClient::new(&sim.field("kube")),
+            sim,
+            tmp: tempfile::tempdir().expect("tmp"),
+            provisioner: None,
+        }
+    }
+
+    /// Starts `flexdisk-provisioner` with these arguments (a kubeconfig and cloud config of the
+    /// simulators are the caller's to give); its log goes to `provisioner.log`.
+    pub fn start_provisioner(&mut self, args: &[String], env: &[(String, String)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("provisioner.log"))
+            .expect("log");
+        let child = std::process::Command::new(bin("flexdisk-provisioner"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SSL_CERT_FILE", self.sim.field("caBundle"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("the provisioner starts");
+        self.provisioner = Some(child);
+    }
+
+    pub fn stop_provisioner(&mut self) {
+        if let Some(mut c) = self.provisioner.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn provisioner_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("provisioner.log")).unwrap_or_default()
+    }
+
+    /// Waits for a claim to be Bound and returns its PV.
+    pub fn bound_pv(&self, namespace: &str, claim: &str) -> Value {
+        let path = format!("/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}");
+        let c = self
+            .kube
+            .wait_for(
+                &path,
+                &format!("claim {namespace}/{claim} Bound"),
+                std::time::Duration::from_secs(60),
+                |c| c.is_some_and(|c| c["status"]["phase"] == "Bound"),
+            )
+            .unwrap_or_else(|e| panic!("{e}\nprovisioner log:\n{}", self.provisioner_log()))
+            .unwrap_or_default();
+        let pv = c["spec"]["volumeName"].as_str().unwrap_or_default();
+        self.kube
+            .get(&format!("/api/v1/persistentvolumes/{pv}"))
+            .expect("kube answers")
+            .unwrap_or_else(|| panic!("PV {pv} of {namespace}/{claim} is missing"))
+    }
+
+    /// The disks the simulated Azure holds, keyed by resource ID.
+    pub fn disks(&self) -> serde_json::Map<String, Value> {
+        self.sim
+            .control("GET", "/state", None)
+            .map(|(_, v)| v["disks"].as_object().cloned().unwrap_or_default())
+            .unwrap_or_default()
+    }
+}

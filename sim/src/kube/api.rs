@@ -76,6 +76,17 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
     );
     api.counters
         .count(&operation, !matches!(verb, "get" | "list" | "watch"));
+    api.access.record(super::AccessEntry {
+        verb: verb.to_string(),
+        api_group: target.rt.group.to_string(),
+        resource: format!(
+            "{}{}",
+            target.rt.plural,
+            if target.status { "/status" } else { "" }
+        ),
+        namespace: target.namespace.clone(),
+        user_agent: req.header("user-agent").map(str::to_string),
+    });
     let mut lose = false;
     for action in api.faults.fire(req.method.as_str(), &operation, &req.path) {
         match action {

@@ -1,6 +1,8 @@
 //! The Kubernetes API's own control calls under `{kube}/_sim/`: fault rules (the same rules as
 //! ARM's, matched on `method`, `operation` such as `watch leases` or `patch
-//! persistentvolumeclaims/status`, and `pathContains`) and dropping every open watch.
+//! persistentvolumeclaims/status`, and `pathContains`), request counters, the access log (every
+//! distinct verb × resource × namespace served, to check a Role against) and dropping every open
+//! watch.
 
 use super::KubeApi;
 use crate::faults::{FaultAction, FaultRule};
@@ -33,6 +35,11 @@ pub fn handle(api: &KubeApi, req: &Request) -> Response {
         (&Method::GET, "/_sim/counters") => Response::json(200, &json!(api.counters.snapshot())),
         (&Method::DELETE, "/_sim/counters") => {
             api.counters.reset();
+            Response::empty(204)
+        }
+        (&Method::GET, "/_sim/access") => Response::json(200, &json!(api.access.snapshot())),
+        (&Method::DELETE, "/_sim/access") => {
+            api.access.reset();
             Response::empty(204)
         }
         (&Method::DELETE, "/_sim/watches") => {

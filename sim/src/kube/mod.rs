@@ -28,10 +28,49 @@ pub struct KubeApi {
     pub faults: Faults,
     /// Requests per operation (`list secrets`, `watch leases`, `patch persistentvolumeclaims/status`).
     pub counters: Counters,
+    /// Every distinct kind of request, in RBAC's terms: what a client's Role must grant.
+    pub access: Access,
     /// host:port, for discovery.
     pub address: String,
     pub drop_watches: tokio::sync::watch::Sender<u64>,
     pub bookmark_every: Duration,
+}
+
+/// One kind of request as an RBAC rule names it; `namespace` is None for cluster-scoped resources
+/// and for requests across all namespaces (which only a ClusterRole can grant).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessEntry {
+    pub verb: String,
+    pub api_group: String,
+    /// `persistentvolumes`, or `persistentvolumeclaims/status` for a subresource.
+    pub resource: String,
+    pub namespace: Option<String>,
+    /// Who asked, as far as an unauthenticated server can tell (audit logs record it too).
+    pub user_agent: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Access {
+    seen: std::sync::Mutex<std::collections::BTreeSet<AccessEntry>>,
+}
+
+impl Access {
+    pub fn record(&self, entry: AccessEntry) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(entry);
+    }
+
+    pub fn snapshot(&self) -> Vec<AccessEntry> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
+    }
+
+    pub fn reset(&self) {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
 }
 
 /// A node of the cluster, as the Azure world has it.
@@ -51,6 +90,7 @@ impl KubeApi {
             store: Store::new(window),
             faults: Faults::default(),
             counters: Counters::default(),
+            access: Access::default(),
             address,
             drop_watches,
             bookmark_every,

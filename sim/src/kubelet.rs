@@ -1,0 +1,328 @@
+//! Calling a FlexVolume driver the way kubernetes' `pkg/volume/flexvolume` does, for the programs
+//! that play kubelet and the attach/detach controller around the real `flexdisk` (the demo, system
+//! tests): argument shapes per call, stdout and stderr read together and parsed as one JSON
+//! object, the options kubelet builds from a PV, the device mount dir under the kubelet root
+//! (created 0750, `mountdevice` skipped when it is already a mount point), and the bind mount into
+//! the pod's volume dir when the driver does not support `mount`.
+
+use serde_json::{Map, Value};
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// kubelet kills `waitforattach` after this long (and nothing else gets a deadline).
+pub const WAIT_FOR_ATTACH_LIMIT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlexError {
+    #[error("cannot run the driver {0}: {1}")]
+    Exec(String, String),
+    #[error("driver call {call} killed after {limit:?}")]
+    Killed { call: String, limit: Duration },
+    #[error("driver call {call}: output is not one JSON object: {output:?}")]
+    NotJson { call: String, output: String },
+    #[error("driver call {call} failed: {message}")]
+    Failed { call: String, message: String },
+    #[error("{0}")]
+    Host(String),
+}
+
+/// One answer of the driver.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: String,
+    pub message: String,
+    pub device: Option<String>,
+    pub attached: Option<bool>,
+    pub json: Value,
+    pub elapsed: Duration,
+}
+
+/// The driver as one of its callers runs it: a binary and the environment that caller's host gives it.
+#[derive(Debug, Clone)]
+pub struct Driver {
+    pub bin: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Driver {
+    /// Runs one call; its combined output must be exactly one JSON object. A `Failure` reply is an
+    /// error; `Success` and `Not supported` are replies.
+    pub fn call(&self, args: &[&str], limit: Option<Duration>) -> Result<Reply, FlexError> {
+        let name = args.first().copied().unwrap_or_default().to_string();
+        let started = Instant::now();
+        let (reader, writer) = std::io::pipe()
+            .map_err(|e| FlexError::Exec(self.bin.display().to_string(), e.to_string()))?;
+        let writer2 = writer
+            .try_clone()
+            .map_err(|e| FlexError::Exec(self.bin.display().to_string(), e.to_string()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| FlexError::Exec(self.bin.display().to_string(), e.to_string()))?;
+        // The Command still holds the pipe's write ends; drop it so that EOF comes with the child.
+        drop(cmd);
+        let collector = std::thread::spawn(move || {
+            let mut out = String::new();
+            let mut reader = reader;
+            let _ = reader.read_to_string(&mut out);
+            out
+        });
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if limit.is_some_and(|l| started.elapsed() > l) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(FlexError::Killed {
+                    call: name,
+                    limit: limit.unwrap_or_default(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let output = collector.join().unwrap_or_default();
+        let json: Value = match serde_json::from_str(output.trim()) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => return Err(FlexError::NotJson { call: name, output }),
+        };
+        let reply = Reply {
+            status: json["status"].as_str().unwrap_or_default().to_string(),
+            message: json["message"].as_str().unwrap_or_default().to_string(),
+            device: json["device"].as_str().map(str::to_string),
+            attached: json["attached"].as_bool(),
+            elapsed: started.elapsed(),
+            json,
+        };
+        match reply.status.as_str() {
+            "Success" | "Not supported" => Ok(reply),
+            _ => Err(FlexError::Failed {
+                call: name,
+                message: reply.message,
+            }),
+        }
+    }
+}
+
+/// The options kubelet and the controller pass for a PV: fsType, read/write, the volume's name,
+/// then the PV's `flexVolume.options`, which may overwrite them.
+pub fn volume_options(pv: &Value, read_only: bool) -> String {
+    let flex = &pv["spec"]["flexVolume"];
+    let mut o = Map::new();
+    o.insert(
+        "kubernetes.io/fsType".into(),
+        flex["fsType"].as_str().unwrap_or_default().into(),
+    );
+    o.insert(
+        "kubernetes.io/readwrite".into(),
+        if read_only || flex["readOnly"].as_bool() == Some(true) {
+            "ro"
+        } else {
+            "rw"
+        }
+        .into(),
+    );
+    o.insert(
+        "kubernetes.io/pvOrVolumeName".into(),
+        pv["metadata"]["name"].as_str().unwrap_or_default().into(),
+    );
+    if let Some(extra) = flex["options"].as_object() {
+        for (k, v) in extra {
+            o.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(o).to_string()
+}
+
+/// `<kubelet root>/plugins/kubernetes.io/flexvolume/<vendor>/<driver>/mounts/<volume>`.
+pub fn device_mount_dir(kubelet_root: &Path, driver: &str, volume: &str) -> PathBuf {
+    let (vendor, name) = driver.split_once('/').unwrap_or(("", driver));
+    kubelet_root
+        .join("plugins/kubernetes.io/flexvolume")
+        .join(vendor)
+        .join(name)
+        .join("mounts")
+        .join(volume)
+}
+
+/// `<kubelet root>/pods/<uid>/volumes/<vendor>~<driver>/<volume>`.
+pub fn pod_volume_dir(kubelet_root: &Path, pod_uid: &str, driver: &str, volume: &str) -> PathBuf {
+    kubelet_root
+        .join("pods")
+        .join(pod_uid)
+        .join("volumes")
+        .join(driver.replace('/', "~"))
+        .join(volume)
+}
+
+/// Whether `dir` is a mount point (from /proc/self/mountinfo, as kubelet's mounter checks).
+pub fn is_mount_point(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&m.replace("\\040", " ")) == canon)
+}
+
+/// kubelet's part for one node: attach is the controller's (see [`Controller`]).
+pub struct Kubelet {
+    pub root: PathBuf,
+    pub driver: Driver,
+    pub driver_name: String,
+}
+
+impl Kubelet {
+    /// waitforattach, then mountdevice unless already mounted, then `mount` — on "Not supported",
+    /// a bind mount of the device mount dir into the pod's volume dir. Returns the pod's dir.
+    pub fn set_up(
+        &self,
+        pv: &Value,
+        attach_device: &str,
+        pod_uid: &str,
+        read_only: bool,
+    ) -> Result<PathBuf, FlexError> {
+        let volume = pv["metadata"]["name"].as_str().unwrap_or_default();
+        let options = volume_options(pv, read_only);
+        let device = self
+            .driver
+            .call(
+                &["waitforattach", attach_device, &options],
+                Some(WAIT_FOR_ATTACH_LIMIT),
+            )?
+            .device
+            .ok_or_else(|| FlexError::Host("waitforattach answered no device".into()))?;
+        let dir = device_mount_dir(&self.root, &self.driver_name, volume);
+        make_dir(&dir, 0o750)?;
+        if !is_mount_point(&dir) {
+            let dir_s = dir.to_string_lossy();
+            self.driver
+                .call(&["mountdevice", &dir_s, &device, &options], None)?;
+        }
+        let pod_dir = pod_volume_dir(&self.root, pod_uid, &self.driver_name, volume);
+        make_dir(&pod_dir, 0o750)?;
+        let pod_s = pod_dir.to_string_lossy();
+        let r = self.driver.call(&["mount", &pod_s, &options], None)?;
+        if r.status == "Not supported" && !is_mount_point(&pod_dir) {
+            // kubelet's fallback: a plain bind mount (no `ro`; the driver enforces read-only).
+            bind_mount(&dir, &pod_dir)?;
+        }
+        Ok(pod_dir)
+    }
+
+    /// `unmount` (on "Not supported", unmounting the bind mount), then `unmountdevice`.
+    pub fn tear_down(&self, volume: &str, pod_uid: &str) -> Result<(), FlexError> {
+        let pod_dir = pod_volume_dir(&self.root, pod_uid, &self.driver_name, volume);
+        let pod_s = pod_dir.to_string_lossy();
+        let r = self.driver.call(&["unmount", &pod_s], None)?;
+        if r.status == "Not supported" && is_mount_point(&pod_dir) {
+            unmount(&pod_dir)?;
+        }
+        let _ = std::fs::remove_dir(&pod_dir);
+        let dir = device_mount_dir(&self.root, &self.driver_name, volume);
+        let dir_s = dir.to_string_lossy();
+        self.driver.call(&["unmountdevice", &dir_s], None)?;
+        let _ = std::fs::remove_dir(&dir);
+        Ok(())
+    }
+}
+
+/// The attach/detach controller's calls (kube-controller-manager's host and config).
+pub struct Controller {
+    pub driver: Driver,
+}
+
+impl Controller {
+    /// attach; the answer is what kubelet's waitforattach gets.
+    pub fn attach(&self, pv: &Value, node: &str) -> Result<String, FlexError> {
+        let options = volume_options(pv, false);
+        self.driver
+            .call(&["attach", &options, node], None)?
+            .device
+            .ok_or_else(|| FlexError::Host("attach answered no device".into()))
+    }
+
+    pub fn is_attached(&self, pv: &Value, node: &str) -> Result<bool, FlexError> {
+        let options = volume_options(pv, false);
+        Ok(self
+            .driver
+            .call(&["isattached", &options, node], None)?
+            .attached
+            .unwrap_or(false))
+    }
+
+    pub fn detach(&self, volume: &str, node: &str) -> Result<(), FlexError> {
+        self.driver
+            .call(&["detach", volume, node], None)
+            .map(|_| ())
+    }
+}
+
+fn make_dir(dir: &Path, mode: u32) -> Result<(), FlexError> {
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+        .map_err(|e| FlexError::Host(format!("{}: {e}", dir.display())))
+}
+
+fn bind_mount(from: &Path, to: &Path) -> Result<(), FlexError> {
+    nix::mount::mount(
+        Some(from),
+        to,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        FlexError::Host(format!(
+            "bind mount {} on {}: {e}",
+            from.display(),
+            to.display()
+        ))
+    })
+}
+
+fn unmount(dir: &Path) -> Result<(), FlexError> {
+    nix::mount::umount(dir).map_err(|e| FlexError::Host(format!("umount {}: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn options_and_dirs_as_kubelet_builds_them() {
+        let pv = json!({"metadata": {"name": "pvc-1"}, "spec": {"flexVolume": {"driver": "flexdisk/azure-disk",
+            "fsType": "xfs", "options": {"diskURI": "/d", "kubernetes.io/fsType": "ext4"}}}});
+        let o: Value = serde_json::from_str(&volume_options(&pv, true)).expect("json");
+        assert_eq!(
+            o,
+            json!({"kubernetes.io/fsType": "ext4", "kubernetes.io/readwrite": "ro",
+            "kubernetes.io/pvOrVolumeName": "pvc-1", "diskURI": "/d"})
+        );
+        assert_eq!(
+            device_mount_dir(Path::new("/var/lib/kubelet"), "flexdisk/azure-disk", "pvc-1"),
+            PathBuf::from("/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flexdisk/azure-disk/mounts/pvc-1")
+        );
+        assert_eq!(
+            pod_volume_dir(Path::new("/k"), "u1", "flexdisk/azure-disk", "pvc-1"),
+            PathBuf::from("/k/pods/u1/volumes/flexdisk~azure-disk/pvc-1")
+        );
+        assert!(is_mount_point(Path::new("/")));
+        assert!(!is_mount_point(Path::new("/nonexistent")));
+    }
+}
