@@ -16,7 +16,12 @@ fn the_demo_moves_a_volume_between_nodes_and_cleans_up() {
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for step in [
         "Bound to pvc-",
         "attach to k8s-agentpool1-31415926-0 (LUN 0)",

@@ -85,10 +85,20 @@ fn every_example_is_well_formed_and_uses_only_accepted_parameters() {
         .collect();
     assert_eq!(defaults, ["flexdisk-standardssd"]);
     let sku = |c: &StorageClass| {
-        c.parameters.clone().unwrap_or_default().get("skuName").cloned().unwrap_or_default()
+        c.parameters
+            .clone()
+            .unwrap_or_default()
+            .get("skuName")
+            .cloned()
+            .unwrap_or_default()
     };
     let skus: Vec<String> = classes.values().map(sku).collect();
-    for wanted in ["StandardSSD_LRS", "Premium_LRS", "PremiumV2_LRS", "StandardSSD_ZRS"] {
+    for wanted in [
+        "StandardSSD_LRS",
+        "Premium_LRS",
+        "PremiumV2_LRS",
+        "StandardSSD_ZRS",
+    ] {
         assert!(skus.iter().any(|s| s == wanted), "no {wanted} class");
     }
     assert!(classes
@@ -103,7 +113,12 @@ fn every_example_is_well_formed_and_uses_only_accepted_parameters() {
         .cloned()
         .collect();
     for s in of_kind(&all, "StatefulSet") {
-        claims.extend(s["spec"]["volumeClaimTemplates"].as_array().cloned().unwrap_or_default());
+        claims.extend(
+            s["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
     }
     for c in claims {
         let class = c["spec"]["storageClassName"].as_str().unwrap_or_default();
@@ -117,7 +132,11 @@ fn disk_of<'a>(disks: &'a serde_json::Map<String, Value>, pv: &Value) -> &'a Val
         .unwrap_or_default();
     disks
         .values()
-        .find(|d| d["id"].as_str().is_some_and(|id| id.eq_ignore_ascii_case(uri)))
+        .find(|d| {
+            d["id"]
+                .as_str()
+                .is_some_and(|id| id.eq_ignore_ascii_case(uri))
+        })
         .unwrap_or_else(|| panic!("no disk {uri}"))
 }
 
@@ -139,8 +158,14 @@ fn the_examples_work_on_the_simulated_cluster() {
     for sc in of_kind(&all, "StorageClass") {
         kube.create(sc).expect("class");
         class_sku.insert(
-            sc["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-            sc["parameters"]["skuName"].as_str().unwrap_or_default().to_string(),
+            sc["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            sc["parameters"]["skuName"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
         );
     }
 
@@ -172,7 +197,10 @@ fn the_examples_work_on_the_simulated_cluster() {
     let sts = of_kind(&all, "StatefulSet")[0];
     let replicas = sts["spec"]["replicas"].as_u64().expect("replicas");
     let mut sts_claims = Vec::new();
-    for template in sts["spec"]["volumeClaimTemplates"].as_array().expect("templates") {
+    for template in sts["spec"]["volumeClaimTemplates"]
+        .as_array()
+        .expect("templates")
+    {
         for i in 0..replicas {
             let name = format!(
                 "{}-{}-{i}",
@@ -215,8 +243,9 @@ fn the_examples_work_on_the_simulated_cluster() {
         .enable_all()
         .build()
         .expect("rt");
-    let config = flexdisk_azure::Config::load(std::path::Path::new(&cluster.sim.field("azureJson")))
-        .expect("config");
+    let config =
+        flexdisk_azure::Config::load(std::path::Path::new(&cluster.sim.field("azureJson")))
+            .expect("config");
     let arm = rt
         .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
         .expect("arm");
@@ -246,11 +275,11 @@ fn the_examples_work_on_the_simulated_cluster() {
     // Everything Bound, each to a disk of its class.
     let disks = {
         let mut pvs = Vec::new();
-        for (name, class) in per_class
-            .iter()
-            .cloned()
-            .chain(sts_claims.iter().map(|(n, _)| (n.clone(), "flexdisk-premium-zonal".into())))
-        {
+        for (name, class) in per_class.iter().cloned().chain(
+            sts_claims
+                .iter()
+                .map(|(n, _)| (n.clone(), "flexdisk-premium-zonal".into())),
+        ) {
             pvs.push((name.clone(), class, cluster.bound_pv("default", &name)));
         }
         let disks = cluster.disks();
@@ -259,12 +288,16 @@ fn the_examples_work_on_the_simulated_cluster() {
             assert_eq!(disk["sku"], class_sku[class].as_str(), "{name}");
         }
         for (name, zone) in &sts_claims {
-            let pv = pvs.iter().find(|(n, _, _)| n == name).map(|(_, _, p)| p).expect("pv");
+            let pv = pvs
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, _, p)| p)
+                .expect("pv");
             let disk = disk_of(&disks, pv);
             assert_eq!(disk["zones"], json!([zone]), "{name} in its pod's zone");
             assert_eq!(
-                pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
-                    ["values"],
+                pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
+                    [0]["values"],
                 json!([format!("{}-{zone}", arm.location)])
             );
         }
@@ -273,13 +306,22 @@ fn the_examples_work_on_the_simulated_cluster() {
             .find(|(_, c, _)| c.contains("premiumv2"))
             .map(|(_, _, p)| disk_of(&disks, p))
             .expect("v2");
-        assert_eq!((v2["iops"].as_i64(), v2["mbps"].as_i64()), (Some(5000), Some(200)));
+        assert_eq!(
+            (v2["iops"].as_i64(), v2["mbps"].as_i64()),
+            (Some(5000), Some(200))
+        );
         assert_eq!(disk_of(&disks, &data)["sku"], "StandardSSD_LRS");
         let copied = disk_of(&disks, &copy);
-        assert!(copied["sourceResourceId"]
-            .as_str()
-            .is_some_and(|s| s.eq_ignore_ascii_case(data["spec"]["flexVolume"]["options"]["diskURI"].as_str().unwrap_or_default())),
-            "the clone is a copy of data's disk: {copied}");
+        assert!(
+            copied["sourceResourceId"]
+                .as_str()
+                .is_some_and(|s| s.eq_ignore_ascii_case(
+                    data["spec"]["flexVolume"]["options"]["diskURI"]
+                        .as_str()
+                        .unwrap_or_default()
+                )),
+            "the clone is a copy of data's disk: {copied}"
+        );
         disks
     };
     let existing_pv = cluster.bound_pv("default", "existing-data");
@@ -288,14 +330,17 @@ fn the_examples_work_on_the_simulated_cluster() {
 
     // Delete every claim (and the pod): what remains is the Retain class's disk and the
     // pre-existing one.
-    kube.delete("/api/v1/namespaces/default/pods/writer").expect("pod");
+    kube.delete("/api/v1/namespaces/default/pods/writer")
+        .expect("pod");
     for c in kube
         .list("/api/v1/namespaces/default/persistentvolumeclaims")
         .expect("claims")
     {
         let name = c["metadata"]["name"].as_str().unwrap_or_default();
-        kube.delete(&format!("/api/v1/namespaces/default/persistentvolumeclaims/{name}"))
-            .expect("delete");
+        kube.delete(&format!(
+            "/api/v1/namespaces/default/persistentvolumeclaims/{name}"
+        ))
+        .expect("delete");
     }
     let retained = per_class
         .iter()
@@ -318,7 +363,8 @@ fn the_examples_work_on_the_simulated_cluster() {
             assert!(left.contains(&"legacy-app-data".to_string()), "{left:?}");
             eprintln!("left after deleting every claim: {left:?}");
             assert!(
-                pvs.iter().any(|p| p["spec"]["claimRef"]["name"] == retained.as_str()),
+                pvs.iter()
+                    .any(|p| p["spec"]["claimRef"]["name"] == retained.as_str()),
                 "the Retain class's PV stays, Released"
             );
             break;
