@@ -188,14 +188,15 @@ pub struct Kubelet {
 
 impl Kubelet {
     /// waitforattach, then mountdevice unless already mounted, then `mount` — on "Not supported",
-    /// a bind mount of the device mount dir into the pod's volume dir. Returns the pod's dir.
+    /// a bind mount of the device mount dir into the pod's volume dir. Returns the pod's dir and
+    /// the device path waitforattach answered.
     pub fn set_up(
         &self,
         pv: &Value,
         attach_device: &str,
         pod_uid: &str,
         read_only: bool,
-    ) -> Result<PathBuf, FlexError> {
+    ) -> Result<(PathBuf, String), FlexError> {
         let volume = pv["metadata"]["name"].as_str().unwrap_or_default();
         let options = volume_options(pv, read_only);
         let device = self
@@ -221,7 +222,7 @@ impl Kubelet {
             // kubelet's fallback: a plain bind mount (no `ro`; the driver enforces read-only).
             bind_mount(&dir, &pod_dir)?;
         }
-        Ok(pod_dir)
+        Ok((pod_dir, device))
     }
 
     /// `unmount` (on "Not supported", unmounting the bind mount), then `unmountdevice`.

@@ -2,6 +2,7 @@
 //! and examples. Helpers shared by the test files live here.
 
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The repository's top directory.
@@ -180,5 +181,109 @@ impl Cluster {
             .control("GET", "/state", None)
             .map(|(_, v)| v["disks"].as_object().cloned().unwrap_or_default())
             .unwrap_or_default()
+    }
+}
+
+pub mod emulator;
+
+impl Cluster {
+    /// The driver as each host of the simulated cluster runs it: kube-controller-manager with the
+    /// cluster's cloud config, each node's kubelet with the node's config, device tree and IMDS.
+    /// Logs and state under the test's directory.
+    pub fn hosts(&self) -> emulator::Hosts {
+        use flexdisk_sim::kubelet::{Driver, Kubelet};
+        let dir = self.tmp.path();
+        let common = |who: &str| -> Vec<(String, String)> {
+            vec![
+                ("SSL_CERT_FILE".into(), self.sim.field("caBundle")),
+                (
+                    "FLEXDISK_LOG".into(),
+                    dir.join(format!("flexdisk-{who}.log"))
+                        .to_string_lossy()
+                        .into(),
+                ),
+                (
+                    "FLEXDISK_STATE_DIR".into(),
+                    dir.join(format!("state-{who}")).to_string_lossy().into(),
+                ),
+                ("FLEXDISK_WAIT_SECS".into(), "60".into()),
+            ]
+        };
+        let controller = Driver {
+            bin: bin("flexdisk"),
+            env: [
+                common("controller"),
+                vec![("FLEXDISK_CONFIG".into(), self.sim.field("azureJson"))],
+            ]
+            .concat(),
+        };
+        let nodes = self.sim.ready["nodes"]
+            .as_object()
+            .map(|n| {
+                n.keys()
+                    .map(|node| {
+                        let k = Kubelet {
+                            root: dir.join(format!("kubelet-{node}")),
+                            driver_name: emulator::DRIVER.into(),
+                            driver: Driver {
+                                bin: bin("flexdisk"),
+                                env: [
+                                    common(node),
+                                    vec![
+                                        (
+                                            "FLEXDISK_CONFIG".into(),
+                                            self.sim.node_field(node, "azureJson"),
+                                        ),
+                                        (
+                                            "FLEXDISK_HOST_ROOT".into(),
+                                            self.sim.node_field(node, "root"),
+                                        ),
+                                        ("IMDS_ENDPOINT".into(), self.sim.node_field(node, "imds")),
+                                    ],
+                                ]
+                                .concat(),
+                            },
+                        };
+                        (node.clone(), k)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        emulator::Hosts { controller, nodes }
+    }
+
+    /// Starts the provisioner with the simulators' kubeconfig and cloud config.
+    pub fn start_default_provisioner(&mut self, extra: &[&str]) {
+        let mut args: Vec<String> = vec![
+            "--kubeconfig".into(),
+            self.sim.field("kubeconfig"),
+            "--cloud-config".into(),
+            self.sim.field("azureJson"),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        self.start_provisioner(&args, &[]);
+    }
+
+    /// Attachments as Azure has them: disk name → VMs it is attached to.
+    pub fn attachments(&self) -> BTreeMap<String, Vec<String>> {
+        self.disks()
+            .values()
+            .map(|d| {
+                (
+                    d["name"].as_str().unwrap_or_default().to_string(),
+                    d["attachedTo"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|v| {
+                            v.as_str()
+                                .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
     }
 }

@@ -1,0 +1,638 @@
+//! kube-controller-manager's attach/detach and expand controllers and every node's kubelet, as far
+//! as FlexVolume volumes go, around the real `flexdisk`: it watches Pods, claims, PVs and Nodes in
+//! the simulated Kubernetes API and makes the driver calls a cluster would make, the way
+//! `pkg/volume/flexvolume` makes them (see `flexdisk_sim::kubelet`).
+//!
+//! Each pass reads the cluster, decides what is missing (attach, set up, tear down, detach, grow),
+//! runs those actions at once — as the controllers' operation executors do, one operation per
+//! volume at a time — and retries failures with back-off. Pods whose volumes are all set up are
+//! marked Running; pods of a Node that no longer exists are deleted, as the pod garbage collector
+//! does, and that node's mounts vanish with it.
+
+use flexdisk_sim::kube::quantity;
+use flexdisk_sim::kube_client::KubeClient;
+use flexdisk_sim::kubelet::{
+    device_mount_dir, volume_options, Controller, Driver, FlexError, Kubelet,
+};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const DRIVER: &str = "flexdisk/azure-disk";
+
+/// How the emulator runs the driver on each host.
+pub struct Hosts {
+    /// kube-controller-manager's environment for the driver.
+    pub controller: Driver,
+    /// Each node's kubelet: its root and the driver as that node runs it.
+    pub nodes: BTreeMap<String, Kubelet>,
+}
+
+/// A fault the emulator can inject into its own driver calls: `attach` processes SIGKILLed after a
+/// seeded random delay below `max_ms`, for the first `times` attaches.
+#[derive(Debug, Clone)]
+pub struct KillAttach {
+    pub seed: u64,
+    pub max_ms: u64,
+    pub times: u32,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub attaches: u32,
+    pub detaches: u32,
+    pub set_ups: u32,
+    pub tear_downs: u32,
+    pub failures: u32,
+    pub killed_attaches: u32,
+    pub grown: u32,
+}
+
+/// One mounted volume of one pod.
+#[derive(Debug, Clone)]
+pub struct Mounted {
+    pub node: String,
+    pub pv: String,
+    pub device: String,
+    pub pod_dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    /// (pv, node) → what attach answered.
+    attached: BTreeMap<(String, String), String>,
+    /// pod uid → its mounted volumes.
+    mounted: BTreeMap<String, Vec<Mounted>>,
+    /// action key → (failures so far, not before).
+    backoff: BTreeMap<String, (u32, Instant)>,
+    counts: Counts,
+    /// Failures and notable decisions, for the tests' diagnostics.
+    log: Vec<String>,
+    kill: Option<KillAttach>,
+    last_verify: Option<Instant>,
+}
+
+struct Shared {
+    kube: KubeClient,
+    hosts: Hosts,
+    state: Mutex<State>,
+    started: Instant,
+}
+
+pub struct Emulator {
+    shared: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Attach {
+        pv: Value,
+        node: String,
+    },
+    Detach {
+        pv: String,
+        node: String,
+    },
+    SetUp {
+        pod: String,
+        pv: Value,
+        node: String,
+        device: String,
+    },
+    TearDown {
+        pod: String,
+        m: Mounted,
+    },
+    Vanish {
+        pod: String,
+        m: Mounted,
+    },
+    Running {
+        path: String,
+    },
+    DeletePod {
+        path: String,
+    },
+    Expand {
+        pv: Value,
+        claim: Value,
+        new_bytes: u128,
+        old_bytes: u128,
+    },
+    ExpandFs {
+        pod: String,
+        m: Mounted,
+        pv: Value,
+        claim_status: String,
+        new_bytes: u128,
+        old_bytes: u128,
+    },
+}
+
+impl Action {
+    fn key(&self) -> String {
+        match self {
+            Action::Attach { pv, node } => format!("attach {} {node}", name(pv)),
+            Action::Detach { pv, node } => format!("detach {pv} {node}"),
+            Action::SetUp { pod, pv, .. } => format!("setup {pod} {}", name(pv)),
+            Action::TearDown { pod, m } | Action::Vanish { pod, m } => {
+                format!("teardown {pod} {}", m.pv)
+            }
+            Action::Running { path } => format!("running {path}"),
+            Action::DeletePod { path } => format!("delete {path}"),
+            Action::Expand { pv, .. } => format!("expand {}", name(pv)),
+            Action::ExpandFs { pod, m, .. } => format!("expandfs {pod} {}", m.pv),
+        }
+    }
+}
+
+fn name(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+fn bytes(q: &Value) -> u128 {
+    q.as_str().and_then(quantity::parse).unwrap_or(0)
+}
+
+impl Emulator {
+    pub fn start(kube_url: &str, hosts: Hosts) -> Emulator {
+        let shared = Arc::new(Shared {
+            kube: KubeClient::new(kube_url),
+            hosts,
+            state: Mutex::new(State::default()),
+            started: Instant::now(),
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Err(e) = shared.pass() {
+                        shared.note(format!("pass failed: {e}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+        };
+        Emulator {
+            shared,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn kill_attaches(&self, k: KillAttach) {
+        self.shared.lock().kill = Some(k);
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.shared.lock().counts.clone()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.shared.lock().log.clone()
+    }
+
+    /// The volumes mounted for a pod (by uid).
+    pub fn mounted(&self, pod_uid: &str) -> Vec<Mounted> {
+        self.shared
+            .lock()
+            .mounted
+            .get(pod_uid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// What the emulator believes is attached: (pv, node).
+    pub fn attached(&self) -> BTreeSet<(String, String)> {
+        self.shared.lock().attached.keys().cloned().collect()
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn note(&self, line: String) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.lock().log.push(format!("[{at:>7.2}s] {line}"));
+    }
+
+    fn pass(&self) -> Result<(), String> {
+        let e = |e: flexdisk_sim::kube_client::KubeCallError| e.to_string();
+        let pods = self.kube.list("/api/v1/pods").map_err(e)?;
+        let claims = self
+            .kube
+            .list("/api/v1/persistentvolumeclaims")
+            .map_err(e)?;
+        let pvs: BTreeMap<String, Value> = self
+            .kube
+            .list("/api/v1/persistentvolumes")
+            .map_err(e)?
+            .into_iter()
+            .map(|p| (name(&p).to_string(), p))
+            .collect();
+        let nodes: BTreeSet<String> = self
+            .kube
+            .list("/api/v1/nodes")
+            .map_err(e)?
+            .iter()
+            .map(|n| name(n).to_string())
+            .collect();
+        let claim_of = |ns: &str, n: &str| {
+            claims
+                .iter()
+                .find(|c| c["metadata"]["namespace"] == ns && name(c) == n)
+        };
+        let actions = {
+            let st = self.lock();
+            let mut actions = Vec::new();
+            // (pv, node) wanted attached, and each live pod's volumes.
+            let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut live: BTreeSet<String> = BTreeSet::new();
+            for pod in &pods {
+                let uid = pod["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+                let path = format!("/api/v1/namespaces/{ns}/pods/{}", name(pod));
+                let Some(node) = pod["spec"]["nodeName"].as_str() else {
+                    continue;
+                };
+                if !nodes.contains(node) {
+                    actions.push(Action::DeletePod { path });
+                    continue;
+                }
+                if !pod["metadata"]["deletionTimestamp"].is_null() {
+                    continue;
+                }
+                live.insert(uid.clone());
+                let mut ready = true;
+                for v in pod["spec"]["volumes"].as_array().into_iter().flatten() {
+                    let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() else {
+                        continue;
+                    };
+                    let pv = claim_of(ns, claim)
+                        .and_then(|c| c["spec"]["volumeName"].as_str())
+                        .and_then(|p| pvs.get(p))
+                        .filter(|p| p["spec"]["flexVolume"]["driver"] == DRIVER);
+                    let Some(pv) = pv else {
+                        ready = false;
+                        continue;
+                    };
+                    let key = (name(pv).to_string(), node.to_string());
+                    wanted.insert(key.clone());
+                    let set_up = st
+                        .mounted
+                        .get(&uid)
+                        .is_some_and(|ms| ms.iter().any(|m| m.pv == key.0));
+                    if set_up {
+                        continue;
+                    }
+                    ready = false;
+                    if let Some(device) = st.attached.get(&key) {
+                        actions.push(Action::SetUp {
+                            pod: uid.clone(),
+                            pv: pv.clone(),
+                            node: node.to_string(),
+                            device: device.clone(),
+                        });
+                    } else {
+                        actions.push(Action::Attach {
+                            pv: pv.clone(),
+                            node: node.to_string(),
+                        });
+                    }
+                }
+                if ready && pod["status"]["phase"] != "Running" {
+                    actions.push(Action::Running { path });
+                }
+            }
+            // Pods gone: their volumes torn down (or, with their node, simply gone).
+            for (uid, ms) in &st.mounted {
+                if live.contains(uid) {
+                    continue;
+                }
+                for m in ms {
+                    if nodes.contains(&m.node) {
+                        actions.push(Action::TearDown {
+                            pod: uid.clone(),
+                            m: m.clone(),
+                        });
+                    } else {
+                        actions.push(Action::Vanish {
+                            pod: uid.clone(),
+                            m: m.clone(),
+                        });
+                    }
+                }
+            }
+            // Attached but neither wanted nor mounted anywhere on that node: detach.
+            for (pv, node) in st.attached.keys() {
+                let in_use = st
+                    .mounted
+                    .values()
+                    .flatten()
+                    .any(|m| &m.pv == pv && &m.node == node);
+                if !wanted.contains(&(pv.clone(), node.clone())) && !in_use {
+                    actions.push(Action::Detach {
+                        pv: pv.clone(),
+                        node: node.clone(),
+                    });
+                }
+            }
+            // Growth: the claim asks for more than the PV has (controller), then the
+            // filesystem of a mounted volume (kubelet), then the claim's status.
+            for c in &claims {
+                let Some(pv) = c["spec"]["volumeName"].as_str().and_then(|p| pvs.get(p)) else {
+                    continue;
+                };
+                if pv["spec"]["flexVolume"]["driver"] != DRIVER {
+                    continue;
+                }
+                let want = bytes(&c["spec"]["resources"]["requests"]["storage"]);
+                let has = bytes(&pv["spec"]["capacity"]["storage"]);
+                let shown = bytes(&c["status"]["capacity"]["storage"]);
+                if want > has {
+                    actions.push(Action::Expand {
+                        pv: pv.clone(),
+                        claim: c.clone(),
+                        new_bytes: want,
+                        old_bytes: has,
+                    });
+                } else if has > shown {
+                    let mounted = st
+                        .mounted
+                        .iter()
+                        .find_map(|(uid, ms)| Some((uid, ms.iter().find(|m| m.pv == name(pv))?)));
+                    if let Some((uid, m)) = mounted {
+                        let ns = c["metadata"]["namespace"].as_str().unwrap_or_default();
+                        actions.push(Action::ExpandFs {
+                            pod: uid.clone(),
+                            m: m.clone(),
+                            pv: pv.clone(),
+                            claim_status: format!(
+                                "/api/v1/namespaces/{ns}/persistentvolumeclaims/{}/status",
+                                name(c)
+                            ),
+                            new_bytes: has,
+                            old_bytes: shown,
+                        });
+                    }
+                }
+            }
+            let now = Instant::now();
+            actions.retain(|a| st.backoff.get(&a.key()).is_none_or(|(_, t)| *t <= now));
+            let mut seen = BTreeSet::new();
+            actions.retain(|a| seen.insert(a.key()));
+            actions
+        };
+        std::thread::scope(|s| {
+            for a in actions {
+                s.spawn(move || self.act(a));
+            }
+        });
+        self.verify_attached(&pvs);
+        Ok(())
+    }
+
+    /// Like the attach/detach controller's periodic `isattached` check: what Azure says wins.
+    fn verify_attached(&self, pvs: &BTreeMap<String, Value>) {
+        let due = {
+            let mut st = self.lock();
+            let due = st
+                .last_verify
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+            if due {
+                st.last_verify = Some(Instant::now());
+            }
+            due.then(|| st.attached.keys().cloned().collect::<Vec<_>>())
+        };
+        for (pv, node) in due.unwrap_or_default() {
+            let Some(obj) = pvs.get(&pv) else { continue };
+            if let Ok(false) = self.hosts.controller_of().is_attached(obj, &node) {
+                self.note(format!("isattached: {pv} is not on {node}; forgetting it"));
+                self.lock().attached.remove(&(pv, node));
+            }
+        }
+    }
+
+    fn act(&self, a: Action) {
+        let key = a.key();
+        let result = self.run(&a);
+        let mut st = self.lock();
+        match result {
+            Ok(()) => {
+                st.backoff.remove(&key);
+            }
+            Err(e) => {
+                st.counts.failures += 1;
+                let n = st.backoff.get(&key).map(|(n, _)| n + 1).unwrap_or(1);
+                let wait = Duration::from_millis((250u64 << n.min(5)).min(5000));
+                st.backoff.insert(key.clone(), (n, Instant::now() + wait));
+                drop(st);
+                self.note(format!("{key}: {e} (retry {n} in {wait:?})"));
+            }
+        }
+    }
+
+    fn run(&self, a: &Action) -> Result<(), String> {
+        let fe = |e: FlexError| e.to_string();
+        match a {
+            Action::Attach { pv, node } => {
+                let limit = {
+                    let mut st = self.lock();
+                    match st.kill.as_mut() {
+                        Some(k) if k.times > 0 => {
+                            k.times -= 1;
+                            k.seed ^= k.seed << 13;
+                            k.seed ^= k.seed >> 7;
+                            k.seed ^= k.seed << 17;
+                            Some(Duration::from_millis(k.seed % k.max_ms.max(1)))
+                        }
+                        _ => None,
+                    }
+                };
+                let options = volume_options(pv, false);
+                let r = self
+                    .hosts
+                    .controller
+                    .call(&["attach", &options, node], limit);
+                let mut st = self.lock();
+                match r {
+                    Ok(reply) => {
+                        let device = reply.device.ok_or("attach answered no device")?;
+                        st.counts.attaches += 1;
+                        st.attached
+                            .insert((name(pv).to_string(), node.clone()), device);
+                        Ok(())
+                    }
+                    Err(e @ FlexError::Killed { .. }) => {
+                        st.counts.killed_attaches += 1;
+                        Err(e.to_string())
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Action::Detach { pv, node } => {
+                self.hosts.controller_of().detach(pv, node).map_err(fe)?;
+                let mut st = self.lock();
+                st.counts.detaches += 1;
+                st.attached.remove(&(pv.clone(), node.clone()));
+                Ok(())
+            }
+            Action::SetUp {
+                pod,
+                pv,
+                node,
+                device,
+            } => {
+                let (dir, dev) = self
+                    .kubelet(node)?
+                    .set_up(pv, device, pod, false)
+                    .map_err(fe)?;
+                let mut st = self.lock();
+                st.counts.set_ups += 1;
+                st.mounted.entry(pod.clone()).or_default().push(Mounted {
+                    node: node.clone(),
+                    pv: name(pv).to_string(),
+                    device: dev,
+                    pod_dir: dir,
+                });
+                Ok(())
+            }
+            Action::TearDown { pod, m } => {
+                self.kubelet(&m.node)?.tear_down(&m.pv, pod).map_err(fe)?;
+                self.forget(pod, m);
+                self.lock().counts.tear_downs += 1;
+                Ok(())
+            }
+            Action::Vanish { pod, m } => {
+                // The node is gone, and its mounts with it: nothing is called.
+                let root = self.kubelet(&m.node)?.root.clone();
+                for dir in [m.pod_dir.clone(), device_mount_dir(&root, DRIVER, &m.pv)] {
+                    let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+                }
+                self.forget(pod, m);
+                Ok(())
+            }
+            Action::Running { path } => self
+                .kube
+                .merge_patch(
+                    &format!("{path}/status"),
+                    &json!({"status": {"phase": "Running"}}),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Action::DeletePod { path } => self
+                .kube
+                .call("DELETE", &format!("{path}?gracePeriodSeconds=0"), None)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Action::Expand {
+                pv,
+                claim,
+                new_bytes,
+                old_bytes,
+            } => {
+                let options = volume_options(pv, false);
+                let dir = device_mount_dir(&PathBuf::from("/var/lib/kubelet"), DRIVER, name(pv));
+                self.hosts
+                    .controller
+                    .call(
+                        &[
+                            "expandvolume",
+                            &options,
+                            &dir.to_string_lossy(),
+                            &new_bytes.to_string(),
+                            &old_bytes.to_string(),
+                        ],
+                        None,
+                    )
+                    .map_err(fe)?;
+                let size = claim["spec"]["resources"]["requests"]["storage"].clone();
+                self.kube
+                    .merge_patch(
+                        &format!("/api/v1/persistentvolumes/{}", name(pv)),
+                        &json!({"spec": {"capacity": {"storage": size}}}),
+                    )
+                    .map_err(|e| e.to_string())?;
+                Ok(())
+            }
+            Action::ExpandFs {
+                m,
+                pv,
+                claim_status,
+                new_bytes,
+                old_bytes,
+                ..
+            } => {
+                let kubelet = self.kubelet(&m.node)?;
+                let dir = device_mount_dir(&kubelet.root, DRIVER, &m.pv);
+                kubelet
+                    .driver
+                    .call(
+                        &[
+                            "expandfs",
+                            &volume_options(pv, false),
+                            &m.device,
+                            &dir.to_string_lossy(),
+                            &new_bytes.to_string(),
+                            &old_bytes.to_string(),
+                        ],
+                        None,
+                    )
+                    .map_err(fe)?;
+                self.kube
+                    .merge_patch(
+                        claim_status,
+                        &json!({"status": {"capacity": {"storage": pv["spec"]["capacity"]["storage"]}}}),
+                    )
+                    .map_err(|e| e.to_string())?;
+                self.lock().counts.grown += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn kubelet(&self, node: &str) -> Result<&Kubelet, String> {
+        self.hosts
+            .nodes
+            .get(node)
+            .ok_or_else(|| format!("no kubelet for node {node}"))
+    }
+
+    fn forget(&self, pod: &str, m: &Mounted) {
+        let mut st = self.lock();
+        if let Some(ms) = st.mounted.get_mut(pod) {
+            ms.retain(|x| x.pv != m.pv);
+            if ms.is_empty() {
+                st.mounted.remove(pod);
+            }
+        }
+    }
+}
+
+impl Hosts {
+    fn controller_of(&self) -> Controller {
+        Controller {
+            driver: self.controller.clone(),
+        }
+    }
+}

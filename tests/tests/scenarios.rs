@@ -1,0 +1,441 @@
+//! The lifecycle as a cluster drives it: the real provisioner and driver, the attach/detach and
+//! expand controllers and kubelets emulated around them (`system_tests::emulator`), Pods in the
+//! simulated Kubernetes API. Data is written through the pods' volume dirs and compared byte for
+//! byte after every move.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use system_tests::emulator::{Emulator, Mounted};
+use system_tests::{bin, Cluster};
+
+/// A world of three regional nodes with 8 data-disk slots each.
+pub fn three_node_world(dir: &std::path::Path) -> std::path::PathBuf {
+    let out = std::process::Command::new(bin("flexdisk-sim"))
+        .arg("world")
+        .output()
+        .expect("world");
+    let mut w: Value = serde_json::from_slice(&out.stdout).expect("json");
+    w["nodes"] =
+        json!((0..3)
+        .map(|i| json!({"name": format!("k8s-pool-{i}"), "vmSize": "Standard_D4s_v3", "zone": null,
+            "systemAssignedIdentity": true, "availabilitySet": "pool-as"}))
+        .collect::<Vec<_>>());
+    let path = dir.join("world.json");
+    std::fs::write(&path, w.to_string()).expect("world file");
+    path
+}
+
+pub const NODES: [&str; 3] = ["k8s-pool-0", "k8s-pool-1", "k8s-pool-2"];
+
+struct Setup {
+    cluster: Cluster,
+    emu: Emulator,
+    _world: tempfile::TempDir,
+}
+
+fn setup() -> Setup {
+    let world = tempfile::tempdir().expect("tmp");
+    let file = three_node_world(world.path());
+    let mut cluster = Cluster::start(&[
+        "--world",
+        file.to_str().expect("utf-8"),
+        "--vm-op-ms",
+        "150",
+        "--disk-op-ms",
+        "50",
+    ]);
+    cluster.start_default_provisioner(&[]);
+    for (name, params, expand) in [
+        ("ssd", json!({"skuName": "StandardSSD_LRS"}), false),
+        (
+            "xfs",
+            json!({"skuName": "Premium_LRS", "fsType": "xfs"}),
+            true,
+        ),
+    ] {
+        cluster
+            .kube
+            .create(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+                "metadata": {"name": name}, "provisioner": "flexdisk/azure-disk", "parameters": params,
+                "reclaimPolicy": "Delete", "allowVolumeExpansion": expand}))
+            .expect("class");
+    }
+    let emu = Emulator::start(&cluster.sim.field("kube"), cluster.hosts());
+    Setup {
+        cluster,
+        emu,
+        _world: world,
+    }
+}
+
+impl Setup {
+    fn claim(&self, name: &str, class: &str, size: &str) {
+        self.cluster
+            .kube
+            .create(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                         "resources": {"requests": {"storage": size}}}}))
+            .expect("claim");
+    }
+
+    /// A pod scheduled to `node` using `claims`; its uid.
+    fn pod(&self, name: &str, node: &str, claims: &[&str]) -> String {
+        let volumes: Vec<Value> = claims
+            .iter()
+            .map(|c| json!({"name": c, "persistentVolumeClaim": {"claimName": c}}))
+            .collect();
+        let p = self
+            .cluster
+            .kube
+            .create(&json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}],
+                         "volumes": volumes}}))
+            .expect("pod");
+        p["metadata"]["uid"].as_str().expect("uid").to_string()
+    }
+
+    fn delete_pod(&self, name: &str) {
+        self.cluster
+            .kube
+            .delete(&format!("/api/v1/namespaces/default/pods/{name}"))
+            .expect("delete pod");
+    }
+
+    /// Waits for the pod to be Running; its mounted volumes.
+    fn running(&self, name: &str, uid: &str) -> Vec<Mounted> {
+        let path = format!("/api/v1/namespaces/default/pods/{name}");
+        self.cluster
+            .kube
+            .wait_for(
+                &path,
+                &format!("{name} Running"),
+                Duration::from_secs(120),
+                |p| p.is_some_and(|p| p["status"]["phase"] == "Running"),
+            )
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.diagnostics()));
+        self.emu.mounted(uid)
+    }
+
+    fn until(&self, what: &str, f: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !f() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}\n{}",
+                self.diagnostics()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        format!(
+            "emulator: {:?}\n{}\nattachments: {:?}\nprovisioner:\n{}",
+            self.emu.counts(),
+            self.emu.log().join("\n"),
+            self.cluster.attachments(),
+            self.cluster.provisioner_log()
+        )
+    }
+
+    /// No disk is attached to more than one VM.
+    fn no_double_attach(&self) {
+        for (disk, vms) in self.cluster.attachments() {
+            assert!(vms.len() <= 1, "{disk} attached to {vms:?}");
+        }
+    }
+}
+
+/// Reproducible contents for a volume: 256 KiB from a seed.
+fn payload(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn write(m: &Mounted, seed: u64) {
+    let f = m.pod_dir.join("data.bin");
+    std::fs::write(&f, payload(seed)).expect("write");
+    std::fs::File::open(&f)
+        .and_then(|f| f.sync_all())
+        .expect("sync");
+}
+
+fn check(m: &Mounted, seed: u64) {
+    let got = std::fs::read(m.pod_dir.join("data.bin"))
+        .unwrap_or_else(|e| panic!("{} on {}: {e}", m.pv, m.node));
+    assert!(got == payload(seed), "{} differs on {}", m.pv, m.node);
+}
+
+#[test]
+fn twenty_claims_and_pods_over_three_nodes_then_all_moved() {
+    let s = setup();
+    let n = 20;
+    for i in 0..n {
+        s.claim(&format!("www-web-{i}"), "ssd", "1Gi");
+    }
+    let mut uids = BTreeMap::new();
+    for i in 0..n {
+        let uid = s.pod(
+            &format!("web-{i}"),
+            NODES[i % 3],
+            &[&format!("www-web-{i}")],
+        );
+        uids.insert(i, uid);
+    }
+    for i in 0..n {
+        let ms = s.running(&format!("web-{i}"), &uids[&i]);
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].node, NODES[i % 3]);
+        write(&ms[0], i as u64);
+    }
+    s.no_double_attach();
+    let writes_before = s
+        .cluster
+        .sim
+        .control("GET", "/counters", None)
+        .expect("c")
+        .1["writes"]
+        .as_u64()
+        .unwrap_or(0);
+    // Every pod moves to the next node, as a rolling restart onto a shifted schedule would.
+    for i in 0..n {
+        s.delete_pod(&format!("web-{i}"));
+    }
+    s.until("every disk detached", || {
+        s.emu.attached().is_empty() && s.cluster.attachments().values().all(Vec::is_empty)
+    });
+    for i in 0..n {
+        let uid = s.pod(
+            &format!("web-{i}"),
+            NODES[(i + 1) % 3],
+            &[&format!("www-web-{i}")],
+        );
+        uids.insert(i, uid);
+    }
+    for i in 0..n {
+        let ms = s.running(&format!("web-{i}"), &uids[&i]);
+        assert_eq!(ms[0].node, NODES[(i + 1) % 3]);
+        check(&ms[0], i as u64);
+    }
+    s.no_double_attach();
+    let writes = s
+        .cluster
+        .sim
+        .control("GET", "/counters", None)
+        .expect("c")
+        .1["writes"]
+        .as_u64()
+        .unwrap_or(0)
+        - writes_before;
+    eprintln!(
+        "20 volumes detached and re-attached on 3 VMs with {writes} ARM writes (40 operations); {:?}",
+        s.emu.counts()
+    );
+    assert!(
+        writes < 40,
+        "attaches and detaches of one VM are batched: {writes} writes"
+    );
+}
+
+#[test]
+fn draining_a_node_with_five_volumes_moves_them_all_intact() {
+    let s = setup();
+    let claims: Vec<String> = (0..5).map(|i| format!("drain-{i}")).collect();
+    for c in &claims {
+        s.claim(c, "ssd", "2Gi");
+    }
+    let refs: Vec<&str> = claims.iter().map(String::as_str).collect();
+    let uid = s.pod("app", NODES[0], &refs);
+    let ms = s.running("app", &uid);
+    assert_eq!(ms.len(), 5);
+    for (i, m) in ms.iter().enumerate() {
+        write(m, 100 + i as u64);
+    }
+    let by_pv: BTreeMap<String, u64> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.pv.clone(), 100 + i as u64))
+        .collect();
+    // kubectl drain: the pod is evicted; its controller recreates it on another node.
+    s.delete_pod("app");
+    let uid = s.pod("app", NODES[1], &refs);
+    let moved = s.running("app", &uid);
+    assert_eq!(moved.len(), 5);
+    for m in &moved {
+        assert_eq!(m.node, NODES[1]);
+        check(m, by_pv[&m.pv]);
+    }
+    s.no_double_attach();
+    let on_a: usize = s
+        .cluster
+        .attachments()
+        .values()
+        .filter(|v| v.iter().any(|vm| vm == NODES[0]))
+        .count();
+    assert_eq!(on_a, 0, "nothing left on the drained node");
+}
+
+#[test]
+fn a_deleted_node_s_volumes_reattach_elsewhere() {
+    let s = setup();
+    s.claim("orphaned-a", "ssd", "1Gi");
+    s.claim("orphaned-b", "ssd", "1Gi");
+    let uid = s.pod("stateful", NODES[2], &["orphaned-a", "orphaned-b"]);
+    let ms = s.running("stateful", &uid);
+    for (i, m) in ms.iter().enumerate() {
+        write(m, 200 + i as u64);
+    }
+    let seeds: BTreeMap<String, u64> = ms
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.pv.clone(), 200 + i as u64))
+        .collect();
+    // The node is deleted (scaled in): its pod is garbage-collected, its mounts vanish with it,
+    // and the attach/detach controller detaches what was on it.
+    s.cluster
+        .kube
+        .delete(&format!("/api/v1/nodes/{}", NODES[2]))
+        .expect("delete node");
+    s.until("the pod is gone", || {
+        s.cluster
+            .kube
+            .get("/api/v1/namespaces/default/pods/stateful")
+            .expect("get")
+            .is_none()
+    });
+    s.until("both disks detached from the deleted node", || {
+        s.cluster
+            .attachments()
+            .values()
+            .all(|vms| !vms.iter().any(|vm| vm == NODES[2]))
+    });
+    let uid = s.pod("stateful", NODES[0], &["orphaned-a", "orphaned-b"]);
+    for m in s.running("stateful", &uid) {
+        assert_eq!(m.node, NODES[0]);
+        check(&m, seeds[&m.pv]);
+    }
+    s.no_double_attach();
+}
+
+#[test]
+fn a_static_pv_of_an_existing_disk_moves_between_nodes() {
+    let s = setup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let config =
+        flexdisk_azure::Config::load(std::path::Path::new(&s.cluster.sim.field("azureJson")))
+            .expect("config");
+    let arm = rt
+        .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
+        .expect("arm");
+    let params = flexdisk_azure::DiskParams::parse([("skuName", "Premium_LRS")]).expect("params");
+    let spec = flexdisk_azure::DiskSpec::from_params(
+        &params,
+        "legacy-database",
+        8,
+        None,
+        &arm.resource_group,
+        &arm.location,
+    );
+    let disk = rt.block_on(arm.create_disk(&spec)).expect("disk").id;
+    let kube = &s.cluster.kube;
+    kube.create(&json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": "legacy"},
+        "spec": {"capacity": {"storage": "8Gi"}, "accessModes": ["ReadWriteOnce"],
+                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                 "claimRef": {"namespace": "default", "name": "legacy"},
+                 "flexVolume": {"driver": "flexdisk/azure-disk", "fsType": "ext4",
+                                "options": {"diskURI": disk}}}}))
+        .expect("pv");
+    kube.create(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "legacy", "namespace": "default"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "legacy",
+                 "resources": {"requests": {"storage": "8Gi"}}}}))
+        .expect("claim");
+    let uid = s.pod("db", NODES[0], &["legacy"]);
+    let ms = s.running("db", &uid);
+    write(&ms[0], 300);
+    s.delete_pod("db");
+    // Detach gets only the PV name "legacy": the disk "legacy-database" is found from the record.
+    s.until("the disk detached", || {
+        s.cluster.attachments()["legacy-database"].is_empty()
+    });
+    let uid = s.pod("db", NODES[1], &["legacy"]);
+    let ms = s.running("db", &uid);
+    assert_eq!(ms[0].node, NODES[1]);
+    check(&ms[0], 300);
+}
+
+#[test]
+fn a_bound_mounted_volume_grows_and_its_filesystem_with_it() {
+    let s = setup();
+    s.claim("grow", "xfs", "2Gi");
+    let uid = s.pod("grower", NODES[0], &["grow"]);
+    let ms = s.running("grower", &uid);
+    write(&ms[0], 400);
+    let size = |m: &Mounted| {
+        let st = nix::sys::statvfs::statvfs(&m.pod_dir).expect("statvfs");
+        st.blocks() as u64 * st.fragment_size() as u64
+    };
+    let before = size(&ms[0]);
+    s.cluster
+        .kube
+        .merge_patch(
+            "/api/v1/namespaces/default/persistentvolumeclaims/grow",
+            &json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}}),
+        )
+        .expect("resize");
+    s.until("the claim shows 5Gi", || {
+        s.cluster
+            .kube
+            .get("/api/v1/namespaces/default/persistentvolumeclaims/grow")
+            .expect("get")
+            .is_some_and(|c| c["status"]["capacity"]["storage"] == "5Gi")
+    });
+    let after = size(&ms[0]);
+    eprintln!("filesystem {before} → {after} bytes");
+    assert!(before < 2 << 30 && after > 4 << 30, "{before} → {after}");
+    let disk = s.cluster.attachments();
+    assert!(
+        disk.values().any(|v| v == &[NODES[0].to_string()]),
+        "still attached"
+    );
+    check(&ms[0], 400);
+}
+
+#[test]
+fn a_clone_carries_its_source_s_data() {
+    let s = setup();
+    s.claim("origin", "ssd", "2Gi");
+    let uid = s.pod("writer", NODES[0], &["origin"]);
+    write(&s.running("writer", &uid)[0], 500);
+    s.delete_pod("writer");
+    s.until("origin detached", || s.emu.attached().is_empty());
+    s.cluster
+        .kube
+        .create(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "copy", "namespace": "default"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "ssd",
+                     "dataSource": {"kind": "PersistentVolumeClaim", "name": "origin"},
+                     "resources": {"requests": {"storage": "2Gi"}}}}))
+        .expect("clone");
+    let uid = s.pod("reader", NODES[2], &["copy", "origin"]);
+    let ms = s.running("reader", &uid);
+    assert_eq!(ms.len(), 2);
+    for m in &ms {
+        check(m, 500);
+    }
+    assert_ne!(ms[0].pv, ms[1].pv);
+}
