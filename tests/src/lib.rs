@@ -185,6 +185,7 @@ impl Cluster {
 }
 
 pub mod emulator;
+pub mod scene;
 
 impl Cluster {
     /// The driver as each host of the simulated cluster runs it: kube-controller-manager with the

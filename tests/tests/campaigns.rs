@@ -1,0 +1,427 @@
+//! Fault campaigns with fixed seeds. Each runs the same workload — claims provisioned, pods on
+//! three nodes writing data, every pod moved to another node, then everything deleted — under one
+//! kind of fault, and checks after it: no disk leaked or duplicated, no data lost, every claim
+//! Bound, no disk ever attached to two VMs (sampled throughout). A summary table is printed.
+//! `FLEXDISK_CAMPAIGN_CLAIMS` (default 9) sizes the workload; a long run sets it higher.
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use system_tests::emulator::KillAttach;
+use system_tests::scene::{check, setup, write, Scene, NODES};
+
+/// A seeded xorshift generator: the same campaign, the same moments.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below.max(1)
+    }
+}
+
+struct Report {
+    campaign: &'static str,
+    seed: u64,
+    faults: String,
+    claims: usize,
+    arm_writes: u64,
+    failures_retried: u32,
+    double_attach: usize,
+    secs: f64,
+}
+
+fn claims_per_campaign() -> usize {
+    std::env::var("FLEXDISK_CAMPAIGN_CLAIMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(9)
+}
+
+/// Samples Azure's attachments until stopped; counts disks seen on two VMs at once.
+fn watch_attachments(s: &Scene, stop: &AtomicBool) -> usize {
+    let mut seen = 0;
+    while !stop.load(Ordering::SeqCst) {
+        seen += s
+            .cluster
+            .attachments()
+            .values()
+            .filter(|vms| vms.len() > 1)
+            .count();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    seen
+}
+
+fn pvc_disks(s: &Scene) -> Vec<String> {
+    let mut d: Vec<String> = s
+        .cluster
+        .disks()
+        .values()
+        .filter_map(|d| d["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("pvc-"))
+        .collect();
+    d.sort();
+    d
+}
+
+/// The workload. `chaos` runs beside it (with the scene) until the workload ends; `between` is
+/// called at a few seeded moments of the workload with mutable access (provisioner restarts).
+fn workload(
+    s: &mut Scene,
+    tag: &str,
+    seed: u64,
+    chaos: impl Fn(&Scene, &AtomicBool) + Send + Sync,
+    mut between: impl FnMut(&mut Scene, &mut Seeded),
+) -> (usize, u64, usize) {
+    let n = claims_per_campaign();
+    let mut rng = Seeded(seed | 1);
+    let stop = AtomicBool::new(false);
+    let writes0 = arm_writes(s);
+    let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
+    for name in &names {
+        s.claim(name, "ssd", "1Gi");
+    }
+    between(s, &mut rng);
+    let s: &Scene = s;
+    let (doubles, ()) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch_attachments(s, &stop));
+        let chaos_thread = scope.spawn(|| chaos(s, &stop));
+        let mut uids = BTreeMap::new();
+        for (i, name) in names.iter().enumerate() {
+            uids.insert(i, s.pod(name, NODES[i % 3], &[name.as_str()]));
+        }
+        for (i, name) in names.iter().enumerate() {
+            let ms = s.running(name, &uids[&i]);
+            write(&ms[0], seed + i as u64);
+        }
+        for name in &names {
+            s.delete_pod(name);
+        }
+        s.until("every disk detached", || s.emu.attached().is_empty());
+        for (i, name) in names.iter().enumerate() {
+            uids.insert(i, s.pod(name, NODES[(i + 1) % 3], &[name.as_str()]));
+        }
+        for (i, name) in names.iter().enumerate() {
+            let ms = s.running(name, &uids[&i]);
+            assert_eq!(ms[0].node, NODES[(i + 1) % 3]);
+            check(&ms[0], seed + i as u64);
+        }
+        // Every claim Bound, one disk per PV and nothing else.
+        let pvs: Vec<String> = {
+            let mut p: Vec<String> = s
+                .cluster
+                .kube
+                .list("/api/v1/persistentvolumes")
+                .expect("pvs")
+                .iter()
+                .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+                .collect();
+            p.sort();
+            p
+        };
+        assert_eq!(pvs.len(), n, "{}", s.diagnostics());
+        assert_eq!(pvc_disks(s), pvs, "one disk per PV, nothing else");
+        for name in &names {
+            s.delete_pod(name);
+        }
+        s.until("every disk detached again", || s.emu.attached().is_empty());
+        for name in &names {
+            s.cluster
+                .kube
+                .delete(&format!(
+                    "/api/v1/namespaces/default/persistentvolumeclaims/{name}"
+                ))
+                .expect("delete claim");
+        }
+        s.until("no PV and no disk left", || {
+            s.cluster
+                .kube
+                .list("/api/v1/persistentvolumes")
+                .is_ok_and(|l| l.is_empty())
+                && pvc_disks(s).is_empty()
+        });
+        stop.store(true, Ordering::SeqCst);
+        let _ = chaos_thread.join();
+        (watcher.join().unwrap_or(usize::MAX), ())
+    });
+    (n, arm_writes(s) - writes0, doubles)
+}
+
+fn arm_writes(s: &Scene) -> u64 {
+    s.cluster
+        .sim
+        .control("GET", "/counters", None)
+        .map(|(_, c)| c["writes"].as_u64().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+fn arm_faults(s: &Scene, rules: &[Value]) -> usize {
+    for r in rules {
+        let (status, body) = s
+            .cluster
+            .sim
+            .control("POST", "/faults", Some(r))
+            .expect("fault");
+        assert_eq!(status, 201, "{body}");
+    }
+    rules.len()
+}
+
+/// How many of the injected ARM rules fired to exhaustion (each retires itself).
+fn retired(s: &Scene, injected: usize) -> usize {
+    let (_, left) = s
+        .cluster
+        .sim
+        .control("GET", "/faults", None)
+        .expect("faults");
+    injected - left.as_array().map(Vec::len).unwrap_or(0)
+}
+
+fn row(r: &Report) -> String {
+    format!(
+        "| {:<26} | {:>8x} | {:<62} | {:>6} | {:>10} | {:>7} | {:>13} | {:>5.1} |",
+        r.campaign,
+        r.seed,
+        r.faults,
+        r.claims,
+        r.arm_writes,
+        r.failures_retried,
+        r.double_attach,
+        r.secs
+    )
+}
+
+fn run_arm_campaign(
+    campaign: &'static str,
+    seed: u64,
+    rules: Vec<Value>,
+    describe: &str,
+) -> Report {
+    let started = Instant::now();
+    let mut s = setup();
+    let injected = arm_faults(&s, &rules);
+    let (claims, writes, doubles) = workload(&mut s, "c", seed, |_, _| {}, |_, _| {});
+    let fired = retired(&s, injected);
+    assert_eq!(
+        fired,
+        injected,
+        "every injected fault fired:\n{}",
+        s.diagnostics()
+    );
+    Report {
+        campaign,
+        seed,
+        faults: format!("{fired}/{injected} rules: {describe}"),
+        claims,
+        arm_writes: writes,
+        failures_retried: s.emu.counts().failures,
+        double_attach: doubles,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn arm_429_storm() -> Report {
+    run_arm_campaign(
+        "ARM 429 storm",
+        0x429,
+        vec![
+            json!({"operation": "VirtualMachines_AttachDetachDataDisks", "times": 6,
+                   "action": {"kind": "status", "status": 429, "retryAfter": 1}}),
+            json!({"operation": "Disks_CreateOrUpdate", "times": 4,
+                   "action": {"kind": "status", "status": 429, "retryAfter": 1}}),
+            json!({"operation": "VirtualMachines_Get", "times": 10,
+                   "action": {"kind": "status", "status": 429, "retryAfter": 0}}),
+        ],
+        "429: attach ×6, create ×4, VM GET ×10",
+    )
+}
+
+fn arm_5xx_and_resets() -> Report {
+    run_arm_campaign(
+        "ARM 5xx + resets",
+        0x5e5,
+        vec![
+            json!({"operation": "VirtualMachines_AttachDetachDataDisks", "times": 4,
+                   "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
+            json!({"operation": "VirtualMachines_AttachDetachDataDisks", "skip": 5, "times": 2,
+                   "action": {"kind": "status", "status": 500}}),
+            json!({"operation": "Disks_Get", "times": 5, "action": {"kind": "reset"}}),
+            json!({"operation": "Disks_Delete", "times": 3,
+                   "action": {"kind": "status", "status": 502}}),
+        ],
+        "503 ×4, 500 ×2 attach; reset GET ×5; 502 delete ×3",
+    )
+}
+
+fn lro_failed() -> Report {
+    run_arm_campaign(
+        "LRO Failed",
+        0x1f0,
+        vec![
+            json!({"operation": "VirtualMachines_AttachDetachDataDisks", "skip": 1, "times": 3,
+                   "action": {"kind": "lroFail", "code": "InternalExecutionError"}}),
+            json!({"operation": "Disks_CreateOrUpdate", "skip": 2, "times": 2,
+                   "action": {"kind": "lroFail", "code": "InternalDiskManagementError"}}),
+        ],
+        "LRO Failed: attach ×3, create ×2",
+    )
+}
+
+fn lost_responses() -> Report {
+    run_arm_campaign(
+        "lost responses",
+        0x105e,
+        vec![
+            json!({"operation": "VirtualMachines_AttachDetachDataDisks", "skip": 2, "times": 3,
+                   "action": {"kind": "loseResponse"}}),
+            json!({"operation": "Disks_CreateOrUpdate", "skip": 3, "times": 2,
+                   "action": {"kind": "loseResponse"}}),
+            json!({"operation": "Disks_Delete", "skip": 1, "times": 2,
+                   "action": {"kind": "loseResponse"}}),
+        ],
+        "answer lost: attach ×3, create ×2, delete ×2",
+    )
+}
+
+fn watch_drops() -> Report {
+    let started = Instant::now();
+    let seed = 0xd0d0;
+    let mut s = setup_with_short_watch_window();
+    let drops = AtomicU32::new(0);
+    let (claims, writes, doubles) = workload(
+        &mut s,
+        "w",
+        seed,
+        |s, stop| {
+            let mut rng = Seeded(seed);
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(150 + rng.next(500)));
+                if s.cluster.kube.call("DELETE", "/_sim/watches", None).is_ok() {
+                    drops.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        },
+        |_, _| {},
+    );
+    let drops = drops.load(Ordering::SeqCst);
+    assert!(drops > 3, "watches were dropped during the workload");
+    Report {
+        campaign: "watch drops",
+        seed,
+        faults: format!("every watch ended {drops}× (watch window 64)"),
+        claims,
+        arm_writes: writes,
+        failures_retried: s.emu.counts().failures,
+        double_attach: doubles,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// A short watch window, so that re-watches after drops also meet 410 Gone and re-list.
+fn setup_with_short_watch_window() -> Scene {
+    system_tests::scene::setup_with(&["--kube-watch-window", "64"])
+}
+
+fn provisioner_sigkill_at_random_moments() -> Report {
+    let started = Instant::now();
+    let seed = 0x5161;
+    let mut s = setup();
+    let kills = Arc::new(AtomicU32::new(0));
+    let k = kills.clone();
+    let (claims, writes, doubles) = workload(
+        &mut s,
+        "k",
+        seed,
+        |_, _| {},
+        move |s, rng| {
+            // While the claims are being provisioned: SIGKILL, restart, at seeded moments.
+            for _ in 0..4 {
+                std::thread::sleep(Duration::from_millis(50 + rng.next(400)));
+                s.cluster.stop_provisioner();
+                s.cluster.start_default_provisioner(&[]);
+                k.fetch_add(1, Ordering::SeqCst);
+            }
+        },
+    );
+    Report {
+        campaign: "provisioner SIGKILL",
+        seed,
+        faults: format!(
+            "{} kills + restarts while provisioning",
+            kills.load(Ordering::SeqCst)
+        ),
+        claims,
+        arm_writes: writes,
+        failures_retried: s.emu.counts().failures,
+        double_attach: doubles,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+fn driver_sigkill_mid_attach() -> Report {
+    let started = Instant::now();
+    let seed = 0xa77ac4;
+    let mut s = setup();
+    s.emu.kill_attaches(KillAttach {
+        seed,
+        max_ms: 400,
+        times: 10,
+    });
+    let (claims, writes, doubles) = workload(&mut s, "d", seed, |_, _| {}, |_, _| {});
+    let killed = s.emu.counts().killed_attaches;
+    assert!(killed >= 3, "attaches were killed: {:?}", s.emu.counts());
+    Report {
+        campaign: "driver SIGKILL mid-attach",
+        seed,
+        faults: format!("{killed} attach processes SIGKILLed (< 0.4 s in)"),
+        claims,
+        arm_writes: writes,
+        failures_retried: s.emu.counts().failures,
+        double_attach: doubles,
+        secs: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// One test runs every campaign in turn (each on fresh simulators), so that the table comes out
+/// whole; a failing campaign is reported in it and fails the test after the others have run.
+#[test]
+fn fault_campaigns() {
+    let campaigns: [(&str, fn() -> Report); 7] = [
+        ("ARM 429 storm", arm_429_storm),
+        ("ARM 5xx + resets", arm_5xx_and_resets),
+        ("LRO Failed", lro_failed),
+        ("lost responses", lost_responses),
+        ("watch drops", watch_drops),
+        ("provisioner SIGKILL", provisioner_sigkill_at_random_moments),
+        ("driver SIGKILL mid-attach", driver_sigkill_mid_attach),
+    ];
+    let mut rows = Vec::new();
+    let mut failed = Vec::new();
+    for (name, campaign) in campaigns {
+        match std::panic::catch_unwind(campaign) {
+            Ok(r) => {
+                if r.double_attach > 0 {
+                    failed.push(name);
+                }
+                rows.push(row(&r));
+            }
+            Err(_) => {
+                failed.push(name);
+                rows.push(format!("| {name:<26} | FAILED (see the panic above)"));
+            }
+        }
+    }
+    eprintln!(
+        "\n| campaign                   |     seed | faults                                                         | claims | ARM writes | retried | double attach | secs  |"
+    );
+    eprintln!("|{}|", "-".repeat(172));
+    for r in &rows {
+        eprintln!("{r}");
+    }
+    assert!(failed.is_empty(), "campaigns failed: {failed:?}");
+}
