@@ -387,11 +387,13 @@ fn driver_sigkill_mid_attach() -> Report {
     }
 }
 
+type Campaign = (&'static str, fn() -> Report);
+
 /// One test runs every campaign in turn (each on fresh simulators), so that the table comes out
 /// whole; a failing campaign is reported in it and fails the test after the others have run.
 #[test]
 fn fault_campaigns() {
-    let campaigns: [(&str, fn() -> Report); 7] = [
+    let campaigns: [Campaign; 7] = [
         ("ARM 429 storm", arm_429_storm),
         ("ARM 5xx + resets", arm_5xx_and_resets),
         ("LRO Failed", lro_failed),
