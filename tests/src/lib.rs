@@ -288,3 +288,28 @@ impl Cluster {
             .collect()
     }
 }
+
+impl Cluster {
+    /// A managed disk made directly in the simulated Azure, as an admin would beforehand; its ID.
+    pub fn create_disk(&self, name: &str, sku: &str, gib: u64) -> String {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let config = flexdisk_azure::Config::load(Path::new(&self.sim.field("azureJson")))
+            .expect("config");
+        let arm = rt
+            .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
+            .expect("arm");
+        let params = flexdisk_azure::DiskParams::parse([("skuName", sku)]).expect("params");
+        let spec = flexdisk_azure::DiskSpec::from_params(
+            &params,
+            name,
+            gib,
+            None,
+            &arm.resource_group,
+            &arm.location,
+        );
+        rt.block_on(arm.create_disk(&spec)).expect("disk").id
+    }
+}

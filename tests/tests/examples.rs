@@ -239,26 +239,7 @@ fn the_examples_work_on_the_simulated_cluster() {
     }
 
     // The static PV, on a disk made beforehand as an admin would have.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let config =
-        flexdisk_azure::Config::load(std::path::Path::new(&cluster.sim.field("azureJson")))
-            .expect("config");
-    let arm = rt
-        .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
-        .expect("arm");
-    let params = DiskParams::parse([("skuName", "StandardSSD_LRS")]).expect("params");
-    let spec = flexdisk_azure::disks::DiskSpec::from_params(
-        &params,
-        "legacy-app-data",
-        32,
-        None,
-        &arm.resource_group,
-        &arm.location,
-    );
-    let existing = rt.block_on(arm.create_disk(&spec)).expect("disk").id;
+    let existing = cluster.create_disk("legacy-app-data", "StandardSSD_LRS", 32);
     for (file, d) in &all {
         if file == "static-pv.yaml" {
             let text = d
@@ -298,7 +279,7 @@ fn the_examples_work_on_the_simulated_cluster() {
             assert_eq!(
                 pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
                     [0]["values"],
-                json!([format!("{}-{zone}", arm.location)])
+                json!([format!("{}-{zone}", cluster.sim.field("location"))])
             );
         }
         let v2 = pvs

@@ -162,26 +162,7 @@ fn a_deleted_node_s_volumes_reattach_elsewhere() {
 #[test]
 fn a_static_pv_of_an_existing_disk_moves_between_nodes() {
     let s = setup();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    let config =
-        flexdisk_azure::Config::load(std::path::Path::new(&s.cluster.sim.field("azureJson")))
-            .expect("config");
-    let arm = rt
-        .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
-        .expect("arm");
-    let params = flexdisk_azure::DiskParams::parse([("skuName", "Premium_LRS")]).expect("params");
-    let spec = flexdisk_azure::DiskSpec::from_params(
-        &params,
-        "legacy-database",
-        8,
-        None,
-        &arm.resource_group,
-        &arm.location,
-    );
-    let disk = rt.block_on(arm.create_disk(&spec)).expect("disk").id;
+    let disk = s.cluster.create_disk("legacy-database", "Premium_LRS", 8);
     let kube = &s.cluster.kube;
     kube.create(&json!({"apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": "legacy"},
