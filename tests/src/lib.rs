@@ -151,6 +151,10 @@ impl Cluster {
         }
     }
 
+    pub fn provisioner_pid(&self) -> Option<u32> {
+        self.provisioner.as_ref().map(std::process::Child::id)
+    }
+
     pub fn provisioner_log(&self) -> String {
         std::fs::read_to_string(self.tmp.path().join("provisioner.log")).unwrap_or_default()
     }
@@ -296,8 +300,8 @@ impl Cluster {
             .enable_all()
             .build()
             .expect("rt");
-        let config = flexdisk_azure::Config::load(Path::new(&self.sim.field("azureJson")))
-            .expect("config");
+        let config =
+            flexdisk_azure::Config::load(Path::new(&self.sim.field("azureJson"))).expect("config");
         let arm = rt
             .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
             .expect("arm");

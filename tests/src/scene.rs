@@ -6,21 +6,28 @@ use crate::{bin, Cluster};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
-/// A world of three regional nodes with 8 data-disk slots each.
-pub fn three_node_world(dir: &std::path::Path) -> std::path::PathBuf {
+/// A world file of regional VMs (name, size) in one availability set, the rest as the default world.
+pub fn world(dir: &std::path::Path, nodes: &[(&str, &str)]) -> std::path::PathBuf {
     let out = std::process::Command::new(bin("flexdisk-sim"))
         .arg("world")
         .output()
         .expect("world");
     let mut w: Value = serde_json::from_slice(&out.stdout).expect("json");
-    w["nodes"] =
-        json!((0..3)
-        .map(|i| json!({"name": format!("k8s-pool-{i}"), "vmSize": "Standard_D4s_v3", "zone": null,
-            "systemAssignedIdentity": true, "availabilitySet": "pool-as"}))
+    w["nodes"] = json!(nodes
+        .iter()
+        .map(
+            |(name, size)| json!({"name": name, "vmSize": size, "zone": null,
+            "systemAssignedIdentity": true, "availabilitySet": "pool-as"})
+        )
         .collect::<Vec<_>>());
     let path = dir.join("world.json");
     std::fs::write(&path, w.to_string()).expect("world file");
     path
+}
+
+/// Three regional nodes with 8 data-disk slots each.
+pub fn three_node_world(dir: &std::path::Path) -> std::path::PathBuf {
+    world(dir, &NODES.map(|n| (n, "Standard_D4s_v3")))
 }
 
 pub const NODES: [&str; 3] = ["k8s-pool-0", "k8s-pool-1", "k8s-pool-2"];

@@ -75,7 +75,11 @@ fn hostile_value(r: &mut Rng, depth: u32) -> Value {
         2 => json!(r.next() as i64),
         3 => json!(f64::from(r.below(1000) as u32) / 7.0),
         4 => hostile_string(r),
-        5 => Value::Array((0..r.below(4)).map(|_| hostile_value(r, depth + 1)).collect()),
+        5 => Value::Array(
+            (0..r.below(4))
+                .map(|_| hostile_value(r, depth + 1))
+                .collect(),
+        ),
         _ => {
             let mut m = Map::new();
             for _ in 0..r.below(4) {
@@ -134,11 +138,13 @@ fn options(r: &mut Rng, valid: &Value) -> String {
 #[test]
 fn hostile_options_in_every_call_shape_get_one_json_reply() {
     let cluster = Cluster::start(&["--vm-op-ms", "50", "--disk-op-ms", "20"]);
-    let node = cluster
-        .sim
-        .ready["nodes"]
+    let node = cluster.sim.ready["nodes"]
         .as_object()
-        .and_then(|n| n.iter().find(|(_, v)| v["zone"].is_null()).map(|(k, _)| k.clone()))
+        .and_then(|n| {
+            n.iter()
+                .find(|(_, v)| v["zone"].is_null())
+                .map(|(k, _)| k.clone())
+        })
         .expect("a regional node");
     let hosts = cluster.hosts();
     let dir = cluster.tmp.path();
@@ -163,26 +169,47 @@ fn hostile_options_in_every_call_shape_get_one_json_reply() {
             "/nonexistent/dev".into(),
         ];
         let device = devices[rng.below(devices.len())].clone();
-        let mount_dir = dir.join(format!("mnt-{case}")).to_string_lossy().to_string();
+        let mount_dir = dir
+            .join(format!("mnt-{case}"))
+            .to_string_lossy()
+            .to_string();
         let sizes = ["1073741824", "0", "-5", "18446744073709551616", "x", ""];
         let size = sizes[rng.below(sizes.len())].to_string();
         let (argv, env): (Vec<String>, &Vec<(String, String)>) = match rng.below(8) {
-            0 => (vec!["attach".into(), o, node.clone()], &hosts.controller.env),
-            1 => (vec!["isattached".into(), o, node.clone()], &hosts.controller.env),
-            2 => (vec!["waitforattach".into(), device, o], &hosts.nodes[&node].driver.env),
+            0 => (
+                vec!["attach".into(), o, node.clone()],
+                &hosts.controller.env,
+            ),
+            1 => (
+                vec!["isattached".into(), o, node.clone()],
+                &hosts.controller.env,
+            ),
+            2 => (
+                vec!["waitforattach".into(), device, o],
+                &hosts.nodes[&node].driver.env,
+            ),
             3 => (
                 vec!["mountdevice".into(), mount_dir, device, o],
                 &hosts.nodes[&node].driver.env,
             ),
             4 => (
-                vec!["expandvolume".into(), o, mount_dir, size.clone(), "1".into()],
+                vec![
+                    "expandvolume".into(),
+                    o,
+                    mount_dir,
+                    size.clone(),
+                    "1".into(),
+                ],
                 &hosts.controller.env,
             ),
             5 => (
                 vec!["expandfs".into(), o, device, mount_dir, size, "1".into()],
                 &hosts.nodes[&node].driver.env,
             ),
-            6 => (vec!["mount".into(), mount_dir, o], &hosts.nodes[&node].driver.env),
+            6 => (
+                vec!["mount".into(), mount_dir, o],
+                &hosts.nodes[&node].driver.env,
+            ),
             _ => (
                 vec!["detach".into(), o.chars().take(300).collect(), node.clone()],
                 &hosts.controller.env,
@@ -216,7 +243,9 @@ fn hostile_options_in_every_call_shape_get_one_json_reply() {
         assert!(!stdout.contains("panicked"), "{shown}: {stdout}");
         if status == "Failure" {
             assert!(
-                reply["message"].as_str().is_some_and(|m| !m.trim().is_empty()),
+                reply["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.trim().is_empty()),
                 "{shown}: {stdout}"
             );
         }

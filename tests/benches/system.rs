@@ -1,0 +1,326 @@
+//! The figures we quote, in one table, measured by driving the real (release) binaries against the
+//! simulators: `cargo build --release --workspace && cargo bench -p flexdisk-system-tests --bench system`.
+//! Simulated VM operations (attach/detach) and disk creation take 1000 ms each, as the order of
+//! magnitude Azure shows; everything else is real work on this machine.
+
+use flexdisk_sim::kubelet::{Controller, Kubelet};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use system_tests::scene::world;
+use system_tests::Cluster;
+
+const OP_MS: u64 = 1000;
+const BIG_VM: &str = "bench-vm-big";
+const NODE_A: &str = "bench-vm-a";
+const NODE_B: &str = "bench-vm-b";
+const WORKERS: u64 = 8;
+
+struct Table(Vec<(String, String)>);
+
+impl Table {
+    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>) {
+        let (w, f) = (what.into(), figure.into());
+        eprintln!("{w}: {f}");
+        self.0.push((w, f));
+    }
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|m| m.trim().to_string()))
+        .unwrap_or_default();
+    format!("{cores} cores ({cpu}), {mem} RAM, loop devices on the local disk")
+}
+
+fn attach_writes(c: &Cluster) -> u64 {
+    c.sim
+        .control("GET", "/counters", None)
+        .map(|(_, v)| {
+            v["VirtualMachines_AttachDetachDataDisks"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+fn pv(name: &str, disk: &str, fs: &str) -> Value {
+    json!({"metadata": {"name": name}, "spec": {"flexVolume": {"driver": "flexdisk/azure-disk",
+        "fsType": fs, "options": {"diskURI": disk}}}})
+}
+
+/// `n` attaches to one VM at once, each its own process; elapsed and ARM writes. Then detached.
+fn concurrent_attaches(c: &Cluster, ctl: &Controller, n: usize) -> (Duration, u64) {
+    let pvs: Vec<Value> = (0..n)
+        .map(|i| {
+            let name = format!("pvc-bench-{n}-{i}");
+            pv(&name, &c.create_disk(&name, "Premium_LRS", 1), "ext4")
+        })
+        .collect();
+    c.sim.control("DELETE", "/counters", None).expect("reset");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for p in &pvs {
+            s.spawn(move || ctl.attach(p, BIG_VM).expect("attach"));
+        }
+    });
+    let took = t.elapsed();
+    let writes = attach_writes(c);
+    std::thread::scope(|s| {
+        for p in &pvs {
+            s.spawn(move || {
+                ctl.detach(p["metadata"]["name"].as_str().unwrap_or_default(), BIG_VM)
+                    .expect("detach")
+            });
+        }
+    });
+    (took, writes)
+}
+
+fn main() {
+    let mut table = Table(Vec::new());
+    let dir = tempfile::tempdir().expect("tmp");
+    let world_file = world(
+        dir.path(),
+        &[
+            (BIG_VM, "Standard_D16s_v3"),
+            (NODE_A, "Standard_D4s_v3"),
+            (NODE_B, "Standard_D4s_v3"),
+        ],
+    );
+    let op = OP_MS.to_string();
+    let mut c = Cluster::start(&[
+        "--world",
+        world_file.to_str().expect("utf-8"),
+        "--vm-op-ms",
+        &op,
+        "--disk-op-ms",
+        &op,
+    ]);
+    let hosts = c.hosts();
+    let ctl = Controller {
+        driver: hosts.controller.clone(),
+    };
+    let node = |n: &str| -> &Kubelet { &hosts.nodes[n] };
+
+    // init: the whole process, as kubelet's prober runs it.
+    let inits: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            node(NODE_A).driver.call(&["init"], None).expect("init");
+            t.elapsed()
+        })
+        .collect();
+    table.row("`init`, whole process (median of 50)", ms(median(inits)));
+
+    // Concurrent attaches to one VM.
+    let mut one = Duration::ZERO;
+    for n in [1, 4, 8, 16] {
+        let (took, writes) = concurrent_attaches(&c, &ctl, n);
+        if n == 1 {
+            one = took;
+        }
+        table.row(
+            format!("attach, {n} concurrent volume(s) on one VM"),
+            format!(
+                "{} — {writes} ARM write(s); ×{:.2} the single attach",
+                secs(took),
+                took.as_secs_f64() / one.as_secs_f64()
+            ),
+        );
+    }
+
+    // waitforattach: from the device's appearance to the driver's answer.
+    let disk = c.create_disk("pvc-bench-wait", "Premium_LRS", 1);
+    let p = pv("pvc-bench-wait", &disk, "ext4");
+    let options = flexdisk_sim::kubelet::volume_options(&p, false);
+    let link = Path::new(&c.sim.node_field(NODE_A, "root")).join("dev/disk/azure/scsi1/lun0");
+    let delay = std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let r = node(NODE_A)
+                .driver
+                .call(&["waitforattach", "0", &options], None)
+                .expect("waitforattach");
+            (Instant::now(), r)
+        });
+        let attacher = s.spawn(|| ctl.attach(&p, NODE_A).expect("attach"));
+        while !link.exists() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let appeared = Instant::now();
+        let (answered, _) = waiter.join().expect("waiter");
+        let _ = attacher.join();
+        answered.saturating_duration_since(appeared)
+    });
+    table.row(
+        "waitforattach: answer after the device node appears",
+        ms(delay),
+    );
+    ctl.detach("pvc-bench-wait", NODE_A).expect("detach");
+
+    // mountdevice of a new 1 TiB disk.
+    for fs in ["ext4", "xfs"] {
+        let name = format!("pvc-bench-tib-{fs}");
+        let p = pv(&name, &c.create_disk(&name, "Premium_LRS", 1024), fs);
+        let lun = ctl.attach(&p, NODE_A).expect("attach");
+        let o = flexdisk_sim::kubelet::volume_options(&p, false);
+        let dev = node(NODE_A)
+            .driver
+            .call(&["waitforattach", &lun, &o], None)
+            .expect("wait")
+            .device
+            .expect("device");
+        let mnt = dir.path().join(format!("mnt-{fs}"));
+        let m = mnt.to_string_lossy();
+        let t = Instant::now();
+        node(NODE_A)
+            .driver
+            .call(&["mountdevice", &m, &dev, &o], None)
+            .expect("mountdevice");
+        table.row(
+            format!("mountdevice, new 1 TiB disk, {fs} (format + mount)"),
+            secs(t.elapsed()),
+        );
+        node(NODE_A)
+            .driver
+            .call(&["unmountdevice", &m], None)
+            .expect("unmount");
+        ctl.detach(&name, NODE_A).expect("detach");
+    }
+
+    // A pod's move between nodes, split into its parts.
+    let p = pv(
+        "pvc-bench-move",
+        &c.create_disk("pvc-bench-move", "Premium_LRS", 4),
+        "ext4",
+    );
+    let lun = ctl.attach(&p, NODE_A).expect("attach");
+    let (dir_a, _) = node(NODE_A)
+        .set_up(&p, &lun, "pod-a", false)
+        .expect("set up");
+    std::fs::write(dir_a.join("f"), b"moved").expect("write");
+    let t = Instant::now();
+    node(NODE_A)
+        .tear_down("pvc-bench-move", "pod-a")
+        .expect("tear down");
+    let unmount = t.elapsed();
+    let t = Instant::now();
+    ctl.detach("pvc-bench-move", NODE_A).expect("detach");
+    let detach = t.elapsed();
+    let t = Instant::now();
+    let lun = ctl.attach(&p, NODE_B).expect("attach");
+    let attach = t.elapsed();
+    let t = Instant::now();
+    let (dir_b, _) = node(NODE_B)
+        .set_up(&p, &lun, "pod-b", false)
+        .expect("set up");
+    let mount = t.elapsed();
+    assert_eq!(std::fs::read(dir_b.join("f")).expect("read"), b"moved");
+    node(NODE_B)
+        .tear_down("pvc-bench-move", "pod-b")
+        .expect("tear down");
+    ctl.detach("pvc-bench-move", NODE_B).expect("detach");
+    table.row(
+        "pod move A → B: unmount + detach | attach | waitforattach + mount",
+        format!(
+            "{} + {} | {} | {} — total {}",
+            secs(unmount),
+            secs(detach),
+            secs(attach),
+            secs(mount),
+            secs(unmount + detach + attach + mount)
+        ),
+    );
+
+    // 200 claims to Bound, then 1000 PVs for memory.
+    c.start_default_provisioner(&["--workers", &WORKERS.to_string(), "--log", "warn"]);
+    c.kube
+        .create(
+            &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "bench"}, "provisioner": "flexdisk/azure-disk"}),
+        )
+        .expect("class");
+    std::thread::sleep(Duration::from_secs(1));
+    let bound = |c: &Cluster| {
+        c.kube
+            .list("/api/v1/namespaces/default/persistentvolumeclaims")
+            .map(|l| l.iter().filter(|x| x["status"]["phase"] == "Bound").count())
+            .unwrap_or(0)
+    };
+    let claims = |c: &Cluster, from: usize, to: usize| {
+        for i in from..to {
+            c.kube
+                .create(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                    "metadata": {"name": format!("bench-{i}"), "namespace": "default"},
+                    "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "bench",
+                             "resources": {"requests": {"storage": "1Gi"}}}}))
+                .expect("claim");
+        }
+    };
+    let wait = |c: &Cluster, n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(1800);
+        while bound(c) < n {
+            assert!(Instant::now() < deadline, "claims never all bound");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    c.sim.control("DELETE", "/counters", None).expect("reset");
+    let t = Instant::now();
+    claims(&c, 0, 200);
+    wait(&c, 200);
+    let took = t.elapsed();
+    let lower = (200f64 / WORKERS as f64).ceil() * OP_MS as f64 / 1000.0;
+    let counters = c.sim.control("GET", "/counters", None).expect("counters").1;
+    table.row(
+        format!("200 claims to Bound (--workers {WORKERS})"),
+        format!(
+            "{} vs lower bound ⌈200/{WORKERS}⌉ × {OP_MS} ms = {lower:.1} s — ratio {:.2}; per provision {:.2} ARM writes, {:.2} reads",
+            secs(took),
+            took.as_secs_f64() / lower,
+            counters["writes"].as_u64().unwrap_or(0) as f64 / 200.0,
+            counters["reads"].as_u64().unwrap_or(0) as f64 / 200.0,
+        ),
+    );
+    claims(&c, 200, 1000);
+    wait(&c, 1000);
+    let pid = c.provisioner_pid().expect("provisioner running");
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| "?".into());
+    table.row("provisioner peak RSS with 1000 PVs", hwm);
+    c.stop_provisioner();
+
+    println!("\nMachine: {}\n", machine());
+    println!("| what | figure |\n|---|---|");
+    for (w, f) in &table.0 {
+        println!("| {w} | {f} |");
+    }
+}
