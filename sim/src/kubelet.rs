@@ -79,19 +79,21 @@ impl Driver {
             let _ = reader.read_to_string(&mut out);
             out
         });
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                break;
-            }
-            if limit.is_some_and(|l| started.elapsed() > l) {
-                let _ = child.kill();
+        match limit {
+            None => {
                 let _ = child.wait();
-                return Err(FlexError::Killed {
-                    call: name,
-                    limit: limit.unwrap_or_default(),
-                });
             }
-            std::thread::sleep(Duration::from_millis(5));
+            Some(limit) => loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if started.elapsed() > limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(FlexError::Killed { call: name, limit });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            },
         }
         let output = collector.join().unwrap_or_default();
         let json: Value = match serde_json::from_str(output.trim()) {

@@ -247,9 +247,9 @@ fn main() {
         .expect("tear down");
     ctl.detach("pvc-bench-move", NODE_B).expect("detach");
     table.row(
-        "pod move A → B: unmount + detach | attach | waitforattach + mount",
+        "pod move A → B: unmount + detach, attach, waitforattach + mount",
         format!(
-            "{} + {} | {} | {} — total {}",
+            "{} + {}, {}, {} — total {}",
             secs(unmount),
             secs(detach),
             secs(attach),

@@ -169,7 +169,19 @@ fn bytes(q: &Value) -> u128 {
 }
 
 impl Emulator {
+    /// Probes the driver on every host (`init`, as kubelet's and the controller-manager's plugin
+    /// probers do; the driver must declare `attach`), then starts the passes.
     pub fn start(kube_url: &str, hosts: Hosts) -> Emulator {
+        for driver in
+            std::iter::once(&hosts.controller).chain(hosts.nodes.values().map(|k| &k.driver))
+        {
+            let reply = driver.call(&["init"], None).expect("init answers");
+            assert_eq!(
+                reply.json["capabilities"]["attach"], true,
+                "an attachable driver: {}",
+                reply.json
+            );
+        }
         let shared = Arc::new(Shared {
             kube: KubeClient::new(kube_url),
             hosts,
