@@ -4,7 +4,7 @@
 //! mount on node B, check the file, delete the claim and see the disk go. Prints a timeline.
 
 use crate::kube_client::KubeClient;
-use crate::kubelet::{Controller, Driver, Kubelet};
+use crate::kubelet::Hosts;
 use crate::process::SimProcess;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -253,48 +253,15 @@ fn play(
     ));
     t.note(&format!("disk {disk_uri}"));
 
-    let common = |who: &str| -> Vec<(String, String)> {
-        vec![
-            ("SSL_CERT_FILE".into(), sim.field("caBundle")),
-            (
-                "FLEXDISK_LOG".into(),
-                dir.join(format!("flexdisk-{who}.log"))
-                    .to_string_lossy()
-                    .into(),
-            ),
-            (
-                "FLEXDISK_STATE_DIR".into(),
-                dir.join(format!("state-{who}")).to_string_lossy().into(),
-            ),
-        ]
+    let mut hosts = Hosts::of_simulator(sim, flexdisk, DRIVER, dir);
+    let controller = hosts.controller();
+    let mut kubelet = |node: &str| {
+        hosts
+            .nodes
+            .remove(node)
+            .ok_or_else(|| anyhow::anyhow!("no node {node} in the simulated world"))
     };
-    let controller = Controller {
-        driver: Driver {
-            bin: flexdisk.to_path_buf(),
-            env: [
-                common("controller"),
-                vec![("FLEXDISK_CONFIG".into(), sim.field("azureJson"))],
-            ]
-            .concat(),
-        },
-    };
-    let kubelet = |node: &str| Kubelet {
-        root: dir.join(format!("kubelet-{node}")),
-        driver_name: DRIVER.into(),
-        driver: Driver {
-            bin: flexdisk.to_path_buf(),
-            env: [
-                common(node),
-                vec![
-                    ("FLEXDISK_CONFIG".into(), sim.node_field(node, "azureJson")),
-                    ("FLEXDISK_HOST_ROOT".into(), sim.node_field(node, "root")),
-                    ("IMDS_ENDPOINT".into(), sim.node_field(node, "imds")),
-                ],
-            ]
-            .concat(),
-        },
-    };
-    let (on_a, on_b) = (kubelet(&node_a), kubelet(&node_b));
+    let (on_a, on_b) = (kubelet(&node_a)?, kubelet(&node_b)?);
 
     let init = controller.driver.call(&["init"], None)?;
     t.done(&format!(

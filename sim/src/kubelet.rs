@@ -5,7 +5,9 @@
 //! (created 0750, `mountdevice` skipped when it is already a mount point), and the bind mount into
 //! the pod's volume dir when the driver does not support `mount`.
 
+use crate::process::SimProcess;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -241,6 +243,69 @@ impl Kubelet {
         self.driver.call(&["unmountdevice", &dir_s], None)?;
         let _ = std::fs::remove_dir(&dir);
         Ok(())
+    }
+}
+
+/// The driver as each host of a simulated cluster runs it: kube-controller-manager with the
+/// cluster's cloud config; each node's kubelet with the node's config, device tree and IMDS, its
+/// root under `dir`. Logs (`flexdisk-<host>.log`) and state dirs under `dir` too.
+pub struct Hosts {
+    pub controller: Driver,
+    pub nodes: BTreeMap<String, Kubelet>,
+}
+
+impl Hosts {
+    pub fn of_simulator(sim: &SimProcess, bin: &Path, driver_name: &str, dir: &Path) -> Hosts {
+        let common = |who: &str| -> Vec<(String, String)> {
+            vec![
+                ("SSL_CERT_FILE".into(), sim.field("caBundle")),
+                (
+                    "FLEXDISK_LOG".into(),
+                    dir.join(format!("flexdisk-{who}.log"))
+                        .to_string_lossy()
+                        .into(),
+                ),
+                (
+                    "FLEXDISK_STATE_DIR".into(),
+                    dir.join(format!("state-{who}")).to_string_lossy().into(),
+                ),
+            ]
+        };
+        let controller = Driver {
+            bin: bin.to_path_buf(),
+            env: [
+                common("controller"),
+                vec![("FLEXDISK_CONFIG".into(), sim.field("azureJson"))],
+            ]
+            .concat(),
+        };
+        let kubelet = |node: &str| Kubelet {
+            root: dir.join(format!("kubelet-{node}")),
+            driver_name: driver_name.into(),
+            driver: Driver {
+                bin: bin.to_path_buf(),
+                env: [
+                    common(node),
+                    vec![
+                        ("FLEXDISK_CONFIG".into(), sim.node_field(node, "azureJson")),
+                        ("FLEXDISK_HOST_ROOT".into(), sim.node_field(node, "root")),
+                        ("IMDS_ENDPOINT".into(), sim.node_field(node, "imds")),
+                    ],
+                ]
+                .concat(),
+            },
+        };
+        let nodes = sim.ready["nodes"]
+            .as_object()
+            .map(|n| n.keys().map(|name| (name.clone(), kubelet(name))).collect())
+            .unwrap_or_default();
+        Hosts { controller, nodes }
+    }
+
+    pub fn controller(&self) -> Controller {
+        Controller {
+            driver: self.controller.clone(),
+        }
     }
 }
 

@@ -59,17 +59,6 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} RAM, loop devices on the local disk")
 }
 
-fn attach_writes(c: &Cluster) -> u64 {
-    c.sim
-        .control("GET", "/counters", None)
-        .map(|(_, v)| {
-            v["VirtualMachines_AttachDetachDataDisks"]
-                .as_u64()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-}
-
 fn pv(name: &str, disk: &str, fs: &str) -> Value {
     json!({"metadata": {"name": name}, "spec": {"flexVolume": {"driver": "flexdisk/azure-disk",
         "fsType": fs, "options": {"diskURI": disk}}}})
@@ -91,7 +80,7 @@ fn concurrent_attaches(c: &Cluster, ctl: &Controller, n: usize) -> (Duration, u6
         }
     });
     let took = t.elapsed();
-    let writes = attach_writes(c);
+    let writes = c.arm_count("VirtualMachines_AttachDetachDataDisks");
     std::thread::scope(|s| {
         for p in &pvs {
             s.spawn(move || {
@@ -124,9 +113,7 @@ fn main() {
         &op,
     ]);
     let hosts = c.hosts();
-    let ctl = Controller {
-        driver: hosts.controller.clone(),
-    };
+    let ctl = hosts.controller();
     let node = |n: &str| -> &Kubelet { &hosts.nodes[n] };
 
     // init: the whole process, as kubelet's prober runs it.
@@ -296,15 +283,14 @@ fn main() {
     wait(&c, 200);
     let took = t.elapsed();
     let lower = (200f64 / WORKERS as f64).ceil() * OP_MS as f64 / 1000.0;
-    let counters = c.sim.control("GET", "/counters", None).expect("counters").1;
     table.row(
         format!("200 claims to Bound (--workers {WORKERS})"),
         format!(
             "{} vs lower bound ⌈200/{WORKERS}⌉ × {OP_MS} ms = {lower:.1} s — ratio {:.2}; per provision {:.2} ARM writes, {:.2} reads",
             secs(took),
             took.as_secs_f64() / lower,
-            counters["writes"].as_u64().unwrap_or(0) as f64 / 200.0,
-            counters["reads"].as_u64().unwrap_or(0) as f64 / 200.0,
+            c.arm_count("writes") as f64 / 200.0,
+            c.arm_count("reads") as f64 / 200.0,
         ),
     );
     claims(&c, 200, 1000);

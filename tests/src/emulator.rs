@@ -11,9 +11,8 @@
 
 use flexdisk_sim::kube::quantity;
 use flexdisk_sim::kube_client::KubeClient;
-use flexdisk_sim::kubelet::{
-    device_mount_dir, volume_options, Controller, Driver, FlexError, Kubelet,
-};
+pub use flexdisk_sim::kubelet::Hosts;
+use flexdisk_sim::kubelet::{device_mount_dir, volume_options, FlexError, Kubelet};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -22,14 +21,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const DRIVER: &str = "flexdisk/azure-disk";
-
-/// How the emulator runs the driver on each host.
-pub struct Hosts {
-    /// kube-controller-manager's environment for the driver.
-    pub controller: Driver,
-    /// Each node's kubelet: its root and the driver as that node runs it.
-    pub nodes: BTreeMap<String, Kubelet>,
-}
 
 /// A fault the emulator can inject into its own driver calls: `attach` processes SIGKILLed after a
 /// seeded random delay below `max_ms`, for the first `times` attaches.
@@ -438,7 +429,7 @@ impl Shared {
         };
         for (pv, node) in due.unwrap_or_default() {
             let Some(obj) = pvs.get(&pv) else { continue };
-            if let Ok(false) = self.hosts.controller_of().is_attached(obj, &node) {
+            if let Ok(false) = self.hosts.controller().is_attached(obj, &node) {
                 self.note(format!("isattached: {pv} is not on {node}; forgetting it"));
                 self.lock().attached.remove(&(pv, node));
             }
@@ -503,7 +494,7 @@ impl Shared {
                 }
             }
             Action::Detach { pv, node } => {
-                self.hosts.controller_of().detach(pv, node).map_err(fe)?;
+                self.hosts.controller().detach(pv, node).map_err(fe)?;
                 let mut st = self.lock();
                 st.counts.detaches += 1;
                 st.attached.remove(&(pv.clone(), node.clone()));
@@ -637,14 +628,6 @@ impl Shared {
             if ms.is_empty() {
                 st.mounted.remove(pod);
             }
-        }
-    }
-}
-
-impl Hosts {
-    fn controller_of(&self) -> Controller {
-        Controller {
-            driver: self.controller.clone(),
         }
     }
 }

@@ -192,69 +192,44 @@ pub mod emulator;
 pub mod scene;
 
 impl Cluster {
-    /// The driver as each host of the simulated cluster runs it: kube-controller-manager with the
-    /// cluster's cloud config, each node's kubelet with the node's config, device tree and IMDS.
-    /// Logs and state under the test's directory.
+    /// The driver as each host of the simulated cluster runs it (see `Hosts::of_simulator`), with
+    /// logs and state under the test's directory.
     pub fn hosts(&self) -> emulator::Hosts {
-        use flexdisk_sim::kubelet::{Driver, Kubelet};
-        let dir = self.tmp.path();
-        let common = |who: &str| -> Vec<(String, String)> {
-            vec![
-                ("SSL_CERT_FILE".into(), self.sim.field("caBundle")),
-                (
-                    "FLEXDISK_LOG".into(),
-                    dir.join(format!("flexdisk-{who}.log"))
-                        .to_string_lossy()
-                        .into(),
-                ),
-                (
-                    "FLEXDISK_STATE_DIR".into(),
-                    dir.join(format!("state-{who}")).to_string_lossy().into(),
-                ),
-                ("FLEXDISK_WAIT_SECS".into(), "60".into()),
-            ]
-        };
-        let controller = Driver {
-            bin: bin("flexdisk"),
-            env: [
-                common("controller"),
-                vec![("FLEXDISK_CONFIG".into(), self.sim.field("azureJson"))],
-            ]
-            .concat(),
-        };
-        let nodes = self.sim.ready["nodes"]
+        let mut h = emulator::Hosts::of_simulator(
+            &self.sim,
+            &bin("flexdisk"),
+            emulator::DRIVER,
+            self.tmp.path(),
+        );
+        for d in
+            std::iter::once(&mut h.controller).chain(h.nodes.values_mut().map(|k| &mut k.driver))
+        {
+            d.env.push(("FLEXDISK_WAIT_SECS".into(), "60".into()));
+        }
+        h
+    }
+
+    /// Requests the simulated ARM has served, by operation id or `reads`/`writes`.
+    pub fn arm_count(&self, key: &str) -> u64 {
+        self.sim
+            .control("GET", "/counters", None)
+            .map(|(_, c)| c[key].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// The simulated nodes in availability zones (`zoned`) or not, sorted.
+    pub fn nodes(&self, zoned: bool) -> Vec<String> {
+        let mut out: Vec<String> = self.sim.ready["nodes"]
             .as_object()
             .map(|n| {
-                n.keys()
-                    .map(|node| {
-                        let k = Kubelet {
-                            root: dir.join(format!("kubelet-{node}")),
-                            driver_name: emulator::DRIVER.into(),
-                            driver: Driver {
-                                bin: bin("flexdisk"),
-                                env: [
-                                    common(node),
-                                    vec![
-                                        (
-                                            "FLEXDISK_CONFIG".into(),
-                                            self.sim.node_field(node, "azureJson"),
-                                        ),
-                                        (
-                                            "FLEXDISK_HOST_ROOT".into(),
-                                            self.sim.node_field(node, "root"),
-                                        ),
-                                        ("IMDS_ENDPOINT".into(), self.sim.node_field(node, "imds")),
-                                    ],
-                                ]
-                                .concat(),
-                            },
-                        };
-                        (node.clone(), k)
-                    })
+                n.iter()
+                    .filter(|(_, v)| v["zone"].is_null() != zoned)
+                    .map(|(k, _)| k.clone())
                     .collect()
             })
             .unwrap_or_default();
-        emulator::Hosts { controller, nodes }
+        out.sort();
+        out
     }
 
     /// Starts the provisioner with the simulators' kubeconfig and cloud config.

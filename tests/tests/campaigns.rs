@@ -77,11 +77,11 @@ fn workload(
     seed: u64,
     chaos: impl Fn(&Scene, &AtomicBool) + Send + Sync,
     mut between: impl FnMut(&mut Scene, &mut Seeded),
-) -> (usize, u64, usize) {
+) -> Outcome {
     let n = claims_per_campaign();
     let mut rng = Seeded(seed | 1);
     let stop = AtomicBool::new(false);
-    let writes0 = arm_writes(s);
+    let writes0 = s.cluster.arm_count("writes");
     let names: Vec<String> = (0..n).map(|i| format!("{tag}-{i}")).collect();
     for name in &names {
         s.claim(name, "ssd", "1Gi");
@@ -149,15 +149,7 @@ fn workload(
         let _ = chaos_thread.join();
         (watcher.join().unwrap_or(usize::MAX), ())
     });
-    (n, arm_writes(s) - writes0, doubles)
-}
-
-fn arm_writes(s: &Scene) -> u64 {
-    s.cluster
-        .sim
-        .control("GET", "/counters", None)
-        .map(|(_, c)| c["writes"].as_u64().unwrap_or(0))
-        .unwrap_or(0)
+    (n, s.cluster.arm_count("writes") - writes0, doubles)
 }
 
 fn arm_faults(s: &Scene, rules: &[Value]) -> usize {
@@ -180,6 +172,29 @@ fn retired(s: &Scene, injected: usize) -> usize {
         .control("GET", "/faults", None)
         .expect("faults");
     injected - left.as_array().map(Vec::len).unwrap_or(0)
+}
+
+/// What a campaign's workload gave: claims, ARM writes, double attaches seen.
+type Outcome = (usize, u64, usize);
+
+fn report(
+    campaign: &'static str,
+    seed: u64,
+    faults: String,
+    s: &Scene,
+    started: Instant,
+    (claims, arm_writes, double_attach): Outcome,
+) -> Report {
+    Report {
+        campaign,
+        seed,
+        faults,
+        claims,
+        arm_writes,
+        failures_retried: s.emu.counts().failures,
+        double_attach,
+        secs: started.elapsed().as_secs_f64(),
+    }
 }
 
 fn row(r: &Report) -> String {
@@ -205,7 +220,7 @@ fn run_arm_campaign(
     let started = Instant::now();
     let mut s = setup();
     let injected = arm_faults(&s, &rules);
-    let (claims, writes, doubles) = workload(&mut s, "c", seed, |_, _| {}, |_, _| {});
+    let outcome = workload(&mut s, "c", seed, |_, _| {}, |_, _| {});
     let fired = retired(&s, injected);
     assert_eq!(
         fired,
@@ -213,16 +228,14 @@ fn run_arm_campaign(
         "every injected fault fired:\n{}",
         s.diagnostics()
     );
-    Report {
+    report(
         campaign,
         seed,
-        faults: format!("{fired}/{injected} rules: {describe}"),
-        claims,
-        arm_writes: writes,
-        failures_retried: s.emu.counts().failures,
-        double_attach: doubles,
-        secs: started.elapsed().as_secs_f64(),
-    }
+        format!("{fired}/{injected} rules: {describe}"),
+        &s,
+        started,
+        outcome,
+    )
 }
 
 fn arm_429_storm() -> Report {
@@ -293,7 +306,7 @@ fn watch_drops() -> Report {
     let seed = 0xd0d0;
     let mut s = setup_with_short_watch_window();
     let drops = AtomicU32::new(0);
-    let (claims, writes, doubles) = workload(
+    let outcome = workload(
         &mut s,
         "w",
         seed,
@@ -310,16 +323,14 @@ fn watch_drops() -> Report {
     );
     let drops = drops.load(Ordering::SeqCst);
     assert!(drops > 3, "watches were dropped during the workload");
-    Report {
-        campaign: "watch drops",
+    report(
+        "watch drops",
         seed,
-        faults: format!("every watch ended {drops}× (watch window 64)"),
-        claims,
-        arm_writes: writes,
-        failures_retried: s.emu.counts().failures,
-        double_attach: doubles,
-        secs: started.elapsed().as_secs_f64(),
-    }
+        format!("every watch ended {drops}× (watch window 64)"),
+        &s,
+        started,
+        outcome,
+    )
 }
 
 /// A short watch window, so that re-watches after drops also meet 410 Gone and re-list.
@@ -333,7 +344,7 @@ fn provisioner_sigkill_at_random_moments() -> Report {
     let mut s = setup();
     let kills = Arc::new(AtomicU32::new(0));
     let k = kills.clone();
-    let (claims, writes, doubles) = workload(
+    let outcome = workload(
         &mut s,
         "k",
         seed,
@@ -348,19 +359,17 @@ fn provisioner_sigkill_at_random_moments() -> Report {
             }
         },
     );
-    Report {
-        campaign: "provisioner SIGKILL",
+    report(
+        "provisioner SIGKILL",
         seed,
-        faults: format!(
+        format!(
             "{} kills + restarts while provisioning",
             kills.load(Ordering::SeqCst)
         ),
-        claims,
-        arm_writes: writes,
-        failures_retried: s.emu.counts().failures,
-        double_attach: doubles,
-        secs: started.elapsed().as_secs_f64(),
-    }
+        &s,
+        started,
+        outcome,
+    )
 }
 
 fn driver_sigkill_mid_attach() -> Report {
@@ -372,19 +381,17 @@ fn driver_sigkill_mid_attach() -> Report {
         max_ms: 400,
         times: 10,
     });
-    let (claims, writes, doubles) = workload(&mut s, "d", seed, |_, _| {}, |_, _| {});
+    let outcome = workload(&mut s, "d", seed, |_, _| {}, |_, _| {});
     let killed = s.emu.counts().killed_attaches;
     assert!(killed >= 3, "attaches were killed: {:?}", s.emu.counts());
-    Report {
-        campaign: "driver SIGKILL mid-attach",
+    report(
+        "driver SIGKILL mid-attach",
         seed,
-        faults: format!("{killed} attach processes SIGKILLed (< 0.4 s in)"),
-        claims,
-        arm_writes: writes,
-        failures_retried: s.emu.counts().failures,
-        double_attach: doubles,
-        secs: started.elapsed().as_secs_f64(),
-    }
+        format!("{killed} attach processes SIGKILLed (< 0.4 s in)"),
+        &s,
+        started,
+        outcome,
+    )
 }
 
 type Campaign = (&'static str, fn() -> Report);

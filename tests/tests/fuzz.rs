@@ -138,14 +138,7 @@ fn options(r: &mut Rng, valid: &Value) -> String {
 #[test]
 fn hostile_options_in_every_call_shape_get_one_json_reply() {
     let cluster = Cluster::start(&["--vm-op-ms", "50", "--disk-op-ms", "20"]);
-    let node = cluster.sim.ready["nodes"]
-        .as_object()
-        .and_then(|n| {
-            n.iter()
-                .find(|(_, v)| v["zone"].is_null())
-                .map(|(k, _)| k.clone())
-        })
-        .expect("a regional node");
+    let node = cluster.nodes(false)[0].clone();
     let hosts = cluster.hosts();
     let dir = cluster.tmp.path();
     let file = dir.join("regular-file");

@@ -7,7 +7,6 @@
 
 use clap::{CommandFactory, Parser};
 use flexdisk_provisioner::cli::Cli;
-use flexdisk_sim::kubelet::{Controller, Driver};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Container, Namespace, PodSpec, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -388,14 +387,7 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
         json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "plain"}}),
     );
     cluster.bound_pv("default", "copy");
-    let zonal_node = cluster.sim.ready["nodes"]
-        .as_object()
-        .and_then(|n| {
-            n.iter()
-                .find(|(_, v)| !v["zone"].is_null())
-                .map(|(k, _)| k.clone())
-        })
-        .expect("a zonal node");
+    let zonal_node = cluster.nodes(true)[0].clone();
     claim("zonal", "flexdisk-premium-zonal", json!({}));
     kube.merge_patch(
         "/api/v1/namespaces/default/persistentvolumeclaims/zonal",
@@ -409,41 +401,8 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
         json!({"volumeMode": "Block"}),
     );
 
-    let controller = Controller {
-        driver: Driver {
-            bin: bin("flexdisk"),
-            env: vec![
-                ("FLEXDISK_CONFIG".into(), cluster.sim.field("azureJson")),
-                ("SSL_CERT_FILE".into(), cluster.sim.field("caBundle")),
-                (
-                    "FLEXDISK_LOG".into(),
-                    cluster
-                        .tmp
-                        .path()
-                        .join("flexdisk.log")
-                        .to_string_lossy()
-                        .into(),
-                ),
-                (
-                    "FLEXDISK_STATE_DIR".into(),
-                    cluster
-                        .tmp
-                        .path()
-                        .join("flexdisk-state")
-                        .to_string_lossy()
-                        .into(),
-                ),
-            ],
-        },
-    };
-    let regional_node = cluster.sim.ready["nodes"]
-        .as_object()
-        .and_then(|n| {
-            n.iter()
-                .find(|(_, v)| v["zone"].is_null())
-                .map(|(k, _)| k.clone())
-        })
-        .expect("a regional node");
+    let controller = cluster.hosts().controller();
+    let regional_node = cluster.nodes(false)[0].clone();
     controller
         .attach(&plain_pv, &regional_node)
         .expect("attach");
@@ -584,10 +543,7 @@ fn the_node_daemonset_installs_the_driver_as_its_manifest_says() {
     );
 
     // Run the command as written, with the host paths mapped to this test's directories.
-    let node = cluster.sim.ready["nodes"]
-        .as_object()
-        .and_then(|n| n.keys().next().cloned())
-        .expect("a node");
+    let node = cluster.nodes(false)[0].clone();
     let plugins = cluster.tmp.path().join("plugins");
     let mounts: Vec<(String, PathBuf)> = c
         .volume_mounts

@@ -31,14 +31,7 @@ fn twenty_claims_and_pods_over_three_nodes_then_all_moved() {
         write(&ms[0], i as u64);
     }
     s.no_double_attach();
-    let writes_before = s
-        .cluster
-        .sim
-        .control("GET", "/counters", None)
-        .expect("c")
-        .1["writes"]
-        .as_u64()
-        .unwrap_or(0);
+    let writes_before = s.cluster.arm_count("writes");
     // Every pod moves to the next node, as a rolling restart onto a shifted schedule would.
     for i in 0..n {
         s.delete_pod(&format!("web-{i}"));
@@ -60,15 +53,7 @@ fn twenty_claims_and_pods_over_three_nodes_then_all_moved() {
         check(&ms[0], i as u64);
     }
     s.no_double_attach();
-    let writes = s
-        .cluster
-        .sim
-        .control("GET", "/counters", None)
-        .expect("c")
-        .1["writes"]
-        .as_u64()
-        .unwrap_or(0)
-        - writes_before;
+    let writes = s.cluster.arm_count("writes") - writes_before;
     eprintln!(
         "20 volumes detached and re-attached on 3 VMs with {writes} ARM writes (40 operations); {:?}",
         s.emu.counts()
