@@ -2,7 +2,6 @@
 //! nothing on stderr, exit 0 only with Success, and never panics. Arguments are generated from a
 //! fixed-seed generator over the calls and hostile values (a property test, reproducible).
 
-use serde_json::Value;
 use std::process::Command;
 
 struct Rng(u64);
@@ -89,32 +88,6 @@ fn any_arguments_get_one_json_reply() {
             .env("FLEXDISK_WAIT_SECS", "0")
             .output()
             .expect("runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.stderr.is_empty(),
-            "{argv:?}: stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let lines: Vec<&str> = stdout.lines().collect();
-        assert_eq!(lines.len(), 1, "{argv:?}: {stdout:?}");
-        let reply: Value =
-            serde_json::from_str(lines[0]).unwrap_or_else(|e| panic!("{argv:?}: {e}: {stdout}"));
-        let status = reply["status"].as_str().expect("status");
-        assert!(
-            ["Success", "Failure", "Not supported"].contains(&status),
-            "{argv:?}: {stdout}"
-        );
-        assert_eq!(
-            out.status.code() == Some(0),
-            status == "Success",
-            "{argv:?}: {stdout}"
-        );
-        assert!(!stdout.contains("panicked"), "{argv:?}: {stdout}");
-        if status == "Failure" {
-            assert!(
-                reply["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{argv:?}: {stdout}"
-            );
-        }
+        flexdisk_sim::kubelet::strict_reply(&out).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     }
 }

@@ -120,6 +120,43 @@ impl Driver {
     }
 }
 
+/// The driver's output held to the contract strictly (for tests of the driver itself): nothing on
+/// stderr, exactly one line on stdout holding one JSON object with a known status, exit code 0
+/// exactly when it says Success, no panic text, and a non-empty message with every Failure.
+/// The reply, or what broke the contract.
+pub fn strict_reply(out: &std::process::Output) -> Result<Value, String> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.stderr.is_empty() {
+        return Err(format!("stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let lines: Vec<&str> = stdout.lines().collect();
+    let [line] = lines.as_slice() else {
+        return Err(format!("{} lines on stdout: {stdout:?}", lines.len()));
+    };
+    let reply: Value = match serde_json::from_str(line) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return Err(format!("not a JSON object: {stdout}")),
+    };
+    let status = reply["status"].as_str().unwrap_or_default();
+    if !["Success", "Failure", "Not supported"].contains(&status) {
+        return Err(format!("unknown status: {stdout}"));
+    }
+    if (out.status.code() == Some(0)) != (status == "Success") {
+        return Err(format!("exit {:?} with {stdout}", out.status.code()));
+    }
+    if stdout.contains("panicked") {
+        return Err(format!("panic text: {stdout}"));
+    }
+    if status == "Failure"
+        && reply["message"]
+            .as_str()
+            .is_none_or(|m| m.trim().is_empty())
+    {
+        return Err(format!("a Failure without a message: {stdout}"));
+    }
+    Ok(reply)
+}
+
 /// The options kubelet and the controller pass for a PV: fsType, read/write, the volume's name,
 /// then the PV's `flexVolume.options`, which may overwrite them.
 pub fn volume_options(pv: &Value, read_only: bool) -> String {
@@ -371,6 +408,29 @@ fn unmount(dir: &Path) -> Result<(), FlexError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strict_replies() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = |code: i32, stdout: &str, stderr: &str| std::process::Output {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        assert!(strict_reply(&out(0, "{\"status\":\"Success\"}\n", "")).is_ok());
+        assert!(strict_reply(&out(1, "{\"status\":\"Failure\",\"message\":\"m\"}\n", "")).is_ok());
+        for (code, stdout, stderr, broken) in [
+            (0, "{\"status\":\"Success\"}", "log line", "stderr"),
+            (0, "{\"status\":\"Success\"}\n{}", "", "2 lines"),
+            (0, "[1]", "", "not a JSON object"),
+            (0, "{\"status\":\"Fine\"}", "", "unknown status"),
+            (1, "{\"status\":\"Success\"}", "", "exit Some(1)"),
+            (1, "{\"status\":\"Failure\"}", "", "without a message"),
+        ] {
+            let e = strict_reply(&out(code, stdout, stderr)).expect_err(broken);
+            assert!(e.contains(broken), "{e}");
+        }
+    }
 
     #[test]
     fn options_and_dirs_as_kubelet_builds_them() {
