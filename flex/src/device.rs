@@ -72,17 +72,19 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
         .map_err(|e| format!("inotify: {e}"))?;
     let flags = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB;
-    let mut watched = false;
-    for dir in [
+    // udev may create `scsi1/` (even `azure/`) with the first disk: a directory that appears is
+    // watched from then on, so the link made inside it wakes us too.
+    const DIRS: [&str; 4] = [
         "dev/disk/azure/scsi1",
         "dev/disk/azure",
         "dev",
         "sys/bus/scsi/devices",
-    ] {
-        if inotify.add_watch(&s.host(dir), flags).is_ok() {
-            watched = true;
-        }
-    }
+    ];
+    let mut unwatched: Vec<&str> = DIRS.to_vec();
+    let watch_new = |unwatched: &mut Vec<&str>| {
+        unwatched.retain(|dir| inotify.add_watch(&s.host(dir), flags).is_err());
+    };
+    watch_new(&mut unwatched);
     loop {
         if let Some(dev) = find(s, lun) {
             return Ok(dev);
@@ -96,11 +98,13 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
                 s.host("sys/bus/scsi/devices").display()
             ));
         }
-        // Wake on a change in the watched trees, or every second at most (a directory created
-        // after the watch was set up is seen by the periodic look).
-        let ms = left.as_millis().min(if watched { 1000 } else { 100 }) as u16;
+        // Wake on a change in the watched trees, or every second at most (nothing is lost
+        // between the look above and the poll: events queue in the inotify descriptor).
+        let nothing_watched = unwatched.len() == DIRS.len();
+        let ms = left.as_millis().min(if nothing_watched { 100 } else { 1000 }) as u16;
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(ms));
         let _ = inotify.read_events();
+        watch_new(&mut unwatched);
     }
 }
