@@ -101,7 +101,9 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
         // Wake on a change in the watched trees, or every second at most (nothing is lost
         // between the look above and the poll: events queue in the inotify descriptor).
         let nothing_watched = unwatched.len() == DIRS.len();
-        let ms = left.as_millis().min(if nothing_watched { 100 } else { 1000 }) as u16;
+        let ms = left
+            .as_millis()
+            .min(if nothing_watched { 100 } else { 1000 }) as u16;
         let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(ms));
         let _ = inotify.read_events();

@@ -222,6 +222,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),
     }
+    // Hand the lease over now rather than make the standby wait out its duration (a rolling
+    // update would otherwise pause provisioning for --lease-duration-secs): the manager releases
+    // the lease once every receiver is gone.
+    if let Some((leader, task)) = leadership {
+        drop(leader);
+        match tokio::time::timeout(Duration::from_secs(5), task).await {
+            Ok(_) => info!("released the leader lease"),
+            Err(_) => warn!("could not release the leader lease in 5 s; it expires on its own"),
+        }
+    }
     Ok(())
 }
 

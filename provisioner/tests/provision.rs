@@ -446,38 +446,85 @@ fn log_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// One replica of an HA pair (provisioner name `example.com/ha`), its log in `dir/<id>.log`.
+fn replica(s: &Setup, dir: &Path, id: &str, lease_secs: u64) -> (Child, std::path::PathBuf) {
+    let log = dir.join(format!("{id}.log"));
+    let child = Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
+        .args([
+            "--kubeconfig",
+            &s.sim.field("kubeconfig"),
+            "--cloud-config",
+            &s.sim.field("azureJson"),
+        ])
+        .args(["--leader-elect", "--identity", id, "--lease-duration-secs"])
+        .arg(lease_secs.to_string())
+        .args([
+            "--provisioner-name",
+            "example.com/ha",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("SSL_CERT_FILE", s.sim.field("caBundle"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("replica starts");
+    (child, log)
+}
+
+fn wait_log(log: &Path, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log_of(log).contains(line) {
+        assert!(
+            Instant::now() < deadline,
+            "{line:?} never logged:\n{}",
+            log_of(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_terminated_leader_releases_its_lease_for_the_next_replica() {
+    // A lease far longer than this test waits: the replica that replaces the leader (a rolling
+    // update) can only lead at once if the leader released it on SIGTERM. (A standby that was
+    // already waiting sleeps until the expiry it last saw: kube-lease-manager does not watch.)
+    let s = Setup::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, a_log) = replica(&s, tmp.path(), "replica-a", 600);
+    wait_log(&a_log, "leading");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = a.wait_with_output().expect("exits").status;
+    assert_eq!(status.code(), Some(0), "{}", log_of(&a_log));
+    assert!(log_of(&a_log).contains("released the leader lease"));
+    let (mut b, b_log) = replica(&s, tmp.path(), "replica-b", 600);
+    wait_log(&b_log, "leading");
+    let sc = json!({"metadata": {"name": "ha"}, "provisioner": "example.com/ha"});
+    assert_eq!(
+        s.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
+            .0,
+        201
+    );
+    s.claim("after-handover", "ha", "1Gi");
+    s.until(
+        &format!("{PVCS}/after-handover"),
+        "Bound by the new leader",
+        |o| o["status"]["phase"] == "Bound",
+    );
+    let _ = b.kill();
+    let _ = b.wait();
+}
+
 #[test]
 fn two_replicas_one_leader_and_a_handover_when_it_dies() {
     let s = Setup::start();
     s.class("fast", json!({}), json!({}));
     let tmp = tempfile::tempdir().expect("tmp");
-    let start = |id: &str| {
-        let log = tmp.path().join(format!("{id}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_flexdisk-provisioner"))
-            .args([
-                "--kubeconfig",
-                &s.sim.field("kubeconfig"),
-                "--cloud-config",
-                &s.sim.field("azureJson"),
-            ])
-            .args([
-                "--leader-elect",
-                "--identity",
-                id,
-                "--lease-duration-secs",
-                "3",
-                "--provisioner-name",
-                "example.com/ha",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .env("SSL_CERT_FILE", s.sim.field("caBundle"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("replica starts");
-        (child, log)
-    };
+    let start = |id: &str| replica(&s, tmp.path(), id, 3);
     let (mut a, a_log) = start("replica-a");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !log_of(&a_log).contains("leading") {
