@@ -267,6 +267,20 @@ impl Arm {
     }
 }
 
+/// `Retry-After` (seconds) of a failed response. azure_core 0.21's `HttpError` keeps the response
+/// headers but offers no accessor; its alternate Display lists them one per line as `name:value`
+/// (names lowercased), which is read here. Without it a throttled caller could only guess how long
+/// to stay away, and guessing short prolongs ARM's throttling.
+fn retry_after_of(h: &azure_core::error::HttpError) -> Option<std::time::Duration> {
+    format!("{h:#}").lines().find_map(|l| {
+        let (name, value) = l.trim().split_once(':')?;
+        name.eq_ignore_ascii_case("retry-after")
+            .then(|| value.trim().parse::<u64>().ok())
+            .flatten()
+            .map(std::time::Duration::from_secs)
+    })
+}
+
 /// azure_core 0.21's error, classified. Its HTTP error keeps Azure's code and message (and no
 /// request headers, so no token).
 pub(crate) fn from_core(e: azure_core::Error) -> AzureError {
@@ -287,7 +301,8 @@ pub(crate) fn from_core(e: azure_core::Error) -> AzureError {
             } else {
                 message
             };
-            classify(Some(u16::from(*status)), &code, &message, None)
+            let retry_after = e.as_http_error().and_then(retry_after_of);
+            classify(Some(u16::from(*status)), &code, &message, retry_after)
         }
         azure_core::error::ErrorKind::Io => AzureError::transient(e.to_string()),
         azure_core::error::ErrorKind::Credential => AzureError::Unauthorized {

@@ -84,6 +84,14 @@ impl AzureError {
         }
     }
 
+    /// How long Azure asked callers to stay away (throttling), if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            AzureError::Throttled { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
     /// Whether trying the same thing again later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(

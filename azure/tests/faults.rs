@@ -62,7 +62,15 @@ fn a_long_retry_after_is_reported_as_throttling_at_once() {
     );
     reset_counters(&sim);
     match rt.block_on(arm.get_disk(&arm.resource_group, "pvc-x")) {
-        Err(e @ AzureError::Throttled { .. }) => assert!(e.is_retryable()),
+        Err(e @ AzureError::Throttled { .. }) => {
+            assert!(e.is_retryable());
+            // The caller learns how long to stay away (the provisioner's back-off uses it).
+            assert_eq!(
+                e.retry_after(),
+                Some(std::time::Duration::from_secs(3600)),
+                "{e}"
+            );
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(count(&counters(&sim), "Disks_Get"), 1, "not retried");

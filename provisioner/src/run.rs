@@ -27,7 +27,7 @@ impl Error {
     /// What Azure asked for (throttling), if anything.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Error::Azure(AzureError::Throttled { retry_after, .. }) => *retry_after,
+            Error::Azure(e) => e.retry_after(),
             _ => None,
         }
     }
