@@ -1,4 +1,4 @@
-//! `flexdisk install --plugin-dir DIR [--cloud-config FILE] [--stay]`: puts this binary where
+//! `flexdisk install --plugin-dir DIR [--cloud-config FILE] [--stay [--refresh-secs N]]`: puts this binary where
 //! kubelet looks for the driver, atomically — kubelet's prober watches that directory and must never
 //! see a half-written file.
 //!
@@ -21,7 +21,7 @@ pub const CONF: &str = "flexdisk.conf";
 pub const CLOUD_CONFIG_COPY: &str = "azure.json";
 
 const USAGE: &str =
-    "install takes --plugin-dir <kubelet's volume plugin dir> [--cloud-config <azure.json>] [--stay]";
+    "install takes --plugin-dir <kubelet's volume plugin dir> [--cloud-config <azure.json>] [--stay [--refresh-secs <seconds, default 30>]]";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InstallRequest {
@@ -30,6 +30,8 @@ pub struct InstallRequest {
     pub cloud_config: Option<PathBuf>,
     /// After installing, wait for SIGTERM/SIGINT (a DaemonSet container must keep running).
     pub stay: bool,
+    /// With `--stay`: how often the cloud config is compared with its copy.
+    pub refresh: std::time::Duration,
 }
 
 impl InstallRequest {
@@ -37,6 +39,7 @@ impl InstallRequest {
         let mut plugin_dir = None;
         let mut cloud_config = None;
         let mut stay = false;
+        let mut refresh = DEFAULT_REFRESH;
         // Both `--flag value` and `--flag=value`, as manifests write either.
         let mut words = args.iter().flat_map(|a| match a.split_once('=') {
             Some((flag, value)) if flag.starts_with("--") => {
@@ -56,6 +59,19 @@ impl InstallRequest {
                 "--plugin-dir" => plugin_dir = Some(value()?),
                 "--cloud-config" => cloud_config = Some(value()?),
                 "--stay" => stay = true,
+                "--refresh-secs" => {
+                    let v = value()?;
+                    let secs = v
+                        .to_str()
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .filter(|s| *s > 0)
+                        .ok_or_else(|| {
+                            UsageError(format!(
+                                "--refresh-secs takes a positive number of seconds, not {v:?}"
+                            ))
+                        })?;
+                    refresh = std::time::Duration::from_secs(secs);
+                }
                 other => return Err(UsageError(format!("unknown argument {other:?}; {USAGE}"))),
             }
         }
@@ -63,6 +79,7 @@ impl InstallRequest {
             plugin_dir: plugin_dir.ok_or_else(|| UsageError(USAGE.into()))?,
             cloud_config,
             stay,
+            refresh,
         })
     }
 }
@@ -90,7 +107,7 @@ pub fn stay_if_asked(argv: &[String]) {
     if let Some(source) = request.cloud_config.clone() {
         let dir = request.plugin_dir.join(VENDOR_DRIVER);
         std::thread::spawn(move || loop {
-            std::thread::sleep(CLOUD_CONFIG_REFRESH);
+            std::thread::sleep(request.refresh);
             let fresh = std::fs::read(&source).ok();
             let current = std::fs::read(dir.join(CLOUD_CONFIG_COPY)).ok();
             if let Some(bytes) = fresh.filter(|b| Some(b) != current.as_ref()) {
@@ -101,8 +118,8 @@ pub fn stay_if_asked(argv: &[String]) {
     let _ = set.wait();
 }
 
-/// How often `--stay` compares the cloud config with its copy.
-pub const CLOUD_CONFIG_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+/// How often `--stay` compares the cloud config with its copy, unless `--refresh-secs` says.
+pub const DEFAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The `flexdisk.conf` an installer with this environment leaves beside the binary.
 pub fn conf_text(env: &[(String, String)], cloud_config_copied: bool) -> String {
@@ -194,6 +211,12 @@ mod tests {
         assert!(e.0.contains("unknown argument \"/x\""), "{e}");
         assert!(InstallRequest::parse(&args(&["--stay"])).is_err());
         assert!(InstallRequest::parse(&args(&["--plugin-dir="])).is_err());
+        assert_eq!(r.refresh, DEFAULT_REFRESH);
+        let r = InstallRequest::parse(&args(&["--plugin-dir=/p", "--refresh-secs=2"])).expect("ok");
+        assert_eq!(r.refresh, std::time::Duration::from_secs(2));
+        let e = InstallRequest::parse(&args(&["--plugin-dir=/p", "--refresh-secs", "0"]))
+            .expect_err("zero");
+        assert!(e.0.contains("positive number of seconds"), "{e}");
     }
 
     #[test]

@@ -208,12 +208,19 @@ fn doctor_checks_an_installed_driver_configured_beside_it() {
 fn installer_stays_until_terminated_and_reports_a_missing_cloud_config() {
     let env = Env::start();
     let plugins = env.dir("plugins");
+    let source = env.dir("secret-azure.json");
+    std::fs::write(&source, b"{\"first\": 1}").expect("source");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flexdisk"))
         .args([
             "install",
             "--stay",
             "--plugin-dir",
             plugins.to_str().expect("utf-8"),
+        ])
+        .args([
+            "--cloud-config",
+            source.to_str().expect("utf-8"),
+            "--refresh-secs=1",
         ])
         .env_clear()
         .stdout(std::process::Stdio::piped())
@@ -230,6 +237,16 @@ fn installer_stays_until_terminated_and_reports_a_missing_cloud_config() {
         child.try_wait().expect("wait").is_none(),
         "--stay keeps running"
     );
+    // A rotated secret (the Secret volume updated) reaches the copy beside the driver.
+    let copy = plugins.join("flexdisk~azure-disk/azure.json");
+    std::fs::write(&source, b"{\"second\": 2}").expect("rotate");
+    while std::fs::read(&copy).expect("copy") != b"{\"second\": 2}" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the copy was never refreshed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
