@@ -30,6 +30,8 @@ pub const USER_AGENT: &str = "flexdisk-sim-kube-client";
 pub struct KubeClient {
     base: String,
     http: reqwest::blocking::Client,
+    /// For watches: no overall deadline (the server ends them with `timeoutSeconds`).
+    streams: reqwest::blocking::Client,
 }
 
 impl KubeClient {
@@ -38,6 +40,11 @@ impl KubeClient {
             base: base.trim_end_matches('/').to_string(),
             http: reqwest::blocking::Client::builder()
                 .user_agent(USER_AGENT)
+                .build()
+                .unwrap_or_default(),
+            streams: reqwest::blocking::Client::builder()
+                .user_agent(USER_AGENT)
+                .timeout(None)
                 .build()
                 .unwrap_or_default(),
         }
@@ -152,6 +159,46 @@ impl KubeClient {
     pub fn delete(&self, path: &str) -> Result<(), KubeCallError> {
         self.expect("DELETE", path, None, &[200, 202, 404])
             .map(|_| ())
+    }
+
+    /// Follows one watch of a collection (`path` without query) for at most `timeout_secs`, calling
+    /// `event` with each event (`{"type", "object"}`) as it arrives; returns when the server ends
+    /// the stream or `event` answers false. Without a resourceVersion the server first sends every
+    /// existing object as ADDED, as kube-apiserver does.
+    pub fn watch(
+        &self,
+        path: &str,
+        timeout_secs: u32,
+        mut event: impl FnMut(Value) -> bool,
+    ) -> Result<(), KubeCallError> {
+        use std::io::BufRead;
+        let what = format!("watch {path}");
+        let rsp = self
+            .streams
+            .get(format!(
+                "{}{path}?watch=true&timeoutSeconds={timeout_secs}",
+                self.base
+            ))
+            .send()
+            .map_err(|e| KubeCallError::Unreachable(what.clone(), e.to_string()))?;
+        let status = rsp.status().as_u16();
+        if status != 200 {
+            return Err(KubeCallError::Refused {
+                method: "GET".into(),
+                path: path.into(),
+                status,
+                message: "watch refused".into(),
+            });
+        }
+        for line in std::io::BufReader::new(rsp).lines() {
+            let line = line.map_err(|e| KubeCallError::Unreachable(what.clone(), e.to_string()))?;
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if !event(v) {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Polls `path` until `done` holds for the object (`None`: it does not exist).

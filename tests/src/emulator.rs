@@ -3,7 +3,8 @@
 //! the simulated Kubernetes API and makes the driver calls a cluster would make, the way
 //! `pkg/volume/flexvolume` makes them (see `flexdisk_sim::kubelet`).
 //!
-//! Each pass reads the cluster, decides what is missing (attach, set up, tear down, detach, grow),
+//! Watches on Pods, claims, PVs and Nodes wake it (and a resync every second, for retries); each
+//! pass reads the cluster, decides what is missing (attach, set up, tear down, detach, grow),
 //! runs those actions at once — as the controllers' operation executors do, one operation per
 //! volume at a time — and retries failures with back-off. Pods whose volumes are all set up are
 //! marked Running; pods of a Node that no longer exists are deleted, as the pod garbage collector
@@ -17,7 +18,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub const DRIVER: &str = "flexdisk/azure-disk";
@@ -71,6 +72,11 @@ struct Shared {
     hosts: Hosts,
     state: Mutex<State>,
     started: Instant,
+}
+
+fn notify(wake: &(Mutex<bool>, Condvar)) {
+    *wake.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    wake.1.notify_one();
 }
 
 pub struct Emulator {
@@ -180,14 +186,47 @@ impl Emulator {
             started: Instant::now(),
         });
         let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (shared, stop) = (shared.clone(), stop.clone());
+        let wake = Arc::new((Mutex::new(true), Condvar::new()));
+        for collection in [
+            "/api/v1/pods",
+            "/api/v1/persistentvolumeclaims",
+            "/api/v1/persistentvolumes",
+            "/api/v1/nodes",
+        ] {
+            let (wake, stop) = (wake.clone(), stop.clone());
+            let kube = KubeClient::new(kube_url);
+            // Not joined: it notices `stop` within a watch's timeout, or when the API is gone.
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
-                    if let Err(e) = shared.pass() {
-                        shared.note(format!("pass failed: {e}"));
+                    let result = kube.watch(collection, 5, |_| {
+                        notify(&wake);
+                        !stop.load(Ordering::SeqCst)
+                    });
+                    if result.is_err() {
+                        std::thread::sleep(Duration::from_millis(200));
                     }
-                    std::thread::sleep(Duration::from_millis(50));
+                }
+            });
+        }
+        let thread = {
+            let (shared, stop, wake) = (shared.clone(), stop.clone(), wake.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    {
+                        let (woken, cv) = &*wake;
+                        let guard = woken.lock().unwrap_or_else(|e| e.into_inner());
+                        let (mut guard, _) = cv
+                            .wait_timeout_while(guard, Duration::from_secs(1), |w| !*w)
+                            .unwrap_or_else(|e| e.into_inner());
+                        *guard = false;
+                    }
+                    match shared.pass() {
+                        // What the pass did changes what the next one decides (an attach makes a
+                        // set-up due) though nothing in the API changed: go again at once.
+                        Ok(true) => notify(&wake),
+                        Ok(false) => {}
+                        Err(e) => shared.note(format!("pass failed: {e}")),
+                    }
                 }
             })
         };
@@ -236,7 +275,8 @@ impl Shared {
         self.lock().log.push(format!("[{at:>7.2}s] {line}"));
     }
 
-    fn pass(&self) -> Result<(), String> {
+    /// One pass; whether it acted.
+    fn pass(&self) -> Result<bool, String> {
         let e = |e: flexdisk_sim::kube_client::KubeCallError| e.to_string();
         let pods = self.kube.list("/api/v1/pods").map_err(e)?;
         let claims = self
@@ -406,13 +446,14 @@ impl Shared {
             actions.retain(|a| seen.insert(a.key()));
             actions
         };
+        let acted = !actions.is_empty();
         std::thread::scope(|s| {
             for a in actions {
                 s.spawn(move || self.act(a));
             }
         });
         self.verify_attached(&pvs);
-        Ok(())
+        Ok(acted)
     }
 
     /// Like the attach/detach controller's periodic `isattached` check: what Azure says wins.
