@@ -82,48 +82,45 @@ impl<'a> Timeline<'a> {
     }
 }
 
-/// The demo's programs beside this one (`target/<profile>/`); under `cargo run` they are built
-/// first if missing, since `cargo run --bin flexdisk-sim` builds only the simulator's package.
-fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+/// The driver and provisioner beside this program (`target/<profile>/`). Under `cargo run` they
+/// are built first (a no-op when current): `cargo run --bin flexdisk-sim` builds only the
+/// simulator's package, and a stale driver would show yesterday's behaviour.
+fn programs() -> anyhow::Result<(PathBuf, PathBuf)> {
     let me = std::env::current_exe().context("cannot find this binary")?;
-    let path = me.with_file_name(name);
-    if path.exists() {
-        return Ok(path);
-    }
-    let (Some(cargo), Some(manifest)) = (
+    if let (Some(cargo), Some(manifest)) = (
         std::env::var_os("CARGO"),
         std::env::var_os("CARGO_MANIFEST_DIR"),
-    ) else {
-        bail!(
-            "{} is missing; build it beside {} (cargo build --release --workspace)",
-            path.display(),
-            me.display()
-        );
+    ) {
+        let release = me
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|p| p == "release");
+        println!("cargo build -p flexdisk -p flexdisk-provisioner (quick when they are current) …");
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "--manifest-path"])
+            .arg(Path::new(&manifest).join("../Cargo.toml"))
+            .args(["-p", "flexdisk", "-p", "flexdisk-provisioner"]);
+        if release {
+            build.arg("--release");
+        }
+        if !build.status().context("running cargo build")?.success() {
+            bail!("building flexdisk and flexdisk-provisioner failed (see cargo's output above)");
+        }
+    }
+    let beside = |name: &str| {
+        let path = me.with_file_name(name);
+        if path.exists() {
+            Ok(path)
+        } else {
+            Err(anyhow::anyhow!(
+                "{} is missing; build it beside {} (cargo build --release --workspace)",
+                path.display(),
+                me.display()
+            ))
+        }
     };
-    let release = me
-        .parent()
-        .and_then(Path::file_name)
-        .is_some_and(|p| p == "release");
-    println!("building flexdisk and flexdisk-provisioner (first run only) …");
-    let mut build = Command::new(cargo);
-    build
-        .arg("build")
-        .arg("--manifest-path")
-        .arg(Path::new(&manifest).join("../Cargo.toml"))
-        .args(["-p", "flexdisk", "-p", "flexdisk-provisioner"]);
-    if release {
-        build.arg("--release");
-    }
-    if !build.status().context("running cargo build")?.success() {
-        bail!("building flexdisk and flexdisk-provisioner failed (see cargo's output above)");
-    }
-    if !path.exists() {
-        bail!(
-            "{} is still missing after the build; is CARGO_TARGET_DIR the same for both?",
-            path.display()
-        );
-    }
-    Ok(path)
+    Ok((beside("flexdisk")?, beside("flexdisk-provisioner")?))
 }
 
 /// `Ok(false)`: the demo ran and something did not work (already reported on stdout).
@@ -135,8 +132,7 @@ pub fn run(options: DemoOptions) -> anyhow::Result<bool> {
              --bin flexdisk-sim -- demo`), or run the simulators alone with `flexdisk-sim serve`."
         );
     }
-    let flexdisk = sibling("flexdisk")?;
-    let provisioner_bin = sibling("flexdisk-provisioner")?;
+    let (flexdisk, provisioner_bin) = programs()?;
     let me = std::env::current_exe()?;
     std::fs::create_dir_all(&options.dir)
         .with_context(|| format!("creating {}", options.dir.display()))?;

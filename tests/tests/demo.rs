@@ -13,6 +13,9 @@ fn the_demo_moves_a_volume_between_nodes_and_cleans_up() {
         .args(["demo", "--dir"])
         .arg(dir.path())
         .args(["--vm-op-ms", "100", "--disk-op-ms", "50"])
+        // As an installed program, not under `cargo run` (which would rebuild the siblings).
+        .env_remove("CARGO")
+        .env_remove("CARGO_MANIFEST_DIR")
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -56,6 +59,8 @@ fn without_root_the_demo_says_what_it_needs() {
     let out = Command::new(bin("flexdisk-sim"))
         .args(["demo", "--dir"])
         .arg(dir.path().join("nobody"))
+        .env_remove("CARGO")
+        .env_remove("CARGO_MANIFEST_DIR")
         .uid(65534)
         .gid(65534)
         .output()
