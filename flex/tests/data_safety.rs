@@ -73,14 +73,7 @@ fn nothing_with_a_signature_is_ever_formatted() {
         let name = format!("pvc-safe-{i}");
         let disk = env.disk(&name, 1);
         let opts = env.options(&disk, &name, json!({"kubernetes.io/fsType": asked}));
-        let lun = env.controller(&["attach", &opts, AS_A]).ok()["device"]
-            .as_str()
-            .expect("lun")
-            .to_string();
-        let dev = env.kubelet(AS_A, &["waitforattach", &lun, &opts]).ok()["device"]
-            .as_str()
-            .expect("dev")
-            .to_string();
+        let (_, dev) = env.attach_and_wait(AS_A, &opts);
         prepare(kind, &dev, &env.dir(&format!("scratch-{i}")));
         let before = checksum(&dev);
         let mnt = env.dir(&format!("mnt-{i}"));
@@ -136,14 +129,7 @@ fn nothing_with_a_signature_is_ever_formatted() {
         "pvc-blank-ro",
         json!({"kubernetes.io/readwrite": "ro"}),
     );
-    let lun = env.controller(&["attach", &ro, AS_A]).ok()["device"]
-        .as_str()
-        .expect("lun")
-        .to_string();
-    let dev = env.kubelet(AS_A, &["waitforattach", &lun, &ro]).ok()["device"]
-        .as_str()
-        .expect("dev")
-        .to_string();
+    let (_, dev) = env.attach_and_wait(AS_A, &ro);
     let before = checksum(&dev);
     let out = env.kubelet(
         AS_A,

@@ -28,14 +28,7 @@ fn a_mounted_volume_grows_online_for_each_filesystem() {
         let name = format!("pvc-grow-{fs}");
         let disk = env.disk(&name, 1);
         let opts = env.options(&disk, &name, json!({"kubernetes.io/fsType": fs}));
-        let lun = env.controller(&["attach", &opts, AS_A]).ok()["device"]
-            .as_str()
-            .expect("lun")
-            .to_string();
-        let dev = env.kubelet(AS_A, &["waitforattach", &lun, &opts]).ok()["device"]
-            .as_str()
-            .expect("dev")
-            .to_string();
+        let (_, dev) = env.attach_and_wait(AS_A, &opts);
         let mnt = env.dir(&format!("grow-{fs}"));
         let m = mnt.to_str().expect("utf-8");
         env.kubelet(AS_A, &["mountdevice", m, &dev, &opts]).ok();

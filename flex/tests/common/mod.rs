@@ -111,6 +111,20 @@ impl Env {
         )
     }
 
+    /// attach (controller) then waitforattach (kubelet on `node`), both expected to succeed:
+    /// the LUN and the device path.
+    pub fn attach_and_wait(&self, node: &str, opts: &str) -> (String, String) {
+        let lun = self.controller(&["attach", opts, node]).ok()["device"]
+            .as_str()
+            .expect("lun")
+            .to_string();
+        let dev = self.kubelet(node, &["waitforattach", &lun, opts]).ok()["device"]
+            .as_str()
+            .expect("dev")
+            .to_string();
+        (lun, dev)
+    }
+
     /// A controller call started now and finished later (for concurrency tests).
     pub fn controller_spawn(&self, args: &[&str]) -> std::process::Child {
         self.command(
