@@ -10,6 +10,7 @@ use crate::lro::{
     failure, poll_delay, provisioning_state, status_resource_state, Accepted, FinalVia, PollState,
 };
 use crate::retry::RetryPolicy;
+use crate::throttle_memory::ThrottleMemory;
 use crate::transport::{http_client, ArmTransport, TransportStats};
 use azure_core::{ClientOptions, Context, Method, Pipeline, Request, TransportOptions};
 use azure_mgmt_compute::package_2024_07_01::Client;
@@ -26,6 +27,9 @@ pub struct ArmOptions {
     pub operation_timeout: Duration,
     /// The longest wait between two polls, whatever `Retry-After` says.
     pub max_poll_interval: Duration,
+    /// Where processes share Azure's throttling (see [`crate::throttle_memory`]); `None` keeps
+    /// it within this process.
+    pub throttle_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ArmOptions {
@@ -34,6 +38,7 @@ impl Default for ArmOptions {
             retry: RetryPolicy::default(),
             operation_timeout: Duration::from_secs(600),
             max_poll_interval: Duration::from_secs(15),
+            throttle_dir: None,
         }
     }
 }
@@ -74,6 +79,10 @@ impl Arm {
             client: http,
             retry: options.retry.clone(),
             stats: stats.clone(),
+            throttle: Arc::new(ThrottleMemory::new(
+                options.throttle_dir.clone(),
+                &config.subscription_id,
+            )),
         });
         let client_options = || {
             ClientOptions::new(TransportOptions::new_custom_policy(transport.clone()))

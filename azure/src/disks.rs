@@ -232,6 +232,41 @@ impl Arm {
         }
     }
 
+    /// The disk of a resource ID (any resource group of this subscription), or `None`.
+    pub async fn get_disk_by_id(&self, id: &ResourceId) -> Result<Option<DiskInfo>, AzureError> {
+        self.get_disk(&id.resource_group, &id.name).await
+    }
+
+    /// Replaces the disk's tags (a PATCH: allowed while the disk is attached). Callers pass the
+    /// tags they read plus their own, so nothing of others is lost.
+    pub async fn set_disk_tags(
+        &self,
+        resource_group: &str,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<DiskInfo, AzureError> {
+        let mut update = models::DiskUpdate::new();
+        update.tags = serde_json::to_value(tags).ok();
+        let url = self.disk_url(resource_group, name)?;
+        let sent = self
+            .client
+            .disks_client()
+            .update(&self.subscription, resource_group, name, update)
+            .send()
+            .await
+            .map(|r| r.into_raw_response());
+        match self.write(sent, Method::Patch, &url).await? {
+            Some(b) => Ok(DiskInfo::from_model(parse_body(&b, "the tagged disk")?)),
+            None => {
+                self.get_disk(resource_group, name)
+                    .await?
+                    .ok_or_else(|| AzureError::NotFound {
+                        message: format!("disk {name} vanished while being tagged"),
+                    })
+            }
+        }
+    }
+
     /// Every disk of a resource group (all pages).
     pub async fn list_disks(&self, resource_group: &str) -> Result<Vec<DiskInfo>, AzureError> {
         use futures::StreamExt;

@@ -10,11 +10,13 @@ pub mod config;
 pub mod credential;
 pub mod disks;
 pub mod error;
+pub mod imds;
 pub mod lro;
 pub mod naming;
 pub mod params;
 pub mod retry;
 pub mod secret;
+pub mod throttle_memory;
 mod transport;
 pub mod vms;
 

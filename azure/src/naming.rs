@@ -139,6 +139,26 @@ pub fn disk_name_for_pv(pv_name: &str) -> String {
     format!("{}-{hash:016x}", if head.is_empty() { "pv" } else { head })
 }
 
+/// The tag that says which PersistentVolume a disk serves. The provisioner sets it on the disks
+/// it creates and `attach` on any disk before attaching it, so that `detach`, told only the PV's
+/// name, finds the disk among a VM's data disks from Azure alone (no host-local record, which a
+/// restarted controller-manager or another control-plane host does not have).
+pub const PV_TAG: &str = "k8s-flexdisk-pv";
+
+/// The tag Kubernetes' Azure provisioners (and ours before [`PV_TAG`]) set; others' disks carry
+/// it too, so it counts only where [`PV_TAG`] is absent.
+pub const CREATED_FOR_PV_TAG: &str = "kubernetes.io-created-for-pv-name";
+
+/// The PV a disk's tags say it serves, if any.
+pub fn pv_of_tags(tags: &std::collections::BTreeMap<String, String>) -> Option<&str> {
+    let find = |key: &str| {
+        tags.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v.as_str())
+    };
+    find(PV_TAG).or_else(|| find(CREATED_FOR_PV_TAG))
+}
+
 /// Stable across releases (unlike `DefaultHasher`): names derived from it must never change.
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
@@ -189,6 +209,28 @@ mod tests {
             ResourceKind::Disk
         )
         .is_err());
+    }
+
+    #[test]
+    fn the_pv_tag_wins_over_the_kubernetes_one() {
+        let tags = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        };
+        assert_eq!(pv_of_tags(&tags(&[])), None);
+        assert_eq!(
+            pv_of_tags(&tags(&[(CREATED_FOR_PV_TAG, "pvc-1")])),
+            Some("pvc-1")
+        );
+        assert_eq!(
+            pv_of_tags(&tags(&[
+                (CREATED_FOR_PV_TAG, "pvc-1"),
+                ("K8S-flexdisk-PV", "data")
+            ])),
+            Some("data")
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 use crate::error::AzureError;
 use crate::retry::{parse_retry_after, Attempt, RetryPolicy};
+use crate::throttle_memory::{Budget, ThrottleMemory};
 use azure_core::headers::Headers;
 use azure_core::{Body, Context, Policy, PolicyResult, Request, Response, StatusCode};
 use bytes::Bytes;
@@ -77,6 +78,7 @@ pub(crate) struct ArmTransport {
     pub client: reqwest::Client,
     pub retry: RetryPolicy,
     pub stats: Arc<TransportStats>,
+    pub throttle: Arc<ThrottleMemory>,
 }
 
 struct Answer {
@@ -120,8 +122,21 @@ impl Policy for ArmTransport {
         _next: &[Arc<dyn Policy>],
     ) -> PolicyResult {
         let what = format!("{} {}", request.method(), request.url().path());
+        let budget = Budget::of_method(request.method().as_ref());
         let mut retries = 0;
         loop {
+            // What Azure said to this or another process still holds: wait it out, or answer
+            // "throttled" without sending when it is longer than this caller would wait.
+            if let Some(left) = self.throttle.remaining(budget) {
+                if left > self.retry.max_retry_after {
+                    self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                    return Ok(remembered_throttling(budget, left));
+                }
+                let spread = Duration::from_millis(rand::thread_rng().gen_range(0..=500));
+                info!(request = %what, wait_ms = (left + spread).as_millis() as u64, "Azure throttled this subscription a moment ago; waiting before sending");
+                tokio::time::sleep(left + spread).await;
+                continue;
+            }
             let result = self.once(request).await;
             let jitter = rand::thread_rng().gen::<f64>();
             let wait = match &result {
@@ -133,9 +148,6 @@ impl Policy for ArmTransport {
                         .get("retry-after")
                         .and_then(|v| v.to_str().ok())
                         .and_then(parse_retry_after);
-                    if a.status == 429 {
-                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
-                    }
                     let attempt = Attempt::Status {
                         status: a.status,
                         code: &code,
@@ -143,6 +155,13 @@ impl Policy for ArmTransport {
                         retry_after,
                     };
                     let wait = self.retry.decide(retries, attempt, jitter);
+                    if a.status == 429 {
+                        self.stats.throttled.fetch_add(1, Ordering::Relaxed);
+                        self.throttle.record(
+                            budget,
+                            retry_after.or(wait).unwrap_or(Duration::from_secs(1)),
+                        );
+                    }
                     if let Some(w) = wait {
                         info!(request = %what, status = a.status, code = %code, wait_ms = w.as_millis() as u64, "ARM answered an error worth retrying");
                     }
@@ -174,6 +193,33 @@ impl Policy for ArmTransport {
             }
         }
     }
+}
+
+/// The answer a throttled budget gets without asking Azure again: a 429 as ARM writes it, with
+/// the time left as `Retry-After`, so callers handle it as they handle Azure's own.
+fn remembered_throttling(budget: Budget, left: Duration) -> Response {
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    let body = serde_json::json!({"error": {
+        "code": "SubscriptionRequestsThrottled",
+        "message": format!(
+            "Azure throttled this subscription's {} and asked callers to stay away; flexdisk sends nothing for another {secs}s (not sent)",
+            match budget { Budget::Reads => "reads", Budget::Writes => "writes" }
+        ),
+    }});
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::RETRY_AFTER,
+        reqwest::header::HeaderValue::from(secs),
+    );
+    headers.insert(
+        reqwest::header::CONTENT_TYPE,
+        reqwest::header::HeaderValue::from_static("application/json"),
+    );
+    to_response(Answer {
+        status: 429,
+        headers,
+        body: Bytes::from(body.to_string()),
+    })
 }
 
 fn to_response(a: Answer) -> Response {

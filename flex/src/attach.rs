@@ -1,23 +1,47 @@
 //! The controller-side calls (attach, isattached, detach): Azure through the azure library, one
-//! operation per VM at a time, batched across processes (`batch.rs`), and a record of which disk each
-//! attached volume is, since `detach` is told only the volume's name.
+//! operation per VM at a time, batched across processes (`batch.rs`).
+//!
+//! `detach` is told only the PV's name (kube-controller-manager detaches volumes it knows only
+//! from node status after a restart — `populateActualStateOfWorld` in
+//! `pkg/controller/volume/attachdetach/attach_detach_controller.go` — and another control-plane
+//! host may lead), so the disk is found from Azure alone: `attach` tags every disk with the PV it
+//! serves ([`PV_TAG`]) before attaching it, and `detach` looks for that tag among the VM's data
+//! disks. A host-local record of the attach is only a hint of where to look first.
 
 use crate::batch::{self, Answer, Op};
 use crate::options::VolumeOptions;
 use crate::settings::Settings;
-use flexdisk_azure::naming::{disk_name_for_pv, parse_resource_id, ResourceKind};
-use flexdisk_azure::{Arm, ArmOptions, AzureError, Caching, Config};
+use crate::vm_view;
+use flexdisk_azure::naming::{
+    disk_name_for_pv, parse_resource_id, pv_of_tags, ResourceKind, PV_TAG,
+};
+use flexdisk_azure::{
+    Arm, ArmOptions, AttachedDisk, AzureError, Caching, Config, DiskInfo, VmDisks, VmRef,
+};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tracing::{info, warn};
 
-pub async fn connect(s: &Settings) -> Result<Arm, String> {
+pub fn load_config(s: &Settings) -> Result<Config, String> {
     let config = Config::load(&s.cloud_config).map_err(|e| e.to_string())?;
     for w in &config.warnings {
         warn!("{w}");
     }
-    Arm::connect(&config, ArmOptions::default())
+    Ok(config)
+}
+
+pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> {
+    let options = ArmOptions {
+        throttle_dir: Some(s.throttle_dir()),
+        ..ArmOptions::default()
+    };
+    Arm::connect(config, options)
         .await
         .map_err(|e| e.to_string())
+}
+
+pub async fn connect(s: &Settings) -> Result<Arm, String> {
+    connect_with(s, &load_config(s)?).await
 }
 
 fn record_path(s: &Settings, volume: &str) -> PathBuf {
@@ -36,25 +60,68 @@ fn remember(s: &Settings, volume: &str, disk_uri: &str) {
     {
         warn!(
             volume,
-            "could not record the volume's disk; detach will look for a disk named after it"
+            "could not keep a hint of the volume's disk (detach finds it without)"
         );
+    }
+}
+
+/// What `attach` must do about the disk's PV tag before attaching it (no I/O).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagPlan {
+    /// The disk already says it serves this PV.
+    Keep,
+    /// Write these tags (the disk's own plus ours).
+    Write(BTreeMap<String, String>),
+    Refuse(String),
+}
+
+pub fn plan_tag(disk: &DiskInfo, pv: &str) -> TagPlan {
+    match pv_of_tags(&disk.tags) {
+        Some(p) if p == pv => TagPlan::Keep,
+        Some(other) if !disk.attached_to().is_empty() => TagPlan::Refuse(format!(
+            "disk {} serves PV {other} (its tag {PV_TAG} or kubernetes.io-created-for-pv-name says so) and is attached to VM {}; \
+             one disk backs one PV at a time — detach it from there (delete the pods using {other}) before using it as {pv}",
+            disk.name,
+            flexdisk_azure::error::vm_name_from_id(&disk.attached_to()[0])
+        )),
+        _ => {
+            let mut tags = disk.tags.clone();
+            tags.retain(|k, _| !k.eq_ignore_ascii_case(PV_TAG));
+            tags.insert(PV_TAG.to_string(), pv.to_string());
+            TagPlan::Write(tags)
+        }
     }
 }
 
 /// Attaches the volume's disk to the node's VM; the LUN.
 pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32, String> {
+    let pv = opts.volume_name.as_deref().ok_or(
+        "attach: the options lack kubernetes.io/pvOrVolumeName (kube-controller-manager always passes it); \
+         flexdisk needs the PV's name to mark the disk so that detach finds it",
+    )?;
     let arm = connect(s).await?;
-    let disk = arm
+    let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
         .await
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("disk {} does not exist", opts.disk_uri))?;
+    // The tag first: a disk attached by flexdisk always says which PV it serves.
+    match plan_tag(&disk, pv) {
+        TagPlan::Keep => {}
+        TagPlan::Refuse(m) => return Err(m),
+        TagPlan::Write(tags) => {
+            disk = arm
+                .set_disk_tags(&opts.disk.resource_group, &opts.disk.name, &tags)
+                .await
+                .map_err(|e| format!("cannot mark disk {} as PV {pv}'s: {e}", disk.name))?;
+            info!(disk = %disk.name, pv, "tagged the disk with its PV");
+        }
+    }
     let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
+    vm_view::store(s, &vm);
     if let Some(d) = vm.find(&disk.id) {
         if !d.to_be_detached {
-            if let Some(v) = &opts.volume_name {
-                remember(s, v, &opts.disk_uri);
-            }
+            remember(s, pv, &opts.disk_uri);
             return Ok(d.lun);
         }
     }
@@ -88,31 +155,82 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         Answer::Failed { message } => return Err(message),
         Answer::Detached => return Err("the attach was answered as a detach".into()),
     };
-    if let Some(v) = &opts.volume_name {
-        remember(s, v, &opts.disk_uri);
-    }
+    remember(s, pv, &opts.disk_uri);
     info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
     Ok(lun)
 }
 
 pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
-    let arm = connect(s).await?;
+    let config = load_config(s)?;
+    let candidates = VmRef::candidates_for_node(node, config.vm_type, &config.resource_group);
+    if let Some(view) = vm_view::recent(s, &candidates) {
+        return Ok(view.has(&opts.disk_uri));
+    }
+    let arm = connect_with(s, &config).await?;
     match arm.node_vm(node).await {
-        Ok(vm) => Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached)),
+        Ok(vm) => {
+            vm_view::store(s, &vm);
+            Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached))
+        }
         Err(AzureError::NotFound { .. }) => Ok(false),
         Err(e) => Err(e.to_string()),
     }
 }
 
-/// Detaches the volume's disk from the node's VM. Gone disk, gone node, not attached: success.
+/// The order in which the VM's disks are examined: the recorded disk, then the one named after
+/// the PV (dynamically provisioned), then the rest (no I/O).
+pub fn search_order<'a>(vm: &'a VmDisks, pv: &str, hint: Option<&str>) -> Vec<&'a AttachedDisk> {
+    let named = disk_name_for_pv(pv);
+    let rank = |d: &AttachedDisk| {
+        if hint.is_some_and(|h| h.trim().eq_ignore_ascii_case(&d.disk_id)) {
+            0
+        } else if d.name.eq_ignore_ascii_case(&named) {
+            1
+        } else {
+            2
+        }
+    };
+    let mut disks: Vec<&AttachedDisk> = vm.disks.iter().collect();
+    disks.sort_by_key(|d| rank(d));
+    disks
+}
+
+/// The VM's data disk that serves `pv`, found by the disks' tags; `Err` when a disk could not be
+/// read (then nobody can tell, and a detach must not answer Success). The number of disk reads
+/// is returned too (for the log: ARM reads are a budget).
+async fn find_pv_disk(
+    arm: &Arm,
+    vm: &VmDisks,
+    pv: &str,
+    hint: Option<&str>,
+) -> Result<(Option<AttachedDisk>, usize), String> {
+    let mut reads = 0;
+    for d in search_order(vm, pv, hint) {
+        let id = match parse_resource_id(&d.disk_id, ResourceKind::Disk) {
+            Ok(id) => id,
+            // Not a managed disk of the shape flexdisk attaches.
+            Err(_) => continue,
+        };
+        reads += 1;
+        match arm.get_disk_by_id(&id).await {
+            Ok(Some(info)) if pv_of_tags(&info.tags) == Some(pv) => {
+                return Ok((Some(d.clone()), reads))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(format!(
+                "cannot tell whether disk {} on VM {} serves PV {pv}: {e}; the detach is retried",
+                d.name,
+                vm.vm.name()
+            )),
+        }
+    }
+    Ok((None, reads))
+}
+
+/// Detaches the PV's disk from the node's VM. Gone node, no disk of that PV on the VM: success.
+/// Never answers success while a disk serving the PV is on the VM.
 pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
     let arm = connect(s).await?;
-    let recorded = std::fs::read_to_string(record_path(s, volume)).ok();
-    let disk_id = match recorded.as_deref().map(str::trim) {
-        Some(uri) => parse_resource_id(uri, ResourceKind::Disk)
-            .map_err(|e| format!("the record of {volume}: {e}"))?,
-        None => arm.disk_id(&arm.resource_group, &disk_name_for_pv(volume)),
-    };
     let vm = match arm.node_vm(node).await {
         Ok(vm) => vm,
         Err(AzureError::NotFound { message }) => {
@@ -120,23 +238,25 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         }
         Err(e) => return Err(e.to_string()),
     };
-    let id = disk_id.to_string();
-    if vm.find(&id).is_none() {
+    vm_view::store(s, &vm);
+    let hint = std::fs::read_to_string(record_path(s, volume)).ok();
+    let (found, reads) = find_pv_disk(&arm, &vm, volume, hint.as_deref()).await?;
+    let Some(disk) = found else {
         let _ = std::fs::remove_file(record_path(s, volume));
+        info!(pv = volume, vm = %vm.vm.name(), disk_reads = reads, "no disk of the PV on the VM");
         return Ok(format!(
-            "disk {} is not attached to {}",
-            disk_id.name,
+            "no disk of PV {volume} is attached to {} (not attached: nothing to do)",
             vm.vm.name()
         ));
-    }
-    match batch::submit(s, &arm, &vm.vm, &id, Op::Detach).await? {
+    };
+    match batch::submit(s, &arm, &vm.vm, &disk.disk_id, Op::Detach).await? {
         Answer::Detached => {}
         Answer::Failed { message } => return Err(message),
         Answer::Attached { .. } => return Err("the detach was answered as an attach".into()),
     }
     let _ = std::fs::remove_file(record_path(s, volume));
-    info!(disk = %disk_id.name, vm = %vm.vm.name(), "detached");
-    Ok(format!("detached {} from {}", disk_id.name, vm.vm.name()))
+    info!(disk = %disk.name, vm = %vm.vm.name(), disk_reads = reads, "detached");
+    Ok(format!("detached {} from {}", disk.name, vm.vm.name()))
 }
 
 /// Grows the disk to hold `new_bytes` (whole GiB). Where Azure cannot grow it in place, says what
@@ -152,5 +272,101 @@ pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Resul
             opts.disk.name
         )),
         Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(tags: &[(&str, &str)], attached: &[&str]) -> DiskInfo {
+        DiskInfo {
+            id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d".into(),
+            name: "d".into(),
+            location: "westus2".into(),
+            size_gib: 1,
+            sku: "Premium_LRS".into(),
+            zones: vec![],
+            managed_by: attached.first().map(|s| s.to_string()),
+            managed_by_extended: vec![],
+            provisioning_state: "Succeeded".into(),
+            disk_state: "Unattached".into(),
+            max_shares: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn tags_mark_the_pv_and_never_steal_an_attached_disk() {
+        assert_eq!(
+            plan_tag(&disk(&[(PV_TAG, "pv-1")], &[]), "pv-1"),
+            TagPlan::Keep
+        );
+        match plan_tag(&disk(&[("team", "db")], &[]), "pv-1") {
+            TagPlan::Write(t) => {
+                assert_eq!(t.get(PV_TAG).map(String::as_str), Some("pv-1"));
+                assert_eq!(
+                    t.get("team").map(String::as_str),
+                    Some("db"),
+                    "others' tags kept"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Reused for another PV once free; refused while the other PV still has it attached.
+        assert!(matches!(
+            plan_tag(&disk(&[(PV_TAG, "old")], &[]), "new"),
+            TagPlan::Write(t) if t.get(PV_TAG).map(String::as_str) == Some("new")
+        ));
+        let vm =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-b";
+        assert!(matches!(
+            plan_tag(&disk(&[(PV_TAG, "old")], &[vm]), "new"),
+            TagPlan::Refuse(m) if m.contains("serves PV old") && m.contains("node-b")
+        ));
+        // A disk the provisioner made before the flexdisk tag existed.
+        assert_eq!(
+            plan_tag(
+                &disk(&[("kubernetes.io-created-for-pv-name", "pvc-1")], &[vm]),
+                "pvc-1"
+            ),
+            TagPlan::Keep
+        );
+    }
+
+    #[test]
+    fn detach_looks_at_the_likely_disks_first() {
+        let entry = |name: &str, lun| AttachedDisk {
+            lun,
+            disk_id: format!(
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/{name}"
+            ),
+            name: name.into(),
+            caching: None,
+            to_be_detached: false,
+        };
+        let vm = VmDisks {
+            vm: VmRef::Standard {
+                resource_group: "rg".into(),
+                name: "n".into(),
+            },
+            disks: vec![entry("other", 0), entry("pvc-1", 1), entry("static", 2)],
+            zone: None,
+            vm_size: None,
+            provisioning_state: None,
+        };
+        let names = |v: Vec<&AttachedDisk>| v.iter().map(|d| d.name.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            names(search_order(&vm, "pvc-1", None)),
+            ["pvc-1", "other", "static"]
+        );
+        let hint = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/disks/STATIC\n";
+        assert_eq!(
+            names(search_order(&vm, "pvc-1", Some(hint))),
+            ["static", "pvc-1", "other"]
+        );
     }
 }

@@ -7,6 +7,12 @@
 //! answer waiting when it gets the lock just reads it. Requests that arrive during an operation go
 //! in the next one. The holder waits a short window (`FLEXDISK_BATCH_WINDOW_MS`, 200 ms) before
 //! collecting, so that a burst of requests shares one operation.
+//!
+//! A request is carried out only while its requester lives: each requester holds a lock on its own
+//! request file from before the file is visible until it has read its answer. A request whose lock
+//! is free belongs to a process that died (kube-controller-manager restarted, or killed a call it
+//! gave up on): it is removed unsent, by this holder or any later one, and so is an answer nobody
+//! is left to read. Otherwise a later, unrelated batch would pull a disk from under a running pod.
 
 use crate::settings::Settings;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
@@ -64,6 +70,31 @@ fn lock(dir: &Path) -> Result<Flock<std::fs::File>, String> {
         .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
 }
 
+/// Writes the request under a lock that lives as long as the returned guard: the file is
+/// written and locked under a temporary name and renamed into place, so no holder ever sees it
+/// unlocked while its requester lives (a lock belongs to the file, whatever its name).
+fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>, String> {
+    use std::io::Write;
+    let tmp = path.with_extension("new");
+    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+    file.write_all(&bytes)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let guard = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| format!("locking {}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(guard)
+}
+
+/// Whether the process that wrote this request still waits for its answer.
+fn requester_alive(path: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    // The requester's lock makes ours fail; a free lock means nobody holds it any more.
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).is_err()
+}
+
 fn unique_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -90,64 +121,87 @@ pub async fn submit(
     };
     let req_path = dir.join(format!("{}.req", req.id));
     let ans_path = dir.join(format!("{}.ans", req.id));
-    write_atomic(&req_path, &req)?;
+    let mine = place_request(&req_path, &req)?;
     let guard = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || lock(&dir))
             .await
             .map_err(|e| e.to_string())??
     };
-    if let Some(answer) = read::<Answer>(&ans_path) {
+    let done = |answer: Answer| {
         let _ = std::fs::remove_file(&ans_path);
+        let _ = std::fs::remove_file(&req_path);
+        answer
+    };
+    if let Some(answer) = read::<Answer>(&ans_path) {
+        let answer = done(answer);
         drop(guard);
+        drop(mine);
         return Ok(answer);
     }
     // Requests of one burst (a node drained, a StatefulSet scheduled) arrive within moments of
     // each other: a short gathering window lets them share this operation.
     tokio::time::sleep(s.batch_window).await;
     let pending = collect(&dir);
-    let answers = send(arm, vm, &pending).await;
+    let answers = send(s, arm, vm, &pending).await;
     for (r, a) in pending.iter().zip(&answers) {
-        if r.id != req.id {
+        if r.id == req.id {
+            continue;
+        }
+        let theirs = dir.join(format!("{}.req", r.id));
+        if requester_alive(&theirs) {
             if let Err(e) = write_atomic(&dir.join(format!("{}.ans", r.id)), a) {
                 warn!("cannot answer request {}: {e}", r.id);
             }
+        } else {
+            let _ = std::fs::remove_file(&theirs);
         }
-        let _ = std::fs::remove_file(dir.join(format!("{}.req", r.id)));
     }
-    drop(guard);
-    pending
+    let mine_answered = pending
         .iter()
         .zip(answers)
         .find(|(r, _)| r.id == req.id)
-        .map(|(_, a)| a)
-        .ok_or_else(|| "this request vanished from the spool".to_string())
+        .map(|(_, a)| done(a));
+    drop(guard);
+    drop(mine);
+    mine_answered.ok_or_else(|| "this request vanished from the spool".to_string())
 }
 
-/// The VM's pending requests; answers nobody collected for an hour are cleared away.
+/// The VM's pending requests, each from a live requester and not answered yet. Requests of dead
+/// requesters are removed unsent, with any answer waiting for them; so are leftovers of writes
+/// that never finished.
 fn collect(dir: &Path) -> Vec<Request> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return out;
     };
+    let old = |e: &std::fs::DirEntry| {
+        e.metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600))
+    };
     for e in entries.flatten() {
         let path = e.path();
         match path.extension().and_then(|x| x.to_str()) {
             Some("req") => {
-                if let Some(r) = read::<Request>(&path) {
-                    out.push(r);
+                let answer = path.with_extension("ans");
+                if !requester_alive(&path) {
+                    info!(request = %path.display(), "dropping a request whose requester is gone");
+                    let _ = std::fs::remove_file(&path);
+                    let _ = std::fs::remove_file(&answer);
+                } else if !answer.exists() {
+                    if let Some(r) = read::<Request>(&path) {
+                        out.push(r);
+                    }
                 }
             }
-            Some("ans") => {
-                let old = e
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > Duration::from_secs(3600));
-                if old {
-                    let _ = std::fs::remove_file(&path);
-                }
+            Some("ans") if !path.with_extension("req").exists() => {
+                let _ = std::fs::remove_file(&path);
+            }
+            Some("new" | "tmp") if old(&e) => {
+                let _ = std::fs::remove_file(&path);
             }
             _ => {}
         }
@@ -184,8 +238,9 @@ fn answer_from(vm: &VmDisks, r: &Request) -> Answer {
 }
 
 /// Sends the batch as one operation; if Azure refuses it as a whole, each request alone, so that
-/// one bad request does not fail the others.
-async fn send(arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<Answer> {
+/// one bad request does not fail the others — unless Azure throttled us or did not finish in time:
+/// then sending the requests one by one would only multiply the load, so all share the failure.
+async fn send(s: &Settings, arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<Answer> {
     let split = |reqs: &[Request]| {
         let attach: Vec<AttachSpec> = reqs
             .iter()
@@ -208,17 +263,35 @@ async fn send(arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<Answer> {
     let (attach, detach) = split(pending);
     info!(vm = %vm.name(), attach = attach.len(), detach = detach.len(), "sending a batch");
     match arm.attach_detach(vm, &attach, &detach).await {
-        Ok(after) => pending.iter().map(|r| answer_from(&after, r)).collect(),
-        Err(e) if pending.len() == 1 => vec![Answer::Failed {
-            message: describe(e),
-        }],
+        Ok(after) => {
+            crate::vm_view::store(s, &after);
+            pending.iter().map(|r| answer_from(&after, r)).collect()
+        }
+        Err(e)
+            if pending.len() == 1
+                || matches!(
+                    e,
+                    AzureError::Throttled { .. } | AzureError::Transient { .. }
+                ) =>
+        {
+            let message = describe(e);
+            pending
+                .iter()
+                .map(|_| Answer::Failed {
+                    message: message.clone(),
+                })
+                .collect()
+        }
         Err(e) => {
             warn!(vm = %vm.name(), error = %e, "the batch was refused; sending its requests one by one");
             let mut out = Vec::new();
             for r in pending {
                 let (a, d) = split(std::slice::from_ref(r));
                 out.push(match arm.attach_detach(vm, &a, &d).await {
-                    Ok(after) => answer_from(&after, r),
+                    Ok(after) => {
+                        crate::vm_view::store(s, &after);
+                        answer_from(&after, r)
+                    }
                     Err(e) => Answer::Failed {
                         message: describe(e),
                     },

@@ -2,7 +2,6 @@
 
 use crate::attach;
 use crate::device;
-use crate::format::{decide, Plan};
 use crate::mounts;
 use crate::options::VolumeOptions;
 use crate::protocol::{Call, Capabilities, Reply};
@@ -101,7 +100,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 Ok(o) => o,
                 Err(r) => return r,
             };
-            match mount_device(Path::new(&dir), Path::new(&device), &o) {
+            match crate::mount_device::mount_device(s, Path::new(&dir), Path::new(&device), &o) {
                 Ok(m) => Reply::success().with_message(m),
                 Err(m) => Reply::failure(m),
             }
@@ -138,33 +137,5 @@ pub fn run(s: &Settings, call: Call) -> Reply {
             Ok(()) => Reply::success(),
             Err(m) => Reply::failure(m),
         },
-    }
-}
-
-fn mount_device(dir: &Path, device: &Path, o: &VolumeOptions) -> Result<String, String> {
-    let rdev = mounts::device_number(device)?;
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    if let Some((mounted, fs)) = mounts::mounted_at(dir) {
-        return if mounted == rdev {
-            Ok(format!("already mounted ({fs})"))
-        } else {
-            Err(format!(
-                "{} already has another filesystem mounted ({fs}); unmount it first",
-                dir.display()
-            ))
-        };
-    }
-    let found = mounts::inspect(device)?;
-    match decide(found.as_ref(), &o.fs_type, o.read_only) {
-        Plan::Refuse(m) => Err(format!("{}: {m}", device.display())),
-        Plan::Format(fs) => {
-            mounts::mkfs(device, &fs)?;
-            mounts::mount_device(device, dir, &fs, o.read_only, &o.mount_options)?;
-            Ok(format!("formatted {fs} and mounted"))
-        }
-        Plan::Mount(fs) => {
-            mounts::mount_device(device, dir, &fs, o.read_only, &o.mount_options)?;
-            Ok(format!("mounted existing {fs}"))
-        }
     }
 }

@@ -59,6 +59,44 @@ fn sysfs_device(s: &Settings, lun: u32) -> Option<PathBuf> {
     None
 }
 
+/// The LUN of the data disk whose block device has number `rdev`: by udev's links, else by the
+/// SCSI address in sysfs (the reverse of [`find`]).
+pub fn lun_of(s: &Settings, rdev: u64) -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let by_link = std::fs::read_dir(s.host("dev/disk/azure/scsi1"))
+        .ok()
+        .and_then(|entries| {
+            entries.flatten().find_map(|e| {
+                let lun = e.file_name().to_str()?.strip_prefix("lun")?.parse().ok()?;
+                (std::fs::metadata(e.path()).ok()?.rdev() == rdev).then_some(lun)
+            })
+        });
+    let majmin = format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    by_link.or_else(|| {
+        std::fs::read_dir(s.host("sys/bus/scsi/devices"))
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                let parts: Vec<&str> = name.split(':').collect();
+                if parts.len() != 4 || matches!(parts[0], "0" | "1") {
+                    return None;
+                }
+                let block = std::fs::read_dir(e.path().join("block"))
+                    .ok()?
+                    .flatten()
+                    .next()?;
+                (read_trimmed(&block.path().join("dev")) == majmin)
+                    .then(|| parts[3].parse().ok())
+                    .flatten()
+            })
+    })
+}
+
 pub fn find(s: &Settings, lun: u32) -> Option<PathBuf> {
     udev_link(s, lun)
         .filter(|p| p.exists())

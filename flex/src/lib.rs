@@ -10,11 +10,13 @@ pub mod doctor;
 pub mod format;
 pub mod install;
 pub mod logging;
+pub mod mount_device;
 pub mod mounts;
 pub mod options;
 pub mod protocol;
 pub mod settings;
 pub mod signatures;
+pub mod vm_view;
 
 use protocol::{Call, Reply};
 use settings::Settings;
@@ -38,7 +40,7 @@ pub fn main_reply(argv: &[String]) -> Reply {
     };
     tracing::info!(
         call = %call_name,
-        args = ?argv.get(1..).unwrap_or_default().iter().map(|a| a.chars().take(200).collect::<String>()).collect::<Vec<_>>(),
+        args = ?logging::loggable_args(argv.get(1..).unwrap_or_default()),
         outcome = ?reply.status,
         message = %reply.message,
         duration_ms = started.elapsed().as_millis() as u64,

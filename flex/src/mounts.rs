@@ -1,11 +1,14 @@
 //! The kernel side: what is mounted where, mkfs, mount and unmount, and reading a device's head.
 
 use crate::signatures::{from_blkid, probe, Found, PROBE_BYTES};
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// What is mounted at `dir`: the device number and filesystem type.
 pub fn mounted_at(dir: &Path) -> Option<(u64, String)> {
@@ -37,12 +40,66 @@ pub fn device_number(device: &Path) -> Result<u64, String> {
     Ok(meta.rdev())
 }
 
-/// What is on the device, by our own probe and by `blkid -p` (when present): either finding
-/// something means "not blank".
-pub fn inspect(device: &Path) -> Result<Option<Found>, String> {
+/// The type of the filesystem mounted from device `rdev` anywhere on this host, if any.
+pub fn mounted_fs_of(rdev: u64) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    info.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.get(2) != Some(&want.as_str()) {
+            return None;
+        }
+        let sep = fields.iter().position(|f| *f == "-")?;
+        Some(fields.get(sep + 1)?.to_string())
+    })
+}
+
+/// Takes the device's BSD lock, the one systemd's udev and other careful tools take before
+/// touching a block device (systemd.io/BLOCK_DEVICE_LOCKING): held from before the probe until
+/// the filesystem is made and mounted, it keeps another `mountdevice` of this host (and udev's
+/// probing) away from a device that is being formatted. Waits up to `wait` for another holder.
+pub fn lock_device(device: &Path, wait: Duration) -> Result<Flock<File>, String> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let file =
+            File::open(device).map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err((_, e)) => {
+                return Err(format!(
+                    "{} stays locked by another program ({e}); it is being set up elsewhere — kubelet retries",
+                    device.display()
+                ))
+            }
+        }
+    }
+}
+
+/// Opens the device exclusively (`O_EXCL` on a block device: the kernel refuses while it is
+/// mounted or another program holds it so, and refuses them while we hold it). `None`: busy.
+pub fn open_exclusive(device: &Path) -> Result<Option<File>, String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_EXCL)
+        .open(device)
+    {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Ok(None),
+        Err(e) => Err(format!("cannot open {}: {e}", device.display())),
+    }
+}
+
+/// What is on the device, by our own probe (through `f`, the device opened by the caller) and
+/// by `blkid -p` (when present): either finding something means "not blank".
+pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>, String> {
     let mut buf = vec![0u8; PROBE_BYTES];
-    let mut f = std::fs::File::open(device)
-        .map_err(|e| format!("cannot read {}: {e}", device.display()))?;
     let mut read = 0;
     while read < buf.len() {
         match f.read(&mut buf[read..]) {
@@ -131,6 +188,25 @@ pub fn mount_device(
             "noexec" => flags |= MsFlags::MS_NOEXEC,
             "sync" => flags |= MsFlags::MS_SYNCHRONOUS,
             other => data.push(other.to_string()),
+        }
+    }
+    // A clone of an XFS volume keeps its source's UUID and XFS refuses a second filesystem with a
+    // known UUID on one host, so a clone could never be used beside its source (container-storage-
+    // interface/spec#482; CSI drivers mount XFS with `nouuid` for this reason).
+    if fs_type == "xfs" && !data.iter().any(|d| d == "nouuid") {
+        data.push("nouuid".to_string());
+    }
+    if flags.contains(MsFlags::MS_RDONLY) {
+        // A read-only mount must not write either: ext4 and xfs replay their journal at mount
+        // even read-only, which on a disk another VM writes would corrupt it.
+        let quiet = match fs_type {
+            "ext4" | "ext3" => Some("noload"),
+            "xfs" => Some("norecovery"),
+            "btrfs" => Some("rescue=nologreplay"),
+            _ => None,
+        };
+        if let Some(q) = quiet.filter(|q| !data.iter().any(|d| d == q)) {
+            data.push(q.to_string());
         }
     }
     let data = data.join(",");

@@ -72,7 +72,7 @@ impl VolumeOptions {
                 ));
             }
         }
-        let mount_options = get(m, &["mountOptions"])
+        let mount_options: Vec<String> = get(m, &["mountOptions"])
             .map(|o| {
                 o.split(',')
                     .map(|s| s.trim().to_string())
@@ -80,6 +80,8 @@ impl VolumeOptions {
                     .collect()
             })
             .unwrap_or_default();
+        // A read-only mount option makes the volume read-only for every decision (never formatted).
+        let read_only = read_only || mount_options.iter().any(|o: &String| o == "ro");
         Ok(VolumeOptions {
             disk_uri: disk.to_string(),
             disk,

@@ -19,6 +19,9 @@ pub struct Settings {
     /// How long the holder of a VM's lock gathers requests before sending them
     /// (`FLEXDISK_BATCH_WINDOW_MS`).
     pub batch_window: Duration,
+    /// How long `isattached` answers from a VM view another call of this host read
+    /// (`FLEXDISK_VM_VIEW_SECS`, 0 to read every time); see `vm_view`.
+    pub vm_view: Duration,
 }
 
 impl Settings {
@@ -63,7 +66,17 @@ impl Settings {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(300),
             ),
+            vm_view: Duration::from_secs(
+                var("FLEXDISK_VM_VIEW_SECS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(15),
+            ),
         }
+    }
+
+    /// Where driver processes share Azure's throttling (see `flexdisk_azure::throttle_memory`).
+    pub fn throttle_dir(&self) -> PathBuf {
+        self.state_dir.join("throttle")
     }
 
     /// A host path under the host root.

@@ -1,7 +1,7 @@
 //! "Claim + class → disk + PV" and "released PV → delete the disk?", as plain functions.
 
 use flexdisk_azure::disks::{gib_for_bytes, DiskSpec};
-use flexdisk_azure::naming::{disk_name_for_pv, ResourceId, ResourceKind};
+use flexdisk_azure::naming::{disk_name_for_pv, ResourceId, ResourceKind, PV_TAG};
 use flexdisk_azure::{Caching, DiskParams};
 use std::collections::BTreeMap;
 
@@ -124,11 +124,19 @@ pub fn provision(
                 .into(),
         );
     }
+    if claim.access_modes.iter().any(|m| m == "ReadWriteMany") {
+        return Decision::Refuse(
+            "access mode ReadWriteMany is not supported: FlexVolume has no raw block volumes and ext4, xfs and \
+             btrfs are single-host filesystems (two writers corrupt them); use ReadWriteOnce, or ReadOnlyMany \
+             with a class that sets maxShares > 1 (mounted read-only on every node)"
+                .into(),
+        );
+    }
     let shared = params.max_shares.unwrap_or(1) > 1;
     if let Some(m) = claim
         .access_modes
         .iter()
-        .find(|m| matches!(m.as_str(), "ReadWriteMany" | "ReadOnlyMany"))
+        .find(|m| m.as_str() == "ReadOnlyMany")
     {
         if !shared {
             return Decision::Refuse(format!(
@@ -199,6 +207,7 @@ pub fn provision(
     );
     disk.source = copy_from;
     for (k, v) in [
+        (PV_TAG, pv_name.as_str()),
         ("kubernetes.io-created-for-pv-name", pv_name.as_str()),
         ("kubernetes.io-created-for-pvc-name", claim.name.as_str()),
         (
@@ -400,6 +409,11 @@ mod tests {
         assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("Block"));
         let mut c = claim();
         c.access_modes = vec!["ReadWriteMany".into()];
+        let shared = class(&[("skuName", "Premium_LRS"), ("maxShares", "2")]);
+        // Two writers corrupt a single-host filesystem: refused even on a shared disk.
+        assert!(refused(provision(&c, &shared, None, None, &cluster()))
+            .contains("ReadWriteMany is not supported"));
+        c.access_modes = vec!["ReadOnlyMany".into()];
         assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("maxShares"));
         assert!(matches!(
             provision(

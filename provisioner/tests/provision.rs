@@ -719,6 +719,11 @@ fn every_refusal_is_one_clear_event_and_no_arm_write() {
         (
             "rwx",
             spec(json!({"accessModes": ["ReadWriteMany"]})),
+            "ReadWriteMany is not supported",
+        ),
+        (
+            "rox",
+            spec(json!({"accessModes": ["ReadOnlyMany"]})),
             "maxShares > 1",
         ),
         (

@@ -62,19 +62,50 @@ impl Env {
     }
 
     pub fn disk(&self, name: &str, gib: u64) -> String {
-        let p = DiskParams::parse([("skuName", "Premium_LRS")]).expect("params");
-        let spec = DiskSpec::from_params(
-            &p,
-            name,
-            gib,
-            None,
-            &self.arm.resource_group,
-            &self.arm.location,
-        );
+        self.disk_with(&self.arm.resource_group, name, gib, &[])
+    }
+
+    /// A Premium_LRS disk in `resource_group` with extra class parameters (e.g. maxShares).
+    pub fn disk_with(
+        &self,
+        resource_group: &str,
+        name: &str,
+        gib: u64,
+        params: &[(&str, &str)],
+    ) -> String {
+        let p = DiskParams::parse([("skuName", "Premium_LRS")].iter().chain(params).copied())
+            .expect("params");
+        let spec = DiskSpec::from_params(&p, name, gib, None, resource_group, &self.arm.location);
         self.rt
             .block_on(self.arm.create_disk(&spec))
             .expect("disk")
             .id
+    }
+
+    /// The disks Azure lists on the node's VM (by name, lower case), read fresh.
+    pub fn vm_disks(&self, node: &str) -> Vec<String> {
+        self.rt
+            .block_on(self.arm.node_vm(node))
+            .expect("vm")
+            .disks
+            .iter()
+            .map(|d| d.name.to_lowercase())
+            .collect()
+    }
+
+    /// A controller call from control-plane host `host` (its own state directory: another host,
+    /// or kube-controller-manager restarted in a fresh container).
+    pub fn controller_on(&self, host: &str, args: &[&str]) -> Out {
+        self.flexdisk(
+            args,
+            &[("FLEXDISK_CONFIG", self.sim.field("azureJson"))],
+            host,
+        )
+    }
+
+    /// The controller host's state directory.
+    pub fn state_dir(&self, host: &str) -> PathBuf {
+        self.tmp.path().join(format!("state-{host}"))
     }
 
     pub fn options(&self, disk_id: &str, volume: &str, extra: Value) -> String {
