@@ -217,11 +217,13 @@ async fn find_pv_disk(
                 return Ok((Some(d.clone()), reads))
             }
             Ok(_) => {}
-            Err(e) => return Err(format!(
+            Err(e) => {
+                return Err(format!(
                 "cannot tell whether disk {} on VM {} serves PV {pv}: {e}; the detach is retried",
                 d.name,
                 vm.vm.name()
-            )),
+            ))
+            }
         }
     }
     Ok((None, reads))

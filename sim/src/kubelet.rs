@@ -50,6 +50,14 @@ pub struct Driver {
 }
 
 impl Driver {
+    /// The value this host's driver gets for an environment variable.
+    pub fn env_var(&self, key: &str) -> Option<&str> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// Runs one call; its combined output must be exactly one JSON object. A `Failure` reply is an
     /// error; `Success` and `Not supported` are replies.
     pub fn call(&self, args: &[&str], limit: Option<Duration>) -> Result<Reply, FlexError> {

@@ -1,9 +1,13 @@
-//! Request validation against the official Azure API descriptions (vendored under `sim/specs/`).
+//! Validation against the official Azure API descriptions (vendored under `sim/specs/`).
 //!
-//! ARM rejects a body that does not deserialise into the operation's model; the simulator does the
-//! same from the very files Azure's SDKs are generated from, so a client that sends an undeclared or
-//! mistyped field learns it here instead of in production. Read-only properties are ignored, as ARM
-//! does, because clients legitimately send back what they read.
+//! Requests: ARM rejects a body that does not deserialise into the operation's model; the simulator
+//! does the same from the very files Azure's SDKs are generated from, so a client that sends an
+//! undeclared or mistyped field learns it here instead of in production. Read-only properties are
+//! ignored, as ARM does, because clients legitimately send back what they read.
+//!
+//! Responses: the simulator's answers are checked the same way, strictly (read-only properties
+//! included, undeclared properties, wrong types and missing required fields reported), so that
+//! what our clients are tested against is what Azure's specification says Azure sends.
 
 use serde_json::Value;
 use std::collections::HashMap;
@@ -22,6 +26,7 @@ const FILES: &[(&str, &str)] = &[
     spec!("Microsoft.Compute/ComputeRP/stable/2024-07-01/virtualMachineScaleSet.json"),
     spec!("Microsoft.Compute/ComputeRP/stable/2024-07-01/computeRPCommon.json"),
     spec!("Microsoft.Compute/common-types/v1/common.json"),
+    spec!("Microsoft.InstanceMetadataService/stable/2023-07-01/imds.json"),
 ];
 
 /// The loaded specification documents, keyed by their path below `sim/specs/`.
@@ -99,7 +104,106 @@ impl Specs {
             panic!("no request body declared for {operation_id}");
         };
         let mut problems = Vec::new();
-        self.check(body, schema, &doc, "", &mut problems);
+        self.check(body, schema, &doc, "", Mode::Request, &mut problems);
+        problems
+    }
+
+    /// The operation a request path (query and trailing `/` ignored) and method belong to:
+    /// `(operationId, operation, its document)`. Path templates match case-insensitively, as
+    /// ARM routes them.
+    pub fn operation(&self, method: &str, path: &str) -> Option<(String, &Value, String)> {
+        let path = path
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches('/');
+        let want: Vec<&str> = path.split('/').collect();
+        for (doc_path, doc) in &self.docs {
+            let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+                continue;
+            };
+            for (template, ops) in paths {
+                let t: Vec<&str> = template.trim_end_matches('/').split('/').collect();
+                let matches = t.len() == want.len()
+                    && t.iter().zip(&want).all(|(t, w)| {
+                        if t.starts_with('{') && t.ends_with('}') {
+                            !w.is_empty()
+                        } else {
+                            t.eq_ignore_ascii_case(w)
+                        }
+                    });
+                if !matches {
+                    continue;
+                }
+                if let Some(op) = ops.get(method.to_ascii_lowercase()) {
+                    let id = op
+                        .get("operationId")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    return Some((id, op, doc_path.clone()));
+                }
+            }
+        }
+        None
+    }
+
+    /// Every problem with `body` as the answer `status` to `method path`: the schema the
+    /// operation declares for that status (`default`, ARM's error shape, for an undeclared error
+    /// status), checked strictly. A status the operation does not declare is a problem too.
+    pub fn check_response(
+        &self,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: &Value,
+    ) -> Vec<String> {
+        let Some((id, op, doc)) = self.operation(method, path) else {
+            return vec![format!(
+                "no operation {method} {path} in the specifications"
+            )];
+        };
+        let responses = op.get("responses").and_then(Value::as_object);
+        let declared = responses.and_then(|r| {
+            r.get(&status.to_string())
+                .or_else(|| (status >= 400).then(|| r.get("default")).flatten())
+        });
+        let Some(declared) = declared else {
+            let known: Vec<&String> = responses.map(|r| r.keys().collect()).unwrap_or_default();
+            return vec![format!(
+                "{id} declares no {status} response (it declares {known:?})"
+            )];
+        };
+        let (declared, doc) = self.deref(declared, &doc);
+        let Some(schema) = declared.get("schema") else {
+            let empty = body.is_null()
+                || body.as_object().is_some_and(|o| o.is_empty())
+                || body.as_str().is_some_and(str::is_empty);
+            return if empty {
+                Vec::new()
+            } else {
+                vec![format!(
+                    "{id} {status}: the specification declares no body for this answer"
+                )]
+            };
+        };
+        let mut problems = Vec::new();
+        self.check(body, schema, &doc, "", Mode::Response, &mut problems);
+        problems
+    }
+
+    /// Every problem with `body` as an instance of the named definition (e.g. `CloudError`),
+    /// checked strictly.
+    pub fn check_definition(&self, name: &str, body: &Value) -> Vec<String> {
+        let found = self.docs.iter().find_map(|(path, doc)| {
+            doc.pointer(&format!("/definitions/{name}"))
+                .map(|d| (d, path.clone()))
+        });
+        let Some((schema, doc)) = found else {
+            return vec![format!("no definition named {name} in the specifications")];
+        };
+        let mut problems = Vec::new();
+        self.check(body, schema, &doc, "", Mode::Response, &mut problems);
         problems
     }
 
@@ -138,9 +242,20 @@ impl Specs {
         merged
     }
 
-    fn check(&self, value: &Value, schema: &Value, doc: &str, at: &str, out: &mut Vec<String>) {
+    fn check(
+        &self,
+        value: &Value,
+        schema: &Value,
+        doc: &str,
+        at: &str,
+        mode: Mode,
+        out: &mut Vec<String>,
+    ) {
         let (schema, doc) = self.deref(schema, doc);
-        if schema.get("readOnly").and_then(Value::as_bool) == Some(true) && !at.is_empty() {
+        if mode == Mode::Request
+            && schema.get("readOnly").and_then(Value::as_bool) == Some(true)
+            && !at.is_empty()
+        {
             return;
         }
         let name = if at.is_empty() { "the body" } else { at };
@@ -172,17 +287,18 @@ impl Specs {
                             self.deref(s, d).0.get("readOnly") == Some(&Value::Bool(true))
                         })
                         .unwrap_or(false);
-                    if !obj.contains_key(r) && !read_only {
+                    let excused = read_only && mode == Mode::Request;
+                    if !obj.contains_key(r) && !excused {
                         out.push(format!("{}: required but missing", dotted(at, r)));
                     }
                 }
                 for (k, v) in obj {
                     if let Some((s, d)) = merged.props.get(k) {
-                        self.check(v, s, d, &dotted(at, k), out);
+                        self.check(v, s, d, &dotted(at, k), mode, out);
                     } else if let Some((a, d)) =
                         merged.additional.as_ref().filter(|(a, _)| a.is_object())
                     {
-                        self.check(v, a, d, &dotted(at, k), out);
+                        self.check(v, a, d, &dotted(at, k), mode, out);
                     } else if matches!(merged.additional, Some((Value::Bool(false), _)))
                         || (merged.additional.is_none() && !merged.props.is_empty())
                     {
@@ -200,7 +316,7 @@ impl Specs {
                 };
                 let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
                 for (i, v) in items.iter().enumerate() {
-                    self.check(v, &item_schema, &doc, &format!("{at}[{i}]"), out);
+                    self.check(v, &item_schema, &doc, &format!("{at}[{i}]"), mode, out);
                 }
             }
             Some("string") => {
@@ -208,6 +324,11 @@ impl Specs {
                     out.push(format!("{name}: expected a string, got {value}"));
                     return;
                 };
+                if schema.get("format").and_then(Value::as_str) == Some("date-time")
+                    && !is_date_time(s)
+                {
+                    out.push(format!("{name}: '{s}' is not an RFC 3339 date-time"));
+                }
                 if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
                     let extensible = schema
                         .pointer("/x-ms-enum/modelAsString")
@@ -242,6 +363,32 @@ impl Specs {
             _ => {}
         }
     }
+}
+
+/// Requests skip read-only properties (ARM ignores them); responses are checked whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Request,
+    Response,
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` at least, as RFC 3339 starts.
+fn is_date_time(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    b.len() >= 19
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && matches!(b[10], b'T' | b't')
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19)
 }
 
 #[derive(Default)]
@@ -321,6 +468,55 @@ mod tests {
                 .any(|p| p == "location: required but missing"),
             "{missing:?}"
         );
+    }
+
+    #[test]
+    fn responses_are_checked_strictly() {
+        let specs = Specs::load();
+        let disk = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d?api-version=2024-03-02";
+        let good = json!({"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d",
+            "name": "d", "type": "Microsoft.Compute/disks", "location": "westus2",
+            "managedBy": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm",
+            "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": 4,
+                "provisioningState": "Succeeded", "timeCreated": "2026-11-29T10:00:00.0000000+00:00"}});
+        assert_eq!(
+            specs.check_response("GET", disk, 200, &good),
+            Vec::<String>::new()
+        );
+        // What Azure would not send: a wrong type, an undeclared field, a bad date, no location.
+        let mut bad = good.clone();
+        bad["properties"]["diskSizeGB"] = json!("four");
+        bad["properties"]["madeUp"] = json!(true);
+        bad["properties"]["timeCreated"] = json!("yesterday");
+        bad.as_object_mut().expect("object").remove("location");
+        let problems = specs.check_response("GET", disk, 200, &bad);
+        for expected in [
+            "properties.diskSizeGB: expected an integer",
+            "properties.madeUp: not a property",
+            "properties.timeCreated: 'yesterday' is not an RFC 3339 date-time",
+            "location: required but missing",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(expected)),
+                "{expected}: {problems:?}"
+            );
+        }
+        // Read-only fields are checked in answers (a request would skip them).
+        let mut ro = good.clone();
+        ro["properties"]["provisioningState"] = json!(7);
+        assert_eq!(specs.check_response("GET", disk, 200, &ro).len(), 1);
+        // Errors take ARM's error shape; statuses the operation does not declare are reported.
+        let err = json!({"error": {"code": "NotFound", "message": "gone"}});
+        assert!(specs.check_definition("CloudError", &err).is_empty());
+        assert!(!specs
+            .check_definition("CloudError", &json!({"oops": 1}))
+            .is_empty());
+        assert!(specs.check_response("GET", disk, 202, &good)[0].contains("declares no 202"));
+        let delete = specs.check_response("DELETE", disk, 204, &Value::Null);
+        assert!(delete.is_empty(), "{delete:?}");
+        assert!(!specs
+            .check_response("PATCH", "/nowhere", 200, &good)
+            .is_empty());
     }
 
     #[test]

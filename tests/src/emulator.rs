@@ -23,13 +23,27 @@ use std::time::{Duration, Instant};
 
 pub const DRIVER: &str = "flexdisk/azure-disk";
 
-/// A fault the emulator can inject into its own driver calls: `attach` processes SIGKILLed after a
-/// seeded random delay below `max_ms`, for the first `times` attaches.
+/// A fault the emulator can inject into its own driver calls: processes SIGKILLed after a seeded
+/// random delay below `max_ms`, for the first `times` calls of a kind.
 #[derive(Debug, Clone)]
-pub struct KillAttach {
+pub struct SeededKills {
     pub seed: u64,
     pub max_ms: u64,
     pub times: u32,
+}
+
+impl SeededKills {
+    /// The next kill's delay, if any kills are left.
+    fn next(&mut self) -> Option<Duration> {
+        if self.times == 0 {
+            return None;
+        }
+        self.times -= 1;
+        self.seed ^= self.seed << 13;
+        self.seed ^= self.seed >> 7;
+        self.seed ^= self.seed << 17;
+        Some(Duration::from_millis(self.seed % self.max_ms.max(1)))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -40,6 +54,8 @@ pub struct Counts {
     pub tear_downs: u32,
     pub failures: u32,
     pub killed_attaches: u32,
+    /// Detaches killed by a controller-manager restart.
+    pub killed_detaches: u32,
     pub grown: u32,
 }
 
@@ -63,7 +79,8 @@ struct State {
     counts: Counts,
     /// Failures and notable decisions, for the tests' diagnostics.
     log: Vec<String>,
-    kill: Option<KillAttach>,
+    kill: Option<SeededKills>,
+    restart_mid_detach: Option<SeededKills>,
     last_verify: Option<Instant>,
 }
 
@@ -237,8 +254,17 @@ impl Emulator {
         }
     }
 
-    pub fn kill_attaches(&self, k: KillAttach) {
+    pub fn kill_attaches(&self, k: SeededKills) {
         self.shared.lock().kill = Some(k);
+    }
+
+    /// kube-controller-manager restarts in a fresh container while detaches run: each of the first
+    /// `times` `detach` processes is SIGKILLed after a seeded delay and the controller's state
+    /// directory is emptied, so the retried detach knows the volume only by the PV name it takes
+    /// from node status (`populateActualStateOfWorld` in
+    /// `pkg/controller/volume/attachdetach/attach_detach_controller.go`).
+    pub fn restart_controller_mid_detaches(&self, k: SeededKills) {
+        self.shared.lock().restart_mid_detach = Some(k);
     }
 
     pub fn counts(&self) -> Counts {
@@ -500,19 +526,7 @@ impl Shared {
         let fe = |e: FlexError| e.to_string();
         match a {
             Action::Attach { pv, node } => {
-                let limit = {
-                    let mut st = self.lock();
-                    match st.kill.as_mut() {
-                        Some(k) if k.times > 0 => {
-                            k.times -= 1;
-                            k.seed ^= k.seed << 13;
-                            k.seed ^= k.seed >> 7;
-                            k.seed ^= k.seed << 17;
-                            Some(Duration::from_millis(k.seed % k.max_ms.max(1)))
-                        }
-                        _ => None,
-                    }
-                };
+                let limit = self.lock().kill.as_mut().and_then(SeededKills::next);
                 let options = volume_options(pv, false);
                 let r = self
                     .hosts
@@ -535,7 +549,22 @@ impl Shared {
                 }
             }
             Action::Detach { pv, node } => {
-                self.hosts.controller().detach(pv, node).map_err(fe)?;
+                let limit = self
+                    .lock()
+                    .restart_mid_detach
+                    .as_mut()
+                    .and_then(SeededKills::next);
+                match self.hosts.controller.call(&["detach", pv, node], limit) {
+                    Ok(_) => {}
+                    Err(e @ FlexError::Killed { .. }) => {
+                        if let Some(dir) = self.hosts.controller.env_var("FLEXDISK_STATE_DIR") {
+                            let _ = std::fs::remove_dir_all(dir);
+                        }
+                        self.lock().counts.killed_detaches += 1;
+                        return Err(format!("{e} (controller-manager restarted)"));
+                    }
+                    Err(e) => return Err(fe(e)),
+                }
                 let mut st = self.lock();
                 st.counts.detaches += 1;
                 st.attached.remove(&(pv.clone(), node.clone()));

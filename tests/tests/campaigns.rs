@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use system_tests::emulator::KillAttach;
+use system_tests::emulator::SeededKills;
 use system_tests::scene::{check, setup, write, Scene, NODES};
 
 /// A seeded xorshift generator: the same campaign, the same moments.
@@ -376,7 +376,7 @@ fn driver_sigkill_mid_attach() -> Report {
     let started = Instant::now();
     let seed = 0xa77ac4;
     let mut s = setup();
-    s.emu.kill_attaches(KillAttach {
+    s.emu.kill_attaches(SeededKills {
         seed,
         max_ms: 400,
         times: 10,
@@ -394,13 +394,35 @@ fn driver_sigkill_mid_attach() -> Report {
     )
 }
 
+fn controller_restart_mid_detach() -> Report {
+    let started = Instant::now();
+    let seed = 0xde7ac4;
+    let mut s = setup();
+    s.emu.restart_controller_mid_detaches(SeededKills {
+        seed,
+        max_ms: 1500,
+        times: 10,
+    });
+    let outcome = workload(&mut s, "r", seed, |_, _| {}, |_, _| {});
+    let killed = s.emu.counts().killed_detaches;
+    assert!(killed >= 3, "detaches were killed: {:?}", s.emu.counts());
+    report(
+        "KCM restart mid-detach",
+        seed,
+        format!("{killed} detaches SIGKILLed (< 1.5 s in), state dir emptied each time"),
+        &s,
+        started,
+        outcome,
+    )
+}
+
 type Campaign = (&'static str, fn() -> Report);
 
 /// One test runs every campaign in turn (each on fresh simulators), so that the table comes out
 /// whole; a failing campaign is reported in it and fails the test after the others have run.
 #[test]
 fn fault_campaigns() {
-    let campaigns: [Campaign; 7] = [
+    let campaigns: [Campaign; 8] = [
         ("ARM 429 storm", arm_429_storm),
         ("ARM 5xx + resets", arm_5xx_and_resets),
         ("LRO Failed", lro_failed),
@@ -408,6 +430,7 @@ fn fault_campaigns() {
         ("watch drops", watch_drops),
         ("provisioner SIGKILL", provisioner_sigkill_at_random_moments),
         ("driver SIGKILL mid-attach", driver_sigkill_mid_attach),
+        ("KCM restart mid-detach", controller_restart_mid_detach),
     ];
     let mut rows = Vec::new();
     let mut failed = Vec::new();

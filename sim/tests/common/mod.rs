@@ -1,5 +1,5 @@
 //! Test harness: runs the real `flexdisk-sim` binary, speaks plain HTTP to it, records every ARM
-//! answer and checks them all against the official API descriptions with `arm-schema-check`.
+//! answer and checks them all against the official API descriptions vendored in `sim/specs/`.
 #![allow(dead_code)]
 
 use flexdisk_sim::process::SimProcess;
@@ -399,88 +399,33 @@ fn to_resp(r: reqwest::blocking::Response) -> Resp {
     }
 }
 
-/// Where the official checker lives: `../shared/tools/arm-schema-check` beside the workspace.
-fn schema_tool() -> PathBuf {
-    if let Ok(p) = std::env::var("ARM_SCHEMA_CHECK") {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/tools/arm-schema-check")
-}
-
-const BATCH: &str = r#"
-import contextlib, importlib.machinery, importlib.util, io, json, os, sys, tempfile
-loader = importlib.machinery.SourceFileLoader("armcheck", sys.argv[1])
-spec = importlib.util.spec_from_loader("armcheck", loader)
-m = importlib.util.module_from_spec(spec)
-loader.exec_module(m)
-specs = m.Specs(m.DEFAULT_SPECS)
-m.Specs = lambda root: specs
-failures = []
-with tempfile.TemporaryDirectory() as d:
-    for i, case in enumerate(json.load(open(sys.argv[2]))):
-        path = os.path.join(d, f"{i}.json")
-        with open(path, "w") as f:
-            json.dump(case["body"], f)
-        sys.argv = ["arm-schema-check"] + case["args"] + [path]
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            rc = m.main()
-        if rc:
-            failures.append({"case": case["label"], "report": out.getvalue()})
-print(json.dumps({"checked": i + 1 if 'i' in dir() else 0, "failures": failures}))
-"#;
-
-/// Runs the official checker once over many bodies (each answer's own operation and status;
-/// error answers as `CloudError`). Operation-status resources are not in the specifications.
+/// Checks many answers against the official API descriptions vendored in `sim/specs/` (each
+/// answer against its own operation and status; error answers as `CloudError`). Operation-status
+/// resources are not in the specifications.
 pub fn check_schemas(exchanges: &[Exchange]) {
-    let mut cases = Vec::new();
+    let specs = flexdisk_sim::schema::Specs::load();
+    let mut checked = 0;
+    let mut failures = Vec::new();
     for e in exchanges {
         let p = e.path.split('?').next().unwrap_or_default().to_lowercase();
         if p.contains("/diskoperations/") || p.contains("/locations/") || p.starts_with("/_sim") {
             continue;
         }
-        let label = format!("{} {} -> {}", e.method, e.path, e.status);
-        let args: Vec<String> = if e.status >= 400 {
-            vec!["--definition".into(), "CloudError".into()]
+        checked += 1;
+        let problems = if e.status >= 400 {
+            specs.check_definition("CloudError", &e.body)
         } else {
-            vec![
-                "--method".into(),
-                e.method.clone(),
-                "--path".into(),
-                e.path.clone(),
-                "--status".into(),
-                e.status.to_string(),
-            ]
+            specs.check_response(&e.method, &e.path, e.status, &e.body)
         };
-        let body = if e.body.is_null() {
-            json!({})
-        } else {
-            e.body.clone()
-        };
-        cases.push(json!({"label": label, "args": args, "body": body}));
+        if !problems.is_empty() {
+            failures.push(json!({"case": format!("{} {} -> {}", e.method, e.path, e.status), "report": problems}));
+        }
     }
-    assert!(!cases.is_empty(), "no ARM answers to check");
-    let tmp = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(tmp.path(), serde_json::to_vec(&cases).expect("json")).expect("write cases");
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(BATCH)
-        .arg(schema_tool())
-        .arg(tmp.path())
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "schema check crashed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).expect("report");
-    assert_eq!(report["checked"].as_u64(), Some(cases.len() as u64));
-    let failures = report["failures"].as_array().expect("failures");
+    assert!(checked > 0, "no ARM answers to check");
     assert!(
         failures.is_empty(),
         "answers that do not match the API specification:\n{}",
-        serde_json::to_string_pretty(failures).unwrap_or_default()
+        serde_json::to_string_pretty(&failures).unwrap_or_default()
     );
 }
 

@@ -1,0 +1,176 @@
+//! ARM reads and writes are a budget shared by the whole subscription: kube-controller-manager's
+//! per-minute `isattached` round costs about one VM read per VM, a throttled batch is not re-sent
+//! request by request, and Azure's `Retry-After` holds for every driver process, not just the one
+//! that heard it. Per-call read counts are printed for BENCHMARKS.md.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+fn counters(env: &Env) -> serde_json::Value {
+    env.sim
+        .control("GET", "/counters", None)
+        .expect("counters")
+        .1
+}
+
+fn count(c: &serde_json::Value, key: &str) -> u64 {
+    c[key].as_u64().unwrap_or(0)
+}
+
+fn reset(env: &Env) {
+    env.sim.control("DELETE", "/counters", None).expect("reset");
+}
+
+#[test]
+fn an_isattached_round_reads_each_vm_once() {
+    let env = Env::start();
+    let opts: Vec<String> = (0..6)
+        .map(|i| {
+            let pv = format!("pvc-round-{i}");
+            env.options(&env.disk(&pv, 1), &pv, json!({}))
+        })
+        .collect();
+    reset(&env);
+    env.controller(&["attach", &opts[0], AS_A]).ok();
+    let attach_reads = count(&counters(&env), "reads");
+    for o in &opts[1..] {
+        env.controller(&["attach", o, AS_A]).ok();
+    }
+    // A minute later the view of the last attach is stale: the round starts from nothing.
+    std::fs::remove_dir_all(env.state_dir("controller").join("vms")).expect("views");
+    reset(&env);
+    for o in &opts {
+        assert_eq!(
+            env.controller(&["isattached", o, AS_A]).ok()["attached"],
+            true
+        );
+    }
+    let round = counters(&env);
+    println!(
+        "isattached round for 6 volumes on one VM: {} ARM reads ({round})",
+        count(&round, "reads")
+    );
+    assert!(count(&round, "reads") <= 2, "{round}");
+    assert_eq!(count(&round, "writes"), 0);
+
+    reset(&env);
+    env.controller_on("fresh", &["detach", "pvc-round-0", AS_A])
+        .ok();
+    let detach = counters(&env);
+    reset(&env);
+    env.controller_on("fresh", &["detach", "pvc-round-0", AS_A])
+        .ok();
+    let detach_absent = counters(&env);
+    println!(
+        "reads per call: attach (first, with tagging) {attach_reads}; detach {} {detach}; \
+         detach of a disk not on the VM {} {detach_absent}",
+        count(&detach, "reads"),
+        count(&detach_absent, "reads")
+    );
+    // Not on the VM: the VM and each of its 5 other disks, and no write.
+    assert_eq!(count(&detach_absent, "reads"), 6, "{detach_absent}");
+    assert_eq!(count(&detach_absent, "writes"), 0, "{detach_absent}");
+    assert!(!env.vm_disks(AS_A).contains(&"pvc-round-0".to_string()));
+}
+
+/// A throttled attach with Retry-After 30 s: no driver process writes to ARM before the 30 s
+/// are up — not the throttled one, not a fresh process for another VM — and both finish after.
+#[test]
+fn retry_after_holds_for_every_driver_process() {
+    let env = Env::start();
+    let a = env.options(&env.disk("pvc-thr-a", 1), "pvc-thr-a", json!({}));
+    let b = env.options(&env.disk("pvc-thr-b", 1), "pvc-thr-b", json!({}));
+    let (status, _) = env
+        .sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "VirtualMachines_AttachDetachDataDisks", "times": 1,
+                "action": {"kind": "status", "status": 429, "code": "SubscriptionRequestsThrottled", "retryAfter": 30}})),
+        )
+        .expect("fault");
+    assert_eq!(status, 201);
+    let first = env.controller_spawn(&["attach", &a, AS_A]);
+    let throttled_at = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count(&counters(&env), "VirtualMachines_AttachDetachDataDisks") == 0 {
+            assert!(Instant::now() < deadline, "the attach never reached ARM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Instant::now()
+    };
+    let writes_then = count(&counters(&env), "writes");
+    // A fresh process for another VM, as kube-controller-manager starts them.
+    let second = env.controller_spawn(&["attach", &b, AS_B]);
+    let mut samples = Vec::new();
+    while throttled_at.elapsed() < Duration::from_secs(28) {
+        std::thread::sleep(Duration::from_secs(2));
+        let writes = count(&counters(&env), "writes");
+        samples.push(writes);
+        assert_eq!(
+            writes,
+            writes_then,
+            "an ARM write {:.1}s into a 30 s Retry-After",
+            throttled_at.elapsed().as_secs_f64()
+        );
+    }
+    Out::from_output(first.wait_with_output().expect("first")).ok();
+    Out::from_output(second.wait_with_output().expect("second")).ok();
+    println!(
+        "writes sampled during the 30 s: {samples:?}; both attaches done after {:.1}s",
+        throttled_at.elapsed().as_secs_f64()
+    );
+    assert!(env.vm_disks(AS_A).contains(&"pvc-thr-a".to_string()));
+    assert!(env.vm_disks(AS_B).contains(&"pvc-thr-b".to_string()));
+}
+
+/// A batch throttled for longer than a call waits (90 s): every request of the batch fails with
+/// the throttling — none is re-sent alone — and a fresh process fails at once without writing.
+#[test]
+fn a_throttled_batch_is_not_resent_one_by_one() {
+    let env = Env::start_with(&["--vm-op-ms", "150"]);
+    let opts: Vec<String> = (0..3)
+        .map(|i| {
+            let pv = format!("pvc-storm-{i}");
+            let o = env.options(&env.disk(&pv, 1), &pv, json!({}));
+            // Tagged beforehand, so the attaches below write nothing but their batch.
+            env.controller(&["attach", &o, AS_B]).ok();
+            env.controller(&["detach", &pv, AS_B]).ok();
+            o
+        })
+        .collect();
+    env.sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "VirtualMachines_AttachDetachDataDisks",
+                "action": {"kind": "status", "status": 429, "code": "SubscriptionRequestsThrottled", "retryAfter": 90}})),
+        )
+        .expect("fault");
+    reset(&env);
+    // Two requests that arrive together share one batch.
+    let children: Vec<_> = opts[..2]
+        .iter()
+        .map(|o| env.controller_spawn(&["attach", o, AS_A]))
+        .collect();
+    for c in children {
+        let out = Out::from_output(c.wait_with_output().expect("ends"));
+        assert_eq!(out.status, "Failure", "{}", out.raw);
+        assert!(out.message().contains("throttled"), "{}", out.raw);
+    }
+    let c = counters(&env);
+    assert_eq!(
+        count(&c, "VirtualMachines_AttachDetachDataDisks"),
+        1,
+        "one batch, not re-sent one by one: {c}"
+    );
+    let fresh = env.controller(&["attach", &opts[2], AS_A]);
+    assert_eq!(fresh.status, "Failure", "{}", fresh.raw);
+    assert!(fresh.message().contains("not sent"), "{}", fresh.raw);
+    let c = counters(&env);
+    assert_eq!(count(&c, "writes"), 1, "{c}");
+    assert_eq!(env.vm_disks(AS_A), Vec::<String>::new());
+}
