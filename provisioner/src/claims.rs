@@ -121,6 +121,13 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
         "flexVolume": {"driver": provisioner, "fsType": plan.fs_type,
             "options": {"diskURI": plan.disk_uri, "cachingMode": plan.caching.as_str(), "kind": "managed"}},
     });
+    if plan.read_only {
+        // The PV's options are merged over the keys kubelet and kube-controller-manager add
+        // (kubernetes `pkg/volume/flexvolume/driver-call.go`, NewOptionsForDriver), so every call
+        // sees the volume read-only, whatever the pod says.
+        spec["flexVolume"]["readOnly"] = json!(true);
+        spec["flexVolume"]["options"]["kubernetes.io/readwrite"] = json!("ro");
+    }
     if !plan.mount_options.is_empty() {
         spec["mountOptions"] = json!(plan.mount_options);
     }

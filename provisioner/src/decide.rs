@@ -68,6 +68,8 @@ pub struct PvPlan {
     pub fs_type: String,
     pub disk_uri: String,
     pub caching: Caching,
+    /// Read-only wherever it is mounted (a `ReadOnlyMany` claim): one writer per filesystem.
+    pub read_only: bool,
     /// `topology.kubernetes.io/zone` value the volume is pinned to (`<location>-<n>`).
     pub zone: Option<String>,
     pub claim: (String, String, String),
@@ -237,6 +239,8 @@ pub fn provision(
         fs_type: params.fs_type.clone(),
         disk_uri,
         caching: params.caching_for(size_gib),
+        read_only: !claim.access_modes.is_empty()
+            && claim.access_modes.iter().all(|m| m == "ReadOnlyMany"),
         zone: zone.map(|z| format!("{}-{z}", disk.location)),
         claim: (
             claim.namespace.clone(),
@@ -416,6 +420,11 @@ mod tests {
         c.access_modes = vec!["ReadOnlyMany".into()];
         assert!(refused(provision(&c, &class(&[]), None, None, &cluster())).contains("maxShares"));
         assert!(matches!(
+            provision(&c, &shared, None, None, &cluster()),
+            Decision::Provision(p) if p.pv.read_only
+        ));
+        c.access_modes = vec!["ReadWriteOnce".into(), "ReadOnlyMany".into()];
+        assert!(matches!(
             provision(
                 &c,
                 &class(&[("skuName", "Premium_LRS"), ("maxShares", "2")]),
@@ -423,7 +432,7 @@ mod tests {
                 None,
                 &cluster()
             ),
-            Decision::Provision(_)
+            Decision::Provision(p) if !p.pv.read_only
         ));
         let mut c = claim();
         c.data_source = Some(DataSource {
