@@ -3,6 +3,7 @@
 use crate::decide::{
     provision, Claim, Class, DataSource, Decision, PvPlan, SourceClaim, ZONE_LABEL,
 };
+use crate::intent;
 use crate::run::{Ctx, Error};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -142,6 +143,13 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
 }
 
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    // A provisioning this provisioner started is brought to its end first, even for a claim
+    // being deleted.
+    if let Some(disk_uri) = intent::recorded(&pvc) {
+        if let Some(action) = intent::finish(&ctx, &pvc, &disk_uri).await? {
+            return Ok(action);
+        }
+    }
     if !ours(&pvc, &ctx.name) {
         return Ok(Action::await_change());
     }
@@ -216,18 +224,19 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         ),
     )
     .await;
-    let disk = ctx.arm.create_disk(&plan.disk).await?;
-    // The claim may have gone (or be going) while the disk was made: then the disk is ours to clean up.
+    // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
+    // found again from the claim and either gets its PV or is deleted.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    let still = claims.get_opt(&claim.name).await?.is_some_and(|c| {
-        c.uid().as_deref() == Some(claim.uid.as_str()) && c.metadata.deletion_timestamp.is_none()
-    });
-    if !still {
-        info!(disk = %disk.name, "the claim went away while its disk was made; deleting the disk");
-        ctx.arm
-            .delete_disk(&plan.disk.resource_group, &plan.disk.name)
-            .await?;
-        return Ok(Action::await_change());
+    if !intent::record(&claims, &pvc, &plan.pv.disk_uri).await? {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
+    let disk = ctx.arm.create_disk(&plan.disk).await?;
+    // The claim may be going while the disk was made: then the disk is deleted, by the intent.
+    let now = claims.get_opt(&claim.name).await?;
+    if let Some(c) = now.filter(|c| c.metadata.deletion_timestamp.is_some()) {
+        if let Some(action) = intent::finish(&ctx, &c, &plan.pv.disk_uri).await? {
+            return Ok(action);
+        }
     }
     match pvs
         .create(&PostParams::default(), &pv_object(&plan.pv, &ctx.name)?)
@@ -236,6 +245,10 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
+    }
+    // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
+    if let Some(c) = claims.get_opt(&claim.name).await? {
+        intent::finish(&ctx, &c, &plan.pv.disk_uri).await?;
     }
     ctx.event(
         &*pvc,

@@ -39,9 +39,6 @@ pub struct Cli {
     /// address is logged).
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: String,
-    /// How often disks orphaned by a crash are looked for (also once at start).
-    #[arg(long, env = "ORPHAN_SWEEP_SECS", default_value_t = 300)]
-    pub orphan_sweep_secs: u64,
     /// Log filter (tracing's syntax).
     #[arg(long, env = "LOG", default_value = "info")]
     pub log: String,

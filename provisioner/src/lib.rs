@@ -6,7 +6,7 @@
 pub mod claims;
 pub mod cli;
 pub mod decide;
+pub mod intent;
 pub mod metrics;
-pub mod orphans;
 pub mod run;
 pub mod volumes;

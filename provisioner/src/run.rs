@@ -166,21 +166,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         leadership = Some((leader, task));
     }
 
-    let sweeper = {
-        let ctx = ctx.clone();
-        let every = Duration::from_secs(cli.orphan_sweep_secs.max(10));
-        async move {
-            loop {
-                match crate::orphans::sweep(&ctx).await {
-                    Ok(0) => {}
-                    Ok(n) => info!("deleted {n} orphaned disk(s)"),
-                    Err(e) => warn!("looking for orphaned disks: {e}"),
-                }
-                tokio::time::sleep(every).await;
-            }
-        }
-    };
-    tokio::spawn(sweeper);
     let workers = cli.workers.max(1);
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),

@@ -52,14 +52,7 @@ fn spawn_provisioner(sim: &SimProcess, log: &Path) -> Child {
             "--cloud-config",
             &sim.field("azureJson"),
         ])
-        .args([
-            "--log",
-            "info",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--orphan-sweep-secs",
-            "10",
-        ])
+        .args(["--log", "info", "--metrics-addr", "127.0.0.1:0"])
         .env("SSL_CERT_FILE", sim.field("caBundle"))
         .stdout(Stdio::null())
         .stderr(log)
@@ -837,53 +830,115 @@ fn a_disk_still_attached_is_not_deleted_until_it_is_detached() {
     assert_eq!(s.disk(&pv_name), None, "deleted once detached");
 }
 
+/// Nothing is deleted by inference: a Retain volume's disk stays after the admin deletes the
+/// Released PV, and disks other drivers or clusters tagged in the same resource group (the same
+/// `kubernetes.io-created-for-*` tags) are never touched, across provisioner restarts.
 #[test]
-fn disks_orphaned_by_a_crash_are_swept_and_disks_in_progress_kept() {
+fn kept_disks_and_other_drivers_disks_are_never_deleted() {
     let mut s = Setup::start();
-    let sc = json!({"metadata": {"name": "other"}, "provisioner": "example.com/other"});
-    assert_eq!(
-        s.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
-            .0,
-        201
+    s.class("keep", json!({}), json!({"reclaimPolicy": "Retain"}));
+    let kept = s.claim("kept", "keep", "1Gi");
+    let kept_pv = format!("pvc-{}", kept["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/kept"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    s.call("DELETE", &format!("{PVCS}/kept"), None);
+    s.until(
+        &format!("/api/v1/persistentvolumes/{kept_pv}"),
+        "Released",
+        |o| o["status"]["phase"] == "Released",
     );
-    let inflight = s.claim("inflight", "other", "1Gi");
-    let inflight_disk = format!("pvc-{}", inflight["metadata"]["uid"].as_str().expect("uid"));
-    let orphan_disk = "pvc-00000000-0000-4000-8000-000000000001".to_string();
-    // Disks as a provisioner killed between the disk's PUT and the PV leaves them.
-    for (disk, claim) in [(&inflight_disk, "inflight"), (&orphan_disk, "gone")] {
-        let params = flexdisk_azure::DiskParams::parse([]).expect("params");
-        let mut spec = flexdisk_azure::DiskSpec::from_params(
-            &params,
-            disk,
-            1,
-            None,
-            &s.arm.resource_group,
-            &s.arm.location,
-        );
-        for (k, v) in [
-            ("kubernetes.io-created-for-pv-name", disk.as_str()),
-            ("kubernetes.io-created-for-pvc-name", claim),
-            ("kubernetes.io-created-for-pvc-namespace", "default"),
-        ] {
-            spec.tags.insert(k.to_string(), v.to_string());
-        }
-        s.rt.block_on(s.arm.create_disk(&spec)).expect("disk");
+    // The admin deletes the Released PV (the usual step before reusing the disk).
+    s.call(
+        "DELETE",
+        &format!("/api/v1/persistentvolumes/{kept_pv}"),
+        None,
+    );
+    s.gone(&format!("/api/v1/persistentvolumes/{kept_pv}"));
+    // Another cluster's (or the Azure Disk CSI driver's) unattached disk with the same tags.
+    let foreign = "pvc-00000000-0000-4000-8000-000000000001";
+    let params = flexdisk_azure::DiskParams::parse([]).expect("params");
+    let mut spec = flexdisk_azure::DiskSpec::from_params(
+        &params,
+        foreign,
+        1,
+        None,
+        &s.arm.resource_group,
+        &s.arm.location,
+    );
+    for (k, v) in [
+        ("kubernetes.io-created-for-pv-name", foreign),
+        ("kubernetes.io-created-for-pvc-name", "gone"),
+        ("kubernetes.io-created-for-pvc-namespace", "default"),
+    ] {
+        spec.tags.insert(k.to_string(), v.to_string());
     }
-    s.crash_and_restart();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.disk(&orphan_disk).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "the orphan was never swept\n{}",
-            s.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
+    s.rt.block_on(s.arm.create_disk(&spec)).expect("disk");
+    for _ in 0..3 {
+        s.crash_and_restart();
+        std::thread::sleep(Duration::from_secs(2));
     }
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    std::thread::sleep(Duration::from_secs(3));
     assert!(
-        s.disk(&inflight_disk).is_some(),
-        "a disk whose claim still exists is kept"
+        s.disk(&kept_pv).is_some(),
+        "the Retain volume's disk was deleted"
     );
-    assert!(s.log().contains("deleting an orphaned disk"));
+    assert!(
+        s.disk(foreign).is_some(),
+        "another driver's disk was deleted"
+    );
+    let (_, c) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(c["Disks_Delete"].as_u64().unwrap_or(0), 0, "{c}");
+}
+
+/// A claim deleted while its disk is being made — with the provisioner killed in the middle —
+/// leaves no disk: the intent recorded on the claim before the disk's PUT holds the claim until
+/// the restarted provisioner has deleted the disk.
+#[test]
+fn a_claim_deleted_while_its_disk_is_made_leaves_no_disk() {
+    let mut s = Setup::start();
+    s.class("fast", json!({}), json!({}));
+    // The disk's creation is followed slowly enough to delete the claim and kill the
+    // provisioner meanwhile (the disk exists in Azure by then).
+    s.sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "OperationStatus", "times": 1, "action": {"kind": "latency", "ms": 4000}})),
+        )
+        .expect("fault");
+    let c = s.claim("doomed", "fast", "1Gi");
+    let disk = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    let claim = s.until(&format!("{PVCS}/doomed"), "the intent recorded", |o| {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "flexdisk/disk-in-progress"))
+    });
+    assert!(
+        claim["metadata"]["annotations"]["flexdisk/disk-in-progress"]
+            .as_str()
+            .is_some_and(|u| u.ends_with(&format!("/disks/{disk}"))),
+        "{claim}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s.disk(&disk).is_none() {
+        assert!(Instant::now() < deadline, "the disk was never created");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.call("DELETE", &format!("{PVCS}/doomed"), None);
+    s.crash_and_restart();
+    s.gone(&format!("{PVCS}/doomed"));
+    assert_eq!(
+        s.disk(&disk),
+        None,
+        "the disk made for the deleted claim is gone"
+    );
+    assert_eq!(
+        s.call("GET", &format!("/api/v1/persistentvolumes/{disk}"), None)
+            .0,
+        404
+    );
 }
 
 #[test]
