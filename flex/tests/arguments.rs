@@ -91,3 +91,34 @@ fn any_arguments_get_one_json_reply() {
         flexdisk_sim::kubelet::strict_reply(&out).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     }
 }
+
+/// kubelet passes a pod's secrets to `mount` (`kubernetes.io/secret/<key>`, base64): the call's
+/// log line shows the options without their values, whatever the call.
+#[test]
+fn secrets_in_options_never_reach_the_log() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let log = tmp.path().join("flexdisk.log");
+    let options = r#"{"diskURI":"/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/disks/d","kubernetes.io/secret/password":"aHVudGVyMi1zZWNyZXQ=","kubernetes.io/serviceAccount.token":"eyJhbGciOi.secret-token","clientSecret":"plain-secret-value"}"#;
+    for args in [
+        vec!["mount", "/var/lib/kubelet/pods/p/volumes/v", options],
+        vec!["attach", options, "node-a"],
+        vec!["mountdevice", "/nonexistent/dir", "/dev/null", options],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_flexdisk"))
+            .args(&args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("FLEXDISK_CONFIG", tmp.path().join("missing-azure.json"))
+            .env("FLEXDISK_STATE_DIR", tmp.path().join("state"))
+            .env("FLEXDISK_LOG", &log)
+            .output()
+            .expect("runs");
+        flexdisk_sim::kubelet::strict_reply(&out).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    }
+    let logged = std::fs::read_to_string(&log).expect("log");
+    assert_eq!(logged.matches("call=").count(), 3, "{logged}");
+    for secret in ["aHVudGVyMi1zZWNyZXQ=", "secret-token", "plain-secret-value"] {
+        assert!(!logged.contains(secret), "{secret} in the log:\n{logged}");
+    }
+    assert!(logged.contains("kubernetes.io/secret/password"), "{logged}");
+}
