@@ -130,7 +130,10 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
         spec["flexVolume"]["options"]["kubernetes.io/readwrite"] = json!("ro");
     }
     if !plan.mount_options.is_empty() {
-        spec["mountOptions"] = json!(plan.mount_options);
+        // Not spec.mountOptions: kubelet refuses those for FlexVolume ("Mount options are not
+        // supported for this volume type", checkMountOptionSupport in kubernetes
+        // `pkg/volume/util/operationexecutor/operation_generator.go`). The driver reads these.
+        spec["flexVolume"]["options"]["mountOptions"] = json!(plan.mount_options.join(","));
     }
     if let Some(zone) = &plan.zone {
         spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [

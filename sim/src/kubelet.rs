@@ -166,7 +166,10 @@ pub fn strict_reply(out: &std::process::Output) -> Result<Value, String> {
 }
 
 /// The options kubelet and the controller pass for a PV: fsType, read/write, the volume's name,
-/// then the PV's `flexVolume.options`, which may overwrite them.
+/// then the PV's `flexVolume.options`, which may overwrite them (kubernetes
+/// `pkg/volume/flexvolume/driver-call.go`, NewOptionsForDriver). For a PV, read/write is the
+/// spec's `ReadOnly` — the pod's `persistentVolumeClaim.readOnly` — never the PV's
+/// `flexVolume.readOnly` (`pkg/volume/flexvolume/util.go`, getReadOnly).
 pub fn volume_options(pv: &Value, read_only: bool) -> String {
     let flex = &pv["spec"]["flexVolume"];
     let mut o = Map::new();
@@ -176,12 +179,7 @@ pub fn volume_options(pv: &Value, read_only: bool) -> String {
     );
     o.insert(
         "kubernetes.io/readwrite".into(),
-        if read_only || flex["readOnly"].as_bool() == Some(true) {
-            "ro"
-        } else {
-            "rw"
-        }
-        .into(),
+        if read_only { "ro" } else { "rw" }.into(),
     );
     o.insert(
         "kubernetes.io/pvOrVolumeName".into(),
@@ -246,6 +244,21 @@ impl Kubelet {
         pod_uid: &str,
         read_only: bool,
     ) -> Result<(PathBuf, String), FlexError> {
+        // FlexVolume plugins do not support mount options (SupportsMountOption is false): kubelet
+        // refuses a PV that has them before any driver call (kubernetes
+        // `pkg/volume/util/operationexecutor/operation_generator.go`, checkMountOptionSupport).
+        let annotated = pv["metadata"]["annotations"]["volume.beta.kubernetes.io/mount-options"]
+            .as_str()
+            .is_some_and(|o| !o.is_empty());
+        if pv["spec"]["mountOptions"]
+            .as_array()
+            .is_some_and(|o| !o.is_empty())
+            || annotated
+        {
+            return Err(FlexError::Host(
+                "Mount options are not supported for this volume type".into(),
+            ));
+        }
         let volume = pv["metadata"]["name"].as_str().unwrap_or_default();
         let options = volume_options(pv, read_only);
         let device = self

@@ -126,6 +126,9 @@ enum Action {
         pv: Value,
         node: String,
         device: String,
+        /// The pod's `persistentVolumeClaim.readOnly`, which kubelet passes as
+        /// `kubernetes.io/readwrite` (kubernetes `pkg/volume/flexvolume/util.go`, getReadOnly).
+        read_only: bool,
     },
     TearDown {
         pod: String,
@@ -381,6 +384,7 @@ impl Shared {
                             pv: pv.clone(),
                             node: node.to_string(),
                             device: device.clone(),
+                            read_only: v["persistentVolumeClaim"]["readOnly"] == true,
                         });
                     } else {
                         actions.push(Action::Attach {
@@ -575,10 +579,11 @@ impl Shared {
                 pv,
                 node,
                 device,
+                read_only,
             } => {
                 let (dir, dev) = self
                     .kubelet(node)?
-                    .set_up(pv, device, pod, false)
+                    .set_up(pv, device, pod, *read_only)
                     .map_err(fe)?;
                 let mut st = self.lock();
                 st.counts.set_ups += 1;

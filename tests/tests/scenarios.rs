@@ -237,3 +237,82 @@ fn a_clone_carries_its_source_s_data() {
     }
     assert_ne!(ms[0].pv, ms[1].pv);
 }
+
+/// A class's `mountOptions` reach the mount: the provisioner puts them in the PV's
+/// `flexVolume.options.mountOptions` (never `spec.mountOptions`, which kubelet refuses for
+/// FlexVolume, as the emulated kubelet does too), and the driver mounts with them.
+#[test]
+fn class_mount_options_mount_and_spec_mount_options_are_refused_as_kubelet_does() {
+    let s = setup();
+    s.cluster
+        .kube
+        .create(
+            &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "noatime"}, "provisioner": "flexdisk/azure-disk",
+            "parameters": {"skuName": "StandardSSD_LRS"}, "mountOptions": ["noatime"]}),
+        )
+        .expect("class");
+    s.claim("quiet", "noatime", "1Gi");
+    let uid = s.pod("quiet", NODES[0], &["quiet"]);
+    let ms = s.running("quiet", &uid);
+    let pv_name = s
+        .cluster
+        .kube
+        .get("/api/v1/namespaces/default/persistentvolumeclaims/quiet")
+        .expect("claim")
+        .expect("exists")["spec"]["volumeName"]
+        .as_str()
+        .expect("bound")
+        .to_string();
+    let pv = s
+        .cluster
+        .kube
+        .get(&format!("/api/v1/persistentvolumes/{pv_name}"))
+        .expect("pv")
+        .expect("exists");
+    assert_eq!(
+        pv["spec"]["flexVolume"]["options"]["mountOptions"],
+        "noatime"
+    );
+    assert!(pv["spec"]["mountOptions"].is_null(), "{pv}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir = ms[0].pod_dir.to_string_lossy().to_string();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(dir.as_str()))
+        .unwrap_or_else(|| panic!("{dir} is not mounted"));
+    assert!(
+        line.split(' ')
+            .nth(5)
+            .is_some_and(|o| o.contains("noatime")),
+        "{line}"
+    );
+    write(&ms[0], 7);
+
+    // A hand-made PV with spec.mountOptions never mounts, as on a real cluster.
+    let disk = s
+        .cluster
+        .create_disk("static-with-options", "StandardSSD_LRS", 1);
+    s.cluster
+        .kube
+        .create(&json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "static-with-options"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "", "mountOptions": ["noatime"],
+                "flexVolume": {"driver": "flexdisk/azure-disk", "fsType": "ext4", "options": {"diskURI": disk}}}}))
+        .expect("pv");
+    s.cluster
+        .kube
+        .create(&json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "static-with-options", "namespace": "default"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "", "volumeName": "static-with-options",
+                     "resources": {"requests": {"storage": "1Gi"}}}}))
+        .expect("claim");
+    s.pod("refused", NODES[1], &["static-with-options"]);
+    s.until("kubelet refuses the mount options", || {
+        s.emu
+            .log()
+            .iter()
+            .any(|l| l.contains("Mount options are not supported for this volume type"))
+    });
+}
