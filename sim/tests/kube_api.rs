@@ -276,10 +276,17 @@ fn create_get_update_conflicts_and_errors() {
         .as_str()
         .expect("m")
         .contains("spec.accessModes"));
-    // Claims are immutable but for requests (which cannot shrink).
+    // Claims are immutable but for requests, which only bound claims of an expandable class
+    // may change (the PersistentVolumeClaimResize admission plugin).
     let mut grow = k.get(&format!("{PVCS}/data")).body;
     grow["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
-    assert_eq!(k.put(&format!("{PVCS}/data"), grow.clone()).status, 200);
+    let refused = k.put(&format!("{PVCS}/data"), grow.clone());
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body["message"]
+        .as_str()
+        .expect("m")
+        .contains("only bound persistent volume claims can be expanded"));
+    grow["spec"]["resources"]["requests"]["storage"] = json!("1Gi");
     grow["spec"]["accessModes"] = json!(["ReadWriteMany"]);
     grow["metadata"]["resourceVersion"] = json!("");
     assert_eq!(k.put(&format!("{PVCS}/data"), grow).status, 422);
@@ -303,13 +310,13 @@ fn status_is_separate_and_generation_follows_spec() {
     let made = k.post(PVCS, claim("s", "")).body;
     let mut main = made.clone();
     main["status"] = json!({"phase": "Bound"});
-    main["spec"]["resources"]["requests"]["storage"] = json!("3Gi");
+    main["spec"]["volumeAttributesClassName"] = json!("gold");
     let after = k.put(&format!("{PVCS}/s"), main).body;
     assert_eq!(
         after["status"]["phase"], "Pending",
         "the main resource ignores status"
     );
-    assert_eq!(after["spec"]["resources"]["requests"]["storage"], "3Gi");
+    assert_eq!(after["spec"]["volumeAttributesClassName"], "gold");
     assert_eq!(after["metadata"]["generation"], 2);
     let mut st = after.clone();
     st["status"] = json!({"phase": "Lost"});
@@ -317,7 +324,7 @@ fn status_is_separate_and_generation_follows_spec() {
     let after = k.put(&format!("{PVCS}/s/status"), st).body;
     assert_eq!(after["status"]["phase"], "Lost");
     assert_eq!(
-        after["spec"]["resources"]["requests"]["storage"], "3Gi",
+        after["spec"]["resources"]["requests"]["storage"], "1Gi",
         "/status ignores spec"
     );
     assert_eq!(after["metadata"]["generation"], 2);

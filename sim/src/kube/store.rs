@@ -540,7 +540,16 @@ impl Store {
                 ));
             }
         }
-        validation::on_update(rt, old, &mut new)?;
+        let expandable = |class: &str| {
+            inner
+                .objects
+                .iter()
+                .find(|((g, p, _, n), _)| {
+                    *g == "storage.k8s.io" && *p == "storageclasses" && n == class
+                })
+                .map(|(_, s)| s.object.get("allowVolumeExpansion") == Some(&json!(true)))
+        };
+        validation::on_update(rt, old, &mut new, &expandable)?;
         if essence(&new) == essence(old) {
             // A no-op write changes nothing, not even the resourceVersion.
             return Ok(old.clone());

@@ -215,10 +215,61 @@ fn without(o: &Value, pointers: &[&str]) -> Value {
     c
 }
 
-pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<()> {
+/// Whether the named StorageClass allows volume expansion (`None`: no such class).
+pub type Expandable<'a> = &'a dyn Fn(&str) -> Option<bool>;
+
+/// The `PersistentVolumeClaimResize` admission plugin: a claim grows only when bound and of a
+/// class that allows expansion (kubernetes `plugin/pkg/admission/storage/persistentvolume/resize/
+/// admission.go`, Validate and allowResize).
+fn admit_growth(old: &Value, new: &Value, expandable: Expandable<'_>) -> ApiResult<()> {
+    let (Some(a), Some(b)) = (
+        storage_of(old, "/spec/resources/requests/storage"),
+        storage_of(new, "/spec/resources/requests/storage"),
+    ) else {
+        return Ok(());
+    };
+    if b <= a {
+        return Ok(());
+    }
+    let forbidden = |why: &str| {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "persistentvolumeclaims \"{}\" is forbidden: {why}",
+                name_of(old)
+            ),
+        )
+    };
+    if old.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+        return Err(forbidden(
+            "only bound persistent volume claims can be expanded",
+        ));
+    }
+    let class = old
+        .pointer("/spec/storageClassName")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let same_class = new
+        .pointer("/spec/storageClassName")
+        .and_then(Value::as_str)
+        == Some(class);
+    if class.is_empty() || !same_class || expandable(class) != Some(true) {
+        return Err(forbidden("only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize"));
+    }
+    Ok(())
+}
+
+pub fn on_update(
+    rt: &ResourceType,
+    old: &Value,
+    new: &mut Value,
+    expandable: Expandable<'_>,
+) -> ApiResult<()> {
     let name = name_of(old);
     match (rt.group, rt.plural) {
         ("", "persistentvolumeclaims") => {
+            admit_growth(old, new, expandable)?;
             let before = without(
                 &old["spec"],
                 &[
@@ -235,7 +286,10 @@ pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<(
                     "/volumeAttributesClassName",
                 ],
             );
-            if before != after {
+            let bound = old.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+            let resized =
+                old.pointer("/spec/resources/requests") != new.pointer("/spec/resources/requests");
+            if before != after || (resized && !bound) {
                 return Err(ApiError::invalid(rt.kind, &name, "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
             }
             if let (Some(a), Some(b)) = (
@@ -263,12 +317,18 @@ pub fn on_update(rt: &ResourceType, old: &Value, new: &mut Value) -> ApiResult<(
                         "Required value",
                     ))
                 }
-                (Some(a), Some(b)) if b < a => {
+                // Recovery from expansion failure (GA in 1.34, ValidatePersistentVolumeClaimUpdate
+                // in kubernetes `pkg/apis/core/validation/validation.go`): a request may come down
+                // again, but must stay above what the volume is known to have.
+                (Some(a), Some(b))
+                    if b < a
+                        && storage_of(old, "/status/capacity/storage").is_none_or(|c| b <= c) =>
+                {
                     return Err(ApiError::invalid(
                         rt.kind,
                         &name,
                         "spec.resources.requests.storage",
-                        "Forbidden: field can not be less than previous value",
+                        "Forbidden: field can not be less than status.capacity",
                     ))
                 }
                 _ => {}
@@ -337,18 +397,46 @@ mod tests {
         assert_eq!(pvc["spec"]["volumeMode"], "Filesystem");
         assert_eq!(pvc["status"]["phase"], "Pending");
         assert_eq!(pvc["metadata"]["finalizers"], json!([PVC_PROTECTION]));
+        let expandable = |c: &str| match c {
+            "standard" => Some(true),
+            "fixed" => Some(false),
+            _ => None,
+        };
         let mut grown = pvc.clone();
         grown["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
-        on_update(rt, &pvc, &mut grown).expect("growing is allowed");
-        let mut shrunk = pvc.clone();
-        shrunk["spec"]["resources"]["requests"]["storage"] = json!("512Mi");
-        assert_eq!(
-            on_update(rt, &pvc, &mut shrunk).expect_err("shrink").code,
-            422
-        );
+        let e = on_update(rt, &pvc, &mut grown, &expandable).expect_err("pending");
+        assert_eq!(e.code, 403);
+        assert!(e
+            .message
+            .contains("only bound persistent volume claims can be expanded"));
+        let mut bound = pvc.clone();
+        bound["status"] = json!({"phase": "Bound", "capacity": {"storage": "1Gi"}});
+        let mut grown = bound.clone();
+        grown["spec"]["resources"]["requests"]["storage"] = json!("4Gi");
+        on_update(rt, &bound, &mut grown, &expandable).expect("growing a bound claim");
+        let mut fixed = bound.clone();
+        fixed["spec"]["storageClassName"] = json!("fixed");
+        let mut grown = fixed.clone();
+        grown["spec"]["resources"]["requests"]["storage"] = json!("4Gi");
+        assert!(on_update(rt, &fixed, &mut grown, &expandable)
+            .expect_err("class forbids")
+            .message
+            .contains("storageclass that provisions the pvc must support resize"));
+        // Down again after a failed growth, but not to the volume's size or below.
+        let mut asked = bound.clone();
+        asked["spec"]["resources"]["requests"]["storage"] = json!("4Gi");
+        let mut lowered = asked.clone();
+        lowered["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+        on_update(rt, &asked, &mut lowered, &expandable).expect("recovery");
+        let mut shrunk = asked.clone();
+        shrunk["spec"]["resources"]["requests"]["storage"] = json!("1Gi");
+        assert!(on_update(rt, &asked, &mut shrunk, &expandable)
+            .expect_err("shrink")
+            .message
+            .contains("can not be less than status.capacity"));
         let mut changed = pvc.clone();
         changed["spec"]["accessModes"] = json!(["ReadWriteMany"]);
-        assert!(on_update(rt, &pvc, &mut changed)
+        assert!(on_update(rt, &pvc, &mut changed, &expandable)
             .expect_err("immutable")
             .message
             .contains("spec is immutable"));
@@ -375,6 +463,6 @@ mod tests {
         assert_eq!(class["volumeBindingMode"], "Immediate");
         let mut edited = class.clone();
         edited["parameters"]["skuName"] = json!("Standard_LRS");
-        assert!(on_update(sc, &class, &mut edited).is_err());
+        assert!(on_update(sc, &class, &mut edited, &|_| None).is_err());
     }
 }
