@@ -19,8 +19,17 @@ pub struct InstanceDisk {
     pub name: String,
 }
 
+/// This VM as IMDS describes it: its resource ID and data disks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceView {
+    pub resource_id: String,
+    pub data_disks: Vec<InstanceDisk>,
+}
+
 #[derive(Deserialize)]
 struct Instance {
+    #[serde(rename = "resourceId", default)]
+    resource_id: String,
     #[serde(rename = "storageProfile", default)]
     storage_profile: StorageProfile,
 }
@@ -47,11 +56,12 @@ struct ManagedDisk {
     id: String,
 }
 
-/// Reads `/metadata/instance/compute` of `compute` as IMDS answers it (no I/O).
-pub fn data_disks_of(body: &[u8]) -> Result<Vec<InstanceDisk>, String> {
+/// Reads `/metadata/instance/compute` as IMDS answers it (no I/O).
+pub fn instance_of(body: &[u8]) -> Result<InstanceView, String> {
     let i: Instance =
         serde_json::from_slice(body).map_err(|e| format!("IMDS answered something else: {e}"))?;
-    i.storage_profile
+    let data_disks = i
+        .storage_profile
         .data_disks
         .into_iter()
         .map(|d| {
@@ -65,11 +75,15 @@ pub fn data_disks_of(body: &[u8]) -> Result<Vec<InstanceDisk>, String> {
                 name: d.name,
             })
         })
-        .collect()
+        .collect::<Result<_, String>>()?;
+    Ok(InstanceView {
+        resource_id: i.resource_id,
+        data_disks,
+    })
 }
 
-/// This VM's data disks, from IMDS at `endpoint` (`IMDS_ENDPOINT` or the link-local address).
-pub async fn data_disks(endpoint: &Url) -> Result<Vec<InstanceDisk>, AzureError> {
+/// This VM, from IMDS at `endpoint` (`IMDS_ENDPOINT` or the link-local address).
+pub async fn instance(endpoint: &Url) -> Result<InstanceView, AzureError> {
     let mut url = endpoint
         .join("metadata/instance/compute")
         .map_err(|e| AzureError::other(format!("IMDS endpoint {endpoint}: {e}")))?;
@@ -93,7 +107,7 @@ pub async fn data_disks(endpoint: &Url) -> Result<Vec<InstanceDisk>, AzureError>
         return Err(fail(format!("HTTP {}", rsp.status())));
     }
     let body = rsp.bytes().await.map_err(|e| fail(e.to_string()))?;
-    data_disks_of(&body).map_err(AzureError::other)
+    instance_of(&body).map_err(AzureError::other)
 }
 
 #[cfg(test)]
@@ -102,15 +116,21 @@ mod tests {
 
     #[test]
     fn luns_and_ids_as_imds_writes_them() {
-        let body = br#"{"name":"vm","storageProfile":{"dataDisks":[
+        let body = br#"{"name":"vm","resourceId":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm",
+            "storageProfile":{"dataDisks":[
             {"lun":"0","name":"pvc-1","managedDisk":{"id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/pvc-1","storageAccountType":"Premium_LRS"}},
             {"lun":"3","name":"old","vhd":{"uri":"https://x/y.vhd"}}]}}"#;
-        let disks = data_disks_of(body).expect("parses");
+        let view = instance_of(body).expect("parses");
+        assert!(view.resource_id.ends_with("/virtualMachines/vm"));
+        let disks = view.data_disks;
         assert_eq!(disks.len(), 2);
         assert_eq!(disks[0].lun, 0);
         assert!(disks[0].disk_id.ends_with("/disks/pvc-1"));
         assert_eq!((disks[1].lun, disks[1].disk_id.as_str()), (3, ""));
-        assert_eq!(data_disks_of(br#"{"name":"vm"}"#).expect("none"), vec![]);
-        assert!(data_disks_of(br#"{"storageProfile":{"dataDisks":[{"lun":"x"}]}}"#).is_err());
+        assert_eq!(
+            instance_of(br#"{"name":"vm"}"#).expect("none").data_disks,
+            vec![]
+        );
+        assert!(instance_of(br#"{"storageProfile":{"dataDisks":[{"lun":"x"}]}}"#).is_err());
     }
 }

@@ -104,20 +104,25 @@ impl ThrottleMemory {
         let Some(path) = self.file(budget) else {
             return;
         };
-        if Self::read_file(&path).is_some_and(|t| t >= until) {
-            return;
-        }
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
         // Write then rename: a reader sees the old moment or the new one, never half a number.
-        let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, millis(until).to_string())
-            .and_then(|_| std::fs::rename(&tmp, &path))
-            .is_err()
-        {
-            let _ = std::fs::remove_file(&tmp);
-            tracing::warn!(file = %path.display(), "cannot share Azure's throttling with other processes");
+        // Another process may write a shorter wait between our look and our rename; looking
+        // again after it settles that (a later moment always wins within a few rounds).
+        let tmp = path.with_extension(format!("{}.{}.tmp", budget.name(), std::process::id()));
+        for _ in 0..3 {
+            if Self::read_file(&path).is_some_and(|t| t >= until) {
+                return;
+            }
+            if std::fs::write(&tmp, millis(until).to_string())
+                .and_then(|_| std::fs::rename(&tmp, &path))
+                .is_err()
+            {
+                let _ = std::fs::remove_file(&tmp);
+                tracing::warn!(file = %path.display(), "cannot share Azure's throttling with other processes");
+                return;
+            }
         }
     }
 }

@@ -30,9 +30,17 @@ pub fn load_config(s: &Settings) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Azure for one driver call. A throttled request is not waited for here (nor sent again):
+/// kube-controller-manager and kubelet call again with their own back-off, and the throttling is
+/// remembered for every process of the host, so none of them sends before Azure's Retry-After
+/// is up. Waiting inside a batch would also carry the requests of processes that die meanwhile.
 pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> {
     let options = ArmOptions {
         throttle_dir: Some(s.throttle_dir()),
+        retry: flexdisk_azure::retry::RetryPolicy {
+            max_retry_after: std::time::Duration::ZERO,
+            ..Default::default()
+        },
         ..ArmOptions::default()
     };
     Arm::connect(config, options)
@@ -117,8 +125,9 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
             info!(disk = %disk.name, pv, "tagged the disk with its PV");
         }
     }
+    let read_at = vm_view::now_ms();
     let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
-    vm_view::store(s, &vm);
+    vm_view::store(s, &vm, read_at);
     if let Some(d) = vm.find(&disk.id) {
         if !d.to_be_detached {
             remember(s, pv, &opts.disk_uri);
@@ -167,9 +176,10 @@ pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Resu
         return Ok(view.has(&opts.disk_uri));
     }
     let arm = connect_with(s, &config).await?;
+    let read_at = vm_view::now_ms();
     match arm.node_vm(node).await {
         Ok(vm) => {
-            vm_view::store(s, &vm);
+            vm_view::store(s, &vm, read_at);
             Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached))
         }
         Err(AzureError::NotFound { .. }) => Ok(false),
@@ -205,15 +215,20 @@ async fn find_pv_disk(
     hint: Option<&str>,
 ) -> Result<(Option<AttachedDisk>, usize), String> {
     let mut reads = 0;
+    let hinted = |d: &AttachedDisk| hint.is_some_and(|h| h.trim().eq_ignore_ascii_case(&d.disk_id));
     for d in search_order(vm, pv, hint) {
         let id = match parse_resource_id(&d.disk_id, ResourceKind::Disk) {
-            Ok(id) => id,
-            // Not a managed disk of the shape flexdisk attaches.
-            Err(_) => continue,
+            // flexdisk attaches disks of its own subscription only.
+            Ok(id) if id.subscription.eq_ignore_ascii_case(&arm.subscription) => id,
+            _ => continue,
         };
         reads += 1;
         match arm.get_disk_by_id(&id).await {
             Ok(Some(info)) if pv_of_tags(&info.tags) == Some(pv) => {
+                return Ok((Some(d.clone()), reads))
+            }
+            // Attached by a flexdisk from before the tag, whose record of the attach is here.
+            Ok(Some(info)) if pv_of_tags(&info.tags).is_none() && hinted(d) => {
                 return Ok((Some(d.clone()), reads))
             }
             Ok(_) => {}
@@ -233,6 +248,7 @@ async fn find_pv_disk(
 /// Never answers success while a disk serving the PV is on the VM.
 pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
     let arm = connect(s).await?;
+    let read_at = vm_view::now_ms();
     let vm = match arm.node_vm(node).await {
         Ok(vm) => vm,
         Err(AzureError::NotFound { message }) => {
@@ -240,7 +256,7 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         }
         Err(e) => return Err(e.to_string()),
     };
-    vm_view::store(s, &vm);
+    vm_view::store(s, &vm, read_at);
     let hint = std::fs::read_to_string(record_path(s, volume)).ok();
     let (found, reads) = find_pv_disk(&arm, &vm, volume, hint.as_deref()).await?;
     let Some(disk) = found else {

@@ -143,7 +143,7 @@ pub async fn submit(
     // each other: a short gathering window lets them share this operation.
     tokio::time::sleep(s.batch_window).await;
     let pending = collect(&dir);
-    let answers = send(s, arm, vm, &pending).await;
+    let answers = send(s, arm, vm, &pending, &dir, &req.id).await;
     for (r, a) in pending.iter().zip(&answers) {
         if r.id == req.id {
             continue;
@@ -240,7 +240,14 @@ fn answer_from(vm: &VmDisks, r: &Request) -> Answer {
 /// Sends the batch as one operation; if Azure refuses it as a whole, each request alone, so that
 /// one bad request does not fail the others — unless Azure throttled us or did not finish in time:
 /// then sending the requests one by one would only multiply the load, so all share the failure.
-async fn send(s: &Settings, arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<Answer> {
+async fn send(
+    s: &Settings,
+    arm: &Arm,
+    vm: &VmRef,
+    pending: &[Request],
+    spool_dir: &Path,
+    own: &str,
+) -> Vec<Answer> {
     let split = |reqs: &[Request]| {
         let attach: Vec<AttachSpec> = reqs
             .iter()
@@ -262,9 +269,10 @@ async fn send(s: &Settings, arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<A
     };
     let (attach, detach) = split(pending);
     info!(vm = %vm.name(), attach = attach.len(), detach = detach.len(), "sending a batch");
+    let read_at = crate::vm_view::now_ms();
     match arm.attach_detach(vm, &attach, &detach).await {
         Ok(after) => {
-            crate::vm_view::store(s, &after);
+            crate::vm_view::store(s, &after, read_at);
             pending.iter().map(|r| answer_from(&after, r)).collect()
         }
         Err(e)
@@ -286,10 +294,18 @@ async fn send(s: &Settings, arm: &Arm, vm: &VmRef, pending: &[Request]) -> Vec<A
             warn!(vm = %vm.name(), error = %e, "the batch was refused; sending its requests one by one");
             let mut out = Vec::new();
             for r in pending {
+                // Sent alone later than the batch: only for a requester still waiting.
+                if r.id != own && !requester_alive(&spool_dir.join(format!("{}.req", r.id))) {
+                    out.push(Answer::Failed {
+                        message: "the requester is gone".into(),
+                    });
+                    continue;
+                }
                 let (a, d) = split(std::slice::from_ref(r));
+                let read_at = crate::vm_view::now_ms();
                 out.push(match arm.attach_detach(vm, &a, &d).await {
                     Ok(after) => {
-                        crate::vm_view::store(s, &after);
+                        crate::vm_view::store(s, &after, read_at);
                         answer_from(&after, r)
                     }
                     Err(e) => Answer::Failed {

@@ -59,28 +59,21 @@ fn sysfs_device(s: &Settings, lun: u32) -> Option<PathBuf> {
     None
 }
 
-/// The LUN of the data disk whose block device has number `rdev`: by udev's links, else by the
-/// SCSI address in sysfs (the reverse of [`find`]).
+/// The LUN of the data disk whose block device has number `rdev`: from the SCSI address the
+/// kernel gives the device in sysfs (`H:C:T:L`), else from udev's links when exactly one leads to
+/// it. The links are what a stale udev state gets wrong, so they are never preferred to the
+/// kernel, and two links to one device tell nothing.
 pub fn lun_of(s: &Settings, rdev: u64) -> Option<u32> {
     use std::os::unix::fs::MetadataExt;
-    let by_link = std::fs::read_dir(s.host("dev/disk/azure/scsi1"))
-        .ok()
-        .and_then(|entries| {
-            entries.flatten().find_map(|e| {
-                let lun = e.file_name().to_str()?.strip_prefix("lun")?.parse().ok()?;
-                (std::fs::metadata(e.path()).ok()?.rdev() == rdev).then_some(lun)
-            })
-        });
     let majmin = format!(
         "{}:{}",
         nix::sys::stat::major(rdev),
         nix::sys::stat::minor(rdev)
     );
-    by_link.or_else(|| {
-        std::fs::read_dir(s.host("sys/bus/scsi/devices"))
-            .ok()?
-            .flatten()
-            .find_map(|e| {
+    let by_kernel = std::fs::read_dir(s.host("sys/bus/scsi/devices"))
+        .ok()
+        .and_then(|entries| {
+            entries.flatten().find_map(|e| {
                 let name = e.file_name().to_string_lossy().to_string();
                 let parts: Vec<&str> = name.split(':').collect();
                 if parts.len() != 4 || matches!(parts[0], "0" | "1") {
@@ -94,6 +87,20 @@ pub fn lun_of(s: &Settings, rdev: u64) -> Option<u32> {
                     .then(|| parts[3].parse().ok())
                     .flatten()
             })
+        });
+    by_kernel.or_else(|| {
+        let links: Vec<u32> = std::fs::read_dir(s.host("dev/disk/azure/scsi1"))
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let lun = e.file_name().to_str()?.strip_prefix("lun")?.parse().ok()?;
+                (std::fs::metadata(e.path()).ok()?.rdev() == rdev).then_some(lun)
+            })
+            .collect();
+        match links.as_slice() {
+            [lun] => Some(*lun),
+            _ => None,
+        }
     })
 }
 

@@ -1,15 +1,18 @@
 //! `mountdevice`: the one call that may format a disk, so the one that checks most before it
 //! touches anything.
 //!
-//! 1. The device is the disk asked for: its LUN (from udev's links or sysfs) is looked up in the
-//!    Instance Metadata Service's list of this VM's data disks (no ARM request). A stale link to
-//!    another disk's device is refused before any read or write.
-//! 2. One writer: a read-write mount asks Azure which VMs hold the disk (`managedBy`,
-//!    `managedByExtended`); held by more than one, it is refused (`format::decide`).
-//! 3. The device's lock (`mounts::lock_device`) is held from before the probe until the filesystem
-//!    is made and mounted, and the probe reads through an exclusive open, so no other
+//! 1. The device's lock (`mounts::lock_device`) is taken first and held until the filesystem is
+//!    made and mounted, so that the checks below still hold when mkfs runs, and no other
 //!    `mountdevice` probes a device while this one formats it (`mkfs.ext4` does not refuse an
 //!    existing filesystem when stdin is not a terminal: the probe is the only guard).
+//! 2. The device is the disk asked for: its LUN (from the kernel's SCSI address) is looked up in
+//!    the Instance Metadata Service's list of this VM's data disks (no ARM request). A stale link
+//!    to another disk's device is refused before any read or write.
+//! 3. One writer: a read-write mount asks Azure which VMs hold the disk (`managedBy`,
+//!    `managedByExtended`) and goes on only when this VM is the only one (`format::decide`,
+//!    [`sole_holder`]).
+//! 4. The probe reads through an exclusive open (the kernel refuses it while the device is
+//!    mounted, or held by a mkfs).
 
 use crate::attach::{connect_with, load_config};
 use crate::device;
@@ -58,7 +61,7 @@ async fn verify_device(
     device: &Path,
     rdev: u64,
     wanted: &ResourceId,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let lun = device::lun_of(s, rdev).ok_or_else(|| {
         format!(
             "cannot tell which LUN {} is (neither {} nor {} lead to it); flexdisk mounts only a device it can prove is disk {wanted}",
@@ -69,15 +72,17 @@ async fn verify_device(
     })?;
     let deadline = Instant::now() + IMDS_LAG;
     loop {
-        let listed = imds::data_disks(&config.imds_endpoint).await.map_err(|e| {
+        let listed = imds::instance(&config.imds_endpoint).await.map_err(|e| {
             format!(
                 "cannot check that {} is disk {wanted}: {e}",
                 device.display()
             )
         });
-        let outcome = listed.and_then(|l| check_identity(device, lun, &l, wanted));
+        let outcome = listed.and_then(|view| {
+            check_identity(device, lun, &view.data_disks, wanted).map(|()| view.resource_id)
+        });
         match outcome {
-            Ok(()) => return Ok(()),
+            Ok(vm) => return Ok(vm),
             Err(m) if Instant::now() >= deadline => return Err(m),
             // IMDS follows the VM's model a moment after an operation ends.
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -85,7 +90,26 @@ async fn verify_device(
     }
 }
 
-/// The VMs that hold the disk, by name.
+/// A read-write mount needs this VM among the disk's holders: Azure may list a fresh attach a
+/// moment late, and a list without this VM says nothing about who else writes (no I/O).
+pub fn sole_holder(this_vm: &str, holders: &[String], disk: &str) -> Result<(), String> {
+    if holders.iter().any(|h| h.eq_ignore_ascii_case(this_vm)) {
+        return Ok(());
+    }
+    let listed = if holders.is_empty() {
+        "it lists none".to_string()
+    } else {
+        let names: Vec<String> = holders.iter().map(|h| vm_name_from_id(h)).collect();
+        format!("it lists {}", names.join(", "))
+    };
+    Err(format!(
+        "Azure does not list this VM ({}) among the VMs holding disk {disk} yet ({listed}); flexdisk mounts a disk \
+         read-write only when it can see that this VM alone holds it — kubelet retries",
+        vm_name_from_id(this_vm)
+    ))
+}
+
+/// The VMs that hold the disk (resource IDs).
 async fn holders(s: &Settings, config: &Config, disk: &ResourceId) -> Result<Vec<String>, String> {
     let arm = connect_with(s, config).await?;
     let info = arm
@@ -95,11 +119,7 @@ async fn holders(s: &Settings, config: &Config, disk: &ResourceId) -> Result<Vec
             format!("cannot tell whether another VM holds disk {}, so it is not mounted read-write: {e}", disk.name)
         })?
         .ok_or_else(|| format!("disk {disk} does not exist"))?;
-    Ok(info
-        .attached_to()
-        .iter()
-        .map(|id| vm_name_from_id(id))
-        .collect())
+    Ok(info.attached_to())
 }
 
 pub fn mount_device(
@@ -125,14 +145,17 @@ pub fn mount_device(
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
-    rt.block_on(verify_device(s, &config, device, rdev, &o.disk))?;
-    let holders = if o.read_only {
+    let _lock = mounts::lock_device(device, Duration::from_secs(60))?;
+    let this_vm = rt.block_on(verify_device(s, &config, device, rdev, &o.disk))?;
+    let holders: Vec<String> = if o.read_only {
         Vec::new()
     } else {
-        rt.block_on(holders(s, &config, &o.disk))?
+        let ids = rt.block_on(holders(s, &config, &o.disk))?;
+        if ids.len() <= 1 {
+            sole_holder(&this_vm, &ids, &o.disk.name)?;
+        }
+        ids.iter().map(|h| vm_name_from_id(h)).collect()
     };
-
-    let _lock = mounts::lock_device(device, Duration::from_secs(60))?;
     let found = match mounts::open_exclusive(device)? {
         Some(mut exclusive) => mounts::inspect(&mut exclusive, device)?,
         // Mounted elsewhere on this host: that filesystem is there, whatever a probe would say.
@@ -169,6 +192,20 @@ pub fn mount_device(
 mod tests {
     use super::*;
     use flexdisk_azure::naming::ResourceKind;
+
+    #[test]
+    fn read_write_needs_this_vm_as_the_holder() {
+        let me =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-a";
+        let other =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-b";
+        assert_eq!(sole_holder(me, &[me.to_uppercase()], "d"), Ok(()));
+        let e = sole_holder(me, &[other.to_string()], "d").expect_err("another VM");
+        assert!(e.contains("node-a") && e.contains("it lists node-b"), "{e}");
+        assert!(sole_holder(me, &[], "d")
+            .expect_err("none")
+            .contains("lists none"));
+    }
 
     #[test]
     fn the_device_must_be_the_disk_asked_for() {

@@ -25,9 +25,10 @@ pub struct View {
 }
 
 impl View {
-    pub fn of(vm: &VmDisks) -> View {
+    /// The view of a VM read that started at `read_at_ms`.
+    pub fn of(vm: &VmDisks, read_at_ms: u64) -> View {
         View {
-            read_at_ms: now_ms(),
+            read_at_ms,
             disks: vm
                 .disks
                 .iter()
@@ -48,7 +49,8 @@ impl View {
     }
 }
 
-fn now_ms() -> u64 {
+/// Now, as views count time: take it before the read whose answer is stored.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -59,14 +61,22 @@ fn path(s: &Settings, vm: &VmRef) -> PathBuf {
     s.state_dir.join("vms").join(format!("{}.json", vm.name()))
 }
 
-/// Keeps what Azure just said about the VM.
-pub fn store(s: &Settings, vm: &VmDisks) {
+/// Keeps what Azure said about the VM in a read that started at `read_at_ms`, unless a view from
+/// a later read is there already (a slow read must not replace a newer batch's result).
+pub fn store(s: &Settings, vm: &VmDisks, read_at_ms: u64) {
     let p = path(s, &vm.vm);
     if let Some(dir) = p.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
+    let newer_there = std::fs::read(&p)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<View>(&b).ok())
+        .is_some_and(|v| v.read_at_ms > read_at_ms);
+    if newer_there {
+        return;
+    }
     let tmp = p.with_extension(format!("{}.tmp", std::process::id()));
-    let ok = serde_json::to_vec(&View::of(vm))
+    let ok = serde_json::to_vec(&View::of(vm, read_at_ms))
         .ok()
         .is_some_and(|b| std::fs::write(&tmp, b).is_ok() && std::fs::rename(&tmp, &p).is_ok());
     if !ok {
@@ -121,11 +131,18 @@ mod tests {
             provisioning_state: None,
         };
         assert_eq!(recent(&s, std::slice::from_ref(&vm)), None);
-        store(&s, &disks);
+        let t0 = now_ms();
+        store(&s, &disks, t0);
         let v = recent(&s, std::slice::from_ref(&vm)).expect("fresh");
         assert!(v.has("/S/D/a"), "IDs compare as ARM compares them");
         assert!(!v.has("/s/d/B"), "a disk being detached is not attached");
         assert!(!v.has("/s/d/C"));
+        // A read that started earlier does not replace it.
+        let mut older = disks.clone();
+        older.disks.clear();
+        store(&s, &older, t0 - 1);
+        let v = recent(&s, std::slice::from_ref(&vm)).expect("fresh");
+        assert!(v.has("/s/d/A"), "the older read lost");
         s.vm_view = Duration::ZERO;
         assert_eq!(
             recent(&s, std::slice::from_ref(&vm)),

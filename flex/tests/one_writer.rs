@@ -19,6 +19,20 @@ fn md5(dev: &str) -> String {
         .to_string()
 }
 
+/// The filesystem stops as if its node lost power (FS_IOC_SHUTDOWN, which ext4 and xfs both
+/// implement), after its log is flushed: what was written is in the journal, not yet in place.
+fn shut_down(mnt: &str) {
+    let out = Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown -f", mnt])
+        .output()
+        .expect("xfs_io runs");
+    assert!(
+        out.status.success(),
+        "shutdown of {mnt}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn fsck_clean(fs: &str, dev: &str) {
     let out = match fs {
         "xfs" => Command::new("xfs_repair").args(["-n", dev]).output(),
@@ -68,18 +82,16 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
             "{}",
             refused.raw
         );
+        // A's node dies with the filesystem mounted: its journal (log) still needs recovery, the
+        // state in which a read-only mount that replayed it would write.
+        shut_down(mnt_a);
         env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
-        fsck_clean(fs, &dev_a);
 
-        // Read-only on both: A's data on both, and not one byte of the device changes.
+        // Read-only on both: not one byte of the device changes.
         let before = md5(&dev_a);
         for (node, dev, mnt) in [(AS_A, &dev_a, mnt_a), (AS_B, &dev_b, mnt_b)] {
             let m = env.kubelet(node, &["mountdevice", mnt, dev, &ro]);
             assert!(m.message().contains("read-only"), "{}", m.raw);
-            assert_eq!(
-                std::fs::read_to_string(format!("{mnt}/precious")).expect("read"),
-                "A's data"
-            );
             assert!(
                 std::fs::write(format!("{mnt}/new"), "x").is_err(),
                 "a read-only mount refuses writes"
@@ -93,6 +105,20 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
             before,
             "{fs}: read-only mounts wrote to the disk"
         );
+
+        // B lets go; A alone mounts read-write again, recovers the journal, and has its data.
+        env.controller(&["detach", &pv, AS_B]).ok();
+        let again = env.kubelet(AS_A, &["mountdevice", mnt_a, &dev_a, &rw]);
+        assert!(
+            again.message().contains("mounted existing"),
+            "{}",
+            again.raw
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{mnt_a}/precious")).expect("read"),
+            "A's data"
+        );
+        env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
         fsck_clean(fs, &dev_a);
     }
 
@@ -108,6 +134,7 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
         &["mountdevice", mnt.to_str().expect("utf-8"), &dev_a, &rw],
     );
     assert_eq!(out.status, "Failure", "{}", out.raw);
+    assert!(out.message().contains("attached to 2 VMs"), "{}", out.raw);
     assert_eq!(md5(&dev_a), blank, "nothing written");
 }
 

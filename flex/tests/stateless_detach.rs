@@ -77,6 +77,26 @@ fn detach_needs_no_record_of_the_attach() {
     detached_on_another_host(&env, "cp-5", "pv-mine", AS_A, "mine");
     assert!(env.vm_disks(AS_A).contains(&"theirs".to_string()));
 
+    // A disk attached by a flexdisk from before the tag (untagged), whose host still has its
+    // record of the attach: that record identifies it.
+    let legacy = env.disk("legacy-disk", 1);
+    let vm = env.rt.block_on(env.arm.node_vm(AS_B)).expect("vm").vm;
+    env.rt
+        .block_on(env.arm.attach_detach(
+            &vm,
+            &[flexdisk_azure::AttachSpec {
+                disk_id: legacy.clone(),
+                lun: None,
+                caching: flexdisk_azure::Caching::None,
+            }],
+            &[],
+        ))
+        .expect("attach");
+    let records = env.state_dir("cp-old").join("volumes");
+    std::fs::create_dir_all(&records).expect("dir");
+    std::fs::write(records.join("pv-legacy"), &legacy).expect("record");
+    detached_on_another_host(&env, "cp-old", "pv-legacy", AS_B, "legacy-disk");
+
     // A disk tagged for one PV and attached is not handed to another PV.
     let stolen = env.controller_on(
         "cp-1",

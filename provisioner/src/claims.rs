@@ -148,8 +148,8 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // A provisioning this provisioner started is brought to its end first, even for a claim
     // being deleted.
-    if let Some(disk_uri) = intent::recorded(&pvc) {
-        if let Some(action) = intent::finish(&ctx, &pvc, &disk_uri).await? {
+    if intent::recorded(&pvc, &ctx.name) {
+        if let Some(action) = intent::finish(&ctx, &pvc).await? {
             return Ok(action);
         }
     }
@@ -230,14 +230,15 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
     // found again from the claim and either gets its PV or is deleted.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    if !intent::record(&claims, &pvc, &plan.pv.disk_uri).await? {
+    if !intent::record(&claims, &pvc, &ctx.name, &plan.pv.disk_uri).await? {
         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
     let disk = ctx.arm.create_disk(&plan.disk).await?;
     // The claim may be going while the disk was made: then the disk is deleted, by the intent.
-    let now = claims.get_opt(&claim.name).await?;
+    let same = |c: &PersistentVolumeClaim| c.uid().as_deref() == Some(claim.uid.as_str());
+    let now = claims.get_opt(&claim.name).await?.filter(same);
     if let Some(c) = now.filter(|c| c.metadata.deletion_timestamp.is_some()) {
-        if let Some(action) = intent::finish(&ctx, &c, &plan.pv.disk_uri).await? {
+        if let Some(action) = intent::finish(&ctx, &c).await? {
             return Ok(action);
         }
     }
@@ -250,8 +251,8 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
         Err(e) => return Err(e.into()),
     }
     // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
-    if let Some(c) = claims.get_opt(&claim.name).await? {
-        intent::finish(&ctx, &c, &plan.pv.disk_uri).await?;
+    if let Some(c) = claims.get_opt(&claim.name).await?.filter(same) {
+        intent::finish(&ctx, &c).await?;
     }
     ctx.event(
         &*pvc,

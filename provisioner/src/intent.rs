@@ -5,27 +5,44 @@
 //! resource group has to infer from tags (which other clusters and the Azure Disk CSI driver set
 //! too) whose a disk is, and a disk kept by a `Retain` PV is never taken for an orphan.
 
+use crate::claims::{PROVISIONER_BETA_KEY, PROVISIONER_KEY};
 use crate::run::{Ctx, Error};
-use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
+use flexdisk_azure::naming::{disk_name_for_pv, parse_resource_id, pv_of_tags, ResourceKind};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::json;
 use std::time::Duration;
 use tracing::info;
 
-pub const FINALIZER: &str = "flexdisk/disk-in-progress";
 /// The resource ID of the disk being made for the claim.
 pub const ANNOTATION: &str = "flexdisk/disk-in-progress";
 
-/// The disk this claim's provisioning started, if it has not finished.
-pub fn recorded(pvc: &PersistentVolumeClaim) -> Option<String> {
-    pvc.finalizers()
-        .iter()
-        .any(|f| f == FINALIZER)
-        .then(|| pvc.annotations().get(ANNOTATION).cloned())
-        .flatten()
+/// The finalizer of the provisioner named `name` (each provisioner of a cluster has its own, so
+/// that none finishes another's provisioning): `<name>-disk-in-progress`, a qualified name as
+/// provisioner names are (`flexdisk/azure-disk` → `flexdisk/azure-disk-disk-in-progress`).
+pub fn finalizer(name: &str) -> String {
+    if name.contains('/') {
+        format!("{name}-disk-in-progress")
+    } else {
+        format!("flexdisk/{name}-disk-in-progress")
+    }
+}
+
+/// Whether this claim carries the record of a provisioning by `name` that has not finished.
+pub fn recorded(pvc: &PersistentVolumeClaim, name: &str) -> bool {
+    let f = finalizer(name);
+    pvc.finalizers().contains(&f)
+}
+
+/// Whether the claim asks this provisioner (`name`) for its volume.
+fn addressed_to(pvc: &PersistentVolumeClaim, name: &str) -> bool {
+    let a = pvc.annotations();
+    a.get(PROVISIONER_KEY)
+        .or_else(|| a.get(PROVISIONER_BETA_KEY))
+        .is_some_and(|p| p == name)
 }
 
 /// Records that `disk_uri` is being made for the claim. `false`: the claim changed since it was
@@ -33,11 +50,13 @@ pub fn recorded(pvc: &PersistentVolumeClaim) -> Option<String> {
 pub async fn record(
     api: &Api<PersistentVolumeClaim>,
     pvc: &PersistentVolumeClaim,
+    name: &str,
     disk_uri: &str,
 ) -> Result<bool, Error> {
+    let ours = finalizer(name);
     let mut finalizers: Vec<String> = pvc.finalizers().to_vec();
-    if !finalizers.iter().any(|f| f == FINALIZER) {
-        finalizers.push(FINALIZER.to_string());
+    if !finalizers.contains(&ours) {
+        finalizers.push(ours);
     }
     let patch = json!({"metadata": {"resourceVersion": pvc.resource_version(),
         "finalizers": finalizers, "annotations": {ANNOTATION: disk_uri}}});
@@ -55,50 +74,95 @@ pub async fn record(
     }
 }
 
-/// Clears the record (the claim's PV exists, or its disk is gone).
-async fn clear(api: &Api<PersistentVolumeClaim>, name: &str) -> Result<(), Error> {
-    // Read fresh: the finalizer list is replaced whole, guarded by the resourceVersion.
-    let Some(pvc) = api.get_opt(name).await? else {
-        return Ok(());
-    };
-    if !pvc.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(());
+/// Clears the record (the claim's PV exists, or its disk is gone). The finalizer list is
+/// replaced whole, guarded by the resourceVersion: on a conflict it is read again.
+async fn clear(api: &Api<PersistentVolumeClaim>, claim: &str, name: &str) -> Result<(), Error> {
+    let ours = finalizer(name);
+    let mut tries = 0;
+    loop {
+        let Some(pvc) = api.get_opt(claim).await? else {
+            return Ok(());
+        };
+        if !pvc.finalizers().contains(&ours) {
+            return Ok(());
+        }
+        let kept: Vec<&String> = pvc.finalizers().iter().filter(|f| **f != ours).collect();
+        let patch = json!({"metadata": {"resourceVersion": pvc.resource_version(),
+            "finalizers": kept, "annotations": {ANNOTATION: null}}});
+        match api
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && tries < 5 => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
     }
-    let kept: Vec<&String> = pvc
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = json!({"metadata": {"resourceVersion": pvc.resource_version(),
-        "finalizers": kept, "annotations": {ANNOTATION: null}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await?;
-    Ok(())
 }
 
 /// Brings a claim with a recorded provisioning to its end: its PV exists → the record goes;
-/// the claim is being deleted and no PV was made → the disk is deleted, then the record goes.
-/// `None`: provisioning goes on (the claim lives and has no PV yet).
-pub async fn finish(
-    ctx: &Ctx,
-    pvc: &PersistentVolumeClaim,
-    disk_uri: &str,
-) -> Result<Option<Action>, Error> {
+/// the claim is being deleted and no PV was made → the disk made for it is deleted, then the
+/// record goes. `None`: provisioning goes on (the claim lives and has no PV yet).
+///
+/// The disk deleted is never simply the one the annotation names: its name must be the one this
+/// provisioner gives the claim's disk (from the claim's UID), and the disk must carry the tag
+/// that says it was made for this claim's PV. Anything else is left alone, with an event.
+pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Action>, Error> {
     let ns = pvc.namespace().unwrap_or_default();
+    let claim = pvc.name_any();
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
     if pvs.get_opt(&pv_name).await?.is_some() {
-        clear(&claims, &pvc.name_any()).await?;
+        clear(&claims, &claim, &ctx.name).await?;
         return Ok(Some(Action::await_change()));
     }
     if pvc.metadata.deletion_timestamp.is_none() {
         return Ok(None);
     }
-    let id = parse_resource_id(disk_uri, ResourceKind::Disk).map_err(Error::Internal)?;
-    info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name,
-        "the claim was deleted before its volume existed; deleting the disk made for it");
-    ctx.arm.delete_disk(&id.resource_group, &id.name).await?;
-    clear(&claims, &pvc.name_any()).await?;
+    if !addressed_to(pvc, &ctx.name) {
+        // Our record on a claim that is not (or no longer) ours to provision: it goes, and
+        // nothing else is done.
+        clear(&claims, &claim, &ctx.name).await?;
+        return Ok(Some(Action::await_change()));
+    }
+    let expected = disk_name_for_pv(&pv_name);
+    let id = pvc
+        .annotations()
+        .get(ANNOTATION)
+        .and_then(|uri| parse_resource_id(uri, ResourceKind::Disk).ok())
+        .filter(|id| {
+            id.name == expected && id.subscription.eq_ignore_ascii_case(&ctx.arm.subscription)
+        });
+    let Some(id) = id else {
+        ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
+            "the claim was deleted while its disk was being made, and its annotation {ANNOTATION} does not name \
+             disk {expected}; nothing is deleted — if a disk {expected} exists in Azure, delete it yourself"
+        )).await;
+        clear(&claims, &claim, &ctx.name).await?;
+        return Ok(Some(Action::await_change()));
+    };
+    match ctx.arm.get_disk(&id.resource_group, &id.name).await? {
+        None => {}
+        Some(disk) if pv_of_tags(&disk.tags) == Some(pv_name.as_str()) => {
+            info!(claim = %format!("{ns}/{claim}"), disk = %id.name,
+                "the claim was deleted before its volume existed; deleting the disk made for it");
+            if let Err(e) = ctx.arm.delete_disk(&id.resource_group, &id.name).await {
+                ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
+                    "the claim was deleted while its disk {} was being made; deleting that disk failed: {e} (retried)",
+                    id.name
+                )).await;
+                return Err(e.into());
+            }
+        }
+        Some(_) => {
+            ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
+                "the claim was deleted while its disk was being made, but disk {} in {} is not tagged as made for \
+                 PV {pv_name}; it is left alone",
+                id.name, id.resource_group
+            )).await;
+        }
+    }
+    clear(&claims, &claim, &ctx.name).await?;
     Ok(Some(Action::requeue(Duration::from_secs(1))))
 }

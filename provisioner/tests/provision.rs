@@ -874,6 +874,28 @@ fn kept_disks_and_other_drivers_disks_are_never_deleted() {
         spec.tags.insert(k.to_string(), v.to_string());
     }
     s.rt.block_on(s.arm.create_disk(&spec)).expect("disk");
+    // A claim's owner forges this provisioner's intent, naming the kept disk, and deletes the
+    // claim: the intent names only the disk the claim's own UID gives, so nothing is deleted.
+    let kept_uri = s.disk(&kept_pv).expect("kept").id;
+    let sc = json!({"metadata": {"name": "other"}, "provisioner": "example.com/other"});
+    assert_eq!(
+        s.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc))
+            .0,
+        201
+    );
+    let (status, _) = s.call(
+        "POST",
+        PVCS,
+        Some(json!({
+        "metadata": {"name": "forged", "finalizers": ["flexdisk/azure-disk-disk-in-progress"], "annotations": {
+            "volume.kubernetes.io/storage-provisioner": "flexdisk/azure-disk",
+            "flexdisk/disk-in-progress": kept_uri}},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "other",
+                 "resources": {"requests": {"storage": "1Gi"}}}})),
+    );
+    assert_eq!(status, 201);
+    s.call("DELETE", &format!("{PVCS}/forged"), None);
+    s.gone(&format!("{PVCS}/forged"));
     for _ in 0..3 {
         s.crash_and_restart();
         std::thread::sleep(Duration::from_secs(2));
@@ -911,9 +933,10 @@ fn a_claim_deleted_while_its_disk_is_made_leaves_no_disk() {
     let c = s.claim("doomed", "fast", "1Gi");
     let disk = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
     let claim = s.until(&format!("{PVCS}/doomed"), "the intent recorded", |o| {
-        o["metadata"]["finalizers"]
-            .as_array()
-            .is_some_and(|f| f.iter().any(|f| f == "flexdisk/disk-in-progress"))
+        o["metadata"]["finalizers"].as_array().is_some_and(|f| {
+            f.iter()
+                .any(|f| f == "flexdisk/azure-disk-disk-in-progress")
+        })
     });
     assert!(
         claim["metadata"]["annotations"]["flexdisk/disk-in-progress"]
