@@ -21,7 +21,7 @@ pub const SELECTED_NODE_KEY: &str = "volume.kubernetes.io/selected-node";
 pub const FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
 pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 
-fn bytes_of(q: &str) -> u64 {
+pub fn bytes_of(q: &str) -> u64 {
     let q = q.trim();
     let split = q
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -153,6 +153,20 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
             return Ok(action);
         }
     }
+    // A bound claim of ours may ask for more: this provisioner is its resizer.
+    if let Some(volume) = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_ref())
+        .filter(|v| !v.is_empty())
+    {
+        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        if let Some(pv) = pvs.get_opt(volume).await? {
+            if let Some(action) = crate::resize::reconcile(&ctx, &pvc, &pv).await? {
+                return Ok(action);
+            }
+        }
+    }
     if !ours(&pvc, &ctx.name) {
         return Ok(Action::await_change());
     }
@@ -274,12 +288,19 @@ async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceCl
     };
     let spec = src.spec.clone().unwrap_or_default();
     let mut disk_uri = None;
+    // The disk may have grown before the claim's status says so (the node's part of a resize
+    // pending): a copy is at least as large as the disk.
+    let mut volume_bytes = 0;
     if let Some(v) = spec.volume_name.as_ref().filter(|v| !v.is_empty()) {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        disk_uri = pvs
-            .get_opt(v)
-            .await?
-            .and_then(|pv| pv.spec)
+        let pv_spec = pvs.get_opt(v).await?.and_then(|pv| pv.spec);
+        volume_bytes = pv_spec
+            .as_ref()
+            .and_then(|s| s.capacity.as_ref())
+            .and_then(|c| c.get("storage"))
+            .map(|q| bytes_of(&q.0))
+            .unwrap_or(0);
+        disk_uri = pv_spec
             .and_then(|s| s.flex_volume)
             .and_then(|f| f.options)
             .and_then(|o| o.get("diskURI").cloned());
@@ -290,7 +311,8 @@ async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceCl
         .and_then(|s| s.capacity.as_ref())
         .and_then(|c| c.get("storage"))
         .map(|q| bytes_of(&q.0))
-        .unwrap_or(0);
+        .unwrap_or(0)
+        .max(volume_bytes);
     Ok(Some(SourceClaim {
         storage_class: spec.storage_class_name.unwrap_or_default(),
         disk_uri,

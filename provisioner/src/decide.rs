@@ -286,6 +286,50 @@ pub fn deletion(pv: &Volume, provisioner: &str) -> Deletion {
     }
 }
 
+/// What a claim bound to one of our volumes says about its size, as the external resizer reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sizes {
+    /// `spec.resources.requests.storage`.
+    pub request: u64,
+    /// The PV's `spec.capacity.storage` (what the disk has been grown to).
+    pub volume: u64,
+    /// `status.allocatedResources.storage`: the size last tried.
+    pub allocated: Option<u64>,
+    /// `status.allocatedResourceStatuses.storage`.
+    pub status: Option<String>,
+    /// A `ControllerResizeError` condition: the last try failed for good.
+    pub failed_for_good: bool,
+}
+
+/// Whether (and to what size) the disk must grow now. The rules of kubernetes-csi/external-resizer
+/// (`pkg/controller/expand_and_recover.go`, expandAndRecover): a resize the node has to finish is
+/// left to the node; one this provisioner started goes on to the size it tried, unless that failed
+/// for good, in which case the (possibly lowered) request wins — recovery from expansion failure.
+pub fn resize_to(z: &Sizes) -> Option<u64> {
+    let status = z.status.as_deref();
+    let node_side = matches!(
+        status,
+        Some("NodeResizePending" | "NodeResizeInProgress" | "NodeResizeInfeasible")
+    );
+    let target = if z.volume < z.request {
+        match status {
+            _ if node_side => z.allocated.unwrap_or(z.request),
+            Some("ControllerResizeInProgress") if !z.failed_for_good => {
+                z.allocated.unwrap_or(z.request)
+            }
+            _ => z.request,
+        }
+    } else {
+        match status {
+            _ if node_side => return None,
+            Some(s) if s.starts_with("ControllerResize") => z.allocated?,
+            None => z.allocated.filter(|a| *a > z.volume)?,
+            Some(_) => return None,
+        }
+    };
+    (target > z.volume).then_some(target)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,6 +532,68 @@ mod tests {
         );
         assert!(
             refused(provision(&c, &class(&[]), None, None, &cluster())).contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn resizes_follow_the_external_resizer() {
+        let gi = |n: u64| n << 30;
+        let z = |request, volume, allocated: Option<u64>, status: Option<&str>, failed| Sizes {
+            request: gi(request),
+            volume: gi(volume),
+            allocated: allocated.map(gi),
+            status: status.map(str::to_string),
+            failed_for_good: failed,
+        };
+        // A new request.
+        assert_eq!(resize_to(&z(8, 5, None, None, false)), Some(gi(8)));
+        assert_eq!(resize_to(&z(5, 5, None, None, false)), None);
+        // The disk is grown; the node finishes.
+        assert_eq!(
+            resize_to(&z(8, 8, Some(8), Some("NodeResizePending"), false)),
+            None
+        );
+        // Interrupted after the disk grew but before the PV said so: the same size again.
+        assert_eq!(
+            resize_to(&z(8, 5, Some(8), Some("ControllerResizeInProgress"), false)),
+            Some(gi(8))
+        );
+        // The user asks for more while the first growth is under way: that one finishes first.
+        assert_eq!(
+            resize_to(&z(
+                12,
+                5,
+                Some(8),
+                Some("ControllerResizeInProgress"),
+                false
+            )),
+            Some(gi(8))
+        );
+        // Failed for good (too big), then lowered: the lowered request is honoured.
+        assert_eq!(
+            resize_to(&z(
+                7,
+                5,
+                Some(64_000),
+                Some("ControllerResizeInfeasible"),
+                true
+            )),
+            Some(gi(7))
+        );
+        assert_eq!(
+            resize_to(&z(
+                7,
+                5,
+                Some(64_000),
+                Some("ControllerResizeInProgress"),
+                true
+            )),
+            Some(gi(7))
+        );
+        // A growth the node has yet to do blocks a new one until it is done.
+        assert_eq!(
+            resize_to(&z(12, 8, Some(8), Some("NodeResizePending"), false)),
+            None
         );
     }
 

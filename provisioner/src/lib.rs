@@ -8,5 +8,6 @@ pub mod cli;
 pub mod decide;
 pub mod intent;
 pub mod metrics;
+pub mod resize;
 pub mod run;
 pub mod volumes;

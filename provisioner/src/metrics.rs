@@ -23,6 +23,7 @@ pub struct Metrics {
     registry: Registry,
     provisions: Family<Labels, Counter>,
     deletions: Family<Labels, Counter>,
+    resizes: Family<Labels, Counter>,
     provision_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     arm: [Counter; 3],
     arm_seen: Mutex<(u64, u64, u64)>,
@@ -39,6 +40,7 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("flexdisk_provisioner");
         let provisions = Family::<Labels, Counter>::default();
         let deletions = Family::<Labels, Counter>::default();
+        let resizes = Family::<Labels, Counter>::default();
         let provision_seconds =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let arm = [Counter::default(), Counter::default(), Counter::default()];
@@ -52,6 +54,11 @@ impl Default for Metrics {
             "deletions",
             "Released volumes handled, by outcome (deleted, kept, refused, failed)",
             deletions.clone(),
+        );
+        registry.register(
+            "resizes",
+            "Disk growths for claims, by outcome (grown, needs_detach, infeasible, failed)",
+            resizes.clone(),
         );
         registry.register(
             "provision_duration_seconds",
@@ -78,6 +85,7 @@ impl Default for Metrics {
             registry,
             provisions,
             deletions,
+            resizes,
             provision_seconds,
             arm,
             arm_seen: Mutex::new((0, 0, 0)),
@@ -103,6 +111,12 @@ impl Metrics {
 
     pub fn deletion(&self, outcome: &str) {
         self.deletions
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc();
+    }
+
+    pub fn resize(&self, outcome: &str) {
+        self.resizes
             .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
             .inc();
     }

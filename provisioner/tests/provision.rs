@@ -998,3 +998,99 @@ fn crashes_while_claims_come_and_go_leave_nothing_behind() {
     assert!(pvs.len() >= 30, "{pvs:?}");
     s.delete_all_and_converge(&names, Duration::from_secs(120));
 }
+
+/// The events about one object, by reason.
+fn reasons(s: &Setup, name: &str) -> Vec<String> {
+    let (_, list) = s.call(
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        None,
+    );
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == name)
+        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// kube-controller-manager never grows FlexVolume PVs: the provisioner does, as the external
+/// resizer would — disk, PV, then the claim's status handing the filesystem to the node. A request
+/// Azure refuses is Infeasible, and lowering it afterwards (recovery from expansion failure) is
+/// honoured.
+#[test]
+fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
+    let s = Setup::start();
+    s.class(
+        "grows",
+        json!({"skuName": "Premium_LRS"}),
+        json!({"allowVolumeExpansion": true}),
+    );
+    let c = s.claim("big", "grows", "5Gi");
+    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/big"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let grow = |size: &str| {
+        let (status, body) = s.call(
+            "PATCH",
+            &format!("{PVCS}/big"),
+            Some(json!({"spec": {"resources": {"requests": {"storage": size}}}})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    grow("8Gi");
+    let claim = s.until(&format!("{PVCS}/big"), "the node's turn", |o| {
+        o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
+    });
+    assert_eq!(claim["status"]["allocatedResources"]["storage"], "8Gi");
+    assert_eq!(
+        claim["status"]["capacity"]["storage"], "5Gi",
+        "the node has not grown it yet"
+    );
+    let types: Vec<&str> = claim["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    assert!(types.contains(&"FileSystemResizePending"), "{claim}");
+    assert_eq!(s.disk(&pv).expect("disk").size_gib, 8);
+    let (_, volume) = s.call("GET", &format!("/api/v1/persistentvolumes/{pv}"), None);
+    assert_eq!(volume["spec"]["capacity"]["storage"], "8Gi");
+    let seen = reasons(&s, "big");
+    for r in ["Resizing", "FileSystemResizeRequired"] {
+        assert!(seen.iter().any(|x| x == r), "{r} in {seen:?}");
+    }
+
+    // The node finishes (as kubelet does after expandfs), then a request beyond what Azure allows.
+    let (status, body) = s.call(
+        "PATCH",
+        &format!("{PVCS}/big/status"),
+        Some(json!({"status": {"capacity": {"storage": "8Gi"},
+            "allocatedResourceStatuses": {"storage": null}, "conditions": []}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    grow("40000Gi");
+    let claim = s.until(&format!("{PVCS}/big"), "Infeasible", |o| {
+        o["status"]["allocatedResourceStatuses"]["storage"] == "ControllerResizeInfeasible"
+    });
+    assert!(claim["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "ControllerResizeError"
+            && c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("lower the claim's request"))));
+    assert!(reasons(&s, "big").iter().any(|r| r == "VolumeResizeFailed"));
+    assert_eq!(s.disk(&pv).expect("disk").size_gib, 8, "nothing grown");
+    // Recovery: a lower request (still above the volume's 8Gi) is honoured.
+    grow("10Gi");
+    let claim = s.until(&format!("{PVCS}/big"), "the lowered size", |o| {
+        o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
+    });
+    assert_eq!(claim["status"]["allocatedResources"]["storage"], "10Gi");
+    assert_eq!(s.disk(&pv).expect("disk").size_gib, 10);
+}

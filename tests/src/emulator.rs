@@ -144,12 +144,6 @@ enum Action {
     DeletePod {
         path: String,
     },
-    Expand {
-        pv: Value,
-        claim: Value,
-        new_bytes: u128,
-        old_bytes: u128,
-    },
     ExpandFs {
         pod: String,
         m: Mounted,
@@ -171,7 +165,6 @@ impl Action {
             }
             Action::Running { path } => format!("running {path}"),
             Action::DeletePod { path } => format!("delete {path}"),
-            Action::Expand { pv, .. } => format!("expand {}", name(pv)),
             Action::ExpandFs { pod, m, .. } => format!("expandfs {pod} {}", m.pv),
         }
     }
@@ -430,8 +423,13 @@ impl Shared {
                     });
                 }
             }
-            // Growth: the claim asks for more than the PV has (controller), then the
-            // filesystem of a mounted volume (kubelet), then the claim's status.
+            // Growth. No controller-side step: kube-controller-manager's expand controller never
+            // loads FlexVolume plugins (cmd/kube-controller-manager/app/plugins.go,
+            // ProbeExpandableVolumePlugins), so the provisioner grows the disk and the PV. kubelet
+            // then grows the filesystem of a mounted volume whose PV is larger than the claim's
+            // status capacity (checkVolumeFSResize in pkg/kubelet/volumemanager/populator), if the
+            // claim lets the node proceed (NodeExpander.runPreCheck in
+            // pkg/volume/util/operationexecutor/node_expander.go).
             for c in &claims {
                 let Some(pv) = c["spec"]["volumeName"].as_str().and_then(|p| pvs.get(p)) else {
                     continue;
@@ -439,17 +437,15 @@ impl Shared {
                 if pv["spec"]["flexVolume"]["driver"] != DRIVER {
                     continue;
                 }
-                let want = bytes(&c["spec"]["resources"]["requests"]["storage"]);
                 let has = bytes(&pv["spec"]["capacity"]["storage"]);
                 let shown = bytes(&c["status"]["capacity"]["storage"]);
-                if want > has {
-                    actions.push(Action::Expand {
-                        pv: pv.clone(),
-                        claim: c.clone(),
-                        new_bytes: want,
-                        old_bytes: has,
-                    });
-                } else if has > shown {
+                let resize_status = c["status"]["allocatedResourceStatuses"]["storage"].as_str();
+                let node_may = match resize_status {
+                    Some(s) => matches!(s, "NodeResizePending" | "NodeResizeInProgress"),
+                    // Without any resize status: the legacy path, unless a size was allocated.
+                    None => c["status"]["allocatedResources"]["storage"].is_null(),
+                };
+                if has > shown && node_may {
                     let mounted = st
                         .mounted
                         .iter()
@@ -623,36 +619,6 @@ impl Shared {
                 .call("DELETE", &format!("{path}?gracePeriodSeconds=0"), None)
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
-            Action::Expand {
-                pv,
-                claim,
-                new_bytes,
-                old_bytes,
-            } => {
-                let options = volume_options(pv, false);
-                let dir = device_mount_dir(&PathBuf::from("/var/lib/kubelet"), DRIVER, name(pv));
-                self.hosts
-                    .controller
-                    .call(
-                        &[
-                            "expandvolume",
-                            &options,
-                            &dir.to_string_lossy(),
-                            &new_bytes.to_string(),
-                            &old_bytes.to_string(),
-                        ],
-                        None,
-                    )
-                    .map_err(fe)?;
-                let size = claim["spec"]["resources"]["requests"]["storage"].clone();
-                self.kube
-                    .merge_patch(
-                        &format!("/api/v1/persistentvolumes/{}", name(pv)),
-                        &json!({"spec": {"capacity": {"storage": size}}}),
-                    )
-                    .map_err(|e| e.to_string())?;
-                Ok(())
-            }
             Action::ExpandFs {
                 m,
                 pv,
@@ -677,10 +643,31 @@ impl Shared {
                         None,
                     )
                     .map_err(fe)?;
+                // MarkFSResizeFinished (pkg/volume/util/resize_util.go): the claim's capacity is the
+                // volume's, its resize status and conditions go.
+                let claim = self.kube.get(claim_status).map_err(|e| e.to_string())?;
+                let conditions: Vec<Value> = claim
+                    .as_ref()
+                    .and_then(|c| c["status"]["conditions"].as_array().cloned())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| {
+                        !matches!(
+                            c["type"].as_str(),
+                            Some(
+                                "Resizing"
+                                    | "FileSystemResizePending"
+                                    | "ControllerResizeError"
+                                    | "NodeResizeError"
+                            )
+                        )
+                    })
+                    .collect();
                 self.kube
                     .merge_patch(
                         claim_status,
-                        &json!({"status": {"capacity": {"storage": pv["spec"]["capacity"]["storage"]}}}),
+                        &json!({"status": {"capacity": {"storage": pv["spec"]["capacity"]["storage"]},
+                            "allocatedResourceStatuses": {"storage": null}, "conditions": conditions}}),
                     )
                     .map_err(|e| e.to_string())?;
                 self.lock().counts.grown += 1;

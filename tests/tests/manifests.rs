@@ -387,6 +387,30 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
         json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "plain"}}),
     );
     cluster.bound_pv("default", "copy");
+    // Grown: the provisioner resizes its volumes (the claim's status, the PV's capacity).
+    let grown = plain_pv["spec"]["capacity"]["storage"]
+        .as_str()
+        .and_then(flexdisk_sim::kube::quantity::parse)
+        .expect("capacity")
+        + (1 << 30);
+    kube.merge_patch(
+        "/api/v1/namespaces/default/persistentvolumeclaims/plain",
+        &json!({"spec": {"resources": {"requests": {"storage": grown.to_string()}}}}),
+    )
+    .expect("grow");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kube
+        .get("/api/v1/namespaces/default/persistentvolumeclaims/plain")
+        .expect("claim")
+        .is_none_or(|c| c["status"]["allocatedResourceStatuses"]["storage"] != "NodeResizePending")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the claim never grew:\n{}",
+            cluster.provisioner_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let zonal_node = cluster.nodes(true)[0].clone();
     claim("zonal", "flexdisk-premium-zonal", json!({}));
     kube.merge_patch(

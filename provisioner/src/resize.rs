@@ -1,0 +1,258 @@
+//! Growing a bound claim's disk: kube-controller-manager's expand controller never loads FlexVolume
+//! plugins (`ProbeExpandableVolumePlugins` has none; kubernetes issue #126881), so for our volumes
+//! this provisioner is the external resizer. It follows kubernetes-csi/external-resizer
+//! (`pkg/controller/expand_and_recover.go`, `resize_status.go`): the claim's status says
+//! `ControllerResizeInProgress` with the size tried (`allocatedResources`) and a `Resizing`
+//! condition; the disk grows in Azure; the PV's capacity follows; the claim then says
+//! `NodeResizePending` with `FileSystemResizePending`, which is what makes kubelet run the
+//! driver's `expandfs` on the node and finish the claim (`status.capacity`). Where Azure needs the
+//! disk detached first (shared disks, growth across 4 TiB), the claim says so and it is tried again
+//! until the pods are gone.
+
+use crate::claims::PROVISIONED_BY;
+use crate::decide::{resize_to, Sizes};
+use crate::run::{Ctx, Error};
+use flexdisk_azure::disks::gib_for_bytes;
+use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
+use flexdisk_azure::AzureError;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tracing::info;
+
+const RESIZE_CONDITIONS: [&str; 4] = [
+    "Resizing",
+    "FileSystemResizePending",
+    "ControllerResizeError",
+    "NodeResizeError",
+];
+
+/// How often a growth that needs the disk detached is tried again.
+const DETACH_RETRY: Duration = Duration::from_secs(15);
+
+fn bytes(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> u64 {
+    q.map(|q| crate::claims::bytes_of(&q.0)).unwrap_or(0)
+}
+
+fn sizes(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> Sizes {
+    let status = pvc.status.clone().unwrap_or_default();
+    Sizes {
+        request: bytes(
+            pvc.spec
+                .as_ref()
+                .and_then(|s| s.resources.as_ref())
+                .and_then(|r| r.requests.as_ref())
+                .and_then(|r| r.get("storage")),
+        ),
+        volume: bytes(
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("storage")),
+        ),
+        allocated: status
+            .allocated_resources
+            .as_ref()
+            .and_then(|a| a.get("storage"))
+            .map(|q| crate::claims::bytes_of(&q.0)),
+        status: status
+            .allocated_resource_statuses
+            .as_ref()
+            .and_then(|s| s.get("storage"))
+            .cloned(),
+        failed_for_good: status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "ControllerResizeError" && c.status == "True"),
+    }
+}
+
+fn now() -> String {
+    let t = k8s_openapi::jiff::Timestamp::now();
+    t.round(k8s_openapi::jiff::Unit::Second)
+        .unwrap_or(t)
+        .to_string()
+}
+
+/// The claim's conditions without the resize ones (`keep`: those kept), plus `add`.
+fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: &[(&str, &str)]) -> Vec<Value> {
+    let mut out: Vec<Value> = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| {
+            !RESIZE_CONDITIONS.contains(&c.type_.as_str()) || keep.contains(&c.type_.as_str())
+        })
+        .filter(|c| !add.iter().any(|(t, _)| *t == c.type_))
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    for (type_, message) in add {
+        out.push(
+            json!({"type": type_, "status": "True", "lastProbeTime": null,
+            "lastTransitionTime": now(), "message": message}),
+        );
+    }
+    out
+}
+
+async fn patch_status(
+    api: &Api<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+    status: Value,
+) -> Result<PersistentVolumeClaim, Error> {
+    let patch = json!({"metadata": {"resourceVersion": pvc.resource_version()}, "status": status});
+    Ok(api
+        .patch_status(
+            &pvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?)
+}
+
+/// The claim is bound to `pv`; grows its disk if the claim asks for more. `None`: nothing to do.
+pub async fn reconcile(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+) -> Result<Option<Action>, Error> {
+    let ours = pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
+        && pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.as_deref())
+            == pvc.uid().as_deref();
+    if !ours {
+        return Ok(None);
+    }
+    let Some(target) = resize_to(&sizes(pvc, pv)) else {
+        return Ok(None);
+    };
+    let Some(uri) = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.flex_volume.as_ref())
+        .and_then(|f| f.options.as_ref())
+        .and_then(|o| o.get("diskURI"))
+    else {
+        return Ok(None);
+    };
+    let id = parse_resource_id(uri, ResourceKind::Disk).map_err(Error::Internal)?;
+    let gib = gib_for_bytes(target);
+    let ns = pvc.namespace().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+
+    // 1. The claim says what is being tried.
+    let pvc = patch_status(
+        &claims,
+        pvc,
+        json!({"conditions": conditions(pvc, &[], &[("Resizing", "")]),
+            "allocatedResources": {"storage": format!("{gib}Gi")},
+            "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
+    )
+    .await?;
+    ctx.event(
+        &pvc,
+        EventType::Normal,
+        "Resizing",
+        format!(
+            "growing disk {} to {gib} GiB for volume {}",
+            id.name,
+            pv.name_any()
+        ),
+    )
+    .await;
+
+    // 2. The disk.
+    let disk = match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
+        Ok(d) => d,
+        Err(AzureError::Other {
+            status: Some(409),
+            message,
+            ..
+        }) => {
+            ctx.metrics.resize("needs_detach");
+            let why = format!(
+                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); stop the pods using \
+                 the claim and the growth goes through (tried again every {}s)",
+                id.name,
+                DETACH_RETRY.as_secs()
+            );
+            ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
+                .await;
+            patch_status(
+                &claims,
+                &pvc,
+                json!({"conditions": conditions(&pvc, &["Resizing"], &[("ControllerResizeError", &why)])}),
+            )
+            .await?;
+            return Ok(Some(Action::requeue(DETACH_RETRY)));
+        }
+        Err(e @ AzureError::InvalidParameter { .. }) => {
+            ctx.metrics.resize("infeasible");
+            let why = format!(
+                "disk {} cannot grow to {gib} GiB: {e}; lower the claim's request to a size Azure allows",
+                id.name
+            );
+            ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
+                .await;
+            patch_status(
+                &claims,
+                &pvc,
+                json!({"conditions": conditions(&pvc, &[], &[("ControllerResizeError", &why)]),
+                    "allocatedResourceStatuses": {"storage": "ControllerResizeInfeasible"}}),
+            )
+            .await?;
+            return Ok(Some(Action::await_change()));
+        }
+        Err(e) => {
+            ctx.metrics.resize("failed");
+            ctx.event(
+                &pvc,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                format!("growing disk {} to {gib} GiB: {e} (retried)", id.name),
+            )
+            .await;
+            return Err(e.into());
+        }
+    };
+
+    // 3. The volume, then 4. the node's part.
+    pvs.patch(
+        &pv.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}})),
+    )
+    .await?;
+    patch_status(
+        &claims,
+        &pvc,
+        json!({"conditions": conditions(&pvc, &["Resizing"], &[("FileSystemResizePending",
+                "Waiting for user to (re-)start a pod to finish file system resize of volume on node.")]),
+            "allocatedResourceStatuses": {"storage": "NodeResizePending"}}),
+    )
+    .await?;
+    ctx.event(
+        &pvc,
+        EventType::Normal,
+        "FileSystemResizeRequired",
+        format!(
+            "disk {} is {} GiB; the filesystem grows on the node",
+            id.name, disk.size_gib
+        ),
+    )
+    .await;
+    ctx.metrics.resize("grown");
+    info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name, gib = disk.size_gib, "grown");
+    Ok(Some(Action::await_change()))
+}
