@@ -316,3 +316,56 @@ fn class_mount_options_mount_and_spec_mount_options_are_refused_as_kubelet_does(
             .any(|l| l.contains("Mount options are not supported for this volume type"))
     });
 }
+
+/// Azure grows a shared disk only while it is detached: the claim says so (an event and a
+/// `ControllerResizeError` condition) while the pod runs, and the growth completes once the pod
+/// is gone and the disk detached; the next pod finds the filesystem grown.
+#[test]
+fn a_growth_that_needs_a_detach_waits_for_it_and_then_completes() {
+    let s = setup();
+    s.cluster
+        .kube
+        .create(&json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "shared"}, "provisioner": "flexdisk/azure-disk",
+            "parameters": {"skuName": "Premium_LRS", "maxShares": "2", "fsType": "xfs"}, "allowVolumeExpansion": true}))
+        .expect("class");
+    s.claim("wide", "shared", "2Gi");
+    let uid = s.pod("user", NODES[0], &["wide"]);
+    let ms = s.running("user", &uid);
+    write(&ms[0], 600);
+    let claim_path = "/api/v1/namespaces/default/persistentvolumeclaims/wide";
+    s.cluster
+        .kube
+        .merge_patch(
+            claim_path,
+            &json!({"spec": {"resources": {"requests": {"storage": "4Gi"}}}}),
+        )
+        .expect("resize");
+    let claim = || s.cluster.kube.get(claim_path).expect("get").expect("claim");
+    s.until("the claim says a detach is needed", || {
+        claim()["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "ControllerResizeError"
+                    && c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("only while it is detached"))
+            })
+    });
+    assert_eq!(claim()["status"]["capacity"]["storage"], "2Gi");
+    s.delete_pod("user");
+    s.until("detached", || s.emu.attached().is_empty());
+    s.until("the node's turn", || {
+        claim()["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
+    });
+    let uid = s.pod("user-again", NODES[1], &["wide"]);
+    let ms = s.running("user-again", &uid);
+    s.until("the claim shows 4Gi", || {
+        claim()["status"]["capacity"]["storage"] == "4Gi"
+    });
+    let st = nix::sys::statvfs::statvfs(&ms[0].pod_dir).expect("statvfs");
+    assert!(st.blocks() as u64 * st.fragment_size() as u64 > 3 << 30);
+    check(&ms[0], 600);
+}
