@@ -146,6 +146,12 @@ pub fn mount_device(
         .build()
         .map_err(|e| format!("cannot start: {e}"))?;
     let _lock = mounts::lock_device(device, Duration::from_secs(60))?;
+    // Another call may have mounted it while this one waited for the lock.
+    if let Some((mounted, fs)) = mounts::mounted_at(dir) {
+        if mounted == rdev {
+            return Ok(format!("already mounted ({fs})"));
+        }
+    }
     let this_vm = rt.block_on(verify_device(s, &config, device, rdev, &o.disk))?;
     let holders: Vec<String> = if o.read_only {
         Vec::new()

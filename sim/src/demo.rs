@@ -4,7 +4,7 @@
 //! mount on node B, check the file, delete the claim and see the disk go. Prints a timeline.
 
 use crate::kube_client::KubeClient;
-use crate::kubelet::Hosts;
+use crate::kubelet::{Hosts, PodRef};
 use crate::process::SimProcess;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
@@ -267,7 +267,7 @@ fn play(
 
     let lun = controller.attach(&pv, &node_a)?;
     t.done(&format!("attach to {node_a} (LUN {lun})"));
-    let (pod_dir, _) = on_a.set_up(&pv, &lun, POD_A, false)?;
+    let (pod_dir, _) = on_a.set_up(&pv, &lun, &PodRef::named(POD_A), false)?;
     t.done("waitforattach + mountdevice (mkfs.ext4) + bind into the pod");
     let payload = format!(
         "written on {node_a} at {:?} by the flexdisk demo\n",
@@ -286,7 +286,7 @@ fn play(
 
     let lun = controller.attach(&pv, &node_b)?;
     t.done(&format!("attach to {node_b} (LUN {lun})"));
-    let (pod_dir, _) = on_b.set_up(&pv, &lun, POD_B, false)?;
+    let (pod_dir, _) = on_b.set_up(&pv, &lun, &PodRef::named(POD_B), false)?;
     t.done("waitforattach + mountdevice (existing ext4 kept) + bind");
     let read = std::fs::read_to_string(pod_dir.join("hello.txt"))
         .context("hello.txt is missing on the second node")?;

@@ -14,8 +14,23 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// kubelet kills `waitforattach` after this long (and nothing else gets a deadline).
+/// kubelet stops `waitforattach` after this long (and no other call gets a deadline:
+/// `NewDriverCall` passes none, only `waitforattach` uses `NewDriverCallWithTimeout` — kubernetes
+/// `pkg/volume/flexvolume/driver-call.go` and `attacher.go`).
 pub const WAIT_FOR_ATTACH_LIMIT: Duration = Duration::from_secs(600);
+
+/// How a running driver call is ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// kubelet's timeout: `DriverCall.Run` calls `cmd.Stop()`, which is SIGTERM and, 10 s later,
+    /// SIGKILL if the process still runs (`k8s.io/utils/exec`, cmdWrapper.Stop).
+    Stop(Duration),
+    /// SIGKILL at this moment: a fault (the caller's host crashed, its container restarted).
+    Kill(Duration),
+}
+
+/// How long after SIGTERM a stopped call is SIGKILLed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FlexError {
@@ -60,7 +75,7 @@ impl Driver {
 
     /// Runs one call; its combined output must be exactly one JSON object. A `Failure` reply is an
     /// error; `Success` and `Not supported` are replies.
-    pub fn call(&self, args: &[&str], limit: Option<Duration>) -> Result<Reply, FlexError> {
+    pub fn call(&self, args: &[&str], deadline: Option<Deadline>) -> Result<Reply, FlexError> {
         let name = args.first().copied().unwrap_or_default().to_string();
         let started = Instant::now();
         let (reader, writer) = std::io::pipe()
@@ -89,21 +104,36 @@ impl Driver {
             let _ = reader.read_to_string(&mut out);
             out
         });
-        match limit {
+        let (limit, grace) = match deadline {
             None => {
                 let _ = child.wait();
+                (None, Duration::ZERO)
             }
-            Some(limit) => loop {
+            Some(Deadline::Stop(d)) => (Some(d), STOP_GRACE),
+            Some(Deadline::Kill(d)) => (Some(d), Duration::ZERO),
+        };
+        if let Some(limit) = limit {
+            let mut termed = false;
+            loop {
                 if let Ok(Some(_)) = child.try_wait() {
                     break;
                 }
-                if started.elapsed() > limit {
+                let elapsed = started.elapsed();
+                if elapsed > limit + grace {
                     let _ = child.kill();
                     let _ = child.wait();
                     return Err(FlexError::Killed { call: name, limit });
                 }
+                if elapsed > limit && !termed && !grace.is_zero() {
+                    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+                    termed = true;
+                }
                 std::thread::sleep(Duration::from_millis(1));
-            },
+            }
+            if termed {
+                return Err(FlexError::Killed { call: name, limit });
+            }
         }
         let output = collector.join().unwrap_or_default();
         let json: Value = match serde_json::from_str(output.trim()) {
@@ -171,6 +201,63 @@ pub fn strict_reply(out: &std::process::Output) -> Result<Value, String> {
 /// spec's `ReadOnly` — the pod's `persistentVolumeClaim.readOnly` — never the PV's
 /// `flexVolume.readOnly` (`pkg/volume/flexvolume/util.go`, getReadOnly).
 pub fn volume_options(pv: &Value, read_only: bool) -> String {
+    options_with(pv, read_only, &Map::new())
+}
+
+/// The pod a volume is set up for, as kubelet's FlexVolume mounter describes it to `mount`.
+#[derive(Debug, Clone, Default)]
+pub struct PodRef {
+    pub uid: String,
+    pub name: String,
+    pub namespace: String,
+    pub service_account: String,
+    pub fs_group: Option<i64>,
+    /// The PV's `flexVolume.secretRef` Secret: key → base64 value.
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+impl PodRef {
+    /// A pod known by its uid alone (named after it, default namespace and service account).
+    pub fn named(uid: &str) -> PodRef {
+        PodRef {
+            uid: uid.into(),
+            name: uid.into(),
+            namespace: "default".into(),
+            service_account: "default".into(),
+            ..PodRef::default()
+        }
+    }
+
+    /// The keys kubelet adds for `mount` (kubernetes `pkg/volume/flexvolume/mounter.go`,
+    /// SetUpAt: pod, service account, secrets, fsGroup).
+    fn extra_options(&self) -> Map<String, Value> {
+        let mut o = Map::new();
+        o.insert("kubernetes.io/pod.name".into(), self.name.clone().into());
+        o.insert(
+            "kubernetes.io/pod.namespace".into(),
+            self.namespace.clone().into(),
+        );
+        o.insert("kubernetes.io/pod.uid".into(), self.uid.clone().into());
+        o.insert(
+            "kubernetes.io/serviceAccount.name".into(),
+            self.service_account.clone().into(),
+        );
+        for (k, v) in &self.secrets {
+            o.insert(format!("kubernetes.io/secret/{k}"), v.clone().into());
+        }
+        if let Some(g) = self.fs_group {
+            o.insert(
+                "kubernetes.io/mounterArgs.FsGroup".into(),
+                g.to_string().into(),
+            );
+        }
+        o
+    }
+}
+
+/// [`volume_options`] with the extra keys of one call (kubelet's `extraOptions`), which the PV's
+/// own options may still overwrite.
+fn options_with(pv: &Value, read_only: bool, extra: &Map<String, Value>) -> String {
     let flex = &pv["spec"]["flexVolume"];
     let mut o = Map::new();
     o.insert(
@@ -185,6 +272,9 @@ pub fn volume_options(pv: &Value, read_only: bool) -> String {
         "kubernetes.io/pvOrVolumeName".into(),
         pv["metadata"]["name"].as_str().unwrap_or_default().into(),
     );
+    for (k, v) in extra {
+        o.insert(k.clone(), v.clone());
+    }
     if let Some(extra) = flex["options"].as_object() {
         for (k, v) in extra {
             o.insert(k.clone(), v.clone());
@@ -226,6 +316,33 @@ pub fn is_mount_point(dir: &Path) -> bool {
         .any(|m| Path::new(&m.replace("\\040", " ")) == canon)
 }
 
+/// The other mounts of the filesystem mounted at `dir` (the pods' bind mounts of a device mount
+/// dir), as kubelet's `GetDeviceMountRefs` finds them in mountinfo.
+pub fn device_mount_refs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(canon) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let entries: Vec<(String, PathBuf)> = info
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((
+                f.get(2)?.to_string(),
+                PathBuf::from(f.get(4)?.replace("\\040", " ")),
+            ))
+        })
+        .collect();
+    let Some((dev, _)) = entries.iter().rev().find(|(_, m)| *m == canon) else {
+        return Vec::new();
+    };
+    entries
+        .iter()
+        .filter(|(d, m)| d == dev && *m != canon)
+        .map(|(_, m)| m.clone())
+        .collect()
+}
+
 /// kubelet's part for one node: attach is the controller's (see [`Controller`]).
 pub struct Kubelet {
     pub root: PathBuf,
@@ -241,7 +358,7 @@ impl Kubelet {
         &self,
         pv: &Value,
         attach_device: &str,
-        pod_uid: &str,
+        pod: &PodRef,
         read_only: bool,
     ) -> Result<(PathBuf, String), FlexError> {
         // FlexVolume plugins do not support mount options (SupportsMountOption is false): kubelet
@@ -265,7 +382,7 @@ impl Kubelet {
             .driver
             .call(
                 &["waitforattach", attach_device, &options],
-                Some(WAIT_FOR_ATTACH_LIMIT),
+                Some(Deadline::Stop(WAIT_FOR_ATTACH_LIMIT)),
             )?
             .device
             .ok_or_else(|| FlexError::Host("waitforattach answered no device".into()))?;
@@ -276,10 +393,11 @@ impl Kubelet {
             self.driver
                 .call(&["mountdevice", &dir_s, &device, &options], None)?;
         }
-        let pod_dir = pod_volume_dir(&self.root, pod_uid, &self.driver_name, volume);
+        let pod_dir = pod_volume_dir(&self.root, &pod.uid, &self.driver_name, volume);
         make_dir(&pod_dir, 0o750)?;
         let pod_s = pod_dir.to_string_lossy();
-        let r = self.driver.call(&["mount", &pod_s, &options], None)?;
+        let mount_options = options_with(pv, read_only, &pod.extra_options());
+        let r = self.driver.call(&["mount", &pod_s, &mount_options], None)?;
         if r.status == "Not supported" && !is_mount_point(&pod_dir) {
             // kubelet's fallback: a plain bind mount (no `ro`; the driver enforces read-only).
             bind_mount(&dir, &pod_dir)?;
@@ -287,7 +405,10 @@ impl Kubelet {
         Ok((pod_dir, device))
     }
 
-    /// `unmount` (on "Not supported", unmounting the bind mount), then `unmountdevice`.
+    /// `unmount` (on "Not supported", unmounting the bind mount), then `unmountdevice` — only when
+    /// no other pod on the node still mounts the volume and the device dir is mounted, as kubelet
+    /// decides (reconciler.unmountDetachDevices and GenerateUnmountDeviceFunc in kubernetes
+    /// `pkg/kubelet/volumemanager/reconciler` and `pkg/volume/util/operationexecutor`).
     pub fn tear_down(&self, volume: &str, pod_uid: &str) -> Result<(), FlexError> {
         let pod_dir = pod_volume_dir(&self.root, pod_uid, &self.driver_name, volume);
         let pod_s = pod_dir.to_string_lossy();
@@ -297,6 +418,9 @@ impl Kubelet {
         }
         let _ = std::fs::remove_dir(&pod_dir);
         let dir = device_mount_dir(&self.root, &self.driver_name, volume);
+        if !is_mount_point(&dir) || !device_mount_refs(&dir).is_empty() {
+            return Ok(());
+        }
         let dir_s = dir.to_string_lossy();
         self.driver.call(&["unmountdevice", &dir_s], None)?;
         let _ = std::fs::remove_dir(&dir);

@@ -3,7 +3,7 @@
 //! Simulated VM operations (attach/detach) and disk creation take 1000 ms each, as the order of
 //! magnitude Azure shows; everything else is real work on this machine.
 
-use flexdisk_sim::kubelet::{Controller, Kubelet};
+use flexdisk_sim::kubelet::{Controller, Kubelet, PodRef};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -209,7 +209,7 @@ fn main() {
     );
     let lun = ctl.attach(&p, NODE_A).expect("attach");
     let (dir_a, _) = node(NODE_A)
-        .set_up(&p, &lun, "pod-a", false)
+        .set_up(&p, &lun, &PodRef::named("pod-a"), false)
         .expect("set up");
     std::fs::write(dir_a.join("f"), b"moved").expect("write");
     let t = Instant::now();
@@ -225,7 +225,7 @@ fn main() {
     let attach = t.elapsed();
     let t = Instant::now();
     let (dir_b, _) = node(NODE_B)
-        .set_up(&p, &lun, "pod-b", false)
+        .set_up(&p, &lun, &PodRef::named("pod-b"), false)
         .expect("set up");
     let mount = t.elapsed();
     assert_eq!(std::fs::read(dir_b.join("f")).expect("read"), b"moved");

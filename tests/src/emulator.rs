@@ -13,7 +13,9 @@
 use flexdisk_sim::kube::quantity;
 use flexdisk_sim::kube_client::KubeClient;
 pub use flexdisk_sim::kubelet::Hosts;
-use flexdisk_sim::kubelet::{device_mount_dir, volume_options, FlexError, Kubelet};
+use flexdisk_sim::kubelet::{
+    device_mount_dir, volume_options, Deadline, FlexError, Kubelet, PodRef,
+};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -57,6 +59,8 @@ pub struct Counts {
     /// Detaches killed by a controller-manager restart.
     pub killed_detaches: u32,
     pub grown: u32,
+    /// Attaches refused because the volume is on another node and may be on one only.
+    pub multi_attach_refused: u32,
 }
 
 /// One mounted volume of one pod.
@@ -82,6 +86,8 @@ struct State {
     kill: Option<SeededKills>,
     restart_mid_detach: Option<SeededKills>,
     last_verify: Option<Instant>,
+    /// (pv, node) refused as a Multi-Attach, reported once while it lasts.
+    multi_attach: BTreeSet<(String, String)>,
 }
 
 struct Shared {
@@ -129,6 +135,8 @@ enum Action {
         /// The pod's `persistentVolumeClaim.readOnly`, which kubelet passes as
         /// `kubernetes.io/readwrite` (kubernetes `pkg/volume/flexvolume/util.go`, getReadOnly).
         read_only: bool,
+        /// What kubelet tells `mount` about the pod (secrets are read when the call is made).
+        pod_ref: PodRef,
     },
     TearDown {
         pod: String,
@@ -159,7 +167,9 @@ impl Action {
         match self {
             Action::Attach { pv, node } => format!("attach {} {node}", name(pv)),
             Action::Detach { pv, node } => format!("detach {pv} {node}"),
-            Action::SetUp { pod, pv, .. } => format!("setup {pod} {}", name(pv)),
+            // kubelet runs one mount operation at a time per volume of an attachable plugin,
+            // whichever pod it is for (operation_executor.MountVolume keys it without the pod).
+            Action::SetUp { pv, node, .. } => format!("setup {node} {}", name(pv)),
             Action::TearDown { pod, m } | Action::Vanish { pod, m } => {
                 format!("teardown {pod} {}", m.pv)
             }
@@ -324,11 +334,12 @@ impl Shared {
                 .iter()
                 .find(|c| c["metadata"]["namespace"] == ns && name(c) == n)
         };
-        let actions = {
+        let (actions, multi_attach) = {
             let st = self.lock();
             let mut actions = Vec::new();
             // (pv, node) wanted attached, and each live pod's volumes.
             let mut wanted: BTreeSet<(String, String)> = BTreeSet::new();
+            let mut multi_attach: Vec<(String, String)> = Vec::new();
             let mut live: BTreeSet<String> = BTreeSet::new();
             for pod in &pods {
                 let uid = pod["metadata"]["uid"]
@@ -367,24 +378,59 @@ impl Shared {
                         .mounted
                         .get(&uid)
                         .is_some_and(|ms| ms.iter().any(|m| m.pv == key.0));
+                    let Some(device) = st.attached.get(&key) else {
+                        // Wanted and not attached (also after isattached said it is gone): the
+                        // attach/detach controller attaches it (again), mounted or not
+                        // (reconciler.attachDesiredVolumes in pkg/controller/volume/attachdetach/
+                        // reconciler). A volume only one node may have is refused while it is
+                        // attached elsewhere, before any driver call (reportMultiAttachError;
+                        // util.IsMultiAttachAllowed: ReadWriteMany, ReadOnlyMany or no modes).
+                        if !set_up {
+                            ready = false;
+                        }
+                        let modes: Vec<&str> = pv["spec"]["accessModes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        let multi = modes.is_empty()
+                            || modes
+                                .iter()
+                                .any(|m| matches!(*m, "ReadWriteMany" | "ReadOnlyMany"));
+                        let elsewhere = st.attached.keys().any(|(p, n)| *p == key.0 && n != node);
+                        if !multi && elsewhere {
+                            multi_attach.push(key.clone());
+                        } else {
+                            actions.push(Action::Attach {
+                                pv: pv.clone(),
+                                node: node.to_string(),
+                            });
+                        }
+                        continue;
+                    };
                     if set_up {
                         continue;
                     }
                     ready = false;
-                    if let Some(device) = st.attached.get(&key) {
-                        actions.push(Action::SetUp {
-                            pod: uid.clone(),
-                            pv: pv.clone(),
-                            node: node.to_string(),
-                            device: device.clone(),
-                            read_only: v["persistentVolumeClaim"]["readOnly"] == true,
-                        });
-                    } else {
-                        actions.push(Action::Attach {
-                            pv: pv.clone(),
-                            node: node.to_string(),
-                        });
-                    }
+                    actions.push(Action::SetUp {
+                        pod: uid.clone(),
+                        pv: pv.clone(),
+                        node: node.to_string(),
+                        device: device.clone(),
+                        read_only: v["persistentVolumeClaim"]["readOnly"] == true,
+                        pod_ref: PodRef {
+                            uid: uid.clone(),
+                            name: name(pod).to_string(),
+                            namespace: ns.to_string(),
+                            service_account: pod["spec"]["serviceAccountName"]
+                                .as_str()
+                                .unwrap_or("default")
+                                .to_string(),
+                            fs_group: pod["spec"]["securityContext"]["fsGroup"].as_i64(),
+                            secrets: Default::default(),
+                        },
+                    });
                 }
                 if ready && pod["status"]["phase"] != "Running" {
                     actions.push(Action::Running { path });
@@ -470,8 +516,21 @@ impl Shared {
             actions.retain(|a| st.backoff.get(&a.key()).is_none_or(|(_, t)| *t <= now));
             let mut seen = BTreeSet::new();
             actions.retain(|a| seen.insert(a.key()));
-            actions
+            (actions, multi_attach)
         };
+        let fresh: Vec<(String, String)> = {
+            let mut st = self.lock();
+            let now: BTreeSet<(String, String)> = multi_attach.into_iter().collect();
+            let fresh: Vec<_> = now.difference(&st.multi_attach).cloned().collect();
+            st.counts.multi_attach_refused += fresh.len() as u32;
+            st.multi_attach = now;
+            fresh
+        };
+        for (pv, node) in fresh {
+            self.note(format!(
+                "Multi-Attach error for volume {pv:?} on {node}: Volume is already exclusively attached to one node and can't be attached to another"
+            ));
+        }
         let acted = !actions.is_empty();
         std::thread::scope(|s| {
             for a in actions {
@@ -526,7 +585,12 @@ impl Shared {
         let fe = |e: FlexError| e.to_string();
         match a {
             Action::Attach { pv, node } => {
-                let limit = self.lock().kill.as_mut().and_then(SeededKills::next);
+                let limit = self
+                    .lock()
+                    .kill
+                    .as_mut()
+                    .and_then(SeededKills::next)
+                    .map(Deadline::Kill);
                 let options = volume_options(pv, false);
                 let r = self
                     .hosts
@@ -553,7 +617,8 @@ impl Shared {
                     .lock()
                     .restart_mid_detach
                     .as_mut()
-                    .and_then(SeededKills::next);
+                    .and_then(SeededKills::next)
+                    .map(Deadline::Kill);
                 match self.hosts.controller.call(&["detach", pv, node], limit) {
                     Ok(_) => {}
                     Err(e @ FlexError::Killed { .. }) => {
@@ -576,10 +641,13 @@ impl Shared {
                 node,
                 device,
                 read_only,
+                pod_ref,
             } => {
+                let mut pod_ref = pod_ref.clone();
+                pod_ref.secrets = self.secrets_of(pv, &pod_ref.namespace)?;
                 let (dir, dev) = self
                     .kubelet(node)?
-                    .set_up(pv, device, pod, *read_only)
+                    .set_up(pv, device, &pod_ref, *read_only)
                     .map_err(fe)?;
                 let mut st = self.lock();
                 st.counts.set_ups += 1;
@@ -674,6 +742,31 @@ impl Shared {
                 Ok(())
             }
         }
+    }
+
+    /// The Secret a PV's `flexVolume.secretRef` names (in the pod's namespace unless it says),
+    /// as kubelet hands it to `mount` (`addSecretsToOptions` in pkg/volume/flexvolume/util.go).
+    fn secrets_of(
+        &self,
+        pv: &Value,
+        pod_namespace: &str,
+    ) -> Result<std::collections::BTreeMap<String, String>, String> {
+        let r = &pv["spec"]["flexVolume"]["secretRef"];
+        let Some(secret) = r["name"].as_str() else {
+            return Ok(Default::default());
+        };
+        let ns = r["namespace"].as_str().unwrap_or(pod_namespace);
+        let obj = self
+            .kube
+            .get(&format!("/api/v1/namespaces/{ns}/secrets/{secret}"))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("secret {ns}/{secret} of the volume does not exist"))?;
+        Ok(obj["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect())
     }
 
     fn kubelet(&self, node: &str) -> Result<&Kubelet, String> {

@@ -33,8 +33,9 @@ pub fn three_node_world(dir: &std::path::Path) -> std::path::PathBuf {
 pub const NODES: [&str; 3] = ["k8s-pool-0", "k8s-pool-1", "k8s-pool-2"];
 
 pub struct Scene {
-    pub cluster: Cluster,
+    // Fields drop in this order: the emulator stops before the cluster it drives goes away.
     pub emu: Emulator,
+    pub cluster: Cluster,
     _world: tempfile::TempDir,
 }
 

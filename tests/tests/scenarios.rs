@@ -369,3 +369,68 @@ fn a_growth_that_needs_a_detach_waits_for_it_and_then_completes() {
     assert!(st.blocks() as u64 * st.fragment_size() as u64 > 3 << 30);
     check(&ms[0], 600);
 }
+
+/// The calls each host's driver logged, by call name (`call=<name>` in its log).
+fn calls(s: &system_tests::scene::Scene, host: &str, call: &str) -> usize {
+    std::fs::read_to_string(s.cluster.tmp.path().join(format!("flexdisk-{host}.log")))
+        .unwrap_or_default()
+        .matches(&format!("call={call} "))
+        .count()
+}
+
+/// As kubelet and the attach/detach controller do: two pods of one node share a volume and the
+/// first to go leaves the device mounted (no `unmountdevice` while another pod uses it); a
+/// ReadWriteOnce volume wanted on a second node is refused as a Multi-Attach without any driver
+/// call; a volume `isattached` reports gone while still wanted is attached again.
+#[test]
+fn kubelet_and_controller_rules_for_shared_pods_multi_attach_and_lost_attachments() {
+    let s = setup();
+    s.claim("common", "ssd", "1Gi");
+    let a = s.pod("first", NODES[0], &["common"]);
+    let b = s.pod("second", NODES[0], &["common"]);
+    let ms_a = s.running("first", &a);
+    s.running("second", &b);
+    write(&ms_a[0], 700);
+    s.delete_pod("first");
+    s.until("the first pod torn down", || s.emu.mounted(&a).is_empty());
+    assert_eq!(
+        calls(&s, NODES[0], "unmountdevice"),
+        0,
+        "unmountdevice while another pod of the node uses the volume"
+    );
+    let ms_b = s.emu.mounted(&b);
+    check(&ms_b[0], 700);
+
+    // The same ReadWriteOnce volume wanted on another node: refused before any driver call.
+    let attaches = calls(&s, "controller", "attach");
+    let c = s.pod("elsewhere", NODES[1], &["common"]);
+    s.until("a Multi-Attach error", || {
+        s.emu.counts().multi_attach_refused > 0
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(
+        calls(&s, "controller", "attach"),
+        attaches,
+        "no attach was tried"
+    );
+    assert!(s.emu.mounted(&c).is_empty());
+    s.delete_pod("elsewhere");
+
+    // Detached behind the controller's back: isattached says so and it attaches again.
+    let pv = ms_b[0].pv.clone();
+    s.cluster
+        .hosts()
+        .controller()
+        .detach(&pv, NODES[0])
+        .expect("detach");
+    s.until("attached again", || {
+        s.cluster
+            .attachments()
+            .values()
+            .any(|v| v == &[NODES[0].to_string()])
+    });
+    s.delete_pod("second");
+    s.until("the last pod torn down", || {
+        calls(&s, NODES[0], "unmountdevice") == 1
+    });
+}
