@@ -247,6 +247,18 @@ impl Arm {
     ) -> Result<DiskInfo, AzureError> {
         let mut update = models::DiskUpdate::new();
         update.tags = serde_json::to_value(tags).ok();
+        self.update_disk(resource_group, name, update, "tagged")
+            .await
+    }
+
+    /// One PATCH of the disk, followed to its end; the disk as it is afterwards.
+    async fn update_disk(
+        &self,
+        resource_group: &str,
+        name: &str,
+        update: models::DiskUpdate,
+        what: &str,
+    ) -> Result<DiskInfo, AzureError> {
         let url = self.disk_url(resource_group, name)?;
         let sent = self
             .client
@@ -256,12 +268,15 @@ impl Arm {
             .await
             .map(|r| r.into_raw_response());
         match self.write(sent, Method::Patch, &url).await? {
-            Some(b) => Ok(DiskInfo::from_model(parse_body(&b, "the tagged disk")?)),
+            Some(b) => Ok(DiskInfo::from_model(parse_body(
+                &b,
+                &format!("the {what} disk"),
+            )?)),
             None => {
                 self.get_disk(resource_group, name)
                     .await?
                     .ok_or_else(|| AzureError::NotFound {
-                        message: format!("disk {name} vanished while being tagged"),
+                        message: format!("disk {name} vanished while being {what}"),
                     })
             }
         }
@@ -345,25 +360,8 @@ impl Arm {
         props.disk_size_gb = Some(size);
         let mut update = models::DiskUpdate::new();
         update.properties = Some(props);
-        let url = self.disk_url(resource_group, name)?;
-        let sent = self
-            .client
-            .disks_client()
-            .update(&self.subscription, resource_group, name, update)
-            .send()
+        self.update_disk(resource_group, name, update, "grown")
             .await
-            .map(|r| r.into_raw_response());
-        let body = self.write(sent, Method::Patch, &url).await?;
-        match body {
-            Some(b) => Ok(DiskInfo::from_model(parse_body(&b, "the grown disk")?)),
-            None => {
-                self.get_disk(resource_group, name)
-                    .await?
-                    .ok_or_else(|| AzureError::NotFound {
-                        message: format!("disk {name} vanished while growing"),
-                    })
-            }
-        }
     }
 
     /// Deletes the disk unless a VM still has it (then it says which). A disk that is already

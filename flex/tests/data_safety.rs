@@ -8,17 +8,6 @@ use common::*;
 use serde_json::json;
 use std::process::Command;
 
-/// The whole device's digest (md5sum: fast, and it reads every byte).
-fn checksum(dev: &str) -> String {
-    let out = Command::new("md5sum").arg(dev).output().expect("md5sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
         .args(args)

@@ -9,16 +9,6 @@ use common::*;
 use serde_json::json;
 use std::process::Command;
 
-fn md5(dev: &str) -> String {
-    let out = Command::new("md5sum").arg(dev).output().expect("md5sum");
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)
-        .split(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// The filesystem stops as if its node lost power (FS_IOC_SHUTDOWN, which ext4 and xfs both
 /// implement), after its log is flushed: what was written is in the journal, not yet in place.
 fn shut_down(mnt: &str) {
@@ -88,7 +78,7 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
         env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
 
         // Read-only on both: not one byte of the device changes.
-        let before = md5(&dev_a);
+        let before = checksum(&dev_a);
         for (node, dev, mnt) in [(AS_A, &dev_a, mnt_a), (AS_B, &dev_b, mnt_b)] {
             let m = env.kubelet(node, &["mountdevice", mnt, dev, &ro]);
             assert!(m.message().contains("read-only"), "{}", m.raw);
@@ -101,7 +91,7 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
             env.kubelet(node, &["unmountdevice", mnt]).ok();
         }
         assert_eq!(
-            md5(&dev_a),
+            checksum(&dev_a),
             before,
             "{fs}: read-only mounts wrote to the disk"
         );
@@ -127,7 +117,7 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
     let rw = env.options(&disk, "pvc-shared-blank", json!({}));
     let (_, dev_a) = env.attach_and_wait(AS_A, &rw);
     env.attach_and_wait(AS_B, &rw);
-    let blank = md5(&dev_a);
+    let blank = checksum(&dev_a);
     let mnt = env.dir("blank-a");
     let out = env.kubelet(
         AS_A,
@@ -135,7 +125,7 @@ fn a_shared_disk_has_no_second_writer_and_read_only_mounts_write_nothing() {
     );
     assert_eq!(out.status, "Failure", "{}", out.raw);
     assert!(out.message().contains("attached to 2 VMs"), "{}", out.raw);
-    assert_eq!(md5(&dev_a), blank, "nothing written");
+    assert_eq!(checksum(&dev_a), blank, "nothing written");
 }
 
 #[test]
@@ -216,7 +206,7 @@ fn a_stale_lun_link_is_refused_before_anything_is_written() {
         .expect("dev")
         .to_string();
     assert_eq!(dev, dev1, "the stale link leads to the other disk's device");
-    let blank = md5(&dev1);
+    let blank = checksum(&dev1);
     let mnt = env.dir("stale");
     let out = env.kubelet(
         AS_A,
@@ -228,7 +218,7 @@ fn a_stale_lun_link_is_refused_before_anything_is_written() {
         "{}",
         out.raw
     );
-    assert_eq!(md5(&dev1), blank, "the other disk was not touched");
+    assert_eq!(checksum(&dev1), blank, "the other disk was not touched");
     // The right volume on that device is fine.
     let ok = env.kubelet(
         AS_A,

@@ -169,6 +169,22 @@ impl Setup {
         );
     }
 
+    /// A claim of `class` provisioned, bound, then deleted: its volume's name once Released.
+    fn released(&self, name: &str, class: &str) -> String {
+        let c = self.claim(name, class, "1Gi");
+        let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+        self.until(&format!("{PVCS}/{name}"), "Bound", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+        self.call("DELETE", &format!("{PVCS}/{name}"), None);
+        self.until(
+            &format!("/api/v1/persistentvolumes/{pv}"),
+            "Released",
+            |o| o["status"]["phase"] == "Released",
+        );
+        pv
+    }
+
     fn claim(&self, name: &str, class: &str, size: &str) -> Value {
         let (status, body) = self.call("POST", "/api/v1/namespaces/default/persistentvolumeclaims", Some(json!({
             "metadata": {"name": name},
@@ -330,17 +346,7 @@ fn claims_become_disks_and_volumes_and_go_away_again() {
 
     // Retain keeps the disk and the Released volume.
     s.class("keep", json!({}), json!({"reclaimPolicy": "Retain"}));
-    let kept = s.claim("kept", "keep", "1Gi");
-    let kept_pv = format!("pvc-{}", kept["metadata"]["uid"].as_str().expect("uid"));
-    s.until(&format!("{PVCS}/kept"), "Bound", |o| {
-        o["status"]["phase"] == "Bound"
-    });
-    s.call("DELETE", &format!("{PVCS}/kept"), None);
-    s.until(
-        &format!("/api/v1/persistentvolumes/{kept_pv}"),
-        "Released",
-        |o| o["status"]["phase"] == "Released",
-    );
+    let kept_pv = s.released("kept", "keep");
     std::thread::sleep(Duration::from_millis(500));
     assert!(s.disk(&kept_pv).is_some(), "Retain keeps the disk");
     assert_eq!(
@@ -837,17 +843,7 @@ fn a_disk_still_attached_is_not_deleted_until_it_is_detached() {
 fn kept_disks_and_other_drivers_disks_are_never_deleted() {
     let mut s = Setup::start();
     s.class("keep", json!({}), json!({"reclaimPolicy": "Retain"}));
-    let kept = s.claim("kept", "keep", "1Gi");
-    let kept_pv = format!("pvc-{}", kept["metadata"]["uid"].as_str().expect("uid"));
-    s.until(&format!("{PVCS}/kept"), "Bound", |o| {
-        o["status"]["phase"] == "Bound"
-    });
-    s.call("DELETE", &format!("{PVCS}/kept"), None);
-    s.until(
-        &format!("/api/v1/persistentvolumes/{kept_pv}"),
-        "Released",
-        |o| o["status"]["phase"] == "Released",
-    );
+    let kept_pv = s.released("kept", "keep");
     // The admin deletes the Released PV (the usual step before reusing the disk).
     s.call(
         "DELETE",

@@ -251,3 +251,14 @@ impl Drop for Env {
         }
     }
 }
+
+/// The whole device's digest (md5sum: fast, and it reads every byte).
+pub fn checksum(dev: &str) -> String {
+    let out = Command::new("md5sum").arg(dev).output().expect("md5sum");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
