@@ -45,6 +45,11 @@ pub enum Command {
         /// Kubernetes API port; 0 picks a free one.
         #[arg(long, default_value_t = 0)]
         kube_port: u16,
+        /// The address ARM, Entra ID and IMDS listen on (the Kubernetes API stays on loopback):
+        /// another than loopback lets hosts in network namespaces reach them (and is added to the
+        /// login certificate when the TLS directory is made).
+        #[arg(long, default_value = "127.0.0.1")]
+        listen: std::net::IpAddr,
         /// How many changes a Kubernetes watch can resume from; older resourceVersions get 410 Gone.
         #[arg(long, default_value_t = crate::kube::DEFAULT_WINDOW)]
         kube_watch_window: usize,
@@ -107,6 +112,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             imds_port,
             tls_dir,
             kube_port,
+            listen,
             kube_watch_window,
             kube_bookmark_ms,
         } => {
@@ -125,6 +131,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 imds_port,
                 tls_dir,
                 kube_port,
+                listen,
                 kube_watch_window,
                 kube_bookmark: Duration::from_millis(kube_bookmark_ms),
             }))

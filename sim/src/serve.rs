@@ -21,6 +21,7 @@ pub struct ServeOptions {
     pub imds_port: u16,
     pub tls_dir: Option<PathBuf>,
     pub kube_port: u16,
+    pub listen: std::net::IpAddr,
     pub kube_watch_window: usize,
     pub kube_bookmark: std::time::Duration,
 }
@@ -33,17 +34,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let store = Store::new(&state_dir)?;
     let sim = Arc::new(Simulator::open(world, store, opts.timing)?);
 
-    let arm = TcpListener::bind(("127.0.0.1", opts.arm_port))
+    let arm = TcpListener::bind((opts.listen, opts.arm_port))
         .await
         .context("binding the ARM port")?;
-    let login = TcpListener::bind(("127.0.0.1", opts.login_port))
+    let login = TcpListener::bind((opts.listen, opts.login_port))
         .await
         .context("binding the login port")?;
     let tls_dir = opts
         .tls_dir
         .clone()
         .unwrap_or_else(|| state_dir.join("tls"));
-    let tls = crate::tls::load_or_create(&tls_dir)?;
+    let tls = crate::tls::load_or_create(&tls_dir, opts.listen)?;
     let urls = Urls {
         arm: format!("http://{}", arm.local_addr()?),
         login: format!("https://{}", login.local_addr()?),
@@ -88,7 +89,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         } else {
             opts.imds_port + i as u16
         };
-        let listener = TcpListener::bind(("127.0.0.1", port))
+        let listener = TcpListener::bind((opts.listen, port))
             .await
             .context("binding an IMDS port")?;
         let imds = format!("http://{}", listener.local_addr()?);

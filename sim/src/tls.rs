@@ -28,8 +28,9 @@ pub struct Tls {
     pub ca_file: PathBuf,
 }
 
-/// Loads the CA and server certificate from `dir`, making them on first use.
-pub fn load_or_create(dir: &Path) -> Result<Tls, TlsError> {
+/// Loads the CA and server certificate from `dir`, making them on first use (for localhost,
+/// 127.0.0.1 and `listen`).
+pub fn load_or_create(dir: &Path, listen: std::net::IpAddr) -> Result<Tls, TlsError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| TlsError::Io { path, source }
@@ -59,8 +60,11 @@ pub fn load_or_create(dir: &Path) -> Result<Tls, TlsError> {
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
         let key = rcgen::KeyPair::generate()?;
-        let mut params =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if !listen.is_loopback() {
+            names.push(listen.to_string());
+        }
+        let mut params = rcgen::CertificateParams::new(names)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "flexdisk-sim login");
