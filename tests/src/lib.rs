@@ -189,6 +189,7 @@ impl Cluster {
 }
 
 pub mod emulator;
+pub mod real_cluster;
 pub mod scene;
 
 impl Cluster {
@@ -271,24 +272,33 @@ impl Cluster {
 impl Cluster {
     /// A managed disk made directly in the simulated Azure, as an admin would beforehand; its ID.
     pub fn create_disk(&self, name: &str, sku: &str, gib: u64) -> String {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        let config =
-            flexdisk_azure::Config::load(Path::new(&self.sim.field("azureJson"))).expect("config");
-        let arm = rt
-            .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
-            .expect("arm");
-        let params = flexdisk_azure::DiskParams::parse([("skuName", sku)]).expect("params");
-        let spec = flexdisk_azure::DiskSpec::from_params(
-            &params,
-            name,
-            gib,
-            None,
-            &arm.resource_group,
-            &arm.location,
-        );
-        rt.block_on(arm.create_disk(&spec)).expect("disk").id
+        create_disk(&self.sim, name, sku, gib)
     }
+}
+
+/// A managed disk made in `sim`'s Azure with the control plane's cloud config; its ID.
+pub fn create_disk(
+    sim: &flexdisk_sim::process::SimProcess,
+    name: &str,
+    sku: &str,
+    gib: u64,
+) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let config = flexdisk_azure::Config::load(Path::new(&sim.field("azureJson"))).expect("config");
+    let arm = rt
+        .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
+        .expect("arm");
+    let params = flexdisk_azure::DiskParams::parse([("skuName", sku)]).expect("params");
+    let spec = flexdisk_azure::DiskSpec::from_params(
+        &params,
+        name,
+        gib,
+        None,
+        &arm.resource_group,
+        &arm.location,
+    );
+    rt.block_on(arm.create_disk(&spec)).expect("disk").id
 }

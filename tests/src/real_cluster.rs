@@ -1,0 +1,909 @@
+//! A real Kubernetes cluster on this machine, around the simulated Azure: etcd, kube-apiserver (TLS,
+//! service-account keys, RBAC), kube-controller-manager with the real `flexdisk` in its FlexVolume
+//! plugin dir, kube-scheduler, and nodes that are each a real kubelet with its own containerd.
+//!
+//! Every node lives in its own network namespace (a veth on a host-only bridge: no route leaves
+//! it) and its own mount namespace, in which the host paths a node has are the node's own: the
+//! default FlexVolume plugin dir, `/var/lib/kubelet`, containerd's dirs, `/var/lib/flexdisk`,
+//! `/var/log`, `/etc/kubernetes/azure.json` (the simulator's config of that VM) and `/dev` (the
+//! simulator's device tree of that VM, where attached disks appear as `/dev/sdX` with udev's
+//! `/dev/disk/azure/scsi1/lunN` links). The driver therefore runs with production defaults; what
+//! is per node reaches it as on a real node: the config file and `IMDS_ENDPOINT`.
+//!
+//! The components are built by `tests/kube/build` (pinned in `tests/kube/versions`). Everything
+//! listens on the bridge's address or loopback; nodes reach the API server and the simulator
+//! through the bridge only.
+
+use crate::bin;
+use flexdisk_sim::process::SimProcess;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Runs a command to completion; its stdout, or a panic with what it said.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn sh(script: &str) -> String {
+    run(Command::new("sh").args(["-euc", script]))
+}
+
+/// The pinned components, built (or found) by `tests/kube/build`.
+pub fn components() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/build");
+    PathBuf::from(run(&mut Command::new(script)).trim())
+}
+
+/// A private CA and the certificates the cluster's parts present.
+struct Pki {
+    dir: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "flexdisk-test-cluster-ca");
+        let cert = params.self_signed(&key).expect("ca");
+        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("ca.pem");
+        Pki {
+            dir: dir.to_path_buf(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A certificate for `cn` in `orgs`, valid for `names` (server) or as a client; its files.
+    fn issue(&self, file: &str, cn: &str, orgs: &[&str], names: &[String]) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(names.to_vec()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        for o in orgs {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *o);
+        }
+        params.extended_key_usages = vec![
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let cert = params.signed_by(&key, &self.issuer).expect("cert");
+        let (c, k) = (
+            self.dir.join(format!("{file}.pem")),
+            self.dir.join(format!("{file}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("cert file");
+        std::fs::write(&k, key.serialize_pem()).expect("key file");
+        (c, k)
+    }
+
+    /// A kubeconfig for `user` (a client certificate) at `server`.
+    fn kubeconfig(&self, file: &str, server: &str, cn: &str, orgs: &[&str]) -> PathBuf {
+        let (cert, key) = self.issue(file, cn, orgs, &[]);
+        let path = self.dir.join(format!("{file}.kubeconfig"));
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {"server": server,
+                "certificate-authority": self.ca()}}],
+            "users": [{"name": cn, "user": {"client-certificate": cert, "client-key": key}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": cn}}],
+        });
+        std::fs::write(&path, config.to_string()).expect("kubeconfig");
+        path
+    }
+}
+
+/// A process of the cluster, with its log.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn(name: &str, log_dir: &Path, cmd: &mut Command) -> Proc {
+    let log = log_dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("log");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    Proc {
+        name: name.to_string(),
+        child,
+        log,
+    }
+}
+
+/// One node: its namespaces and directories.
+pub struct Node {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    /// `ip netns` name.
+    pub netns: String,
+    /// The file holding the node's mount namespace.
+    pub mntns: PathBuf,
+    pub dir: PathBuf,
+    /// The simulator's tree of this VM (its `/dev`).
+    pub sim_root: PathBuf,
+    pub imds: String,
+}
+
+impl Node {
+    /// A command run inside the node (its mount and network namespaces).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--mount={}", self.mntns.display()))
+            .arg(format!("--net=/run/netns/{}", self.netns))
+            .arg("--")
+            .arg(program);
+        c
+    }
+}
+
+pub struct RealCluster {
+    pub dir: tempfile::TempDir,
+    pub bin: PathBuf,
+    pub sim: SimProcess,
+    pub bridge: String,
+    pub host_ip: Ipv4Addr,
+    pub admin: PathBuf,
+    pub nodes: Vec<Node>,
+    procs: Vec<Proc>,
+    /// Shell commands that undo what was set up on the host, run last to first.
+    undo: Vec<String>,
+}
+
+const SERVICE_CIDR: &str = "10.96.0.0/16";
+
+impl RealCluster {
+    /// A cluster of `node_names` (which must be VMs of `world`, a simulator world file).
+    pub fn start(world: &Path, node_names: &[&str]) -> RealCluster {
+        let bin_dir = components();
+        let dir = tempfile::tempdir().expect("tmp");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs");
+        // A host-only bridge of our own: 10.200.<n>.1/24, a free <n>.
+        let n = (1..250u8)
+            .find(|n| !Path::new(&format!("/sys/class/net/fdk{n}")).exists())
+            .expect("a free bridge");
+        let bridge = format!("fdk{n}");
+        let host_ip = Ipv4Addr::new(10, 200, n, 1);
+        sh(&format!(
+            "ip link add {bridge} type bridge && ip addr add {host_ip}/24 dev {bridge} && ip link set {bridge} up"
+        ));
+        let undo = vec![format!("ip link delete {bridge}")];
+        // The simulator's CA, trusted process-wide through SSL_CERT_FILE (set before any client
+        // exists); its login certificate names the bridge's address, so one cluster at a time
+        // per test process.
+        let tls = flexdisk_sim::process::shared_tls_dir(
+            &std::env::temp_dir().join(format!("flexdisk-real-cluster-ca-{}", std::process::id())),
+        );
+        let sim = SimProcess::start(
+            &bin("flexdisk-sim"),
+            &[
+                "--world",
+                world.to_str().expect("utf-8"),
+                "--listen",
+                &host_ip.to_string(),
+                "--tls-dir",
+                tls.to_str().expect("utf-8"),
+                "--vm-op-ms",
+                "300",
+                "--disk-op-ms",
+                "200",
+            ],
+        )
+        .expect("the simulator starts");
+        let mut c = RealCluster {
+            bin: bin_dir,
+            sim,
+            bridge,
+            host_ip,
+            admin: PathBuf::new(),
+            nodes: Vec::new(),
+            procs: Vec::new(),
+            undo,
+            dir,
+        };
+        let pki = Pki::new(&c.dir.path().join("pki"));
+        c.start_control_plane(&pki, &logs);
+        for (i, name) in node_names.iter().enumerate() {
+            c.start_node(&pki, &logs, i as u8, name);
+        }
+        c.wait_until(
+            "the default service account",
+            Duration::from_secs(60),
+            |c| c.kubectl(&["get", "serviceaccount", "default"]).is_ok(),
+        );
+        for name in node_names {
+            c.wait_until(
+                &format!("node {name} Ready"),
+                Duration::from_secs(120),
+                |c| {
+                    c.kubectl_json(&["get", "node", name])
+                        .ok()
+                        .is_some_and(|n| {
+                            n["status"]["conditions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|x| x["type"] == "Ready" && x["status"] == "True")
+                        })
+                },
+            );
+        }
+        c
+    }
+
+    fn api(&self) -> String {
+        format!("https://{}:6443", self.host_ip)
+    }
+
+    fn start_control_plane(&mut self, pki: &Pki, logs: &Path) {
+        let d = self.dir.path().to_path_buf();
+        let ip = self.host_ip.to_string();
+        let etcd = spawn(
+            "etcd",
+            logs,
+            Command::new(self.bin.join("etcd"))
+                .arg("--data-dir")
+                .arg(d.join("etcd"))
+                .args(["--listen-client-urls", &format!("http://{ip}:2379")])
+                .args(["--advertise-client-urls", &format!("http://{ip}:2379")])
+                .args(["--listen-peer-urls", &format!("http://{ip}:2380")])
+                .args([
+                    "--initial-advertise-peer-urls",
+                    &format!("http://{ip}:2380"),
+                ])
+                .args(["--initial-cluster", &format!("default=http://{ip}:2380")])
+                .args(["--log-level", "warn"]),
+        );
+        self.procs.push(etcd);
+        let names: Vec<String> = vec![
+            ip.clone(),
+            "10.96.0.1".into(),
+            "127.0.0.1".into(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+            "localhost".into(),
+        ];
+        let (api_cert, api_key) = pki.issue("apiserver", "kube-apiserver", &[], &names);
+        let (kc_cert, kc_key) = pki.issue(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            &["system:masters"],
+            &[],
+        );
+        let sa_key = rcgen::KeyPair::generate().expect("sa key");
+        let (sa_pub, sa_priv) = (d.join("pki/sa.pub"), d.join("pki/sa.key"));
+        std::fs::write(&sa_pub, sa_key.public_key_pem()).expect("sa.pub");
+        std::fs::write(&sa_priv, sa_key.serialize_pem()).expect("sa.key");
+        let apiserver = spawn(
+            "kube-apiserver",
+            logs,
+            Command::new(self.bin.join("kube-apiserver"))
+                .args(["--etcd-servers", &format!("http://{ip}:2379")])
+                .args(["--bind-address", &ip, "--advertise-address", &ip])
+                .args(["--secure-port", "6443"])
+                .arg("--tls-cert-file")
+                .arg(&api_cert)
+                .arg("--tls-private-key-file")
+                .arg(&api_key)
+                .arg("--client-ca-file")
+                .arg(pki.ca())
+                .arg("--kubelet-client-certificate")
+                .arg(&kc_cert)
+                .arg("--kubelet-client-key")
+                .arg(&kc_key)
+                .arg("--kubelet-certificate-authority")
+                .arg(pki.ca())
+                .arg("--service-account-key-file")
+                .arg(&sa_pub)
+                .arg("--service-account-signing-key-file")
+                .arg(&sa_priv)
+                .args([
+                    "--service-account-issuer",
+                    "https://kubernetes.default.svc.cluster.local",
+                ])
+                .args(["--service-cluster-ip-range", SERVICE_CIDR])
+                .args(["--authorization-mode", "Node,RBAC"])
+                // Nodes are reached at their address: no name of theirs resolves, and no lookup
+                // may leave the machine.
+                .args(["--kubelet-preferred-address-types", "InternalIP"])
+                .args(["--enable-admission-plugins", "NodeRestriction"])
+                .arg("--allow-privileged=true"),
+        );
+        self.procs.push(apiserver);
+        self.admin = pki.kubeconfig(
+            "admin",
+            &self.api(),
+            "kubernetes-admin",
+            &["system:masters"],
+        );
+        self.wait_until("the API server", Duration::from_secs(90), |c| {
+            c.kubectl(&["get", "--raw", "/readyz"]).is_ok()
+        });
+
+        // kube-controller-manager runs the driver from its plugin dir, configured as an operator
+        // would: flexdisk.conf beside the binary names the control plane's cloud config.
+        let plugins = d.join("kcm-plugins");
+        self.install_driver(
+            &plugins,
+            &self.sim.field("azureJson"),
+            &d.join("kcm-state"),
+            &logs.join("flexdisk-controller.log"),
+        );
+        let kcm_config = pki.kubeconfig(
+            "controller-manager",
+            &self.api(),
+            "system:kube-controller-manager",
+            &[],
+        );
+        let kcm = spawn(
+            "kube-controller-manager",
+            logs,
+            Command::new(self.bin.join("kube-controller-manager"))
+                .arg("--kubeconfig")
+                .arg(&kcm_config)
+                .arg("--authentication-kubeconfig")
+                .arg(&kcm_config)
+                .arg("--authorization-kubeconfig")
+                .arg(&kcm_config)
+                .args(["--bind-address", &ip, "--secure-port", "10257"])
+                .arg("--flex-volume-plugin-dir")
+                .arg(&plugins)
+                .arg("--service-account-private-key-file")
+                .arg(&sa_priv)
+                .arg("--root-ca-file")
+                .arg(pki.ca())
+                .arg("--use-service-account-credentials=true")
+                .arg("--leader-elect=false")
+                .args(["--controllers", "*"])
+                .args(["--attach-detach-reconcile-sync-period", "10s"])
+                .env("SSL_CERT_FILE", self.sim.field("caBundle")),
+        );
+        self.procs.push(kcm);
+        let sched_config = pki.kubeconfig("scheduler", &self.api(), "system:kube-scheduler", &[]);
+        let scheduler = spawn(
+            "kube-scheduler",
+            logs,
+            Command::new(self.bin.join("kube-scheduler"))
+                .arg("--kubeconfig")
+                .arg(&sched_config)
+                .arg("--authentication-kubeconfig")
+                .arg(&sched_config)
+                .arg("--authorization-kubeconfig")
+                .arg(&sched_config)
+                .args(["--bind-address", &ip, "--secure-port", "10259"])
+                .arg("--leader-elect=false"),
+        );
+        self.procs.push(scheduler);
+    }
+
+    /// The driver and its conf in a FlexVolume plugin dir, as `flexdisk install` lays them out.
+    fn install_driver(&self, plugins: &Path, cloud_config: &str, state: &Path, log: &Path) {
+        let dir = plugins.join("flexdisk~azure-disk");
+        std::fs::create_dir_all(&dir).expect("plugin dir");
+        std::fs::copy(bin("flexdisk"), dir.join("azure-disk")).expect("driver");
+        std::fs::write(
+            dir.join("flexdisk.conf"),
+            format!(
+                "FLEXDISK_CONFIG={cloud_config}\nFLEXDISK_STATE_DIR={}\nFLEXDISK_LOG={}\n",
+                state.display(),
+                log.display()
+            ),
+        )
+        .expect("conf");
+    }
+
+    fn start_node(&mut self, pki: &Pki, logs: &Path, i: u8, name: &str) {
+        let d = self.dir.path().join(format!("node-{name}"));
+        let ip = Ipv4Addr::new(
+            self.host_ip.octets()[0],
+            self.host_ip.octets()[1],
+            self.host_ip.octets()[2],
+            10 + i,
+        );
+        let netns = format!("{}-n{i}", self.bridge);
+        let sim_root = PathBuf::from(self.sim.node_field(name, "root"));
+        // The network: a veth from the bridge; the node's only route is the bridge's /24, plus
+        // the API server's service address, forwarded to the API server as kube-proxy would.
+        self.undo.push(format!(
+            "for p in $(ip netns pids {netns}); do kill -9 $p; done; ip netns delete {netns}"
+        ));
+        sh(&format!(
+            "ip netns add {netns}
+             ip link add {b}h{i} type veth peer name eth0 netns {netns}
+             ip link set {b}h{i} master {b} up
+             ip -n {netns} addr add {ip}/24 dev eth0
+             ip -n {netns} link set eth0 up
+             ip -n {netns} link set lo up
+             ip netns exec {netns} sysctl -qw net.ipv4.ip_forward=1
+             ip netns exec {netns} sysctl -qw net.ipv4.conf.all.route_localnet=1
+             ip netns exec {netns} iptables -t nat -A OUTPUT -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination {h}:6443
+             ip netns exec {netns} iptables -t nat -A PREROUTING -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination {h}:6443",
+            b = self.bridge,
+            h = self.host_ip,
+        ));
+        // The node's own directories, and the device nodes a /dev needs beside the simulator's
+        // disks.
+        for sub in [
+            "plugins",
+            "kubelet",
+            "containerd",
+            "run-containerd",
+            "flexdisk",
+            "log",
+            "etc",
+            "cni",
+            "pods-log",
+        ] {
+            std::fs::create_dir_all(d.join(sub)).expect("node dir");
+        }
+        let dev = sim_root.join("dev");
+        sh(&format!(
+            "cd {dev}
+             for x in null:1:3 zero:1:5 full:1:7 random:1:8 urandom:1:9 tty:5:0 kmsg:1:11; do
+               n=${{x%%:*}}; r=${{x#*:}}; [ -e $n ] || mknod -m 666 $n c ${{r%%:*}} ${{r#*:}}
+             done
+             mkdir -p pts shm mqueue
+             [ -e ptmx ] || ln -s pts/ptmx ptmx
+             [ -e fd ] || ln -s /proc/self/fd fd
+             [ -e stdin ] || ln -s /proc/self/fd/0 stdin
+             [ -e stdout ] || ln -s /proc/self/fd/1 stdout
+             [ -e stderr ] || ln -s /proc/self/fd/2 stderr",
+            dev = dev.display()
+        ));
+        std::fs::copy(
+            self.sim.node_field(name, "azureJson"),
+            d.join("etc/azure.json"),
+        )
+        .expect("azure.json");
+        // cgroup v1 (this machine's): the node's own root in every hierarchy.
+        self.undo.push(format!(
+            "for h in /sys/fs/cgroup/*/; do find \"${{h}}{netns}\" -depth -type d -exec rmdir {{}} + 2>/dev/null; done; true"
+        ));
+        sh(&format!(
+            "for h in /sys/fs/cgroup/*/; do [ -d \"$h\" ] && mkdir -p \"${{h}}{}\" || true; done",
+            netns
+        ));
+        // The mount namespace, kept in a file on a private mount.
+        let ns_dir = d.join("ns");
+        std::fs::create_dir_all(&ns_dir).expect("ns dir");
+        self.undo.push(format!(
+            "umount -l {ns}/mnt; umount -l {ns}; true",
+            ns = ns_dir.display()
+        ));
+        sh(&format!(
+            "mount --bind {ns} {ns} && mount --make-private {ns} && touch {ns}/mnt && unshare --mount={ns}/mnt --propagation slave true",
+            ns = ns_dir.display()
+        ));
+        let node = Node {
+            name: name.to_string(),
+            ip,
+            netns,
+            mntns: ns_dir.join("mnt"),
+            dir: d.clone(),
+            sim_root: sim_root.clone(),
+            imds: self.sim.node_field(name, "imds"),
+        };
+        let binds = [
+            (dev.clone(), PathBuf::from("/dev")),
+            (
+                sim_root.join("sys/bus/scsi/devices"),
+                PathBuf::from("/sys/bus/scsi/devices"),
+            ),
+            (
+                sim_root.join("sys/class/scsi_host"),
+                PathBuf::from("/sys/class/scsi_host"),
+            ),
+            (
+                d.join("plugins"),
+                PathBuf::from("/usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
+            ),
+            (d.join("kubelet"), PathBuf::from("/var/lib/kubelet")),
+            (d.join("containerd"), PathBuf::from("/var/lib/containerd")),
+            (d.join("run-containerd"), PathBuf::from("/run/containerd")),
+            (d.join("flexdisk"), PathBuf::from("/var/lib/flexdisk")),
+            (d.join("log"), PathBuf::from("/var/log")),
+            (d.join("etc"), PathBuf::from("/etc/kubernetes")),
+            (d.join("cni"), PathBuf::from("/etc/cni/net.d")),
+        ];
+        // (sysfs stays the host's: a fresh one would hide the cgroup hierarchies mounted in it.)
+        let mut script = String::new();
+        for (from, to) in &binds {
+            script.push_str(&format!(
+                "mkdir -p {to} && mount --bind {from} {to}\n",
+                from = from.display(),
+                to = to.display()
+            ));
+        }
+        script.push_str(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+             mount -t tmpfs shm /dev/shm
+             mount --make-rshared /var/lib/kubelet\n",
+        );
+        run(node.command("sh").args(["-euc", &script]));
+        // The driver at the default plugin dir, with production defaults; per node only IMDS's
+        // address (IMDS_ENDPOINT, in kubelet's environment) and the CA of the simulator's login.
+        self.install_driver(
+            &d.join("plugins"),
+            "/etc/kubernetes/azure.json",
+            Path::new("/var/lib/flexdisk"),
+            Path::new("/var/log/flexdisk.log"),
+        );
+        std::fs::remove_file(d.join("plugins/flexdisk~azure-disk/flexdisk.conf")).expect("conf");
+
+        // containerd: its own root, state and socket; CNI: a bridge of pod addresses per node.
+        let cni = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.88.{i}.0/24")}]],
+                      "routes": [{"dst": "0.0.0.0/0"}]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}]});
+        std::fs::write(d.join("cni/10-pods.conflist"), cni.to_string()).expect("cni");
+        let containerd_toml = d.join("containerd.toml");
+        std::fs::write(
+            &containerd_toml,
+            format!(
+                "version = 3
+root = \"/var/lib/containerd\"
+state = \"/run/containerd\"
+[grpc]
+  address = \"/run/containerd/containerd.sock\"
+[plugins.'io.containerd.cri.v1.images'.pinned_images]
+  sandbox = \"{PAUSE_IMAGE}\"
+[plugins.'io.containerd.cri.v1.runtime']
+  # This machine grants root no CAP_SYS_RESOURCE: OOM scores may only go up.
+  restrict_oom_score_adj = true
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [\"/usr/lib/cni\"]
+  conf_dir = \"/etc/cni/net.d\"
+[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+  SystemdCgroup = false
+"
+            ),
+        )
+        .expect("containerd.toml");
+        let containerd = spawn(
+            &format!("containerd-{name}"),
+            logs,
+            node.command(self.bin.join("containerd").to_str().expect("utf-8"))
+                .arg("--config")
+                .arg(&containerd_toml)
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        self.bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                ),
+        );
+        self.procs.push(containerd);
+        self.wait_until(
+            &format!("containerd of {name}"),
+            Duration::from_secs(30),
+            |_| d.join("run-containerd/containerd.sock").exists(),
+        );
+        for image in images(&self.dir.path().join("images")) {
+            run(node
+                .command(self.bin.join("ctr").to_str().expect("utf-8"))
+                .args([
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    "--platform",
+                    "linux/amd64",
+                ])
+                .arg(&image));
+        }
+
+        // kubelet.
+        let kubeconfig = pki.kubeconfig(
+            &format!("kubelet-{name}"),
+            &self.api(),
+            &format!("system:node:{name}"),
+            &["system:nodes"],
+        );
+        let (serving_cert, serving_key) = pki.issue(
+            &format!("kubelet-serving-{name}"),
+            &format!("system:node:{name}"),
+            &["system:nodes"],
+            &[ip.to_string(), name.to_string()],
+        );
+        let config = json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "tlsCertFile": serving_cert, "tlsPrivateKeyFile": serving_key,
+            "address": ip.to_string(), "port": 10250, "readOnlyPort": 0, "healthzPort": 0,
+            "authentication": {"x509": {"clientCAFile": pki.ca()}, "webhook": {"enabled": true},
+                               "anonymous": {"enabled": false}},
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs", "cgroupRoot": format!("/{}", node.netns),
+            "cgroupsPerQOS": true, "enforceNodeAllocatable": [],
+            "failCgroupV1": false, "failSwapOn": false,
+            "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
+            "resolvConf": "", "clusterDNS": [], "clusterDomain": "cluster.local",
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {}, "evictionSoft": {}, "evictionPressureTransitionPeriod": "0s",
+            "serializeImagePulls": false, "localStorageCapacityIsolation": false,
+        });
+        let config_file = d.join("kubelet-config.json");
+        std::fs::write(&config_file, config.to_string()).expect("kubelet config");
+        let kubelet = spawn(
+            &format!("kubelet-{name}"),
+            logs,
+            node.command(self.bin.join("kubelet").to_str().expect("utf-8"))
+                .arg("--config")
+                .arg(&config_file)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--hostname-override", name, "--node-ip", &ip.to_string()])
+                .args(["--v", "2"])
+                .env("IMDS_ENDPOINT", &node.imds)
+                .env("SSL_CERT_FILE", self.sim.field("caBundle"))
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        self.bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                ),
+        );
+        self.procs.push(kubelet);
+        self.nodes.push(node);
+    }
+
+    /// kubectl as the cluster's admin; stdout, or what went wrong.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.admin)
+            .args(args)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).to_string())
+        } else {
+            Err(format!(
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    pub fn kubectl_json(&self, args: &[&str]) -> Result<Value, String> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.kubectl(&a)?;
+        serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))
+    }
+
+    /// `kubectl apply` of these objects.
+    pub fn apply(&self, objects: &[Value]) {
+        let mut child = Command::new(self.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&self.admin)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            let list = json!({"apiVersion": "v1", "kind": "List", "items": objects});
+            stdin.write_all(list.to_string().as_bytes()).expect("write");
+        }
+        let out = child.wait_with_output().expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Polls until `ok`, or panics after `limit` with the components' last log lines.
+    pub fn wait_until(&self, what: &str, limit: Duration, ok: impl Fn(&RealCluster) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !ok(self) {
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.diagnostics());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// The tail of every component's log.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for p in &self.procs {
+            let text = std::fs::read_to_string(&p.log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(25)..];
+            out.push_str(&format!(
+                "--- {} ({})\n{}\n",
+                p.name,
+                p.log.display(),
+                tail.join("\n")
+            ));
+        }
+        out
+    }
+
+    /// The log of one component (e.g. `kubelet-<node>`), whole.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        // Nodes first (kubelet, then containerd), then the control plane, last started first.
+        for p in self.procs.iter_mut().rev() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = p.child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        // Whatever the nodes left running (container shims) and mounted goes with them.
+        for cmd in self.undo.iter().rev() {
+            let _ = Command::new("sh").args(["-c", cmd]).output();
+        }
+    }
+}
+
+/// The image containerd runs as every pod's sandbox.
+pub const PAUSE_IMAGE: &str = "flexdisk.local/pause:1";
+/// A small image with a shell and the usual tools (busybox), for test pods.
+pub const TOOLS_IMAGE: &str = "flexdisk.local/tools:1";
+
+/// The OCI archives of the test images, made once in `dir` (no registry and no docker here:
+/// each is a hand-assembled OCI layout — one layer, a config, a manifest, an index).
+pub fn images(dir: &Path) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).expect("images dir");
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "/bin/busybox is missing: tests/kube/build installs Debian's busybox-static"
+    );
+    let mut out = Vec::new();
+    for (file, name, cmd) in [
+        (
+            "pause.tar",
+            PAUSE_IMAGE,
+            vec!["/bin/busybox", "sleep", "2147483647"],
+        ),
+        ("tools.tar", TOOLS_IMAGE, vec!["/bin/sh"]),
+    ] {
+        let archive = dir.join(file);
+        if !archive.exists() {
+            oci_archive(
+                &archive,
+                name,
+                &[(busybox.to_path_buf(), "bin/busybox".into())],
+                &[
+                    "sh", "sleep", "cat", "dd", "md5sum", "df", "ls", "echo", "sync", "mkdir",
+                    "test", "stat", "wc",
+                ],
+                &cmd,
+            );
+        }
+        out.push(archive);
+    }
+    out
+}
+
+/// Writes an OCI image archive named `name`: `files` (host path → path in the image), busybox
+/// applets as links in `/bin`, `cmd` as the command.
+pub fn oci_archive(
+    archive: &Path,
+    name: &str,
+    files: &[(PathBuf, PathBuf)],
+    applets: &[&str],
+    cmd: &[&str],
+) {
+    use sha2::{Digest, Sha256};
+    let work = archive.with_extension("work");
+    let _ = std::fs::remove_dir_all(&work);
+    let rootfs = work.join("rootfs");
+    for (from, to) in files {
+        let dest = rootfs.join(to);
+        std::fs::create_dir_all(dest.parent().expect("parent")).expect("dir");
+        std::fs::copy(from, &dest).expect("copy into the image");
+    }
+    std::fs::create_dir_all(rootfs.join("bin")).expect("bin");
+    for a in applets {
+        let link = rootfs.join("bin").join(a);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).expect("applet");
+        }
+    }
+    for d in ["tmp", "etc", "proc", "sys", "dev", "data"] {
+        std::fs::create_dir_all(rootfs.join(d)).expect("dir");
+    }
+    let layout = work.join("layout");
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let layer = work.join("layer.tar");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&rootfs)
+        .arg("-cf")
+        .arg(&layer)
+        .arg("."));
+    let digest = |bytes: &[u8]| format!("{:x}", Sha256::digest(bytes));
+    let layer_bytes = std::fs::read(&layer).expect("layer");
+    let layer_digest = digest(&layer_bytes);
+    std::fs::write(blobs.join(&layer_digest), &layer_bytes).expect("layer blob");
+    let config = json!({"architecture": "amd64", "os": "linux",
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}})
+    .to_string();
+    let config_digest = digest(config.as_bytes());
+    std::fs::write(blobs.join(&config_digest), &config).expect("config blob");
+    let manifest =
+        json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": format!("sha256:{config_digest}"), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": format!("sha256:{layer_digest}"), "size": layer_bytes.len()}]})
+        .to_string();
+    let manifest_digest = digest(manifest.as_bytes());
+    std::fs::write(blobs.join(&manifest_digest), &manifest).expect("manifest blob");
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"), "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {"io.containerd.image.name": name,
+                            "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap_or("latest")}}]});
+    std::fs::write(layout.join("index.json"), index.to_string()).expect("index");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("layout");
+    run(Command::new("tar")
+        .args(["--numeric-owner", "--owner=0", "--group=0", "-C"])
+        .arg(&layout)
+        .arg("-cf")
+        .arg(archive)
+        .arg("."));
+    let _ = std::fs::remove_dir_all(&work);
+}
