@@ -9,7 +9,6 @@
 //! config as `azure.json`, which `flexdisk.conf` names relative to the binary.
 
 use crate::protocol::UsageError;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -111,7 +110,7 @@ pub fn stay_if_asked(argv: &[String]) {
             let fresh = std::fs::read(&source).ok();
             let current = std::fs::read(dir.join(CLOUD_CONFIG_COPY)).ok();
             if let Some(bytes) = fresh.filter(|b| Some(b) != current.as_ref()) {
-                let _ = replace(&dir, CLOUD_CONFIG_COPY, &bytes, 0o600);
+                let _ = replace(&dir, CLOUD_CONFIG_COPY, &mut bytes.as_slice(), 0o600);
             }
         });
     }
@@ -155,25 +154,31 @@ pub fn install(request: &InstallRequest) -> Result<String, String> {
                 source.display()
             )
         })?;
-        replace(&dir, CLOUD_CONFIG_COPY, &bytes, 0o600)?;
+        replace(&dir, CLOUD_CONFIG_COPY, &mut bytes.as_slice(), 0o600)?;
     }
     let env: Vec<(String, String)> = std::env::vars().collect();
     let conf = conf_text(&env, request.cloud_config.is_some());
-    replace(&dir, CONF, conf.as_bytes(), 0o644)?;
-    let bytes = std::fs::read(&me).map_err(|e| format!("{}: {e}", me.display()))?;
-    let target = replace(&dir, DRIVER, &bytes, 0o755)?;
+    replace(&dir, CONF, &mut conf.as_bytes(), 0o644)?;
+    // Streamed, not read whole: the installer's container has a small memory limit.
+    let mut binary = std::fs::File::open(&me).map_err(|e| format!("{}: {e}", me.display()))?;
+    let target = replace(&dir, DRIVER, &mut binary, 0o755)?;
     Ok(format!("installed {}", target.display()))
 }
 
 /// Writes `dir/name` through a staging file, fsync and rename, so readers see the old or the new
 /// file, never a part.
-fn replace(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> Result<PathBuf, String> {
+fn replace(
+    dir: &Path,
+    name: &str,
+    content: &mut dyn std::io::Read,
+    mode: u32,
+) -> Result<PathBuf, String> {
     let target = dir.join(name);
     let staging = dir.join(format!(".{name}.{}", std::process::id()));
-    let write = || -> std::io::Result<()> {
+    let mut write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&staging)?;
         f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
+        std::io::copy(content, &mut f)?;
         f.sync_all()?;
         std::fs::rename(&staging, &target)?;
         std::fs::File::open(dir)?.sync_all()

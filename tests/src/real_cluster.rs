@@ -408,7 +408,7 @@ impl RealCluster {
     fn install_driver(&self, plugins: &Path, cloud_config: &str, state: &Path, log: &Path) {
         let dir = plugins.join("flexdisk~azure-disk");
         std::fs::create_dir_all(&dir).expect("plugin dir");
-        std::fs::copy(bin("flexdisk"), dir.join("azure-disk")).expect("driver");
+        std::fs::copy(static_binaries().join("flexdisk"), dir.join("azure-disk")).expect("driver");
         std::fs::write(
             dir.join("flexdisk.conf"),
             format!(
@@ -548,15 +548,9 @@ impl RealCluster {
              mount --make-rshared /var/lib/kubelet\n",
         );
         run(node.command("sh").args(["-euc", &script]));
-        // The driver at the default plugin dir, with production defaults; per node only IMDS's
-        // address (IMDS_ENDPOINT, in kubelet's environment) and the CA of the simulator's login.
-        self.install_driver(
-            &d.join("plugins"),
-            "/etc/kubernetes/azure.json",
-            Path::new("/var/lib/flexdisk"),
-            Path::new("/var/log/flexdisk.log"),
-        );
-        std::fs::remove_file(d.join("plugins/flexdisk~azure-disk/flexdisk.conf")).expect("conf");
+        // The driver comes with the DaemonSet (`install_flexdisk`); what is per node reaches it as
+        // on a real node: IMDS's address (IMDS_ENDPOINT, in kubelet's environment) and the CA of
+        // the simulator's login (SSL_CERT_FILE, a private cloud's CA).
 
         // containerd: its own root, state and socket; CNI: a bridge of pod addresses per node.
         let cni = json!({"cniVersion": "1.0.0", "name": "pods", "plugins": [
@@ -679,6 +673,107 @@ state = \"/run/containerd\"
         self.nodes.push(node);
     }
 
+    /// flexdisk as users install it: its two images (made from the static binaries, as
+    /// install/Dockerfile makes them) in every node's containerd, then `kubectl apply -k` of an
+    /// overlay of `install/` that adds the cloud config Secret (the simulator's, with its CA) and
+    /// never pulls. Waits for the driver on every node and a leading provisioner.
+    pub fn install_flexdisk(&self) {
+        let bins = static_binaries();
+        let images = self.dir.path().join("images");
+        let driver = images.join("flexdisk.tar");
+        oci_archive(
+            &driver,
+            &Image {
+                name: "ghcr.io/flexdisk/flexdisk:0.1.0",
+                files: vec![(bins.join("flexdisk"), "flexdisk".into())],
+                applets: &[],
+                entrypoint: &["/flexdisk"],
+                cmd: &["install", "--plugin-dir=/flexvolume", "--stay"],
+                user: None,
+            },
+        );
+        let provisioner = images.join("flexdisk-provisioner.tar");
+        oci_archive(
+            &provisioner,
+            &Image {
+                name: "ghcr.io/flexdisk/flexdisk-provisioner:0.1.0",
+                files: vec![(
+                    bins.join("flexdisk-provisioner"),
+                    "flexdisk-provisioner".into(),
+                )],
+                applets: &[],
+                entrypoint: &["/flexdisk-provisioner"],
+                cmd: &[],
+                user: Some("65532:65532"),
+            },
+        );
+        for node in &self.nodes {
+            for image in [&driver, &provisioner] {
+                run(node
+                    .command(self.bin.join("ctr").to_str().expect("utf-8"))
+                    .args([
+                        "-n",
+                        "k8s.io",
+                        "images",
+                        "import",
+                        "--platform",
+                        "linux/amd64",
+                    ])
+                    .arg(image));
+            }
+        }
+        let overlay = self.dir.path().join("install-overlay");
+        std::fs::create_dir_all(&overlay).expect("overlay");
+        std::fs::copy(self.sim.field("azureJson"), overlay.join("azure.json")).expect("azure.json");
+        std::fs::copy(self.sim.field("caBundle"), overlay.join("ca.pem")).expect("ca.pem");
+        let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install");
+        let never = |kind: &str, name: &str| {
+            json!({"target": {"kind": kind, "name": name},
+                "patch": json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"}]).to_string()})
+        };
+        let kustomization = json!({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            // kustomize takes bases only by relative path.
+            "resources": [relative(&overlay, &install.canonicalize().expect("install/"))],
+            "secretGenerator": [{"name": "flexdisk-cloud-config", "namespace": "flexdisk-system",
+                "files": ["azure.json", "ca.pem"], "options": {"disableNameSuffixHash": true}}],
+            "patches": [
+                never("DaemonSet", "flexdisk-node"),
+                never("Deployment", "flexdisk-provisioner"),
+                {"target": {"kind": "Deployment", "name": "flexdisk-provisioner"},
+                 "patch": json!([{"op": "add", "path": "/spec/template/spec/containers/0/env/-",
+                     "value": {"name": "SSL_CERT_FILE", "value": "/etc/flexdisk/ca.pem"}}]).to_string()},
+            ],
+        });
+        std::fs::write(
+            overlay.join("kustomization.yaml"),
+            kustomization.to_string(),
+        )
+        .expect("kustomization");
+        self.kubectl(&["apply", "-k", overlay.to_str().expect("utf-8")])
+            .unwrap_or_else(|e| panic!("{e}"));
+        for node in &self.nodes {
+            // The installer writes the binary last.
+            let conf = node.dir.join("plugins/flexdisk~azure-disk/azure-disk");
+            self.wait_until(
+                &format!("the driver installed on {}", node.name),
+                Duration::from_secs(120),
+                |_| conf.exists(),
+            );
+        }
+        self.wait_until("a leading provisioner", Duration::from_secs(120), |c| {
+            c.kubectl_json(&[
+                "-n",
+                "flexdisk-system",
+                "get",
+                "deployment",
+                "flexdisk-provisioner",
+            ])
+            .ok()
+            .is_some_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
+        });
+    }
+
     /// kubectl as the cluster's admin; stdout, or what went wrong.
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(self.bin.join("kubectl"))
@@ -789,6 +884,13 @@ impl Drop for RealCluster {
     }
 }
 
+/// `to` as a path relative to the directory `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> String {
+    let up = from.components().count().saturating_sub(1);
+    let rest = to.strip_prefix("/").unwrap_or(to);
+    format!("{}{}", "../".repeat(up), rest.display())
+}
+
 /// The image containerd runs as every pod's sandbox.
 pub const PAUSE_IMAGE: &str = "flexdisk.local/pause:1";
 /// A small image with a shell and the usual tools (busybox), for test pods.
@@ -804,6 +906,10 @@ pub fn images(dir: &Path) -> Vec<PathBuf> {
         "/bin/busybox is missing: tests/kube/build installs Debian's busybox-static"
     );
     let mut out = Vec::new();
+    let applets = [
+        "sh", "sleep", "cat", "dd", "md5sum", "df", "ls", "echo", "sync", "mkdir", "test", "stat",
+        "wc", "touch", "rm",
+    ];
     for (file, name, cmd) in [
         (
             "pause.tar",
@@ -816,13 +922,14 @@ pub fn images(dir: &Path) -> Vec<PathBuf> {
         if !archive.exists() {
             oci_archive(
                 &archive,
-                name,
-                &[(busybox.to_path_buf(), "bin/busybox".into())],
-                &[
-                    "sh", "sleep", "cat", "dd", "md5sum", "df", "ls", "echo", "sync", "mkdir",
-                    "test", "stat", "wc",
-                ],
-                &cmd,
+                &Image {
+                    name,
+                    files: vec![(busybox.to_path_buf(), "bin/busybox".into())],
+                    applets: &applets,
+                    entrypoint: &[],
+                    cmd: &cmd,
+                    user: None,
+                },
             );
         }
         out.push(archive);
@@ -830,15 +937,21 @@ pub fn images(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Writes an OCI image archive named `name`: `files` (host path → path in the image), busybox
-/// applets as links in `/bin`, `cmd` as the command.
-pub fn oci_archive(
-    archive: &Path,
-    name: &str,
-    files: &[(PathBuf, PathBuf)],
-    applets: &[&str],
-    cmd: &[&str],
-) {
+/// What goes into a test image.
+pub struct Image<'a> {
+    pub name: &'a str,
+    /// Host path → path in the image.
+    pub files: Vec<(PathBuf, PathBuf)>,
+    /// busybox applets linked in `/bin`.
+    pub applets: &'a [&'a str],
+    pub entrypoint: &'a [&'a str],
+    pub cmd: &'a [&'a str],
+    pub user: Option<&'a str>,
+}
+
+/// Writes an OCI image archive of `image`.
+pub fn oci_archive(archive: &Path, image: &Image<'_>) {
+    let (name, files, applets) = (image.name, &image.files, image.applets);
     use sha2::{Digest, Sha256};
     let work = archive.with_extension("work");
     let _ = std::fs::remove_dir_all(&work);
@@ -848,8 +961,11 @@ pub fn oci_archive(
         std::fs::create_dir_all(dest.parent().expect("parent")).expect("dir");
         std::fs::copy(from, &dest).expect("copy into the image");
     }
-    std::fs::create_dir_all(rootfs.join("bin")).expect("bin");
-    for a in applets {
+    std::fs::create_dir_all(&rootfs).expect("rootfs");
+    if !applets.is_empty() {
+        std::fs::create_dir_all(rootfs.join("bin")).expect("bin");
+    }
+    for a in applets.iter() {
         let link = rootfs.join("bin").join(a);
         if !link.exists() {
             std::os::unix::fs::symlink("busybox", &link).expect("applet");
@@ -872,8 +988,17 @@ pub fn oci_archive(
     let layer_bytes = std::fs::read(&layer).expect("layer");
     let layer_digest = digest(&layer_bytes);
     std::fs::write(blobs.join(&layer_digest), &layer_bytes).expect("layer blob");
-    let config = json!({"architecture": "amd64", "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/"},
+    let mut run_config = json!({"Env": ["PATH=/bin"], "WorkingDir": "/"});
+    if !image.entrypoint.is_empty() {
+        run_config["Entrypoint"] = json!(image.entrypoint);
+    }
+    if !image.cmd.is_empty() {
+        run_config["Cmd"] = json!(image.cmd);
+    }
+    if let Some(u) = image.user {
+        run_config["User"] = json!(u);
+    }
+    let config = json!({"architecture": "amd64", "os": "linux", "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}})
     .to_string();
     let config_digest = digest(config.as_bytes());
@@ -906,4 +1031,61 @@ pub fn oci_archive(
         .arg(archive)
         .arg("."));
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
+/// they ship: the driver runs on any node OS and in the distroless controller-manager image),
+/// built now so they are never stale; their directory.
+pub fn static_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    // <target>/debug/deps/<test> → <target>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .expect("the target directory")
+        .to_path_buf();
+    let triple = "x86_64-unknown-linux-gnu";
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args([
+                "build",
+                "--quiet",
+                "--target",
+                triple,
+                "-p",
+                "flexdisk",
+                "-p",
+                "flexdisk-provisioner",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    );
+    let dir = target.join(triple).join("debug");
+    for b in ["flexdisk", "flexdisk-provisioner"] {
+        let elf = std::fs::read(dir.join(b)).expect("binary");
+        assert!(
+            !is_dynamic(&elf),
+            "{b} is dynamically linked: it would not run on every node OS"
+        );
+    }
+    dir
+}
+
+/// Whether an ELF file asks for a dynamic loader (a PT_INTERP program header).
+pub fn is_dynamic(elf: &[u8]) -> bool {
+    let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&elf[o..o + 8]);
+        u64::from_le_bytes(b) as usize
+    };
+    if elf.len() < 64 || &elf[..4] != b"\x7fELF" || elf[4] != 2 {
+        return true;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    (0..phnum).any(|i| {
+        let o = phoff + i * phentsize;
+        elf.len() >= o + 4 && u32::from_le_bytes([elf[o], elf[o + 1], elf[o + 2], elf[o + 3]]) == 3
+    })
 }

@@ -36,6 +36,7 @@ fn a_static_volume_moves_between_real_nodes_with_its_data() {
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
     let c = RealCluster::start(&world_file, &NODES);
+    c.install_flexdisk();
     // The disk, as an admin would have made it.
     let disk_id = system_tests::create_disk(&c.sim, "existing-data", "Premium_LRS", 2);
     c.apply(&[
