@@ -227,7 +227,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
     assert!(
         disks(c)
             .iter()
-            .all(|(_, vms)| !vms.iter().any(|v| *v == drained)),
+            .all(|(_, vms)| !vms.contains(&drained)),
         "every disk detached from the drained node: {:?}",
         disks(c)
     );
