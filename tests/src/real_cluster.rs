@@ -118,21 +118,38 @@ struct Proc {
     name: String,
     child: Child,
     log: PathBuf,
+    /// How it was started, to start it again the same way.
+    program: std::ffi::OsString,
+    args: Vec<std::ffi::OsString>,
+    envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+fn start_logged(cmd: &mut Command, log: &Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log");
+    cmd.stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
 }
 
 fn spawn(name: &str, log_dir: &Path, cmd: &mut Command) -> Proc {
     let log = log_dir.join(format!("{name}.log"));
-    let file = std::fs::File::create(&log).expect("log");
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("log"))
-        .stderr(file)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let child = start_logged(cmd, &log);
     Proc {
         name: name.to_string(),
         child,
         log,
+        program: cmd.get_program().to_owned(),
+        args: cmd.get_args().map(ToOwned::to_owned).collect(),
+        envs: cmd
+            .get_envs()
+            .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+            .collect(),
     }
 }
 
@@ -170,7 +187,7 @@ pub struct RealCluster {
     pub host_ip: Ipv4Addr,
     pub admin: PathBuf,
     pub nodes: Vec<Node>,
-    procs: Vec<Proc>,
+    procs: std::sync::Mutex<Vec<Proc>>,
     /// Shell commands that undo what was set up on the host, run last to first.
     undo: Vec<String>,
 }
@@ -223,7 +240,7 @@ impl RealCluster {
             host_ip,
             admin: PathBuf::new(),
             nodes: Vec::new(),
-            procs: Vec::new(),
+            procs: std::sync::Mutex::new(Vec::new()),
             undo,
             dir,
         };
@@ -280,7 +297,7 @@ impl RealCluster {
                 .args(["--initial-cluster", &format!("default=http://{ip}:2380")])
                 .args(["--log-level", "warn"]),
         );
-        self.procs.push(etcd);
+        self.procs.get_mut().expect("procs").push(etcd);
         let names: Vec<String> = vec![
             ip.clone(),
             "10.96.0.1".into(),
@@ -337,7 +354,7 @@ impl RealCluster {
                 .args(["--enable-admission-plugins", "NodeRestriction"])
                 .arg("--allow-privileged=true"),
         );
-        self.procs.push(apiserver);
+        self.procs.get_mut().expect("procs").push(apiserver);
         self.admin = pki.kubeconfig(
             "admin",
             &self.api(),
@@ -384,9 +401,11 @@ impl RealCluster {
                 .arg("--leader-elect=false")
                 .args(["--controllers", "*"])
                 .args(["--attach-detach-reconcile-sync-period", "10s"])
+                // A dead node is noticed in 20 s rather than 50.
+                .args(["--node-monitor-grace-period", "20s"])
                 .env("SSL_CERT_FILE", self.sim.field("caBundle")),
         );
-        self.procs.push(kcm);
+        self.procs.get_mut().expect("procs").push(kcm);
         let sched_config = pki.kubeconfig("scheduler", &self.api(), "system:kube-scheduler", &[]);
         let scheduler = spawn(
             "kube-scheduler",
@@ -401,7 +420,7 @@ impl RealCluster {
                 .args(["--bind-address", &ip, "--secure-port", "10259"])
                 .arg("--leader-elect=false"),
         );
-        self.procs.push(scheduler);
+        self.procs.get_mut().expect("procs").push(scheduler);
     }
 
     /// The driver and its conf in a FlexVolume plugin dir, as `flexdisk install` lays them out.
@@ -597,7 +616,7 @@ state = \"/run/containerd\"
                     ),
                 ),
         );
-        self.procs.push(containerd);
+        self.procs.get_mut().expect("procs").push(containerd);
         self.wait_until(
             &format!("containerd of {name}"),
             Duration::from_secs(30),
@@ -669,7 +688,7 @@ state = \"/run/containerd\"
                     ),
                 ),
         );
-        self.procs.push(kubelet);
+        self.procs.get_mut().expect("procs").push(kubelet);
         self.nodes.push(node);
     }
 
@@ -838,7 +857,7 @@ state = \"/run/containerd\"
     /// The tail of every component's log.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for p in &self.procs {
+        for p in self.procs.lock().expect("procs").iter() {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(25)..];
@@ -852,6 +871,49 @@ state = \"/run/containerd\"
         out
     }
 
+    /// SIGKILLs a component (`kube-controller-manager`, `kubelet-<node>`…), as a crash would.
+    pub fn kill(&self, name: &str) {
+        let mut procs = self.procs.lock().expect("procs");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no component {name}"));
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+    }
+
+    /// Starts a killed component again, as it was started.
+    pub fn restart(&self, name: &str) {
+        let mut procs = self.procs.lock().expect("procs");
+        let p = procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no component {name}"));
+        let mut cmd = Command::new(&p.program);
+        cmd.args(&p.args).envs(p.envs.iter().map(|(k, v)| (k, v)));
+        p.child = start_logged(&mut cmd, &p.log);
+    }
+
+    /// The node loses power: kubelet, containerd and every process of the node are SIGKILLed, and
+    /// what its kernel had mounted is gone (on one machine, unmounted: a dead node writes
+    /// nothing more). Azure still shows its disks attached to its VM.
+    pub fn power_off(&self, node: &str) {
+        self.kill(&format!("kubelet-{node}"));
+        self.kill(&format!("containerd-{node}"));
+        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        sh(&format!(
+            "for p in $(ip netns pids {}); do kill -9 $p; done",
+            n.netns
+        ));
+        let _ = n
+            .command("sh")
+            .args([
+                "-c",
+                "sync; awk '$2 ~ \"^/var/lib/kubelet/\" {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+            ])
+            .output();
+    }
+
     /// The log of one component (e.g. `kubelet-<node>`), whole.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join("logs").join(format!("{name}.log")))
@@ -862,7 +924,8 @@ state = \"/run/containerd\"
 impl Drop for RealCluster {
     fn drop(&mut self) {
         // Nodes first (kubelet, then containerd), then the control plane, last started first.
-        for p in self.procs.iter_mut().rev() {
+        let procs = self.procs.get_mut().unwrap_or_else(|e| e.into_inner());
+        for p in procs.iter_mut().rev() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p.child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,

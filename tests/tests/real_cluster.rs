@@ -80,6 +80,21 @@ fn flexdisk_on_a_real_cluster() {
             "a StatefulSet's volumes survive a drain, grow, and go",
             statefulset_drain_resize_delete,
         ),
+        ("Retain keeps the disk", retain_keeps_the_disk),
+        (
+            "ReadWriteMany is refused, ReadOnlyMany is read-only everywhere",
+            access_modes,
+        ),
+        (
+            "kube-controller-manager restarted mid-detach with no state",
+            controller_restart_mid_detach,
+        ),
+        ("the provisioner's leader killed", provisioner_leader_killed),
+        // Last: it leaves a node dead.
+        (
+            "a dead node's volume moves after out-of-service",
+            out_of_service_node,
+        ),
     ] {
         let t = Instant::now();
         scenario(&c);
@@ -225,9 +240,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
     }
     assert_eq!(sums(c), before, "the replicas' bytes moved with them");
     assert!(
-        disks(c)
-            .iter()
-            .all(|(_, vms)| !vms.contains(&drained)),
+        disks(c).iter().all(|(_, vms)| !vms.contains(&drained)),
         "every disk detached from the drained node: {:?}",
         disks(c)
     );
@@ -287,4 +300,300 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         let d = disks(c);
         volumes.iter().all(|v| !d.iter().any(|(n, _)| n == v))
     });
+}
+
+fn claim(name: &str, class: &str, modes: &[&str], size: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"accessModes": modes, "storageClassName": class,
+                 "resources": {"requests": {"storage": size}}}})
+}
+
+fn bound_volume(c: &RealCluster, claim: &str) -> String {
+    c.wait_until(&format!("claim {claim} Bound"), LONG, |c| {
+        c.kubectl_json(&["get", "pvc", claim])
+            .ok()
+            .is_some_and(|p| p["status"]["phase"] == "Bound")
+    });
+    c.kubectl_json(&["get", "pvc", claim])
+        .ok()
+        .and_then(|p| p["spec"]["volumeName"].as_str().map(str::to_string))
+        .expect("bound")
+}
+
+/// The example Retain class: the claim goes, the PV is Released and its disk stays; the admin
+/// deletes the PV and the disk still stays (nothing sweeps it away).
+fn retain_keeps_the_disk(c: &RealCluster) {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    c.kubectl(&[
+        "apply",
+        "-f",
+        examples
+            .join("storageclass-retain.yaml")
+            .to_str()
+            .expect("utf-8"),
+    ])
+    .expect("class");
+    c.apply(&[claim(
+        "kept",
+        "flexdisk-standardssd-retain",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "kept");
+    c.kubectl(&["delete", "pvc", "kept", "--wait=true"])
+        .expect("delete claim");
+    c.wait_until("the volume Released", LONG, |c| {
+        c.kubectl_json(&["get", "pv", &pv])
+            .ok()
+            .is_some_and(|p| p["status"]["phase"] == "Released")
+    });
+    c.kubectl(&["delete", "pv", &pv, "--wait=true"])
+        .unwrap_or_else(|e| panic!("the admin deletes the Released PV: {e}"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        disks(c).iter().any(|(n, _)| *n == pv),
+        "the kept disk is gone"
+    );
+}
+
+/// A ReadWriteMany claim gets one event that says why and no disk; a shared disk (maxShares 2)
+/// written once on one node is then mounted read-only on both nodes at once.
+fn access_modes(c: &RealCluster) {
+    c.apply(&[
+        claim("everyone", "flexdisk-premium", &["ReadWriteMany"], "1Gi"),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "shared"}, "provisioner": "flexdisk/azure-disk",
+            "parameters": {"skuName": "Premium_LRS", "maxShares": "2"}}),
+        claim(
+            "published",
+            "shared",
+            &["ReadWriteOnce", "ReadOnlyMany"],
+            "1Gi",
+        ),
+    ]);
+    c.wait_until("the ReadWriteMany refusal", LONG, |c| {
+        c.kubectl_json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=everyone",
+        ])
+        .ok()
+        .is_some_and(|l| {
+            l["items"].as_array().into_iter().flatten().any(|e| {
+                e["reason"] == "ProvisioningFailed"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ReadWriteMany is not supported"))
+            })
+        })
+    });
+    let uid = c
+        .kubectl_json(&["get", "pvc", "everyone"])
+        .ok()
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("uid");
+    assert!(!disks(c).iter().any(|(n, _)| n.contains(&uid)), "no disk");
+    c.kubectl(&["delete", "pvc", "everyone"]).expect("delete");
+
+    bound_volume(c, "published");
+    c.apply(&[pod(
+        "publisher",
+        NODES[0],
+        "published",
+        "echo the same everywhere > /data/page && sync",
+    )]);
+    c.wait_until("published", LONG, |c| phase(c, "publisher") == "Succeeded");
+    c.kubectl(&["delete", "pod", "publisher", "--wait=true"])
+        .expect("delete");
+    let reader = |name: &str, node: &str| {
+        let mut p = pod(
+            name,
+            node,
+            "published",
+            "cat /data/page && ! touch /data/mine 2>/dev/null",
+        );
+        p["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] = json!(true);
+        p
+    };
+    c.apply(&[reader("reader-0", NODES[0]), reader("reader-1", NODES[1])]);
+    for r in ["reader-0", "reader-1"] {
+        c.wait_until(&format!("{r} read"), LONG, |c| phase(c, r) == "Succeeded");
+        assert_eq!(
+            c.kubectl(&["logs", r]).expect("logs").trim(),
+            "the same everywhere"
+        );
+    }
+    for r in ["reader-0", "reader-1"] {
+        c.kubectl(&["delete", "pod", r, "--wait=true"])
+            .expect("delete");
+    }
+    c.kubectl(&["delete", "pvc", "published", "--wait=true"])
+        .expect("delete");
+}
+
+/// kube-controller-manager dies while a pod's volume is being let go and comes back in a fresh
+/// container (its state dir empty): it knows the attachment only from the node's status, and the
+/// detach it then makes — with the PV's name alone — frees the disk for the other node.
+fn controller_restart_mid_detach(c: &RealCluster) {
+    c.apply(&[claim(
+        "moving",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "moving");
+    c.apply(&[pod(
+        "before",
+        NODES[0],
+        "moving",
+        "echo kept across a restart > /data/note && sync && exec sleep 100000",
+    )]);
+    c.wait_until("the pod running", LONG, |c| phase(c, "before") == "Running");
+    c.wait_until("the note written", LONG, |c| {
+        c.kubectl(&["exec", "before", "--", "/bin/cat", "/data/note"])
+            .is_ok()
+    });
+    c.kubectl(&["delete", "pod", "before", "--wait=false"])
+        .expect("delete");
+    std::thread::sleep(Duration::from_secs(2));
+    c.kill("kube-controller-manager");
+    let state = c.dir.path().join("kcm-state");
+    let _ = std::fs::remove_dir_all(&state);
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart("kube-controller-manager");
+    c.wait_until("the disk detached after the restart", LONG, |c| {
+        disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
+    });
+    c.apply(&[pod("after", NODES[1], "moving", "cat /data/note")]);
+    c.wait_until("read on the other node", LONG, |c| {
+        phase(c, "after") == "Succeeded"
+    });
+    assert_eq!(
+        c.kubectl(&["logs", "after"]).expect("logs").trim(),
+        "kept across a restart"
+    );
+    c.kubectl(&["delete", "pod", "after", "--wait=true"])
+        .expect("delete");
+    c.kubectl(&["delete", "pvc", "moving", "--wait=true"])
+        .expect("delete");
+}
+
+/// The provisioner's leading replica is SIGKILLed in its container (no lease released); a
+/// replica leads again — the other one once the lease runs out, or the killed one restarted —
+/// and the next claim is provisioned.
+fn provisioner_leader_killed(c: &RealCluster) {
+    let lease = |c: &RealCluster| {
+        c.kubectl_json(&[
+            "-n",
+            "flexdisk-system",
+            "get",
+            "lease",
+            "flexdisk-provisioner",
+        ])
+        .ok()
+        .and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
+        .unwrap_or_default()
+    };
+    let leader = lease(c);
+    let pod = c
+        .kubectl_json(&["-n", "flexdisk-system", "get", "pod", &leader])
+        .expect("the leader's pod");
+    let node = pod["spec"]["nodeName"].as_str().expect("node");
+    let container = pod["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .expect("container");
+    let n = c.nodes.iter().find(|n| n.name == node).expect("node");
+    system_tests::real_cluster::run(
+        n.command(c.bin.join("ctr").to_str().expect("utf-8"))
+            .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container]),
+    );
+    c.apply(&[claim(
+        "after-failover",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    bound_volume(c, "after-failover");
+    let restarts = c
+        .kubectl_json(&["-n", "flexdisk-system", "get", "pod", &leader])
+        .ok()
+        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
+        .unwrap_or(0);
+    assert!(restarts >= 1, "the leader's container was killed");
+    eprintln!("leader before the kill: {leader}; after: {}", lease(c));
+    c.kubectl(&["delete", "pvc", "after-failover", "--wait=true"])
+        .expect("delete");
+}
+
+/// Non-graceful node shutdown: the node of a StatefulSet's pod loses power; the admin taints it
+/// `node.kubernetes.io/out-of-service`; kube-controller-manager force-deletes the pod and
+/// force-detaches its volume (the driver's detach, to a VM that no kubelet answers for), and the
+/// pod comes up on the other node with its bytes.
+fn out_of_service_node(c: &RealCluster) {
+    let script = "[ -f /data/sum ] || { dd if=/dev/urandom of=/data/blob bs=1k count=256 && md5sum /data/blob > /data/sum && sync; }; \
+                  md5sum -c /data/sum && touch /tmp/ready && exec sleep 100000";
+    c.apply(&[json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "solo", "namespace": "default"},
+        "spec": {"serviceName": "solo", "replicas": 1, "selector": {"matchLabels": {"app": "solo"}},
+            "template": {"metadata": {"labels": {"app": "solo"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "solo",
+                    "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "readinessProbe": {"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "flexdisk-premium",
+                    "resources": {"requests": {"storage": "1Gi"}}}}]}})]);
+    let ready = |c: &RealCluster| {
+        c.kubectl_json(&["get", "statefulset", "solo"])
+            .ok()
+            .is_some_and(|s| s["status"]["readyReplicas"] == 1)
+    };
+    c.wait_until("the pod ready", LONG, ready);
+    let sum = exec(c, "solo-0", "cat /data/sum");
+    let node = c
+        .kubectl_json(&["get", "pod", "solo-0"])
+        .ok()
+        .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        .expect("node");
+    let pv = bound_volume(c, "data-solo-0");
+    c.power_off(&node);
+    c.wait_until("the node NotReady", LONG, |c| {
+        c.kubectl_json(&["get", "node", &node])
+            .ok()
+            .is_some_and(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["type"] == "Ready" && x["status"] != "True")
+            })
+    });
+    c.kubectl(&[
+        "taint",
+        "node",
+        &node,
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+    ])
+    .expect("taint");
+    c.wait_until("the volume force-detached from the dead node", LONG, |c| {
+        disks(c)
+            .iter()
+            .any(|(n, vms)| *n == pv && !vms.contains(&node))
+    });
+    c.wait_until("the pod ready on the other node", LONG, ready);
+    let moved_to = c
+        .kubectl_json(&["get", "pod", "solo-0"])
+        .ok()
+        .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert_ne!(moved_to, node);
+    assert_eq!(
+        exec(c, "solo-0", "cat /data/sum"),
+        sum,
+        "its bytes came along"
+    );
 }
