@@ -26,7 +26,10 @@ pub fn run(s: &Settings, call: Call) -> Reply {
             capabilities: Some(Capabilities {
                 attach: true,
                 selinux_relabel: false,
-                supports_metrics: false,
+                // kubelet then reports the volume's usage (kubelet_volume_stats_*) from a statfs
+                // of the pod's volume dir, the bind mount of our filesystem (kubernetes
+                // pkg/volume/flexvolume/plugin.go, newMounterInternal).
+                supports_metrics: true,
                 fs_group: true,
                 requires_fs_resize: true,
             }),

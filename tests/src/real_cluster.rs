@@ -664,6 +664,7 @@ state = \"/run/containerd\"
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {}, "evictionSoft": {}, "evictionPressureTransitionPeriod": "0s",
             "serializeImagePulls": false, "localStorageCapacityIsolation": false,
+            "volumeStatsAggPeriod": "10s",
         });
         let config_file = d.join("kubelet-config.json");
         std::fs::write(&config_file, config.to_string()).expect("kubelet config");
