@@ -190,6 +190,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
     .expect("class");
     let script = "[ -f /data/sum ] || { dd if=/dev/urandom of=/data/blob bs=1k count=256 && md5sum /data/blob > /data/sum && sync; }; \
                   md5sum -c /data/sum && touch /tmp/ready && exec sleep 100000";
+    let created = Instant::now();
     c.apply(&[json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
         "metadata": {"name": "db", "namespace": "default"},
         "spec": {"serviceName": "db", "replicas": 3, "selector": {"matchLabels": {"app": "db"}},
@@ -208,6 +209,10 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
             .is_some_and(|s| s["status"]["readyReplicas"] == 3)
     };
     c.wait_until("the StatefulSet ready", LONG, ready);
+    eprintln!(
+        "figure: 3 StatefulSet pods with new volumes, created to ready (one after the other): {:.1}s",
+        created.elapsed().as_secs_f64()
+    );
     let sums = |c: &RealCluster| -> Vec<String> {
         (0..3)
             .map(|i| exec(c, &format!("db-{i}"), "cat /data/sum"))
@@ -241,6 +246,10 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         })
     });
     let drained = node_of(c, "db-0");
+    let moving = (0..3)
+        .filter(|i| node_of(c, &format!("db-{i}")) == drained)
+        .count();
+    let drain_started = Instant::now();
     c.kubectl(&[
         "drain",
         &drained,
@@ -251,6 +260,10 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
     ])
     .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
     c.wait_until("the StatefulSet ready again", LONG, ready);
+    eprintln!(
+        "figure: kubectl drain of a node with {moving} of the pods, to all ready elsewhere: {:.1}s",
+        drain_started.elapsed().as_secs_f64()
+    );
     for i in 0..3 {
         assert_ne!(
             node_of(c, &format!("db-{i}")),
