@@ -108,12 +108,19 @@ pub struct Emulator {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
+impl Emulator {
+    /// Stops acting (idempotent); whatever it mounted stays mounted.
+    pub fn stop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

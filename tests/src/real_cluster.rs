@@ -480,6 +480,7 @@ impl RealCluster {
             "etc",
             "cni",
             "pods-log",
+            "netns",
         ] {
             std::fs::create_dir_all(d.join(sub)).expect("node dir");
         }
@@ -494,7 +495,12 @@ impl RealCluster {
              [ -e fd ] || ln -s /proc/self/fd fd
              [ -e stdin ] || ln -s /proc/self/fd/0 stdin
              [ -e stdout ] || ln -s /proc/self/fd/1 stdout
-             [ -e stderr ] || ln -s /proc/self/fd/2 stderr",
+             [ -e stderr ] || ln -s /proc/self/fd/2 stderr
+             # The block device of the host's root filesystem, where kubelet's and containerd's
+             # dirs are: kubelet's stats (cAdvisor) look it up in /dev.
+             root=$(awk '$5 == \"/\" {{for (i = 7; $i != \"-\"; i++); print $3, $(i+2)}}' /proc/self/mountinfo | tail -1)
+             majmin=${{root%% *}}; src=${{root#* }}
+             case $src in /dev/*) n=${{src#/dev/}}; [ -e $n ] || mknod -m 660 $n b ${{majmin%%:*}} ${{majmin#*:}};; esac",
             dev = dev.display()
         ));
         std::fs::copy(
@@ -510,22 +516,40 @@ impl RealCluster {
             "for h in /sys/fs/cgroup/*/; do [ -d \"$h\" ] && mkdir -p \"${{h}}{}\" || true; done",
             netns
         ));
-        // The mount namespace, kept in a file on a private mount.
-        let ns_dir = d.join("ns");
-        std::fs::create_dir_all(&ns_dir).expect("ns dir");
-        self.undo.push(format!(
-            "umount -l {ns}/mnt; umount -l {ns}; true",
-            ns = ns_dir.display()
-        ));
-        sh(&format!(
-            "mount --bind {ns} {ns} && mount --make-private {ns} && touch {ns}/mnt && unshare --mount={ns}/mnt --propagation slave true",
-            ns = ns_dir.display()
-        ));
+        // The mount namespace, held by a process that lives as long as the node (a namespace
+        // bound to a file cannot be made from inside another private mount namespace, as CI's).
+        let holder = spawn(
+            &format!("mntns-{name}"),
+            logs,
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{netns}"))
+                .args([
+                    "--",
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "slave",
+                    "sleep",
+                    "infinity",
+                ]),
+        );
+        let mntns = PathBuf::from(format!("/proc/{}/ns/mnt", holder.child.id()));
+        self.procs.get_mut().expect("procs").push(holder);
+        self.wait_until(
+            &format!("the mount namespace of {name}"),
+            Duration::from_secs(10),
+            |_| {
+                let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
+                std::fs::read_link(&mntns)
+                    .ok()
+                    .is_some_and(|ns| Some(ns) != mine)
+            },
+        );
         let node = Node {
             name: name.to_string(),
             ip,
             netns,
-            mntns: ns_dir.join("mnt"),
+            mntns,
             dir: d.clone(),
             sim_root: sim_root.clone(),
             imds: self.sim.node_field(name, "imds"),
@@ -551,12 +575,22 @@ impl RealCluster {
             (d.join("log"), PathBuf::from("/var/log")),
             (d.join("etc"), PathBuf::from("/etc/kubernetes")),
             (d.join("cni"), PathBuf::from("/etc/cni/net.d")),
+            // The pods' network namespaces: the node's own, gone with it.
+            (d.join("netns"), PathBuf::from("/run/netns")),
         ];
         // (sysfs stays the host's: a fresh one would hide the cgroup hierarchies mounted in it.)
         let mut script = String::new();
         for (from, to) in &binds {
+            // sysfs has a SCSI tree only where the kernel has SCSI: no tree, nothing to cover.
+            let optional = to.starts_with("/sys");
             script.push_str(&format!(
-                "mkdir -p {to} && mount --bind {from} {to}\n",
+                "{guard}mkdir -p {to} && mount --bind {from} {to}{end}\n",
+                guard = if optional {
+                    format!("if [ -d {} ]; then ", to.display())
+                } else {
+                    String::new()
+                },
+                end = if optional { "; fi" } else { "" },
                 from = from.display(),
                 to = to.display()
             ));

@@ -33,10 +33,28 @@ pub fn three_node_world(dir: &std::path::Path) -> std::path::PathBuf {
 pub const NODES: [&str; 3] = ["k8s-pool-0", "k8s-pool-1", "k8s-pool-2"];
 
 pub struct Scene {
-    // Fields drop in this order: the emulator stops before the cluster it drives goes away.
     pub emu: Emulator,
     pub cluster: Cluster,
     _world: tempfile::TempDir,
+}
+
+impl Drop for Scene {
+    /// The emulator stops first; then what the emulated kubelets left mounted (pods still
+    /// running when a test ends) goes, so that the simulator can free its loop devices.
+    fn drop(&mut self) {
+        self.emu.stop();
+        let root = self.cluster.tmp.path().to_string_lossy().to_string();
+        let mut points: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by(|a, b| b.cmp(a));
+        for p in points {
+            let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 /// Three nodes, the provisioner, classes `ssd` (StandardSSD_LRS, ext4) and `xfs` (Premium_LRS,

@@ -225,26 +225,6 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
             .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
             .unwrap_or_default()
     };
-    // kubelet's volume usage metrics for a flexdisk volume (the driver says it supports them).
-    let node = node_of(c, "db-0");
-    c.wait_until("kubelet_volume_stats for data-db-0", LONG, |c| {
-        c.kubectl(&[
-            "get",
-            "--raw",
-            &format!("/api/v1/nodes/{node}/proxy/metrics"),
-        ])
-        .ok()
-        .is_some_and(|m| {
-            m.lines().any(|l| {
-                l.starts_with("kubelet_volume_stats_capacity_bytes{")
-                    && l.contains("persistentvolumeclaim=\"data-db-0\"")
-                    && l.rsplit(' ')
-                        .next()
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .is_some_and(|v| v > 5e8)
-            })
-        })
-    });
     let drained = node_of(c, "db-0");
     let moving = (0..3)
         .filter(|i| node_of(c, &format!("db-{i}")) == drained)
