@@ -683,6 +683,11 @@ state = \"/run/containerd\"
             &["system:nodes"],
             &[ip.to_string(), name.to_string()],
         );
+        // localStorageCapacityIsolation stays at its default (true): without it kubelet's cAdvisor
+        // collects no filesystem usage (pkg/kubelet/cadvisor/cadvisor_linux.go adds
+        // DiskUsageMetrics only then), the stats summary fails on the root filesystem, and so do
+        // the kubelet_volume_stats_* of every volume (collectors/volume_stats.go needs
+        // ListPodStats).
         let config = json!({
             "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
             "tlsCertFile": serving_cert, "tlsPrivateKeyFile": serving_key,
@@ -697,7 +702,7 @@ state = \"/run/containerd\"
             "resolvConf": "", "clusterDNS": [], "clusterDomain": "cluster.local",
             "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
             "evictionHard": {}, "evictionSoft": {}, "evictionPressureTransitionPeriod": "0s",
-            "serializeImagePulls": false, "localStorageCapacityIsolation": false,
+            "serializeImagePulls": false,
             "volumeStatsAggPeriod": "10s",
         });
         let config_file = d.join("kubelet-config.json");

@@ -289,6 +289,48 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         "{before_kib} KiB → {after_kib} KiB"
     );
 
+    // Usage: the driver says it supports metrics, so kubelet statfs'es the pod's mount of the
+    // volume and exports kubelet_volume_stats_* per claim (pkg/volume/flexvolume/plugin.go's
+    // NewMetricsStatFS when `supportsMetrics`; pkg/kubelet/metrics/collectors/volume_stats.go).
+    // They follow what the container sees: the grown size, and bytes it writes.
+    exec(
+        c,
+        "db-1",
+        "dd if=/dev/zero of=/data/fill bs=1M count=48 && sync",
+    );
+    let df_bytes: u64 = exec(c, "db-1", "df -B1 /data | tail -1")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("df");
+    let node = node_of(c, "db-1");
+    let stat = |c: &RealCluster, name: &str| -> Option<f64> {
+        let metrics = c
+            .kubectl(&[
+                "get",
+                "--raw",
+                &format!("/api/v1/nodes/{node}/proxy/metrics"),
+            ])
+            .ok()?;
+        let prefix =
+            format!("kubelet_volume_stats_{name}{{namespace=\"default\",persistentvolumeclaim=\"data-db-1\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+    };
+    c.wait_until(
+        "kubelet's volume stats of data-db-1 to show the growth and the 48 MiB",
+        Duration::from_secs(60),
+        |c| {
+            stat(c, "capacity_bytes") == Some(df_bytes as f64)
+                && stat(c, "used_bytes").is_some_and(|u| u >= 48.0 * 1024.0 * 1024.0)
+        },
+    );
+    assert!(
+        stat(c, "inodes").is_some_and(|i| i > 0.0) && stat(c, "available_bytes").is_some(),
+        "every kubelet_volume_stats_* series for the claim"
+    );
+
     // Gone: the StatefulSet and its claims; their disks with them (reclaimPolicy Delete).
     let volumes: Vec<String> = (0..3)
         .map(|i| {
