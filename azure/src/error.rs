@@ -92,6 +92,14 @@ impl AzureError {
         }
     }
 
+    /// Azure's error code, where it is kept (`""` otherwise).
+    pub fn code(&self) -> &str {
+        match self {
+            AzureError::InvalidParameter { code, .. } | AzureError::Other { code, .. } => code,
+            _ => "",
+        }
+    }
+
     /// Whether trying the same thing again later may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -178,6 +186,12 @@ pub fn classify(
             .starts_with("invalidauthenticationtoken")
         || code_is("ExpiredAuthenticationToken")
     {
+        // Azure's code (AuthorizationFailed, …) tells an admin which role or login is wrong.
+        let message = if code.is_empty() || message.contains(code) {
+            message
+        } else {
+            format!("{code}: {message}")
+        };
         return AzureError::Unauthorized { message };
     }
     if s == 404

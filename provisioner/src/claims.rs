@@ -1,15 +1,17 @@
 //! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
 
 use crate::decide::{
-    provision, Claim, Class, DataSource, Decision, PvPlan, SourceClaim, ZONE_LABEL,
+    another_node_may_help, provision, Claim, Class, DataSource, Decision, PvPlan, SourceClaim,
+    ZONE_LABEL,
 };
 use crate::intent;
-use crate::run::{Ctx, Error};
+use crate::run::{Ctx, Error, RESYNC};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use serde_json::json;
 use std::sync::Arc;
@@ -89,10 +91,88 @@ fn class_of(sc: &StorageClass) -> Class {
             .iter()
             .flatten()
             .flat_map(|t| t.match_label_expressions.iter().flatten())
-            .filter(|e| e.key == ZONE_LABEL || e.key == "topology.disk.csi.azure.com/zone")
+            .filter(|e| e.key == ZONE_LABEL)
             .flat_map(|e| e.values.clone())
             .collect(),
+        other_topology_keys: sc
+            .allowed_topologies
+            .iter()
+            .flatten()
+            .flat_map(|t| t.match_label_expressions.iter().flatten())
+            .filter(|e| e.key != ZONE_LABEL)
+            .map(|e| e.key.clone())
+            .collect(),
     }
+}
+
+/// The unbound claims (of `claims`, a watch cache) that name the StorageClass `class`: looked at
+/// again when it appears or changes.
+pub fn naming_class(
+    claims: &[Arc<PersistentVolumeClaim>],
+    class: &str,
+) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    claims
+        .iter()
+        .filter(|c| {
+            let spec = c.spec.as_ref();
+            spec.and_then(|s| s.storage_class_name.as_deref()) == Some(class)
+                && spec
+                    .and_then(|s| s.volume_name.as_deref())
+                    .is_none_or(str::is_empty)
+        })
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
+}
+
+/// Asks the scheduler to choose another node for the claim's pod, as the library does
+/// (`rescheduleProvisioning` in sig-storage-lib-external-provisioner's controller.go): whatever
+/// was made for the selected node goes, then `volume.kubernetes.io/selected-node` (only if the
+/// claim is unchanged since read: a newer choice stays).
+async fn reschedule(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: String) -> Result<Action, Error> {
+    intent::abandon(ctx, pvc).await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let fresh = match claims.get_opt(&pvc.name_any()).await? {
+        Some(c) if c.uid() == pvc.uid() => c,
+        _ => return Ok(Action::await_change()),
+    };
+    if fresh.annotations().get(SELECTED_NODE_KEY) != pvc.annotations().get(SELECTED_NODE_KEY) {
+        return Ok(Action::await_change());
+    }
+    let patch = json!({"metadata": {"resourceVersion": fresh.resource_version(),
+        "annotations": {SELECTED_NODE_KEY: null}}});
+    match claims
+        .patch(
+            &pvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Ok(Action::requeue(std::time::Duration::from_millis(200)))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    ctx.metrics
+        .provision(&class_name_of(pvc), "rescheduled", None);
+    ctx.event(
+        pvc,
+        EventType::Warning,
+        "ProvisioningFailed",
+        format!("{why}; the scheduler is asked to choose another node"),
+    )
+    .await;
+    info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()), %why, "rescheduled");
+    Ok(Action::await_change())
+}
+
+fn class_name_of(pvc: &PersistentVolumeClaim) -> String {
+    pvc.spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .unwrap_or_default()
 }
 
 /// Whether this claim is for us to provision now.
@@ -139,17 +219,30 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
         spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
             {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}});
     }
+    // The finalizer only where the disk is to be deleted with the volume (a Retain volume never
+    // carries it: see `decide::pv_finalizer`).
+    let finalizers: Vec<&str> = if plan.reclaim_policy == "Delete" {
+        vec![FINALIZER]
+    } else {
+        Vec::new()
+    };
     let pv = json!({"apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": plan.name, "annotations": {PROVISIONED_BY: provisioner}, "finalizers": [FINALIZER]},
+        "metadata": {"name": plan.name, "annotations": {PROVISIONED_BY: provisioner}, "finalizers": finalizers},
         "spec": spec});
     serde_json::from_value(pv).map_err(|e| Error::Internal(format!("building the PV: {e}")))
 }
 
 pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let action = attempt(&pvc, &ctx).await?;
+    ctx.backoff.forget(&pvc.uid().unwrap_or_default());
+    Ok(action)
+}
+
+async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
     // A provisioning this provisioner started is brought to its end first, even for a claim
     // being deleted.
-    if intent::recorded(&pvc, &ctx.name) {
-        if let Some(action) = intent::finish(&ctx, &pvc).await? {
+    if intent::recorded(pvc, &ctx.name) {
+        if let Some(action) = intent::finish(ctx, pvc).await? {
             return Ok(action);
         }
     }
@@ -162,36 +255,29 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     {
         let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
         if let Some(pv) = pvs.get_opt(volume).await? {
-            if let Some(action) = crate::resize::reconcile(&ctx, &pvc, &pv).await? {
+            if let Some(action) = crate::resize::reconcile(ctx, pvc, &pv).await? {
                 return Ok(action);
             }
         }
     }
-    if !ours(&pvc, &ctx.name) {
+    if !ours(pvc, &ctx.name) {
         return Ok(Action::await_change());
     }
     let ns = pvc.namespace().unwrap_or_default();
-    let claim = claim_of(&pvc);
+    let claim = claim_of(pvc);
     let pv_name = format!("pvc-{}", claim.uid);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     if pvs.get_opt(&pv_name).await?.is_some() {
         return Ok(Action::await_change());
     }
-    let class_name = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default();
+    let class_name = class_name_of(pvc);
     let classes: Api<StorageClass> = Api::all(ctx.client.clone());
     let Some(sc) = classes.get_opt(&class_name).await? else {
-        ctx.event(
-            &*pvc,
-            EventType::Warning,
-            "ProvisioningFailed",
-            format!("StorageClass {class_name:?} does not exist"),
-        )
-        .await;
-        return Ok(Action::await_change());
+        // The class may come later (the library retries too, "the storageClass can be
+        // fixed/(re)created independently"); its creation also wakes the claim (run.rs).
+        return Err(Error::Waiting(format!(
+            "StorageClass {class_name:?} does not exist; the claim is provisioned once it is created"
+        )));
     };
     if sc.provisioner != ctx.name {
         return Ok(Action::await_change());
@@ -204,15 +290,24 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     let zone_label = match &selected {
         Some(node) => {
             let nodes: Api<Node> = Api::all(ctx.client.clone());
-            nodes
-                .get_opt(node)
-                .await?
-                .and_then(|n| n.labels().get(ZONE_LABEL).cloned())
+            match nodes.get_opt(node).await? {
+                Some(n) => n.labels().get(ZONE_LABEL).cloned(),
+                // Gone since the scheduler chose it: a disk made without its zone may not
+                // attach where the pod lands (the library reschedules on NotFound too).
+                None => {
+                    return reschedule(
+                        ctx,
+                        pvc,
+                        format!("node {node} selected for the claim's pod does not exist"),
+                    )
+                    .await
+                }
+            }
         }
         None => None,
     };
     let source = match &claim.data_source {
-        Some(ds) if ds.kind == "PersistentVolumeClaim" => source_claim(&ctx, &ns, &ds.name).await?,
+        Some(ds) if ds.kind == "PersistentVolumeClaim" => source_claim(ctx, &ns, &ds.name).await?,
         _ => None,
     };
     let started = std::time::Instant::now();
@@ -225,14 +320,15 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     ) {
         Decision::Refuse(message) => {
             ctx.metrics.provision(&class_name, "refused", None);
-            ctx.event(&*pvc, EventType::Warning, "ProvisioningFailed", message)
+            ctx.event(&**pvc, EventType::Warning, "ProvisioningFailed", message)
                 .await;
-            return Ok(Action::await_change());
+            return Ok(Action::requeue(RESYNC));
         }
+        Decision::Wait(message) => return Err(Error::Waiting(message)),
         Decision::Provision(plan) => plan,
     };
     ctx.event(
-        &*pvc,
+        &**pvc,
         EventType::Normal,
         "Provisioning",
         format!(
@@ -244,15 +340,35 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
     // found again from the claim and either gets its PV or is deleted.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    if !intent::record(&claims, &pvc, &ctx.name, &plan.pv.disk_uri).await? {
+    if !intent::record(&claims, pvc, &ctx.name, &plan.pv.disk_uri).await? {
         return Ok(Action::requeue(std::time::Duration::from_millis(200)));
     }
-    let disk = ctx.arm.create_disk(&plan.disk).await?;
+    let disk = match ctx.arm.create_disk(&plan.disk).await {
+        Ok(disk) => disk,
+        Err(e) if selected.is_some() && another_node_may_help(e.code(), &e.to_string()) => {
+            // The claim carries the intent now: read it again so that abandoning sees it.
+            let now = claims.get_opt(&claim.name).await?;
+            let now = now.filter(|c| c.uid().as_deref() == Some(claim.uid.as_str()));
+            let Some(now) = now else {
+                return Err(e.into());
+            };
+            return reschedule(
+                ctx,
+                &now,
+                format!(
+                    "Azure cannot make the disk in the zone of node {}: {e}",
+                    selected.as_deref().unwrap_or_default()
+                ),
+            )
+            .await;
+        }
+        Err(e) => return Err(e.into()),
+    };
     // The claim may be going while the disk was made: then the disk is deleted, by the intent.
     let same = |c: &PersistentVolumeClaim| c.uid().as_deref() == Some(claim.uid.as_str());
     let now = claims.get_opt(&claim.name).await?.filter(same);
     if let Some(c) = now.filter(|c| c.metadata.deletion_timestamp.is_some()) {
-        if let Some(action) = intent::finish(&ctx, &c).await? {
+        if let Some(action) = intent::finish(ctx, &c).await? {
             return Ok(action);
         }
     }
@@ -266,10 +382,10 @@ pub async fn reconcile(pvc: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result
     }
     // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
     if let Some(c) = claims.get_opt(&claim.name).await?.filter(same) {
-        intent::finish(&ctx, &c).await?;
+        intent::finish(ctx, &c).await?;
     }
     ctx.event(
-        &*pvc,
+        &**pvc,
         EventType::Normal,
         "ProvisioningSucceeded",
         format!("provisioned volume {} on disk {}", plan.pv.name, disk.id),
@@ -320,14 +436,32 @@ async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceCl
     }))
 }
 
+/// A failed attempt: an event on the claim saying why, every time (the library's
+/// provisionVolumeErrorHandling; the events API folds repeats into a series), and a retry after
+/// the claim's back-off. A bound claim's failures (its resize) have their own events.
 pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -> Action {
-    let class = pvc
+    let class = class_name_of(&pvc);
+    let delay = ctx.backoff.next(&pvc.uid().unwrap_or_default(), e);
+    let bound = pvc
         .spec
         .as_ref()
-        .and_then(|s| s.storage_class_name.clone())
-        .unwrap_or_default();
-    ctx.metrics.provision(&class, "failed", None);
-    let delay = ctx.backoff.next(&pvc.uid().unwrap_or_default(), e);
-    tracing::warn!(error = %e, "provisioning failed; retrying");
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    if !bound {
+        let outcome = if matches!(e, Error::Waiting(_)) {
+            "waiting"
+        } else {
+            "failed"
+        };
+        ctx.metrics.provision(&class, outcome, None);
+        ctx.event_soon(
+            pvc.clone(),
+            EventType::Warning,
+            "ProvisioningFailed",
+            format!("{e} (tried again with back-off)"),
+        );
+    }
+    tracing::warn!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()),
+        error = %e, retry_in_secs = delay.as_secs(), "provisioning failed");
     Action::requeue(delay)
 }

@@ -46,7 +46,13 @@ pub struct Class {
     pub mount_options: Vec<String>,
     /// Zones from `allowedTopologies` (values of `topology.kubernetes.io/zone`).
     pub allowed_zones: Vec<String>,
+    /// Other keys of `allowedTopologies` expressions.
+    pub other_topology_keys: Vec<String>,
 }
+
+/// The Azure Disk CSI driver's zone label: its node plugin puts it on nodes, nothing does for a
+/// FlexVolume driver.
+pub const CSI_ZONE_LABEL: &str = "topology.disk.csi.azure.com/zone";
 
 /// Where the cluster is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +92,9 @@ pub enum Decision {
     Provision(Box<Plan>),
     /// Refuse once, with an event the admin can act on; no retry until the claim or class changes.
     Refuse(String),
+    /// Not yet: something else has to happen first (a clone's source bound); tried again with
+    /// back-off, an event each time, as the external provisioner retries a failed attempt.
+    Wait(String),
 }
 
 /// The zone number from a zone label value: `westus2-2` → `2`; Azure's `0`/`1` fault-domain
@@ -113,6 +122,21 @@ pub fn provision(
         Ok(p) => p,
         Err(e) => return Decision::Refuse(format!("StorageClass {}: {e}", class.name)),
     };
+    if class
+        .other_topology_keys
+        .iter()
+        .any(|k| k == CSI_ZONE_LABEL)
+    {
+        // The scheduler matches allowedTopologies against node labels (kubernetes
+        // pkg/scheduler/framework/plugins/volumebinding/binder.go, checkVolumeProvisions): with a
+        // key no node has, no node fits and the pod never starts.
+        return Decision::Refuse(format!(
+            "StorageClass {}: allowedTopologies uses {CSI_ZONE_LABEL}, the Azure Disk CSI driver's node \
+             label, which nodes of a FlexVolume driver do not carry (the scheduler would find no node); \
+             use {ZONE_LABEL}",
+            class.name
+        ));
+    }
     if claim.has_selector {
         return Decision::Refuse("claims with a selector are not provisioned dynamically (a selector picks an existing volume); remove spec.selector".into());
     }
@@ -161,13 +185,13 @@ pub fn provision(
             ));
         }
         let Some(src) = source else {
-            return Decision::Refuse(format!(
+            return Decision::Wait(format!(
                 "the source claim {} does not exist in namespace {}",
                 ds.name, claim.namespace
             ));
         };
         let Some(uri) = &src.disk_uri else {
-            return Decision::Refuse(format!(
+            return Decision::Wait(format!(
                 "the source claim {} is not bound yet; a clone needs its disk",
                 ds.name
             ));
@@ -259,6 +283,52 @@ pub struct Volume {
     pub phase: String,
     pub reclaim_policy: String,
     pub disk_uri: Option<String>,
+    /// `metadata.deletionTimestamp` is set.
+    pub being_deleted: bool,
+    /// Carries this provisioner's PV finalizer.
+    pub has_finalizer: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinalizerChange {
+    Add,
+    Remove,
+    Leave,
+}
+
+/// The PV finalizer as sig-storage-lib-external-provisioner keeps it (`controller/controller.go`,
+/// handleProtectionFinalizer): added to a Bound `Delete` volume that is not being deleted, removed
+/// from a `Retain` (or `Recycle`) volume in any phase — so a kept PV can always be deleted, also one
+/// switched from Delete to Retain, and its disk stays.
+pub fn pv_finalizer(pv: &Volume, provisioner: &str) -> FinalizerChange {
+    if pv.provisioned_by.as_deref() != Some(provisioner) {
+        return FinalizerChange::Leave;
+    }
+    match pv.reclaim_policy.as_str() {
+        "Retain" | "Recycle" if pv.has_finalizer => FinalizerChange::Remove,
+        "Delete" if !pv.has_finalizer && !pv.being_deleted && pv.phase == "Bound" => {
+            FinalizerChange::Add
+        }
+        _ => FinalizerChange::Leave,
+    }
+}
+
+/// Whether Azure's refusal to make a disk for the selected node's zone could go away on another
+/// node, so the scheduler is asked to choose again (external-provisioner does so for a selected
+/// node when the driver reports ResourceExhausted, `checkError` in `pkg/controller/controller.go`;
+/// the library then removes `volume.kubernetes.io/selected-node`, rescheduleProvisioning).
+pub fn another_node_may_help(code: &str, message: &str) -> bool {
+    let code = code.to_ascii_lowercase();
+    matches!(
+        code.as_str(),
+        "zonalallocationfailed"
+            | "allocationfailed"
+            | "overconstrainedzonalallocationrequest"
+            | "overconstrainedallocationrequest"
+            | "skunotavailable"
+            | "quotaexceeded"
+            | "resourcequotaexceeded"
+    ) || (code == "operationnotallowed" && message.to_ascii_lowercase().contains("quota"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,7 +337,7 @@ pub enum Deletion {
     NotOurs,
     /// Not released (yet).
     Wait,
-    /// Retain: the disk stays; only our finalizer goes.
+    /// Retain: the disk stays (the finalizer goes, [`pv_finalizer`]).
     Keep,
     /// Delete this disk, then the PV.
     DeleteDisk(String),
@@ -367,14 +437,14 @@ mod tests {
     fn plan(d: Decision) -> Plan {
         match d {
             Decision::Provision(p) => *p,
-            Decision::Refuse(m) => panic!("refused: {m}"),
+            Decision::Refuse(m) | Decision::Wait(m) => panic!("not provisioned: {m}"),
         }
     }
 
     fn refused(d: Decision) -> String {
         match d {
             Decision::Refuse(m) => m,
-            Decision::Provision(p) => panic!("provisioned {p:?}"),
+            other => panic!("not refused: {other:?}"),
         }
     }
 
@@ -510,10 +580,11 @@ mod tests {
             disk_uri: None,
             ..src.clone()
         };
-        assert!(
-            refused(provision(&c, &class(&[]), None, Some(&unbound), &cluster()))
-                .contains("not bound")
-        );
+        // Not bound yet, or not there yet: waited for (retried), not refused.
+        assert!(matches!(
+            provision(&c, &class(&[]), None, Some(&unbound), &cluster()),
+            Decision::Wait(m) if m.contains("not bound")
+        ));
         let other = SourceClaim {
             storage_class: "slow".into(),
             ..src.clone()
@@ -530,9 +601,10 @@ mod tests {
             refused(provision(&c, &class(&[]), None, Some(&bigger), &cluster()))
                 .contains("at least as large")
         );
-        assert!(
-            refused(provision(&c, &class(&[]), None, None, &cluster())).contains("does not exist")
-        );
+        assert!(matches!(
+            provision(&c, &class(&[]), None, None, &cluster()),
+            Decision::Wait(m) if m.contains("does not exist")
+        ));
     }
 
     #[test]
@@ -604,6 +676,8 @@ mod tests {
             phase: "Released".into(),
             reclaim_policy: "Delete".into(),
             disk_uri: Some("/d".into()),
+            being_deleted: false,
+            has_finalizer: true,
         };
         assert_eq!(
             deletion(&ours, "flexdisk/azure-disk"),
@@ -649,5 +723,80 @@ mod tests {
             ),
             Deletion::Keep
         );
+    }
+
+    #[test]
+    fn the_pv_finalizer_follows_the_library() {
+        let v = |policy: &str, phase: &str, deleting: bool, has: bool| Volume {
+            provisioned_by: Some("p".into()),
+            phase: phase.into(),
+            reclaim_policy: policy.into(),
+            disk_uri: Some("/d".into()),
+            being_deleted: deleting,
+            has_finalizer: has,
+        };
+        use FinalizerChange::*;
+        // Retain (also switched from Delete) loses it in every phase, being deleted or not.
+        for phase in ["Pending", "Available", "Bound", "Released", "Failed"] {
+            for deleting in [false, true] {
+                assert_eq!(
+                    pv_finalizer(&v("Retain", phase, deleting, true), "p"),
+                    Remove
+                );
+                assert_eq!(
+                    pv_finalizer(&v("Retain", phase, deleting, false), "p"),
+                    Leave
+                );
+            }
+        }
+        assert_eq!(
+            pv_finalizer(&v("Recycle", "Bound", false, true), "p"),
+            Remove
+        );
+        // Delete gets it back once Bound (switched from Retain), never while being deleted.
+        assert_eq!(pv_finalizer(&v("Delete", "Bound", false, false), "p"), Add);
+        assert_eq!(pv_finalizer(&v("Delete", "Bound", true, false), "p"), Leave);
+        assert_eq!(
+            pv_finalizer(&v("Delete", "Released", false, false), "p"),
+            Leave
+        );
+        assert_eq!(pv_finalizer(&v("Delete", "Bound", false, true), "p"), Leave);
+        // Not ours: never touched.
+        assert_eq!(pv_finalizer(&v("Retain", "Bound", false, true), "q"), Leave);
+    }
+
+    #[test]
+    fn zonal_capacity_and_quota_refusals_go_back_to_the_scheduler() {
+        for code in [
+            "ZonalAllocationFailed",
+            "AllocationFailed",
+            "OverconstrainedZonalAllocationRequest",
+            "SkuNotAvailable",
+            "QuotaExceeded",
+        ] {
+            assert!(another_node_may_help(code, ""), "{code}");
+        }
+        assert!(another_node_may_help(
+            "OperationNotAllowed",
+            "Operation could not be completed as it results in exceeding approved Total Regional Cores quota."
+        ));
+        for code in [
+            "OperationNotAllowed",
+            "InvalidParameter",
+            "AuthorizationFailed",
+            "",
+        ] {
+            assert!(!another_node_may_help(code, "Disk is busy"), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_csi_zone_key_is_refused_with_the_label_to_use() {
+        let c = Class {
+            other_topology_keys: vec![CSI_ZONE_LABEL.into()],
+            ..class(&[])
+        };
+        let m = refused(provision(&claim(), &c, None, None, &cluster()));
+        assert!(m.contains(CSI_ZONE_LABEL) && m.contains(ZONE_LABEL), "{m}");
     }
 }

@@ -126,6 +126,36 @@ pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Act
         clear(&claims, &claim, &ctx.name).await?;
         return Ok(Some(Action::await_change()));
     }
+    delete_made_disk(
+        ctx,
+        pvc,
+        "the claim was deleted while its disk was being made",
+    )
+    .await?;
+    clear(&claims, &claim, &ctx.name).await?;
+    Ok(Some(Action::requeue(Duration::from_secs(1))))
+}
+
+/// Gives up a provisioning for the scheduler to choose another node: the disk made for the claim
+/// (if any — with the same proof as [`finish`]) is deleted, as it may sit in the wrong zone, and
+/// the record goes. The next attempt starts afresh.
+pub async fn abandon(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+    if !recorded(pvc, &ctx.name) {
+        return Ok(());
+    }
+    delete_made_disk(ctx, pvc, "provisioning for the selected node was given up").await?;
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    clear(&claims, &pvc.name_any(), &ctx.name).await
+}
+
+/// Deletes the disk recorded on the claim when it is the one made for it: named from the
+/// claim's UID and tagged for its PV. Anything else is left alone, with an event; `why` says
+/// what happened to the provisioning.
+async fn delete_made_disk(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: &str) -> Result<(), Error> {
+    let ns = pvc.namespace().unwrap_or_default();
+    let claim = pvc.name_any();
+    let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
     let expected = disk_name_for_pv(&pv_name);
     let id = pvc
         .annotations()
@@ -136,33 +166,43 @@ pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Act
         });
     let Some(id) = id else {
         ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
-            "the claim was deleted while its disk was being made, and its annotation {ANNOTATION} does not name \
+            "{why}, and the claim's annotation {ANNOTATION} does not name \
              disk {expected}; nothing is deleted — if a disk {expected} exists in Azure, delete it yourself"
         )).await;
-        clear(&claims, &claim, &ctx.name).await?;
-        return Ok(Some(Action::await_change()));
+        return Ok(());
     };
     match ctx.arm.get_disk(&id.resource_group, &id.name).await? {
         None => {}
         Some(disk) if pv_of_tags(&disk.tags) == Some(pv_name.as_str()) => {
             info!(claim = %format!("{ns}/{claim}"), disk = %id.name,
-                "the claim was deleted before its volume existed; deleting the disk made for it");
+                "{why}; deleting the disk made for it");
             if let Err(e) = ctx.arm.delete_disk(&id.resource_group, &id.name).await {
-                ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
-                    "the claim was deleted while its disk {} was being made; deleting that disk failed: {e} (retried)",
-                    id.name
-                )).await;
+                ctx.event(
+                    pvc,
+                    EventType::Warning,
+                    "ProvisioningFailed",
+                    format!(
+                        "{why}; deleting disk {} made for it failed: {e} (retried)",
+                        id.name
+                    ),
+                )
+                .await;
                 return Err(e.into());
             }
         }
         Some(_) => {
-            ctx.event(pvc, EventType::Warning, "ProvisioningFailed", format!(
-                "the claim was deleted while its disk was being made, but disk {} in {} is not tagged as made for \
+            ctx.event(
+                pvc,
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!(
+                    "{why}, but disk {} in {} is not tagged as made for \
                  PV {pv_name}; it is left alone",
-                id.name, id.resource_group
-            )).await;
+                    id.name, id.resource_group
+                ),
+            )
+            .await;
         }
     }
-    clear(&claims, &claim, &ctx.name).await?;
-    Ok(Some(Action::requeue(Duration::from_secs(1))))
+    Ok(())
 }

@@ -5,10 +5,11 @@ use crate::decide::Cluster;
 use flexdisk_azure::{Arm, ArmOptions, AzureError, Config};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{error, info, warn};
@@ -21,6 +22,10 @@ pub enum Error {
     Azure(#[from] AzureError),
     #[error("{0}")]
     Internal(String),
+    /// Something has to happen elsewhere first (a StorageClass created, a clone's source bound):
+    /// tried again with back-off.
+    #[error("{0}")]
+    Waiting(String),
 }
 
 impl Error {
@@ -33,24 +38,41 @@ impl Error {
     }
 }
 
-/// Per-object exponential back-off (1 s doubling to 5 min), reset by a success; Azure's
-/// Retry-After wins when longer.
+/// Per-object exponential back-off, 1 s doubling to 5 min — external-provisioner's
+/// `--retry-interval-start` and `--retry-interval-max` defaults (its workqueue's
+/// ItemExponentialFailureRateLimiter) — forgotten on success; Azure's Retry-After wins when longer.
+/// Only objects that are failing have an entry.
 #[derive(Default)]
 pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 impl Backoff {
     pub fn next(&self, key: &str, e: &Error) -> Duration {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(key.to_string()).or_insert(0);
-        let d = Duration::from_secs(1u64 << (*n).min(8)).min(Duration::from_secs(300));
-        *n += 1;
+        let d = Duration::from_secs(1u64 << (*n).min(9)).min(BACKOFF_MAX);
+        *n = n.saturating_add(1);
         e.retry_after().map_or(d, |r| r.max(d))
     }
 
-    pub fn reset(&self, key: &str) {
+    pub fn forget(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
+
+    /// How many objects are backing off.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
+
+/// How often a claim that waits for a change is looked at anyway, as the library's informers
+/// resync (`DefaultResyncPeriod`, 15 min, in sig-storage-lib-external-provisioner).
+pub const RESYNC: Duration = Duration::from_secs(15 * 60);
 
 pub struct Ctx {
     pub backoff: Backoff,
@@ -63,6 +85,20 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// [`Ctx::event`] from where nothing can be awaited (a controller's error policy).
+    pub fn event_soon<K>(
+        self: &Arc<Self>,
+        obj: Arc<K>,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    {
+        let ctx = self.clone();
+        tokio::spawn(async move { ctx.event(&*obj, type_, reason, note).await });
+    }
+
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
         obj: &K,
@@ -170,14 +206,23 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .with_config(ControllerConfig::default().concurrency(workers))
-    .run(
-        crate::claims::reconcile,
-        crate::claims::error_policy,
-        ctx.clone(),
-    )
-    .for_each(|_| async {});
+    );
+    // A claim may come before its StorageClass (a directory applied at once, GitOps ordering):
+    // a class appearing or changing looks at the unbound claims that name it at once.
+    let waiting = claims.store();
+    let claims = claims
+        .watches(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |class| crate::claims::naming_class(&waiting.state(), &class.name_any()),
+        )
+        .with_config(ControllerConfig::default().concurrency(workers))
+        .run(
+            crate::claims::reconcile,
+            crate::claims::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
@@ -228,11 +273,14 @@ mod tests {
     fn backoff_doubles_caps_resets_and_honours_retry_after() {
         let b = Backoff::default();
         let plain = Error::Internal("x".into());
-        let d: Vec<u64> = (0..11).map(|_| b.next("a", &plain).as_secs()).collect();
-        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 256, 256]);
-        b.reset("a");
-        assert_eq!(b.next("a", &plain).as_secs(), 1);
+        let d: Vec<u64> = (0..12).map(|_| b.next("a", &plain).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(b.next("other", &plain).as_secs(), 1, "per object");
+        b.forget("a");
+        assert_eq!(b.next("a", &plain).as_secs(), 1);
+        b.forget("a");
+        b.forget("other");
+        assert!(b.is_empty(), "a success leaves nothing behind");
         let throttled = Error::Azure(AzureError::Throttled {
             retry_after: Some(Duration::from_secs(40)),
             message: String::new(),

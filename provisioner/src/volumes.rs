@@ -1,7 +1,7 @@
 //! Released volumes → deleted disks: the kube-rs edge around [`crate::decide::deletion`].
 
 use crate::claims::{FINALIZER, PROVISIONED_BY};
-use crate::decide::{deletion, Deletion, Volume};
+use crate::decide::{deletion, pv_finalizer, Deletion, FinalizerChange, Volume};
 use crate::run::{Ctx, Error};
 use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
 use flexdisk_azure::AzureError;
@@ -32,7 +32,23 @@ fn volume_of(pv: &PersistentVolume) -> Volume {
             .flex_volume
             .and_then(|f| f.options)
             .and_then(|o| o.get("diskURI").cloned()),
+        being_deleted: pv.metadata.deletion_timestamp.is_some(),
+        has_finalizer: pv.finalizers().iter().any(|f| f == FINALIZER),
     }
+}
+
+/// Adds our finalizer; guarded by the resourceVersion like [`drop_finalizer`].
+async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), Error> {
+    let mut all: Vec<&str> = pv.finalizers().iter().map(String::as_str).collect();
+    all.push(FINALIZER);
+    let patch = json!({"metadata": {"resourceVersion": pv.resource_version(), "finalizers": all}});
+    api.patch(
+        &pv.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Removes our finalizer; the resourceVersion makes it a no-op if the PV changed meanwhile (the
@@ -53,16 +69,26 @@ async fn drop_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> R
 }
 
 pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let action = attempt(&pv, &ctx).await?;
+    ctx.backoff.forget(&pv.uid().unwrap_or_default());
+    Ok(action)
+}
+
+async fn attempt(pv: &Arc<PersistentVolume>, ctx: &Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    match deletion(&volume_of(&pv), &ctx.name) {
-        Deletion::NotOurs | Deletion::Wait => Ok(Action::await_change()),
-        Deletion::Keep => {
-            if pv.metadata.deletion_timestamp.is_some() {
+    let volume = volume_of(pv);
+    match pv_finalizer(&volume, &ctx.name) {
+        FinalizerChange::Add => add_finalizer(&api, pv).await?,
+        FinalizerChange::Remove => {
+            if volume.being_deleted {
                 ctx.metrics.deletion("kept");
-                drop_finalizer(&api, &pv).await?;
             }
-            Ok(Action::await_change())
+            drop_finalizer(&api, pv).await?;
         }
+        FinalizerChange::Leave => {}
+    }
+    match deletion(&volume, &ctx.name) {
+        Deletion::NotOurs | Deletion::Wait | Deletion::Keep => Ok(Action::await_change()),
         Deletion::DeleteDisk(uri) => {
             let id = parse_resource_id(&uri, ResourceKind::Disk).map_err(Error::Internal)?;
             match ctx.arm.delete_disk(&id.resource_group, &id.name).await {
@@ -70,7 +96,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
                 Err(AzureError::OwnedByOtherVm { owner, .. }) => {
                     ctx.metrics.deletion("refused");
                     ctx.event(
-                        &*pv,
+                        &**pv,
                         EventType::Warning,
                         "VolumeFailedDelete",
                         format!(
@@ -96,9 +122,22 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
     }
 }
 
+/// A failed attempt: for a volume whose disk is being deleted, an event saying why each time (the
+/// library's deleteVolumeOperation), and a retry after its back-off.
 pub fn error_policy(pv: Arc<PersistentVolume>, e: &Error, ctx: Arc<Ctx>) -> Action {
-    ctx.metrics.deletion("failed");
     let delay = ctx.backoff.next(&pv.uid().unwrap_or_default(), e);
-    tracing::warn!(error = %e, "deleting a volume failed; retrying");
+    if matches!(
+        deletion(&volume_of(&pv), &ctx.name),
+        Deletion::DeleteDisk(_)
+    ) {
+        ctx.metrics.deletion("failed");
+        ctx.event_soon(
+            pv.clone(),
+            EventType::Warning,
+            "VolumeFailedDelete",
+            format!("deleting the volume's disk failed: {e} (tried again with back-off)"),
+        );
+    }
+    tracing::warn!(pv = %pv.name_any(), error = %e, retry_in_secs = delay.as_secs(), "a volume's reconcile failed");
     Action::requeue(delay)
 }

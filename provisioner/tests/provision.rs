@@ -1090,3 +1090,256 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
     assert_eq!(claim["status"]["allocatedResources"]["storage"], "10Gi");
     assert_eq!(s.disk(&pv).expect("disk").size_gib, 10);
 }
+
+/// The notes of the events about `name` with `reason`.
+fn notes(s: &Setup, name: &str, reason: &str) -> Vec<String> {
+    let (_, list) = s.call(
+        "GET",
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+        None,
+    );
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["regarding"]["name"] == name && e["reason"] == reason)
+        .filter_map(|e| e["note"].as_str().map(str::to_string))
+        .collect()
+}
+
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
+fn select_node(s: &Setup, claim: &str, node: &str) {
+    let (status, body) = s.call(
+        "PATCH",
+        &format!("{PVCS}/{claim}"),
+        Some(json!({"metadata": {"annotations": {SELECTED_NODE: node}}})),
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
+/// WaitForFirstConsumer: the node the scheduler chose is gone, or Azure cannot make the disk in its
+/// zone. Either way no disk is left made and `selected-node` goes, so that the scheduler chooses
+/// again (the library's rescheduleProvisioning); the next choice is provisioned.
+#[test]
+fn a_gone_node_or_a_zonal_refusal_sends_the_claim_back_to_the_scheduler() {
+    let s = Setup::start();
+    s.class(
+        "late",
+        json!({"skuName": "Premium_LRS"}),
+        json!({"volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    let unselected = |o: &Value| o["metadata"]["annotations"].get(SELECTED_NODE).is_none();
+
+    // The node is gone.
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    let ghost = s.claim("ghost", "late", "1Gi");
+    select_node(&s, "ghost", "aks-nodepool1-31415926-vmss000099");
+    s.until(
+        &format!("{PVCS}/ghost"),
+        "selected-node removed",
+        unselected,
+    );
+    let said = notes(&s, "ghost", "ProvisioningFailed");
+    assert!(
+        said.iter().any(
+            |n| n.contains("vmss000099 selected for the claim's pod does not exist")
+                && n.contains("choose another node")
+        ),
+        "{said:?}"
+    );
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(counters["writes"].as_u64().unwrap_or(0), 0, "{counters}");
+    let ghost_pv = format!("pvc-{}", ghost["metadata"]["uid"].as_str().expect("uid"));
+    assert!(s.disk(&ghost_pv).is_none());
+
+    // Azure has no room in the node's zone: the failed disk (if any) and the record go.
+    let (status, _) = s
+        .sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "Disks_CreateOrUpdate", "times": 1,
+                "action": {"kind": "lroFail", "code": "ZonalAllocationFailed",
+                    "message": "Allocation failed. We do not have sufficient capacity for the requested VM size in this zone."}})),
+        )
+        .expect("fault");
+    assert_eq!(status, 201);
+    let full = s.claim("full", "late", "1Gi");
+    let full_pv = format!("pvc-{}", full["metadata"]["uid"].as_str().expect("uid"));
+    select_node(&s, "full", "aks-nodepool1-31415926-vmss000001");
+    let after = s.until(&format!("{PVCS}/full"), "selected-node removed", unselected);
+    assert!(
+        after["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|f| !f.as_str().unwrap_or_default().contains("disk-in-progress")),
+        "the provisioning record is cleared: {after}"
+    );
+    assert!(s.disk(&full_pv).is_none(), "no disk left in the full zone");
+    let said = notes(&s, "full", "ProvisioningFailed");
+    assert!(
+        said.iter()
+            .any(|n| n.contains("ZonalAllocationFailed") && n.contains("choose another node")),
+        "{said:?}"
+    );
+    // The scheduler's next choice is provisioned.
+    select_node(&s, "full", "aks-nodepool1-31415926-vmss000001");
+    s.until(&format!("{PVCS}/full"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    assert_eq!(s.disk(&full_pv).expect("disk").zones, vec!["2".to_string()]);
+}
+
+/// The PV finalizer as the library keeps it: a Delete volume switched to Retain loses it, so after
+/// its claim goes the admin deletes the PV at once and the disk stays; a kept (Retain) volume made
+/// Available again can be deleted too.
+#[test]
+fn a_volume_switched_to_retain_is_deleted_at_once_and_keeps_its_disk() {
+    let s = Setup::start();
+    s.class("std", json!({}), json!({}));
+    let c = s.claim("keep", "std", "1Gi");
+    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/keep"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let pv_path = format!("/api/v1/persistentvolumes/{pv}");
+    let has_finalizer = |o: &Value| {
+        o["metadata"]["finalizers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f == "external-provisioner.volume.kubernetes.io/finalizer")
+    };
+    s.until(&pv_path, "the finalizer on a Delete volume", has_finalizer);
+    let (status, body) = s.call(
+        "PATCH",
+        &pv_path,
+        Some(json!({"spec": {"persistentVolumeReclaimPolicy": "Retain"}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    s.until(&pv_path, "the finalizer gone", |o| !has_finalizer(o));
+    s.call("DELETE", &format!("{PVCS}/keep"), None);
+    s.until(&pv_path, "Released", |o| o["status"]["phase"] == "Released");
+    s.call("DELETE", &pv_path, None);
+    s.gone(&pv_path);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(s.disk(&pv).is_some(), "the kept disk stays");
+
+    // A Retain class: its volumes never carry the finalizer; one made Available is deletable.
+    s.class("kept", json!({}), json!({"reclaimPolicy": "Retain"}));
+    let c = s.claim("kept", "kept", "1Gi");
+    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    let pv_path = format!("/api/v1/persistentvolumes/{pv}");
+    s.until(&format!("{PVCS}/kept"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    assert!(!has_finalizer(&s.call("GET", &pv_path, None).1));
+    s.call("DELETE", &format!("{PVCS}/kept"), None);
+    s.until(&pv_path, "Released", |o| o["status"]["phase"] == "Released");
+    let (status, body) = s.call("PATCH", &pv_path, Some(json!({"spec": {"claimRef": null}})));
+    assert_eq!(status, 200, "{body}");
+    s.until(&pv_path, "Available", |o| {
+        o["status"]["phase"] == "Available"
+    });
+    s.call("DELETE", &pv_path, None);
+    s.gone(&pv_path);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(s.disk(&pv).is_some(), "the kept disk stays");
+}
+
+/// A claim applied before its StorageClass (a directory applied at once, GitOps ordering) is
+/// provisioned once the class appears. kube-controller-manager names the provisioner on the claim
+/// only once it finds the class (pv_controller.go, provisionClaim, on its 15 s resync; the
+/// simulator at once); a claim already addressed to us whose class is missing (deleted and made
+/// again) says so in an event and is woken by the class's creation, not by its next retry.
+#[test]
+fn a_claim_made_before_its_class_is_provisioned_when_the_class_comes() {
+    let s = Setup::start();
+    s.claim("early", "arrives-later", "1Gi");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        s.call("GET", &format!("{PVCS}/early"), None).1["status"]["phase"],
+        "Pending"
+    );
+    s.class("arrives-later", json!({}), json!({}));
+    s.until(&format!("{PVCS}/early"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+
+    let (status, body) = s.call(
+        "POST",
+        PVCS,
+        Some(json!({"metadata": {"name": "addressed", "annotations": {
+                "volume.kubernetes.io/storage-provisioner": "flexdisk/azure-disk",
+                "volume.beta.kubernetes.io/storage-provisioner": "flexdisk/azure-disk"}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "recreated",
+                "resources": {"requests": {"storage": "1Gi"}}}})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !notes(&s, "addressed", "ProvisioningFailed")
+        .iter()
+        .any(|n| n.contains("\"recreated\" does not exist"))
+    {
+        assert!(Instant::now() < deadline, "no event\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Retries at 1, 3, 7 and 15 s: at 8 s the next is 7 s away.
+    std::thread::sleep(Duration::from_secs(8));
+    s.class("recreated", json!({}), json!({}));
+    let created = Instant::now();
+    s.until(&format!("{PVCS}/addressed"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let took = created.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "bound {took:?} after the class appeared: its creation did not wake the claim"
+    );
+}
+
+/// Azure refuses every disk PUT (a missing role): each attempt is a ProvisioningFailed event with
+/// Azure's code, attempts back off (1 s doubling), and the claim goes cleanly.
+#[test]
+fn azure_refusing_every_disk_is_an_event_with_its_code_and_backs_off() {
+    let s = Setup::start();
+    s.class("std", json!({}), json!({}));
+    let (status, _) = s
+        .sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "Disks_CreateOrUpdate",
+                "action": {"kind": "status", "status": 403, "code": "AuthorizationFailed",
+                    "message": "The client 'flexdisk' does not have authorization to perform action 'Microsoft.Compute/disks/write'."}})),
+        )
+        .expect("fault");
+    assert_eq!(status, 201);
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    let started = Instant::now();
+    s.claim("denied", "std", "1Gi");
+    let deadline = started + Duration::from_secs(10);
+    while !notes(&s, "denied", "ProvisioningFailed")
+        .iter()
+        .any(|n| n.contains("AuthorizationFailed"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event with Azure's code\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(
+        (started + Duration::from_secs(20)).saturating_duration_since(Instant::now()),
+    );
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    let puts = counters["Disks_CreateOrUpdate"].as_u64().unwrap_or(0);
+    eprintln!("disk PUTs in 20 s of refusals: {puts}");
+    // Attempts at 0, 1, 3, 7 and 15 s.
+    assert!((3..=6).contains(&puts), "{puts} PUTs in 20 s: {counters}");
+    s.sim.control("DELETE", "/faults", None).expect("clear");
+    s.delete_all_and_converge(&["denied".to_string()], Duration::from_secs(30));
+}

@@ -140,6 +140,19 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
             }
             continue;
         }
+        // A volume without a claimRef is Available, whatever its phase (pv_controller.go,
+        // syncVolume: "volume is unused") — e.g. a Released one whose claimRef an admin removed.
+        if pv.pointer("/spec/claimRef").is_none_or(Value::is_null) {
+            if phase(pv) != "Available" {
+                out.push(act(
+                    "persistentvolumes",
+                    pv,
+                    true,
+                    Patch::Merge(json!({"status": {"phase": "Available"}})),
+                ));
+            }
+            continue;
+        }
         // A volume bound to a claim (its claimRef has the claim's uid) whose claim is gone is
         // Released, whatever its phase.
         let claim_gone = s(pv, "/spec/claimRef/uid").is_some_and(|u| !u.is_empty())
