@@ -278,10 +278,47 @@ fn main() {
         }
     };
     c.sim.control("DELETE", "/counters", None).expect("reset");
+    c.kube.call("DELETE", "/_sim/access", None).expect("reset");
     let t = Instant::now();
     claims(&c, 0, 200);
     wait(&c, 200);
     let took = t.elapsed();
+    // The provisioner's Kubernetes API requests (everyone's but this benchmark's client), per
+    // claim, by verb; watches are long-lived and counted apart.
+    let access = c.kube.call("GET", "/_sim/access", None).expect("access").1;
+    let mut by_verb = std::collections::BTreeMap::<String, u64>::new();
+    for a in access
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["userAgent"].as_str() != Some(flexdisk_sim::kube_client::USER_AGENT))
+    {
+        *by_verb
+            .entry(format!(
+                "{} {}",
+                a["verb"].as_str().unwrap_or("?"),
+                a["resource"].as_str().unwrap_or("?")
+            ))
+            .or_default() += a["count"].as_u64().unwrap_or(0);
+    }
+    let requests: u64 = by_verb
+        .iter()
+        .filter(|(k, _)| !k.starts_with("watch "))
+        .map(|(_, n)| n)
+        .sum();
+    table.row(
+        "Kubernetes API requests per provisioned claim (provisioner, 200 claims)",
+        format!(
+            "{:.2} ({})",
+            requests as f64 / 200.0,
+            by_verb
+                .iter()
+                .filter(|(k, _)| !k.starts_with("watch "))
+                .map(|(k, n)| format!("{k} {:.2}", *n as f64 / 200.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
     let lower = (200f64 / WORKERS as f64).ceil() * OP_MS as f64 / 1000.0;
     table.row(
         format!("200 claims to Bound (--workers {WORKERS})"),

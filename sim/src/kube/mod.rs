@@ -28,7 +28,8 @@ pub struct KubeApi {
     pub faults: Faults,
     /// Requests per operation (`list secrets`, `watch leases`, `patch persistentvolumeclaims/status`).
     pub counters: Counters,
-    /// Every distinct kind of request, in RBAC's terms: what a client's Role must grant.
+    /// Every distinct kind of request, in RBAC's terms (what a client's Role must grant), with how
+    /// many were made.
     pub access: Access,
     /// host:port, for discovery.
     pub address: String,
@@ -50,22 +51,37 @@ pub struct AccessEntry {
     pub user_agent: Option<String>,
 }
 
+/// An [`AccessEntry`] and how many requests of it were made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AccessCount {
+    #[serde(flatten)]
+    pub entry: AccessEntry,
+    pub count: u64,
+}
+
 #[derive(Default)]
 pub struct Access {
-    seen: std::sync::Mutex<std::collections::BTreeSet<AccessEntry>>,
+    seen: std::sync::Mutex<std::collections::BTreeMap<AccessEntry, u64>>,
 }
 
 impl Access {
     pub fn record(&self, entry: AccessEntry) {
-        self.seen
+        *self
+            .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(entry);
+            .entry(entry)
+            .or_default() += 1;
     }
 
-    pub fn snapshot(&self) -> Vec<AccessEntry> {
+    pub fn snapshot(&self) -> Vec<AccessCount> {
         let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.iter().cloned().collect()
+        seen.iter()
+            .map(|(entry, count)| AccessCount {
+                entry: entry.clone(),
+                count: *count,
+            })
+            .collect()
     }
 
     pub fn reset(&self) {
