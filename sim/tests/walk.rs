@@ -121,6 +121,12 @@ fn restart_keeps_disks_attachments_and_contents_and_sigterm_frees_loops() {
     assert_eq!(sim.loops_over_state().len(), 1);
     sim.check_schemas();
     sim.stop();
+    // A loop device the simulator detached goes at its last close (the kernel's deferred
+    // autoclear): another process probing block devices (blkid, lsblk) can hold it a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sim.loops_over_state().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
         sim.loops_over_state().is_empty(),
         "SIGTERM leaves no loop device: {:?}",

@@ -90,6 +90,7 @@ fn flexdisk_on_a_real_cluster() {
             controller_restart_mid_detach,
         ),
         ("the provisioner's leader killed", provisioner_leader_killed),
+        ("the provisioner's failure paths", provisioner_failure_paths),
         // Last: it leaves a node dead.
         (
             "a dead node's volume moves after out-of-service",
@@ -410,6 +411,160 @@ fn retain_keeps_the_disk(c: &RealCluster) {
         disks(c).iter().any(|(n, _)| *n == pv),
         "the kept disk is gone"
     );
+
+    // A Delete volume switched to Retain: its claim goes, the admin deletes the PV at once (no
+    // finalizer holds it) and the disk stays.
+    c.apply(&[claim(
+        "switched",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "switched");
+    c.kubectl(&[
+        "patch",
+        "pv",
+        &pv,
+        "-p",
+        r#"{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}"#,
+    ])
+    .expect("switch to Retain");
+    c.wait_until("the provisioner's finalizer gone", LONG, |c| {
+        c.kubectl_json(&["get", "pv", &pv]).ok().is_some_and(|p| {
+            p["metadata"]["finalizers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .all(|f| f != "external-provisioner.volume.kubernetes.io/finalizer")
+        })
+    });
+    c.kubectl(&["delete", "pvc", "switched", "--wait=true"])
+        .expect("delete claim");
+    c.kubectl(&["delete", "pv", &pv, "--wait=true", "--timeout=30s"])
+        .unwrap_or_else(|e| panic!("the switched PV is deleted at once: {e}"));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        disks(c).iter().any(|(n, _)| *n == pv),
+        "the disk of the volume switched to Retain is gone"
+    );
+}
+
+/// The events of `object` with `reason`, as `kubectl describe` shows them.
+fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
+    c.kubectl_json(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={object},reason={reason}"),
+    ])
+    .ok()
+    .and_then(|l| l["items"].as_array().cloned())
+    .unwrap_or_default()
+    .iter()
+    .filter_map(|e| e["message"].as_str().map(str::to_string))
+    .collect()
+}
+
+/// What the provisioner does when things go wrong, with the real kube-controller-manager and
+/// scheduler around it: a claim applied before its class is provisioned once the class comes (the
+/// controller-manager hands it over on its resync); a WaitForFirstConsumer claim whose selected
+/// node is gone goes back to the scheduler, which chooses a live node for its pod; Azure refusing
+/// disk writes is an event with Azure's code.
+fn provisioner_failure_paths(c: &RealCluster) {
+    c.apply(&[claim("early", "arrives-later", &["ReadWriteOnce"], "1Gi")]);
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        c.kubectl_json(&["get", "pvc", "early"]).expect("claim")["status"]["phase"],
+        "Pending"
+    );
+    c.apply(&[
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "arrives-later"}, "provisioner": "flexdisk/azure-disk",
+        "volumeBindingMode": "Immediate"}),
+    ]);
+    let appeared = Instant::now();
+    bound_volume(c, "early");
+    eprintln!(
+        "figure: a claim made 5 s before its class, Bound {:.1}s after the class appeared",
+        appeared.elapsed().as_secs_f64()
+    );
+
+    c.apply(&[
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "zonal-late"}, "provisioner": "flexdisk/azure-disk",
+            "volumeBindingMode": "WaitForFirstConsumer", "parameters": {"skuName": "Premium_LRS"}}),
+        claim("wanderer", "zonal-late", &["ReadWriteOnce"], "1Gi"),
+    ]);
+    // As if the scheduler had chosen a node that was deleted since.
+    c.kubectl(&[
+        "annotate",
+        "pvc",
+        "wanderer",
+        "volume.kubernetes.io/selected-node=k8s-pool-deleted",
+    ])
+    .expect("annotate");
+    c.wait_until("selected-node removed", LONG, |c| {
+        c.kubectl_json(&["get", "pvc", "wanderer"])
+            .ok()
+            .is_some_and(|p| {
+                p["metadata"]["annotations"]
+                    .get("volume.kubernetes.io/selected-node")
+                    .is_none()
+            })
+    });
+    let said = event_messages(c, "wanderer", "ProvisioningFailed");
+    assert!(
+        said.iter()
+            .any(|m| m.contains("k8s-pool-deleted") && m.contains("choose another node")),
+        "{said:?}"
+    );
+    c.apply(&[json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "wanderer", "namespace": "default"},
+        "spec": {"terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", "echo here > /data/f && sync && exec sleep 100000"],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "wanderer"}}]}})]);
+    c.wait_until("the pod Running on a node the scheduler chose", LONG, |c| {
+        phase(c, "wanderer") == "Running"
+    });
+    c.kubectl(&["delete", "pod", "wanderer", "--wait=true"])
+        .expect("delete pod");
+
+    let (status, rule) = c
+        .sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"operation": "Disks_CreateOrUpdate",
+                "action": {"kind": "status", "status": 403, "code": "AuthorizationFailed",
+                    "message": "The client does not have authorization to perform action 'Microsoft.Compute/disks/write'."}})),
+        )
+        .expect("fault");
+    assert_eq!(status, 201);
+    c.apply(&[claim(
+        "denied",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    c.wait_until("a ProvisioningFailed event with Azure's code", LONG, |c| {
+        event_messages(c, "denied", "ProvisioningFailed")
+            .iter()
+            .any(|m| m.contains("AuthorizationFailed"))
+    });
+    c.sim
+        .control("DELETE", &format!("/faults/{}", rule["id"]), None)
+        .expect("fault removed");
+    c.kubectl(&[
+        "delete",
+        "pvc",
+        "denied",
+        "early",
+        "wanderer",
+        "--wait=true",
+    ])
+    .expect("delete claims");
 }
 
 /// A ReadWriteMany claim gets one event that says why and no disk; a shared disk (maxShares 2)
