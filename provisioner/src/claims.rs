@@ -1,14 +1,14 @@
 //! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
 
 use crate::decide::{
-    another_node_may_help, provision, Claim, Class, DataSource, Decision, PvPlan, SourceClaim,
-    ZONE_LABEL,
+    another_node_may_help, provision, unschedulable_topology, Claim, Class, DataSource, Decision,
+    PvPlan, SourceClaim, CSI_ZONE_LABEL, ZONE_LABEL,
 };
 use crate::intent;
 use crate::run::{Ctx, Error, RESYNC};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
@@ -91,17 +91,15 @@ fn class_of(sc: &StorageClass) -> Class {
             .iter()
             .flatten()
             .flat_map(|t| t.match_label_expressions.iter().flatten())
-            .filter(|e| e.key == ZONE_LABEL)
+            .filter(|e| e.key == ZONE_LABEL || e.key == CSI_ZONE_LABEL)
             .flat_map(|e| e.values.clone())
             .collect(),
-        other_topology_keys: sc
+        csi_zone_key: sc
             .allowed_topologies
             .iter()
             .flatten()
             .flat_map(|t| t.match_label_expressions.iter().flatten())
-            .filter(|e| e.key != ZONE_LABEL)
-            .map(|e| e.key.clone())
-            .collect(),
+            .any(|e| e.key == CSI_ZONE_LABEL),
     }
 }
 
@@ -126,20 +124,31 @@ pub fn naming_class(
 
 /// Asks the scheduler to choose another node for the claim's pod, as the library does
 /// (`rescheduleProvisioning` in sig-storage-lib-external-provisioner's controller.go): whatever
-/// was made for the selected node goes, then `volume.kubernetes.io/selected-node` (only if the
-/// claim is unchanged since read: a newer choice stays).
-async fn reschedule(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: String) -> Result<Action, Error> {
-    intent::abandon(ctx, pvc).await?;
+/// was made for the node `attempted` goes, then `volume.kubernetes.io/selected-node` — only while
+/// it still names `attempted` (a newer choice stays). The claim is read afresh: the one the
+/// reconcile started with may not show the provisioning record yet.
+async fn reschedule(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    attempted: &str,
+    why: String,
+) -> Result<Action, Error> {
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    let fresh = match claims.get_opt(&pvc.name_any()).await? {
-        Some(c) if c.uid() == pvc.uid() => c,
-        _ => return Ok(Action::await_change()),
+    let fresh = |c: Option<PersistentVolumeClaim>| c.filter(|c| c.uid() == pvc.uid());
+    let Some(now) = fresh(claims.get_opt(&pvc.name_any()).await?) else {
+        return Ok(Action::await_change());
     };
-    if fresh.annotations().get(SELECTED_NODE_KEY) != pvc.annotations().get(SELECTED_NODE_KEY) {
+    if !intent::abandon(ctx, &now).await? {
         return Ok(Action::await_change());
     }
-    let patch = json!({"metadata": {"resourceVersion": fresh.resource_version(),
+    let Some(now) = fresh(claims.get_opt(&pvc.name_any()).await?) else {
+        return Ok(Action::await_change());
+    };
+    if now.annotations().get(SELECTED_NODE_KEY).map(String::as_str) != Some(attempted) {
+        return Ok(Action::await_change());
+    }
+    let patch = json!({"metadata": {"resourceVersion": now.resource_version(),
         "annotations": {SELECTED_NODE_KEY: null}}});
     match claims
         .patch(
@@ -166,6 +175,47 @@ async fn reschedule(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: String) -> Resu
     .await;
     info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()), %why, "rescheduled");
     Ok(Action::await_change())
+}
+
+/// A claim not handed to us (yet). kube-controller-manager hands a WaitForFirstConsumer claim
+/// over only once the scheduler has chosen a node (pv_controller.go, syncUnboundClaim); if the
+/// class names zones with a label no node has, none ever is, and only here can the owner be told.
+async fn unscheduled(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Action, Error> {
+    let waiting = pvc.metadata.deletion_timestamp.is_none()
+        && pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .is_none_or(str::is_empty)
+        && !pvc.annotations().contains_key(SELECTED_NODE_KEY);
+    let Some(sc) = ctx
+        .classes
+        .get(&ObjectRef::new(&class_name_of(pvc)))
+        .filter(|sc| waiting && sc.provisioner == ctx.name)
+    else {
+        return Ok(Action::await_change());
+    };
+    let class = class_of(&sc);
+    let delayed = sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    if delayed && class.csi_zone_key {
+        if let Some(why) =
+            unschedulable_topology(&class, delayed, some_node_has_csi_label(ctx).await?)
+        {
+            ctx.event(pvc, EventType::Warning, "ProvisioningFailed", why)
+                .await;
+            return Ok(Action::requeue(RESYNC));
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Whether any node carries the CSI driver's zone label (one name listed is enough).
+async fn some_node_has_csi_label(ctx: &Ctx) -> Result<bool, Error> {
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let list = nodes
+        .list_metadata(&ListParams::default().labels(CSI_ZONE_LABEL).limit(1))
+        .await?;
+    Ok(!list.items.is_empty())
 }
 
 fn class_name_of(pvc: &PersistentVolumeClaim) -> String {
@@ -253,26 +303,42 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         .and_then(|s| s.volume_name.as_ref())
         .filter(|v| !v.is_empty())
     {
-        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        if let Some(pv) = pvs.get_opt(volume).await? {
-            if let Some(action) = crate::resize::reconcile(ctx, pvc, &pv).await? {
-                return Ok(action);
+        // The watch cache answers the common case (nothing to grow); a fresh read decides the
+        // rest, as a cached PV may lag behind.
+        let cached = ctx.volumes.get(&ObjectRef::new(volume));
+        if cached.is_none_or(|pv| crate::resize::wanted(ctx, pvc, &pv)) {
+            let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            if let Some(pv) = pvs.get_opt(volume).await? {
+                if let Some(action) = crate::resize::reconcile(ctx, pvc, &pv).await? {
+                    return Ok(action);
+                }
             }
         }
     }
     if !ours(pvc, &ctx.name) {
-        return Ok(Action::await_change());
+        return unscheduled(ctx, pvc).await;
     }
     let ns = pvc.namespace().unwrap_or_default();
     let claim = claim_of(pvc);
     let pv_name = format!("pvc-{}", claim.uid);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    if pvs.get_opt(&pv_name).await?.is_some() {
+    // Made already: the cache knows; a miss is confirmed by a read (a PV made a moment ago may not
+    // be in the cache yet, and making it twice must not happen).
+    if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some()
+        || pvs.get_opt(&pv_name).await?.is_some()
+    {
         return Ok(Action::await_change());
     }
     let class_name = class_name_of(pvc);
-    let classes: Api<StorageClass> = Api::all(ctx.client.clone());
-    let Some(sc) = classes.get_opt(&class_name).await? else {
+    let cached = ctx.classes.get(&ObjectRef::new(&class_name));
+    let sc = match cached {
+        Some(sc) => Some((*sc).clone()),
+        None => {
+            let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+            classes.get_opt(&class_name).await?
+        }
+    };
+    let Some(sc) = sc else {
         // The class may come later (the library retries too, "the storageClass can be
         // fixed/(re)created independently"); its creation also wakes the claim (run.rs).
         return Err(Error::Waiting(format!(
@@ -298,6 +364,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
                     return reschedule(
                         ctx,
                         pvc,
+                        node,
                         format!("node {node} selected for the claim's pod does not exist"),
                     )
                     .await
@@ -327,6 +394,12 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         Decision::Wait(message) => return Err(Error::Waiting(message)),
         Decision::Provision(plan) => plan,
     };
+    // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
+    // found again from the claim and either gets its PV or is deleted.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    if !intent::record(&claims, pvc, &ctx.name, &plan.pv.disk_uri).await? {
+        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+    }
     ctx.event(
         &**pvc,
         EventType::Normal,
@@ -337,32 +410,13 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         ),
     )
     .await;
-    // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
-    // found again from the claim and either gets its PV or is deleted.
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    if !intent::record(&claims, pvc, &ctx.name, &plan.pv.disk_uri).await? {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
-    }
-    let disk = match ctx.arm.create_disk(&plan.disk).await {
-        Ok(disk) => disk,
-        Err(e) if selected.is_some() && another_node_may_help(e.code(), &e.to_string()) => {
-            // The claim carries the intent now: read it again so that abandoning sees it.
-            let now = claims.get_opt(&claim.name).await?;
-            let now = now.filter(|c| c.uid().as_deref() == Some(claim.uid.as_str()));
-            let Some(now) = now else {
-                return Err(e.into());
-            };
-            return reschedule(
-                ctx,
-                &now,
-                format!(
-                    "Azure cannot make the disk in the zone of node {}: {e}",
-                    selected.as_deref().unwrap_or_default()
-                ),
-            )
-            .await;
+    let disk = match (ctx.arm.create_disk(&plan.disk).await, &selected) {
+        (Ok(disk), _) => disk,
+        (Err(e), Some(node)) if another_node_may_help(e.code()) => {
+            let why = format!("Azure cannot make the disk in the zone of node {node}: {e}");
+            return reschedule(ctx, pvc, node, why).await;
         }
-        Err(e) => return Err(e.into()),
+        (Err(e), _) => return Err(e.into()),
     };
     // The claim may be going while the disk was made: then the disk is deleted, by the intent.
     let same = |c: &PersistentVolumeClaim| c.uid().as_deref() == Some(claim.uid.as_str());
@@ -381,9 +435,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         Err(e) => return Err(e.into()),
     }
     // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
-    if let Some(c) = claims.get_opt(&claim.name).await?.filter(same) {
-        intent::finish(ctx, &c).await?;
-    }
+    intent::clear(&claims, &claim.name, &ctx.name).await?;
     ctx.event(
         &**pvc,
         EventType::Normal,

@@ -46,13 +46,33 @@ pub struct Class {
     pub mount_options: Vec<String>,
     /// Zones from `allowedTopologies` (values of `topology.kubernetes.io/zone`).
     pub allowed_zones: Vec<String>,
-    /// Other keys of `allowedTopologies` expressions.
-    pub other_topology_keys: Vec<String>,
+    /// `allowedTopologies` names its zones with [`CSI_ZONE_LABEL`].
+    pub csi_zone_key: bool,
 }
 
-/// The Azure Disk CSI driver's zone label: its node plugin puts it on nodes, nothing does for a
-/// FlexVolume driver.
+/// The Azure Disk CSI driver's zone label: kubelet puts it on the nodes where that driver's node
+/// plugin runs, and nothing puts it there for a FlexVolume driver.
 pub const CSI_ZONE_LABEL: &str = "topology.disk.csi.azure.com/zone";
+
+/// A WaitForFirstConsumer class whose `allowedTopologies` uses the CSI driver's zone label on a
+/// cluster where no node carries it: the scheduler matches the class against node labels
+/// (kubernetes pkg/scheduler/framework/plugins/volumebinding/binder.go, checkVolumeProvisions), so
+/// it finds no node and the claim's pod never starts — and no node is ever selected for the
+/// provisioner to see. What to tell the claim's owner; `None` when the class can work.
+pub fn unschedulable_topology(
+    class: &Class,
+    delayed: bool,
+    some_node_has_csi_label: bool,
+) -> Option<String> {
+    (delayed && class.csi_zone_key && !some_node_has_csi_label).then(|| {
+        format!(
+            "StorageClass {}: allowedTopologies uses {CSI_ZONE_LABEL}, which no node carries (only the Azure \
+             Disk CSI driver's node plugin sets it), so the scheduler finds no node for this claim's pod; \
+             use {ZONE_LABEL}",
+            class.name
+        )
+    })
+}
 
 /// Where the cluster is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,21 +142,6 @@ pub fn provision(
         Ok(p) => p,
         Err(e) => return Decision::Refuse(format!("StorageClass {}: {e}", class.name)),
     };
-    if class
-        .other_topology_keys
-        .iter()
-        .any(|k| k == CSI_ZONE_LABEL)
-    {
-        // The scheduler matches allowedTopologies against node labels (kubernetes
-        // pkg/scheduler/framework/plugins/volumebinding/binder.go, checkVolumeProvisions): with a
-        // key no node has, no node fits and the pod never starts.
-        return Decision::Refuse(format!(
-            "StorageClass {}: allowedTopologies uses {CSI_ZONE_LABEL}, the Azure Disk CSI driver's node \
-             label, which nodes of a FlexVolume driver do not carry (the scheduler would find no node); \
-             use {ZONE_LABEL}",
-            class.name
-        ));
-    }
     if claim.has_selector {
         return Decision::Refuse("claims with a selector are not provisioned dynamically (a selector picks an existing volume); remove spec.selector".into());
     }
@@ -313,22 +318,17 @@ pub fn pv_finalizer(pv: &Volume, provisioner: &str) -> FinalizerChange {
     }
 }
 
-/// Whether Azure's refusal to make a disk for the selected node's zone could go away on another
-/// node, so the scheduler is asked to choose again (external-provisioner does so for a selected
-/// node when the driver reports ResourceExhausted, `checkError` in `pkg/controller/controller.go`;
-/// the library then removes `volume.kubernetes.io/selected-node`, rescheduleProvisioning).
-pub fn another_node_may_help(code: &str, message: &str) -> bool {
-    let code = code.to_ascii_lowercase();
+/// Whether Azure's refusal to make a disk in the selected node's zone could go away on a node in
+/// another zone, so the scheduler is asked to choose again (external-provisioner does so for a
+/// selected node when the driver reports ResourceExhausted, `checkError` in
+/// `pkg/controller/controller.go`; the library then removes `volume.kubernetes.io/selected-node`,
+/// rescheduleProvisioning). Only zonal refusals: quotas are per region or subscription, where
+/// another node changes nothing and rescheduling would only go round.
+pub fn another_node_may_help(code: &str) -> bool {
     matches!(
-        code.as_str(),
-        "zonalallocationfailed"
-            | "allocationfailed"
-            | "overconstrainedzonalallocationrequest"
-            | "overconstrainedallocationrequest"
-            | "skunotavailable"
-            | "quotaexceeded"
-            | "resourcequotaexceeded"
-    ) || (code == "operationnotallowed" && message.to_ascii_lowercase().contains("quota"))
+        code.to_ascii_lowercase().as_str(),
+        "zonalallocationfailed" | "overconstrainedzonalallocationrequest" | "skunotavailable"
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -766,37 +766,44 @@ mod tests {
     }
 
     #[test]
-    fn zonal_capacity_and_quota_refusals_go_back_to_the_scheduler() {
+    fn zonal_refusals_go_back_to_the_scheduler() {
         for code in [
             "ZonalAllocationFailed",
-            "AllocationFailed",
             "OverconstrainedZonalAllocationRequest",
             "SkuNotAvailable",
-            "QuotaExceeded",
         ] {
-            assert!(another_node_may_help(code, ""), "{code}");
+            assert!(another_node_may_help(code), "{code}");
         }
-        assert!(another_node_may_help(
-            "OperationNotAllowed",
-            "Operation could not be completed as it results in exceeding approved Total Regional Cores quota."
-        ));
+        // Regional or subscription-wide: another node would meet the same refusal.
         for code in [
+            "QuotaExceeded",
             "OperationNotAllowed",
             "InvalidParameter",
             "AuthorizationFailed",
             "",
         ] {
-            assert!(!another_node_may_help(code, "Disk is busy"), "{code}");
+            assert!(!another_node_may_help(code), "{code}");
         }
     }
 
     #[test]
-    fn the_csi_zone_key_is_refused_with_the_label_to_use() {
+    fn the_csi_zone_key_works_where_nodes_carry_it_and_says_why_where_not() {
         let c = Class {
-            other_topology_keys: vec![CSI_ZONE_LABEL.into()],
-            ..class(&[])
+            csi_zone_key: true,
+            allowed_zones: vec!["westus2-3".into()],
+            ..class(&[("skuName", "Premium_LRS"), ("zoned", "true")])
         };
-        let m = refused(provision(&claim(), &c, None, None, &cluster()));
+        // Its zones are zones (Immediate binding, or nodes labelled by the CSI node plugin).
+        let p = plan(provision(&claim(), &c, None, None, &cluster()));
+        assert_eq!(p.disk.zone.as_deref(), Some("3"));
+        assert_eq!(unschedulable_topology(&c, false, false), None, "Immediate");
+        assert_eq!(
+            unschedulable_topology(&c, true, true),
+            None,
+            "labelled nodes"
+        );
+        let m = unschedulable_topology(&c, true, false).expect("no node can be chosen");
         assert!(m.contains(CSI_ZONE_LABEL) && m.contains(ZONE_LABEL), "{m}");
+        assert_eq!(unschedulable_topology(&class(&[]), true, false), None);
     }
 }

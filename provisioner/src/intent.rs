@@ -76,7 +76,7 @@ pub async fn record(
 
 /// Clears the record (the claim's PV exists, or its disk is gone). The finalizer list is
 /// replaced whole, guarded by the resourceVersion: on a conflict it is read again.
-async fn clear(api: &Api<PersistentVolumeClaim>, claim: &str, name: &str) -> Result<(), Error> {
+pub async fn clear(api: &Api<PersistentVolumeClaim>, claim: &str, name: &str) -> Result<(), Error> {
     let ours = finalizer(name);
     let mut tries = 0;
     loop {
@@ -126,36 +126,54 @@ pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Act
         clear(&claims, &claim, &ctx.name).await?;
         return Ok(Some(Action::await_change()));
     }
-    delete_made_disk(
+    if !delete_made_disk(
         ctx,
         pvc,
         "the claim was deleted while its disk was being made",
     )
-    .await?;
+    .await?
+    {
+        // Its PV appeared meanwhile: the PV owns the disk.
+        clear(&claims, &claim, &ctx.name).await?;
+        return Ok(Some(Action::await_change()));
+    }
     clear(&claims, &claim, &ctx.name).await?;
     Ok(Some(Action::requeue(Duration::from_secs(1))))
 }
 
 /// Gives up a provisioning for the scheduler to choose another node: the disk made for the claim
 /// (if any — with the same proof as [`finish`]) is deleted, as it may sit in the wrong zone, and
-/// the record goes. The next attempt starts afresh.
-pub async fn abandon(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<(), Error> {
+/// the record goes. The next attempt starts afresh. `false`: the claim's PV exists after all
+/// (made by a replica that led a moment ago); nothing is given up.
+pub async fn abandon(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<bool, Error> {
     if !recorded(pvc, &ctx.name) {
-        return Ok(());
+        return Ok(true);
     }
-    delete_made_disk(ctx, pvc, "provisioning for the selected node was given up").await?;
+    if !delete_made_disk(ctx, pvc, "provisioning for the selected node was given up").await? {
+        return Ok(false);
+    }
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    clear(&claims, &pvc.name_any(), &ctx.name).await
+    clear(&claims, &pvc.name_any(), &ctx.name).await?;
+    Ok(true)
 }
 
 /// Deletes the disk recorded on the claim when it is the one made for it: named from the
 /// claim's UID and tagged for its PV. Anything else is left alone, with an event; `why` says
-/// what happened to the provisioning.
-async fn delete_made_disk(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: &str) -> Result<(), Error> {
+/// what happened to the provisioning. `false`: the claim's PV exists; nothing was done.
+async fn delete_made_disk(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    why: &str,
+) -> Result<bool, Error> {
     let ns = pvc.namespace().unwrap_or_default();
     let claim = pvc.name_any();
     let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
+    // A PV of the claim made meanwhile (by another replica that led a moment ago) owns the disk.
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    if pvs.get_opt(&pv_name).await?.is_some() {
+        return Ok(false);
+    }
     let expected = disk_name_for_pv(&pv_name);
     let id = pvc
         .annotations()
@@ -169,7 +187,7 @@ async fn delete_made_disk(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: &str) -> 
             "{why}, and the claim's annotation {ANNOTATION} does not name \
              disk {expected}; nothing is deleted — if a disk {expected} exists in Azure, delete it yourself"
         )).await;
-        return Ok(());
+        return Ok(true);
     };
     match ctx.arm.get_disk(&id.resource_group, &id.name).await? {
         None => {}
@@ -204,5 +222,5 @@ async fn delete_made_disk(ctx: &Ctx, pvc: &PersistentVolumeClaim, why: &str) -> 
             .await;
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -117,20 +117,28 @@ async fn patch_status(
         .await?)
 }
 
+/// Whether `pv` is ours and bound to the claim, and the claim asks for more than it has.
+pub fn wanted(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    bound_to(ctx, pvc, pv) && resize_to(&sizes(pvc, pv)).is_some()
+}
+
+fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
+        && pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.as_deref())
+            == pvc.uid().as_deref()
+}
+
 /// The claim is bound to `pv`; grows its disk if the claim asks for more. `None`: nothing to do.
 pub async fn reconcile(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
     pv: &PersistentVolume,
 ) -> Result<Option<Action>, Error> {
-    let ours = pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
-        && pv
-            .spec
-            .as_ref()
-            .and_then(|s| s.claim_ref.as_ref())
-            .and_then(|r| r.uid.as_deref())
-            == pvc.uid().as_deref();
-    if !ours {
+    if !bound_to(ctx, pvc, pv) {
         return Ok(None);
     }
     let Some(target) = resize_to(&sizes(pvc, pv)) else {

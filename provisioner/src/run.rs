@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
@@ -41,18 +42,22 @@ impl Error {
 /// Per-object exponential back-off, 1 s doubling to 5 min — external-provisioner's
 /// `--retry-interval-start` and `--retry-interval-max` defaults (its workqueue's
 /// ItemExponentialFailureRateLimiter) — forgotten on success; Azure's Retry-After wins when longer.
-/// Only objects that are failing have an entry.
+/// Only objects that are failing have an entry; one not seen failing for twice the longest delay
+/// (deleted meanwhile, or well again) is forgotten too.
 #[derive(Default)]
-pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, u32>>);
+pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, (u32, Instant)>>);
 
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
 impl Backoff {
     pub fn next(&self, key: &str, e: &Error) -> Duration {
         let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(key.to_string()).or_insert(0);
+        let now = Instant::now();
+        m.retain(|_, (_, last)| now.duration_since(*last) < 2 * BACKOFF_MAX);
+        let (n, last) = m.entry(key.to_string()).or_insert((0, now));
         let d = Duration::from_secs(1u64 << (*n).min(9)).min(BACKOFF_MAX);
         *n = n.saturating_add(1);
+        *last = now;
         e.retry_after().map_or(d, |r| r.max(d))
     }
 
@@ -75,6 +80,10 @@ impl Backoff {
 pub const RESYNC: Duration = Duration::from_secs(15 * 60);
 
 pub struct Ctx {
+    /// Watch caches (as the library reads informers): answers that may lag a moment behind the
+    /// API server, for decisions a fresh read confirms where lagging would matter.
+    pub volumes: Store<PersistentVolume>,
+    pub classes: Store<StorageClass>,
     pub backoff: Backoff,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
@@ -159,7 +168,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    let volumes = Controller::new(
+        Api::<PersistentVolume>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (classes, class_writer) = reflector::store::<StorageClass>();
     let ctx = Arc::new(Ctx {
+        volumes: volumes.store(),
+        classes,
         backoff: Backoff::default(),
         metrics: metrics.clone(),
         client: client.clone(),
@@ -223,16 +239,22 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let volumes = Controller::new(
-        Api::<PersistentVolume>::all(client.clone()),
-        watcher::Config::default(),
+    let volumes = volumes
+        .with_config(ControllerConfig::default().concurrency(workers))
+        .run(
+            crate::volumes::reconcile,
+            crate::volumes::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+    let class_cache = reflector::reflector(
+        class_writer,
+        watcher(
+            Api::<StorageClass>::all(client.clone()),
+            watcher::Config::default(),
+        ),
     )
-    .with_config(ControllerConfig::default().concurrency(workers))
-    .run(
-        crate::volumes::reconcile,
-        crate::volumes::error_policy,
-        ctx.clone(),
-    )
+    .default_backoff()
     .for_each(|_| async {});
     let lost = async {
         match &mut leadership {
@@ -248,6 +270,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     tokio::select! {
         _ = claims => error!("the claims controller stopped"),
         _ = volumes => error!("the volumes controller stopped"),
+        _ = class_cache => error!("the StorageClass watch stopped"),
         _ = lost => { error!("lost the leader lease; exiting so that another replica leads"); std::process::exit(1); }
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),

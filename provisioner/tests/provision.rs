@@ -1190,6 +1190,44 @@ fn a_gone_node_or_a_zonal_refusal_sends_the_claim_back_to_the_scheduler() {
         o["status"]["phase"] == "Bound"
     });
     assert_eq!(s.disk(&full_pv).expect("disk").zones, vec!["2".to_string()]);
+
+    // A disk made for a node (its PV not made yet: the API server refuses it for a while) whose
+    // node then goes: the disk, in that node's zone, is deleted before the scheduler chooses again.
+    let (status, rule) = s.call(
+        "POST",
+        "/_sim/faults",
+        Some(json!({"operation": "create persistentvolumes",
+            "action": {"kind": "status", "status": 500}})),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let moved = s.claim("moved", "late", "1Gi");
+    let moved_pv = format!("pvc-{}", moved["metadata"]["uid"].as_str().expect("uid"));
+    select_node(&s, "moved", "aks-nodepool1-31415926-vmss000001");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.disk(&moved_pv).is_none() {
+        assert!(Instant::now() < deadline, "no disk made\n{}", s.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    select_node(&s, "moved", "aks-nodepool1-31415926-vmss000098");
+    s.call("DELETE", &format!("/_sim/faults/{}", rule["id"]), None);
+    s.until(
+        &format!("{PVCS}/moved"),
+        "selected-node removed",
+        unselected,
+    );
+    assert!(
+        s.disk(&moved_pv).is_none(),
+        "the disk made for the gone node's zone is deleted"
+    );
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(counters["Disks_Delete"].as_u64(), Some(1), "{counters}");
+    let (_, pv) = s.call(
+        "GET",
+        &format!("/api/v1/persistentvolumes/{moved_pv}"),
+        None,
+    );
+    assert_eq!(pv["code"], 404, "no PV: {pv}");
 }
 
 /// The PV finalizer as the library keeps it: a Delete volume switched to Retain loses it, so after
@@ -1220,6 +1258,18 @@ fn a_volume_switched_to_retain_is_deleted_at_once_and_keeps_its_disk() {
     );
     assert_eq!(status, 200, "{body}");
     s.until(&pv_path, "the finalizer gone", |o| !has_finalizer(o));
+    // Back to Delete: the finalizer comes back (the volume is Bound); then Retain again.
+    for (policy, with) in [("Delete", true), ("Retain", false)] {
+        let (status, body) = s.call(
+            "PATCH",
+            &pv_path,
+            Some(json!({"spec": {"persistentVolumeReclaimPolicy": policy}})),
+        );
+        assert_eq!(status, 200, "{body}");
+        s.until(&pv_path, "the finalizer following the policy", |o| {
+            has_finalizer(o) == with
+        });
+    }
     s.call("DELETE", &format!("{PVCS}/keep"), None);
     s.until(&pv_path, "Released", |o| o["status"]["phase"] == "Released");
     s.call("DELETE", &pv_path, None);
@@ -1332,14 +1382,30 @@ fn azure_refusing_every_disk_is_an_event_with_its_code_and_backs_off() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(
-        (started + Duration::from_secs(20)).saturating_duration_since(Instant::now()),
-    );
-    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
-    let puts = counters["Disks_CreateOrUpdate"].as_u64().unwrap_or(0);
-    eprintln!("disk PUTs in 20 s of refusals: {puts}");
-    // Attempts at 0, 1, 3, 7 and 15 s.
-    assert!((3..=6).contains(&puts), "{puts} PUTs in 20 s: {counters}");
+    // When each PUT came, watched for 20 s.
+    let mut seen = Vec::new();
+    let mut last = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+        let puts = counters["Disks_CreateOrUpdate"].as_u64().unwrap_or(0);
+        if puts > last {
+            seen.push(started.elapsed().as_secs_f64());
+            last = puts;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let gaps: Vec<f64> = seen.windows(2).map(|w| w[1] - w[0]).collect();
+    eprintln!("disk PUTs at {seen:.2?} s: gaps {gaps:.2?}");
+    // Attempts at 0, 1, 3, 7 and 15 s: each wait about twice the one before.
+    assert_eq!(last, seen.len() as u64, "one PUT per attempt");
+    assert!((4..=6).contains(&seen.len()), "{seen:?}");
+    assert!(gaps[0] >= 0.8, "{gaps:?}");
+    for w in gaps.windows(2).take(3) {
+        assert!(
+            w[1] >= 1.6 * w[0] && w[1] <= 2.6 * w[0],
+            "doubling: {gaps:?}"
+        );
+    }
     s.sim.control("DELETE", "/faults", None).expect("clear");
     s.delete_all_and_converge(&["denied".to_string()], Duration::from_secs(30));
 }

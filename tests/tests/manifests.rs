@@ -411,6 +411,31 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A WaitForFirstConsumer class naming zones with the CSI driver's label, on nodes without it:
+    // the provisioner looks whether any node carries it, and says what to use instead.
+    kube.create(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "csi-zones"}, "provisioner": "flexdisk/azure-disk",
+        "volumeBindingMode": "WaitForFirstConsumer",
+        "allowedTopologies": [{"matchLabelExpressions": [
+            {"key": "topology.disk.csi.azure.com/zone", "values": ["westus2-1"]}]}]}),
+    )
+    .expect("class");
+    claim("csi-zoned", "csi-zones", json!({}));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kube
+        .list("/apis/events.k8s.io/v1/namespaces/default/events")
+        .expect("events")
+        .iter()
+        .any(|e| e["regarding"]["name"] == "csi-zoned" && e["reason"] == "ProvisioningFailed")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no event for a class no node can meet:\n{}",
+            cluster.provisioner_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let zonal_node = cluster.nodes(true)[0].clone();
     claim("zonal", "flexdisk-premium-zonal", json!({}));
     kube.merge_patch(
