@@ -72,6 +72,10 @@ fn modes(o: &Value) -> Vec<&str> {
         .unwrap_or_default()
 }
 
+fn volume_mode(o: &Value) -> &str {
+    s(o, "/spec/volumeMode").unwrap_or("Filesystem")
+}
+
 fn class_of(o: &Value) -> &str {
     s(o, "/spec/storageClassName").unwrap_or("")
 }
@@ -134,10 +138,11 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
     let volume_named = |n: &str| volumes.iter().find(|v| name(v) == n);
 
     for pv in volumes {
-        if deleting(pv) {
-            if has_finalizer(pv, PV_PROTECTION) && phase(pv) != "Bound" {
-                out.push(remove_finalizer("persistentvolumes", pv, PV_PROTECTION));
-            }
+        // The PV protection controller lets a volume go once it is not Bound
+        // (pv_protection_controller.go, isBeingUsed); the PV controller still syncs a volume being
+        // deleted, so one whose claim goes is Released first (what HonorPVReclaimPolicy relies on).
+        if deleting(pv) && has_finalizer(pv, PV_PROTECTION) && phase(pv) != "Bound" {
+            out.push(remove_finalizer("persistentvolumes", pv, PV_PROTECTION));
             continue;
         }
         // A volume without a claimRef is Available, whatever its phase (pv_controller.go,
@@ -326,6 +331,17 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                 .filter(|v| class_of(v) == class_of(pvc))
                 .filter(|v| storage(v, "/spec/capacity/storage") >= want)
                 .filter(|v| modes(pvc).iter().all(|m| modes(v).contains(m)))
+                // As FindMatchingVolume (component-helpers storage/volume/pv_helpers.go): the
+                // same volumeMode (Filesystem when absent), and the claim's selector.
+                .filter(|v| volume_mode(v) == volume_mode(pvc))
+                .filter(|v| {
+                    pvc.pointer("/spec/selector").is_none_or(|sel| {
+                        super::selectors::matches_structured(
+                            sel,
+                            v.pointer("/metadata/labels").unwrap_or(&Value::Null),
+                        )
+                    })
+                })
                 .min_by_key(|v| storage(v, "/spec/capacity/storage"));
             if let Some(pv) = fits {
                 out.push(bind_volume(pv, pvc));
@@ -570,5 +586,79 @@ mod tests {
         let a = plan(&[c], &[big, small], &[], &[]);
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].name, "small");
+    }
+
+    #[test]
+    fn static_binding_needs_the_same_volume_mode_and_the_claim_s_selector() {
+        let classes = [class("", "Immediate")];
+        let bind_target = |claim_extra: Value, vols: &[Value]| -> Option<String> {
+            plan(&[claim("a", "", claim_extra)], vols, &classes, &[])
+                .into_iter()
+                .find(|a| a.plural == "persistentvolumes")
+                .map(|a| a.name)
+        };
+        let block = volume("block", json!({"spec": {"volumeMode": "Block"}}));
+        let labelled = volume("gold", json!({"metadata": {"labels": {"tier": "gold"}}}));
+        let plain = volume("plain", json!({}));
+        assert_eq!(bind_target(json!({}), std::slice::from_ref(&block)), None);
+        assert_eq!(
+            bind_target(
+                json!({"spec": {"volumeMode": "Block"}}),
+                &[block.clone(), plain.clone()]
+            ),
+            Some("block".into())
+        );
+        let gold = json!({"spec": {"selector": {"matchLabels": {"tier": "gold"}}}});
+        assert_eq!(
+            bind_target(gold.clone(), std::slice::from_ref(&plain)),
+            None
+        );
+        assert_eq!(
+            bind_target(gold, &[plain.clone(), labelled.clone()]),
+            Some("gold".into())
+        );
+        let not_gold = json!({"spec": {"selector": {"matchExpressions": [
+            {"key": "tier", "operator": "NotIn", "values": ["gold"]}]}}});
+        assert_eq!(
+            bind_target(not_gold, &[labelled, plain]),
+            Some("plain".into())
+        );
+    }
+
+    #[test]
+    fn a_volume_deleted_before_its_claim_is_released_when_the_claim_goes() {
+        let pv = volume(
+            "pv-a",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}},
+                "status": {"phase": "Bound"}}),
+        );
+        let bound = claim(
+            "a",
+            "",
+            json!({"spec": {"volumeName": "pv-a"}, "status": {"phase": "Bound"}}),
+        );
+        // Still in use: protected, still Bound.
+        assert!(plan(&[bound], std::slice::from_ref(&pv), &[], &[])
+            .iter()
+            .all(|a| a.plural != "persistentvolumes"));
+        // The claim gone: Released (then the protection goes, on the next pass).
+        let a = plan(&[], std::slice::from_ref(&pv), &[], &[]);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(
+            a[0].patch,
+            Patch::Merge(json!({"status": {"phase": "Released"}}))
+        );
+        let released = volume(
+            "pv-a",
+            json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"},
+                "spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}},
+                "status": {"phase": "Released"}}),
+        );
+        let a = plan(&[], &[released], &[], &[]);
+        assert!(
+            matches!(&a[0].patch, Patch::Json(_)),
+            "the protection goes: {a:?}"
+        );
     }
 }
