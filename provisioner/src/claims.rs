@@ -330,15 +330,9 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         return Ok(Action::await_change());
     }
     let class_name = class_name_of(pvc);
-    let cached = ctx.classes.get(&ObjectRef::new(&class_name));
-    let sc = match cached {
-        Some(sc) => Some((*sc).clone()),
-        None => {
-            let classes: Api<StorageClass> = Api::all(ctx.client.clone());
-            classes.get_opt(&class_name).await?
-        }
-    };
-    let Some(sc) = sc else {
+    // From the watch cache only (filled before the controllers start, run.rs): a class made a
+    // moment ago and not in it yet wakes the claim when it arrives.
+    let Some(sc) = ctx.classes.get(&ObjectRef::new(&class_name)) else {
         // The class may come later (the library retries too, "the storageClass can be
         // fixed/(re)created independently"); its creation also wakes the claim (run.rs).
         return Err(Error::Waiting(format!(

@@ -218,6 +218,19 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         leadership = Some((leader, task));
     }
 
+    // The classes' watch cache first, whole, so that a class missing from it is missing.
+    let class_cache = tokio::spawn(
+        reflector::reflector(
+            class_writer,
+            watcher(
+                Api::<StorageClass>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| async {}),
+    );
+    ctx.classes.wait_until_ready().await?;
     let workers = cli.workers.max(1);
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
@@ -247,15 +260,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             ctx.clone(),
         )
         .for_each(|_| async {});
-    let class_cache = reflector::reflector(
-        class_writer,
-        watcher(
-            Api::<StorageClass>::all(client.clone()),
-            watcher::Config::default(),
-        ),
-    )
-    .default_backoff()
-    .for_each(|_| async {});
     let lost = async {
         match &mut leadership {
             Some((leader, _)) => loop {

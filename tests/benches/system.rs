@@ -124,7 +124,37 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    table.row("`init`, whole process (median of 50)", ms(median(inits)));
+    // The same for /bin/true: what starting any process costs here.
+    let trues: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            let ok = std::process::Command::new("/bin/true")
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "/bin/true");
+            t.elapsed()
+        })
+        .collect();
+    let (init, truth) = (median(inits), median(trues));
+    table.row(
+        "`init`, whole process (median of 50)",
+        format!(
+            "{} — ×{:.2} `/bin/true` ({})",
+            ms(init),
+            init.as_secs_f64() / truth.as_secs_f64(),
+            ms(truth)
+        ),
+    );
+    // What every node receives.
+    for b in ["flexdisk", "flexdisk-provisioner"] {
+        let size = std::fs::metadata(system_tests::bin(b))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        table.row(
+            format!("`{b}` release binary size"),
+            format!("{:.2} MB", size as f64 / 1e6),
+        );
+    }
 
     // Concurrent attaches to one VM.
     let mut one = Duration::ZERO;
