@@ -37,11 +37,15 @@ fn volume_of(pv: &PersistentVolume) -> Volume {
     }
 }
 
-/// Adds our finalizer; guarded by the resourceVersion like [`drop_finalizer`].
-async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), Error> {
-    let mut all: Vec<&str> = pv.finalizers().iter().map(String::as_str).collect();
-    all.push(FINALIZER);
-    let patch = json!({"metadata": {"resourceVersion": pv.resource_version(), "finalizers": all}});
+/// Replaces the PV's finalizers; the resourceVersion makes it a no-op if the PV changed
+/// meanwhile (the next reconcile tries again).
+async fn set_finalizers(
+    api: &Api<PersistentVolume>,
+    pv: &PersistentVolume,
+    finalizers: Vec<&str>,
+) -> Result<(), Error> {
+    let patch =
+        json!({"metadata": {"resourceVersion": pv.resource_version(), "finalizers": finalizers}});
     api.patch(
         &pv.name_any(),
         &PatchParams::default(),
@@ -51,21 +55,23 @@ async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Re
     Ok(())
 }
 
-/// Removes our finalizer; the resourceVersion makes it a no-op if the PV changed meanwhile (the
-/// next reconcile tries again).
+async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), Error> {
+    let mut all: Vec<&str> = pv.finalizers().iter().map(String::as_str).collect();
+    all.push(FINALIZER);
+    set_finalizers(api, pv, all).await
+}
+
 async fn drop_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), Error> {
     if !pv.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(());
     }
-    let kept: Vec<&String> = pv.finalizers().iter().filter(|f| *f != FINALIZER).collect();
-    let patch = json!({"metadata": {"resourceVersion": pv.resource_version(), "finalizers": kept}});
-    api.patch(
-        &pv.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
+    let kept = pv
+        .finalizers()
+        .iter()
+        .map(String::as_str)
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    set_finalizers(api, pv, kept).await
 }
 
 pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {

@@ -997,6 +997,14 @@ fn crashes_while_claims_come_and_go_leave_nothing_behind() {
 
 /// The events about one object, by reason.
 fn reasons(s: &Setup, name: &str) -> Vec<String> {
+    events(s, name)
+        .into_iter()
+        .map(|(reason, _)| reason)
+        .collect()
+}
+
+/// The events about one object: reason and note of each.
+fn events(s: &Setup, name: &str) -> Vec<(String, String)> {
     let (_, list) = s.call(
         "GET",
         "/apis/events.k8s.io/v1/namespaces/default/events",
@@ -1007,7 +1015,10 @@ fn reasons(s: &Setup, name: &str) -> Vec<String> {
         .into_iter()
         .flatten()
         .filter(|e| e["regarding"]["name"] == name)
-        .filter_map(|e| e["reason"].as_str().map(str::to_string))
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("reason"), text("note"))
+        })
         .collect()
 }
 
@@ -1093,17 +1104,10 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
 
 /// The notes of the events about `name` with `reason`.
 fn notes(s: &Setup, name: &str, reason: &str) -> Vec<String> {
-    let (_, list) = s.call(
-        "GET",
-        "/apis/events.k8s.io/v1/namespaces/default/events",
-        None,
-    );
-    list["items"]
-        .as_array()
+    events(s, name)
         .into_iter()
-        .flatten()
-        .filter(|e| e["regarding"]["name"] == name && e["reason"] == reason)
-        .filter_map(|e| e["note"].as_str().map(str::to_string))
+        .filter(|(r, _)| r == reason)
+        .map(|(_, note)| note)
         .collect()
 }
 
