@@ -160,7 +160,11 @@ async fn reschedule(
     {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
-            return Ok(Action::requeue(std::time::Duration::from_millis(200)))
+            return Err(Error::Stale(format!(
+                "claim {}/{} changed while being sent back to the scheduler",
+                pvc.namespace().unwrap_or_default(),
+                pvc.name_any()
+            )))
         }
         Err(e) => return Err(e.into()),
     }
@@ -330,9 +334,20 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         return Ok(Action::await_change());
     }
     let class_name = class_name_of(pvc);
-    // From the watch cache only (filled before the controllers start, run.rs): a class made a
-    // moment ago and not in it yet wakes the claim when it arrives.
-    let Some(sc) = ctx.classes.get(&ObjectRef::new(&class_name)) else {
+    // From the watch cache (filled before the controllers start, run.rs); a miss is confirmed by
+    // a read, as the claim may have been woken by the class's own watch event before the cache
+    // has it.
+    let sc = match ctx.classes.get(&ObjectRef::new(&class_name)) {
+        Some(sc) => Some((*sc).clone()),
+        None => {
+            let classes: Api<StorageClass> = Api::all(ctx.client.clone());
+            let named = ListParams::default()
+                .fields(&format!("metadata.name={class_name}"))
+                .limit(1);
+            classes.list(&named).await?.items.into_iter().next()
+        }
+    };
+    let Some(sc) = sc else {
         // The class may come later (the library retries too, "the storageClass can be
         // fixed/(re)created independently"); its creation also wakes the claim (run.rs).
         return Err(Error::Waiting(format!(
@@ -392,7 +407,12 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     // found again from the claim and either gets its PV or is deleted.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     if !intent::record(&claims, pvc, &ctx.name, &plan.pv.disk_uri).await? {
-        return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+        // The claim changed since read: its newer version comes with the watch; until then,
+        // back-off (a stale watch cache must not make this a loop).
+        return Err(Error::Stale(format!(
+            "claim {ns}/{} changed while being provisioned",
+            claim.name
+        )));
     }
     ctx.event(
         &**pvc,
@@ -493,7 +513,7 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -
         .as_ref()
         .and_then(|s| s.volume_name.as_deref())
         .is_some_and(|v| !v.is_empty());
-    if !bound {
+    if !bound && !matches!(e, Error::Stale(_)) {
         let outcome = if matches!(e, Error::Waiting(_)) {
             "waiting"
         } else {

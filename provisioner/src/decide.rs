@@ -397,7 +397,10 @@ pub fn resize_to(z: &Sizes) -> Option<u64> {
             Some(_) => return None,
         }
     };
-    (target > z.volume).then_some(target)
+    // Interrupted after the volume grew but before the claim said the node's part is due: the
+    // steps run again to that size (the disk and volume are there already) so that it does.
+    let unfinished = status == Some("ControllerResizeInProgress") && target == z.volume;
+    (target > z.volume || unfinished).then_some(target)
 }
 
 #[cfg(test)]
@@ -628,6 +631,11 @@ mod tests {
         // Interrupted after the disk grew but before the PV said so: the same size again.
         assert_eq!(
             resize_to(&z(8, 5, Some(8), Some("ControllerResizeInProgress"), false)),
+            Some(gi(8))
+        );
+        // Interrupted after the volume grew too, before the claim said so: finished, same size.
+        assert_eq!(
+            resize_to(&z(8, 8, Some(8), Some("ControllerResizeInProgress"), false)),
             Some(gi(8))
         );
         // The user asks for more while the first growth is under way: that one finishes first.

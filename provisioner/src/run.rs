@@ -27,6 +27,9 @@ pub enum Error {
     /// tried again with back-off.
     #[error("{0}")]
     Waiting(String),
+    /// A write lost to a newer version of the object: tried again with back-off, no event.
+    #[error("{0}")]
+    Stale(String),
 }
 
 impl Error {
@@ -196,6 +199,33 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         Arc::new(move || stats_ctx.arm.stats()),
     )
     .await?;
+
+    // The classes' watch cache, whole, before anything else: a class missing from it is missing.
+    // Ready (the readiness probe) only then; a cache that cannot fill says why.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut class_cache = tokio::spawn(
+        reflector::reflector(
+            class_writer,
+            watcher(
+                Api::<StorageClass>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                warn!(error = %e, "watching StorageClasses");
+            }
+        }),
+    );
+    tokio::select! {
+        r = ctx.classes.wait_until_ready() => r?,
+        _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!(
+            "could not list StorageClasses in 60 s: the provisioner's ClusterRole must grant list and \
+             watch on storage.k8s.io storageclasses (see install/rbac.yaml)"
+        ),
+        _ = term.recv() => return Ok(()),
+    }
     metrics.set_ready();
 
     let mut leadership = None;
@@ -218,19 +248,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         leadership = Some((leader, task));
     }
 
-    // The classes' watch cache first, whole, so that a class missing from it is missing.
-    let class_cache = tokio::spawn(
-        reflector::reflector(
-            class_writer,
-            watcher(
-                Api::<StorageClass>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(|_| async {}),
-    );
-    ctx.classes.wait_until_ready().await?;
     let workers = cli.workers.max(1);
     let claims = Controller::new(
         Api::<PersistentVolumeClaim>::all(client.clone()),
@@ -270,15 +287,15 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             None => std::future::pending().await,
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = claims => error!("the claims controller stopped"),
-        _ = volumes => error!("the volumes controller stopped"),
-        _ = class_cache => error!("the StorageClass watch stopped"),
+    let stopped = tokio::select! {
+        _ = claims => Some("the claims controller stopped"),
+        _ = volumes => Some("the volumes controller stopped"),
+        _ = &mut class_cache => Some("the StorageClass watch stopped"),
         _ = lost => { error!("lost the leader lease; exiting so that another replica leads"); std::process::exit(1); }
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => info!("interrupted: stopping"),
-    }
+        _ = term.recv() => { info!("SIGTERM: stopping"); None }
+        _ = tokio::signal::ctrl_c() => { info!("interrupted: stopping"); None }
+    };
+    class_cache.abort();
     // Hand the lease over now rather than make the standby wait out its duration (a rolling
     // update would otherwise pause provisioning for --lease-duration-secs): the manager releases
     // the lease once every receiver is gone.
@@ -289,7 +306,13 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             Err(_) => warn!("could not release the leader lease in 5 s; it expires on its own"),
         }
     }
-    Ok(())
+    match stopped {
+        Some(why) => {
+            error!("{why}");
+            anyhow::bail!("{why}")
+        }
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]
