@@ -508,9 +508,12 @@ impl RealCluster {
             d.join("etc/azure.json"),
         )
         .expect("azure.json");
-        // cgroup v1 (this machine's): the node's own root in every hierarchy.
+        // cgroup v1 (this machine's): the node's own root in every hierarchy. Going, it takes
+        // what the node's containers left running (their processes live in pod network
+        // namespaces, which the node's netns cleanup does not reach).
         self.undo.push(format!(
-            "for h in /sys/fs/cgroup/*/; do find \"${{h}}{netns}\" -depth -type d -exec rmdir {{}} + 2>/dev/null; done; true"
+            "for h in /sys/fs/cgroup/*/; do find \"${{h}}{netns}\" -name cgroup.procs -exec cat {{}} + 2>/dev/null; done | sort -u | xargs -r kill -9 2>/dev/null; sleep 0.2
+             for h in /sys/fs/cgroup/*/; do find \"${{h}}{netns}\" -depth -type d -exec rmdir {{}} + 2>/dev/null; done; true"
         ));
         sh(&format!(
             "for h in /sys/fs/cgroup/*/; do [ -d \"$h\" ] && mkdir -p \"${{h}}{}\" || true; done",
