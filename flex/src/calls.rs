@@ -122,12 +122,19 @@ pub fn run(s: &Settings, call: Call) -> Reply {
             options,
             device,
             dir,
+            new_bytes,
         } => {
             let o = match opts(&options) {
                 Ok(o) => o,
                 Err(r) => return r,
             };
-            match mounts::grow_filesystem(s, Path::new(&device), Path::new(&dir), &o.fs_type) {
+            match mounts::grow_filesystem(
+                s,
+                Path::new(&device),
+                Path::new(&dir),
+                &o.fs_type,
+                new_bytes,
+            ) {
                 Ok(m) => Reply::success().with_message(m),
                 Err(m) => Reply::failure(m),
             }

@@ -242,6 +242,7 @@ pub fn grow_filesystem(
     device: &Path,
     dir: &Path,
     fs_type: &str,
+    new_bytes: u64,
 ) -> Result<String, String> {
     if let Some(name) = std::fs::canonicalize(device)
         .ok()
@@ -251,6 +252,26 @@ pub fn grow_filesystem(
             s.host(&format!("sys/class/block/{name}/device/rescan")),
             "1",
         );
+    }
+    // The device shows its new size a moment after the rescan: growing before that grows nothing,
+    // yet kubelet would record the claim as grown and never ask again. Wait for it, or fail so
+    // that kubelet asks again.
+    let size = || -> Option<u64> {
+        use std::io::Seek;
+        std::fs::File::open(device)
+            .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size().is_some_and(|b| b < new_bytes) {
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "{} shows {} bytes, not yet the {new_bytes} the volume was grown to; tried again later",
+                device.display(),
+                size().unwrap_or(0)
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let found = match mounted_at(dir) {
         Some((_, fs)) => fs,

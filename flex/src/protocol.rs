@@ -122,6 +122,8 @@ pub enum Call {
         options: Map<String, Value>,
         device: String,
         dir: String,
+        /// The size the volume was grown to: the device must show it before the filesystem grows.
+        new_bytes: u64,
     },
     /// mount, unmount, getvolumename: "Not supported" (kubelet then bind-mounts the device mount,
     /// which mountdevice made read-only when the volume is).
@@ -242,11 +244,11 @@ impl Call {
                     5,
                     "<json options> <device> <device mount path> <new size> <old size>",
                 )?;
-                bytes(name, &args[3])?;
                 Call::ExpandFs {
                     options: json_options(name, &args[0])?,
                     device: args[1].clone(),
                     dir: args[2].clone(),
+                    new_bytes: bytes(name, &args[3])?,
                 }
             }
             "install" => Call::Install(crate::install::InstallRequest::parse(args)?),
