@@ -189,21 +189,8 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
             .expect("utf-8"),
     ])
     .expect("class");
-    let script = "[ -f /data/sum ] || { dd if=/dev/urandom of=/data/blob bs=1k count=256 && md5sum /data/blob > /data/sum && sync; }; \
-                  md5sum -c /data/sum && touch /tmp/ready && exec sleep 100000";
     let created = Instant::now();
-    c.apply(&[json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "db", "namespace": "default"},
-        "spec": {"serviceName": "db", "replicas": 3, "selector": {"matchLabels": {"app": "db"}},
-            "template": {"metadata": {"labels": {"app": "db"}},
-                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "db",
-                    "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                    "readinessProbe": {"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "flexdisk-premium",
-                    "resources": {"requests": {"storage": "1Gi"}}}}]}})]);
+    c.apply(&[checksummed_statefulset("db", 3)]);
     let ready = |c: &RealCluster| {
         c.kubectl_json(&["get", "statefulset", "db"])
             .ok()
@@ -356,6 +343,25 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         let d = disks(c);
         volumes.iter().all(|v| !d.iter().any(|(n, _)| n == v))
     });
+}
+
+/// A StatefulSet of `replicas` on the example premium class whose pods each write a checksummed
+/// file once and are ready while it checks out.
+fn checksummed_statefulset(name: &str, replicas: u32) -> Value {
+    let script = "[ -f /data/sum ] || { dd if=/dev/urandom of=/data/blob bs=1k count=256 && md5sum /data/blob > /data/sum && sync; }; \
+                  md5sum -c /data/sum && touch /tmp/ready && exec sleep 100000";
+    json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"serviceName": name, "replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": name,
+                    "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", script],
+                    "readinessProbe": {"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "flexdisk-premium",
+                    "resources": {"requests": {"storage": "1Gi"}}}}]}})
 }
 
 fn claim(name: &str, class: &str, modes: &[&str], size: &str) -> Value {
@@ -743,20 +749,7 @@ fn provisioner_leader_killed(c: &RealCluster) {
 /// force-detaches its volume (the driver's detach, to a VM that no kubelet answers for), and the
 /// pod comes up on the other node with its bytes.
 fn out_of_service_node(c: &RealCluster) {
-    let script = "[ -f /data/sum ] || { dd if=/dev/urandom of=/data/blob bs=1k count=256 && md5sum /data/blob > /data/sum && sync; }; \
-                  md5sum -c /data/sum && touch /tmp/ready && exec sleep 100000";
-    c.apply(&[json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-        "metadata": {"name": "solo", "namespace": "default"},
-        "spec": {"serviceName": "solo", "replicas": 1, "selector": {"matchLabels": {"app": "solo"}},
-            "template": {"metadata": {"labels": {"app": "solo"}},
-                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{"name": "solo",
-                    "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
-                    "command": ["/bin/sh", "-c", script],
-                    "readinessProbe": {"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}, "periodSeconds": 1},
-                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
-            "volumeClaimTemplates": [{"metadata": {"name": "data"},
-                "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "flexdisk-premium",
-                    "resources": {"requests": {"storage": "1Gi"}}}}]}})]);
+    c.apply(&[checksummed_statefulset("solo", 1)]);
     let ready = |c: &RealCluster| {
         c.kubectl_json(&["get", "statefulset", "solo"])
             .ok()
