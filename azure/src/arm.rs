@@ -7,8 +7,10 @@ use crate::credential::ArmCredential;
 use crate::disks::Deleted;
 use crate::error::{classify, AzureError};
 use crate::lro::{
-    failure, poll_delay, provisioning_state, status_resource_state, Accepted, FinalVia, PollState,
+    failure, poll_delay, provisioning_state, status_resource_duration, status_resource_output,
+    status_resource_state, Accepted, FinalVia, PollState,
 };
+use crate::op_durations::{kind_of, OpDurations};
 use crate::retry::RetryPolicy;
 use crate::throttle_memory::ThrottleMemory;
 use crate::transport::{http_client, ArmTransport, TransportStats};
@@ -30,6 +32,9 @@ pub struct ArmOptions {
     /// Where processes share Azure's throttling (see [`crate::throttle_memory`]); `None` keeps
     /// it within this process.
     pub throttle_dir: Option<std::path::PathBuf>,
+    /// Where processes share how long operations take (see [`crate::op_durations`]); `None`
+    /// keeps it within this process.
+    pub durations_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ArmOptions {
@@ -39,8 +44,18 @@ impl Default for ArmOptions {
             operation_timeout: Duration::from_secs(600),
             max_poll_interval: Duration::from_secs(15),
             throttle_dir: None,
+            durations_dir: None,
         }
     }
+}
+
+/// What a write's caller needs from its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Want {
+    /// The resulting resource or the action's result.
+    Result,
+    /// Only whether it succeeded (the caller knows what success means): no final read.
+    Outcome,
 }
 
 /// Resource Manager for one subscription, as configured.
@@ -55,6 +70,7 @@ pub struct Arm {
     pub location: String,
     pub vm_type: VmType,
     stats: Arc<TransportStats>,
+    durations: OpDurations,
     options: ArmOptions,
 }
 
@@ -114,6 +130,7 @@ impl Arm {
             location: config.location.clone(),
             vm_type: config.vm_type,
             stats,
+            durations: OpDurations::new(options.durations_dir.clone()),
             options,
         })
     }
@@ -142,16 +159,21 @@ impl Arm {
     }
 
     /// Sends a write built by azure_mgmt_compute and follows it to its end; the final body, if
-    /// the operation has one.
+    /// the operation has one and the caller wants it.
     pub(crate) async fn write(
         &self,
         sent: azure_core::Result<azure_core::Response>,
         method: Method,
         resource: &Url,
+        want: Want,
     ) -> Result<Option<Bytes>, AzureError> {
         let first = Accepted::collect(sent.map_err(from_core)?).await?;
-        self.finish(first, FinalVia::for_method(&method), resource)
-            .await
+        let via = match want {
+            Want::Result => FinalVia::for_method(&method),
+            Want::Outcome => FinalVia::Nothing,
+        };
+        let kind = kind_of(method.as_ref(), resource.path());
+        self.finish(first, via, resource, &kind).await
     }
 
     /// Sends a DELETE and follows it; ARM answers 204 at once when there was nothing to delete.
@@ -168,7 +190,8 @@ impl Arm {
         if first.status == 204 {
             return Ok(Deleted::AlreadyGone);
         }
-        match self.finish(first, FinalVia::Nothing, resource).await {
+        let kind = kind_of("DELETE", resource.path());
+        match self.finish(first, FinalVia::Nothing, resource, &kind).await {
             Ok(_) => Ok(Deleted::Deleted),
             Err(AzureError::NotFound { .. }) => Ok(Deleted::AlreadyGone),
             Err(e) => Err(e),
@@ -180,15 +203,17 @@ impl Arm {
         first: Accepted,
         via: FinalVia,
         resource: &Url,
+        kind: &str,
     ) -> Result<Option<Bytes>, AzureError> {
-        let deadline = Instant::now() + self.options.operation_timeout;
+        let started = Instant::now();
+        let deadline = started + self.options.operation_timeout;
         let cap = self.options.max_poll_interval;
+        let expected = self.durations.expected(kind);
         let mut polls = 0;
         let mut retry_after = first.retry_after;
         let mut pause = |retry_after: Option<Duration>| {
-            let d = poll_delay(retry_after, polls, cap);
             polls += 1;
-            d
+            poll_delay(retry_after, started.elapsed(), expected, cap)
         };
         let overdue = |what: &Url| {
             AzureError::transient(format!(
@@ -196,9 +221,19 @@ impl Arm {
                 self.options.operation_timeout.as_secs()
             ))
         };
+        let learn = |took: Option<Duration>| {
+            let took = took.unwrap_or_else(|| started.elapsed());
+            debug!(
+                kind,
+                took_ms = took.as_millis() as u64,
+                ?expected,
+                "operation succeeded"
+            );
+            self.durations.record(kind, took);
+        };
 
         if let Some(op) = &first.async_operation {
-            loop {
+            let status = loop {
                 tokio::time::sleep(pause(retry_after)).await;
                 if Instant::now() > deadline {
                     return Err(overdue(op));
@@ -206,12 +241,18 @@ impl Arm {
                 let a = Accepted::collect(self.get(op).await?).await?;
                 match status_resource_state(&a.body)? {
                     PollState::Running => retry_after = a.retry_after,
-                    PollState::Succeeded => break,
+                    PollState::Succeeded => break a.body,
                     PollState::Failed(e) => return Err(failure(e)),
                 }
-            }
+            };
+            learn(status_resource_duration(&status));
             debug!(operation = %op.path(), polls, "operation succeeded");
             return match (via, &first.location) {
+                (FinalVia::Nothing, _) => Ok(None),
+                // The status resource may carry the result (the disk RP's does): no GET then.
+                (_, _) if status_resource_output(&status).is_some() => {
+                    Ok(status_resource_output(&status))
+                }
                 (FinalVia::Resource, _) => self.body_of(resource).await.map(Some),
                 (FinalVia::Location, Some(location)) => {
                     let a = Accepted::collect(self.get(location).await?).await?;
@@ -230,8 +271,14 @@ impl Arm {
                 let a = Accepted::collect(self.get(location).await?).await?;
                 match a.status {
                     202 => retry_after = a.retry_after,
-                    204 => return Ok(None),
-                    _ => return Ok((!a.body.is_empty()).then_some(a.body)),
+                    204 => {
+                        learn(None);
+                        return Ok(None);
+                    }
+                    _ => {
+                        learn(None);
+                        return Ok((!a.body.is_empty()).then_some(a.body));
+                    }
                 }
             }
         }
@@ -242,7 +289,12 @@ impl Arm {
                 let mut body = first.body;
                 loop {
                     match provisioning_state(&body) {
-                        PollState::Succeeded => return Ok((!body.is_empty()).then_some(body)),
+                        PollState::Succeeded => {
+                            if polls > 0 {
+                                learn(None);
+                            }
+                            return Ok((!body.is_empty()).then_some(body));
+                        }
                         PollState::Failed(e) => return Err(failure(e)),
                         PollState::Running => {}
                     }

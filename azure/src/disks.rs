@@ -1,6 +1,6 @@
 //! Managed disks and snapshots: create (idempotent PUT, Empty or Copy), read, grow, delete.
 
-use crate::arm::{from_core, Arm};
+use crate::arm::{from_core, Arm, Want};
 use crate::error::{vm_name_from_id, AzureError};
 use crate::naming::{ResourceId, ResourceKind};
 use crate::params::{DiskParams, NetworkAccess, Sku};
@@ -267,7 +267,7 @@ impl Arm {
             .send()
             .await
             .map(|r| r.into_raw_response());
-        match self.write(sent, Method::Patch, &url).await? {
+        match self.write(sent, Method::Patch, &url, Want::Result).await? {
             Some(b) => Ok(DiskInfo::from_model(parse_body(
                 &b,
                 &format!("the {what} disk"),
@@ -318,7 +318,7 @@ impl Arm {
             .send()
             .await
             .map(|r| r.into_raw_response());
-        let body = self.write(sent, Method::Put, &url).await?;
+        let body = self.write(sent, Method::Put, &url, Want::Result).await?;
         match body {
             Some(b) => Ok(DiskInfo::from_model(parse_body(&b, "the new disk")?)),
             None => self
@@ -426,7 +426,7 @@ impl Arm {
             .send()
             .await
             .map(|r| r.into_raw_response());
-        self.write(sent, Method::Put, &url).await?;
+        self.write(sent, Method::Put, &url, Want::Outcome).await?;
         Ok(ResourceId::new(
             &self.subscription,
             resource_group,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod imds;
 pub mod lro;
 pub mod naming;
+pub mod op_durations;
 pub mod params;
 pub mod retry;
 pub mod secret;

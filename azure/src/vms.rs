@@ -1,7 +1,7 @@
 //! VMs and their data disks: which VM a node is, what is attached where, and attaching or
 //! detaching several disks in one operation (`attachDetachDataDisks`).
 
-use crate::arm::{from_core, Arm};
+use crate::arm::{from_core, Arm, Want};
 use crate::config::VmType;
 use crate::error::AzureError;
 use crate::params::Caching;
@@ -179,7 +179,7 @@ fn vm_size_name(h: Option<&models::HardwareProfile>) -> Option<String> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachSpec {
     pub disk_id: String,
-    /// `None`: Azure picks the lowest free LUN.
+    /// `None`: the lowest LUN free on the VM (chosen by [`plan_change`]).
     pub lun: Option<i32>,
     pub caching: Caching,
 }
@@ -197,8 +197,16 @@ impl ChangePlan {
     }
 }
 
+/// LUNs a VM can have: Azure's data-disk LUNs are 0–63 on every size (the size's disk count
+/// limits how many are used, and Azure refuses the attach beyond it).
+const LUNS: std::ops::Range<i32> = 0..64;
+
 /// Drops what is already so: disks attached already (to this VM) and detaches of disks this VM
 /// does not have. A disk this VM is still detaching cannot be attached again yet (no I/O).
+///
+/// Every attach gets its LUN here — the lowest not in use on the VM (a disk being detached still
+/// holds its LUN) — so that Azure's "Succeeded" alone says where each disk is: no read of the
+/// VM after the operation. Azure refuses a LUN another writer took meanwhile (`LunConflict`).
 pub fn plan_change(
     current: &VmDisks,
     attach: &[AttachSpec],
@@ -235,7 +243,37 @@ pub fn plan_change(
             plan.detach.push(id.clone());
         }
     }
+    let mut taken: Vec<i32> = current.disks.iter().map(|d| d.lun).collect();
+    taken.extend(plan.attach.iter().filter_map(|a| a.lun));
+    for a in plan.attach.iter_mut().filter(|a| a.lun.is_none()) {
+        a.lun = LUNS.clone().find(|l| !taken.contains(l));
+        taken.extend(a.lun);
+    }
     Ok(plan)
+}
+
+impl VmDisks {
+    /// The VM as Azure's success of `plan` leaves it, when every attach in it has its LUN;
+    /// `None` when Azure chose some LUN (then only a read of the VM tells).
+    pub fn after(&self, plan: &ChangePlan) -> Option<VmDisks> {
+        let mut after = self.clone();
+        after.disks.retain(|d| {
+            !plan
+                .detach
+                .iter()
+                .any(|id| id.eq_ignore_ascii_case(&d.disk_id))
+        });
+        for a in &plan.attach {
+            after.disks.push(AttachedDisk {
+                lun: a.lun?,
+                name: a.disk_id.rsplit('/').next().unwrap_or_default().to_string(),
+                disk_id: a.disk_id.clone(),
+                caching: Some(a.caching.as_str().to_string()),
+                to_be_detached: false,
+            });
+        }
+        Some(after)
+    }
 }
 
 /// Whether the VM shows the change done: every attach listed (and not leaving), every detach gone.
@@ -331,9 +369,6 @@ impl Arm {
 
     /// Attaches and detaches disks on one VM in one Azure operation, after a fresh read of the
     /// VM so that what is already so is not asked again. Returns the VM's disks afterwards.
-    ///
-    /// When an answer is lost (the request may or may not have been carried out), the VM is read
-    /// again and the change counts as done if the VM shows it.
     pub async fn attach_detach(
         &self,
         vm: &VmRef,
@@ -341,6 +376,22 @@ impl Arm {
         detach: &[String],
     ) -> Result<VmDisks, AzureError> {
         let current = self.vm_disks(vm).await?;
+        self.attach_detach_from(current, attach, detach).await
+    }
+
+    /// [`Arm::attach_detach`] planned from a read of the VM the caller knows to be current
+    /// (nothing changed the VM's disks since it was made; a change by another writer meanwhile
+    /// makes Azure refuse the plan's LUN, and the VM is read again).
+    ///
+    /// When an answer is lost (the request may or may not have been carried out), the VM is read
+    /// again and the change counts as done if the VM shows it.
+    pub async fn attach_detach_from(
+        &self,
+        current: VmDisks,
+        attach: &[AttachSpec],
+        detach: &[String],
+    ) -> Result<VmDisks, AzureError> {
+        let vm = &current.vm;
         let plan = plan_change(&current, attach, detach)?;
         if plan.is_empty() {
             return Ok(current);
@@ -348,7 +399,10 @@ impl Arm {
         info!(vm = %vm.name(), attach = plan.attach.len(), detach = plan.detach.len(), "changing data disks");
         match self.send_attach_detach(vm, &plan).await {
             Ok(Some(after)) if change_done(&after, attach, detach) => Ok(after),
-            Ok(_) => self.vm_disks(vm).await,
+            Ok(_) => match current.after(&plan) {
+                Some(after) => Ok(after),
+                None => self.vm_disks(vm).await,
+            },
             Err(
                 e @ (AzureError::Transient { .. }
                 | AzureError::InvalidParameter { .. }
@@ -428,7 +482,8 @@ impl Arm {
                 .await
                 .map(|r| r.into_raw_response()),
         };
-        let body = self.write(sent, Method::Post, &url).await?;
+        // Success is all that is needed: the plan names every LUN.
+        let body = self.write(sent, Method::Post, &url, Want::Outcome).await?;
         Ok(body
             .and_then(|b| serde_json::from_slice::<models::StorageProfile>(&b).ok())
             .map(|profile| VmDisks {
@@ -521,10 +576,44 @@ mod tests {
             &["/d/b".into(), "/d/z".into()],
         )
         .expect("plan");
-        assert_eq!(plan.attach, vec![spec("/d/c")]);
+        // B's LUN stays taken until its detach is over: c gets the lowest free one.
+        let c_at_2 = AttachSpec {
+            lun: Some(2),
+            ..spec("/d/c")
+        };
+        assert_eq!(plan.attach, vec![c_at_2]);
         assert_eq!(plan.detach, vec!["/d/b".to_string()]);
         let nothing = plan_change(&vm, &[spec("/d/A")], &[]).expect("plan");
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn luns_fill_gaps_and_success_alone_says_where_disks_are() {
+        let vm = vm_with(&[("/d/A", 0, false), ("/d/B", 2, true), ("/d/C", 4, false)]);
+        let asked = AttachSpec {
+            lun: Some(1),
+            ..spec("/d/asked")
+        };
+        let plan =
+            plan_change(&vm, &[spec("/d/x"), asked, spec("/d/y")], &["/d/C".into()]).expect("plan");
+        let luns: Vec<_> = plan.attach.iter().map(|a| a.lun).collect();
+        assert_eq!(luns, [Some(3), Some(1), Some(5)]);
+        let after = vm.after(&plan).expect("every LUN chosen");
+        assert!(change_done(&after, &plan.attach, &plan.detach));
+        assert_eq!(after.find("/d/X").map(|d| d.lun), Some(3));
+        assert!(after.find("/d/c").is_none());
+        // A VM with all 64 LUNs used: Azure decides (and refuses); only a read tells then.
+        let full: Vec<(String, i32, bool)> =
+            (0..64).map(|l| (format!("/d/{l}"), l, false)).collect();
+        let full = vm_with(
+            &full
+                .iter()
+                .map(|(id, l, b)| (id.as_str(), *l, *b))
+                .collect::<Vec<_>>(),
+        );
+        let plan = plan_change(&full, &[spec("/d/x")], &[]).expect("plan");
+        assert_eq!(plan.attach[0].lun, None);
+        assert_eq!(full.after(&plan), None);
     }
 
     #[test]

@@ -37,6 +37,7 @@ pub fn load_config(s: &Settings) -> Result<Config, String> {
 pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> {
     let options = ArmOptions {
         throttle_dir: Some(s.throttle_dir()),
+        durations_dir: Some(s.durations_dir()),
         retry: flexdisk_azure::retry::RetryPolicy {
             max_retry_after: std::time::Duration::ZERO,
             ..Default::default()
@@ -108,6 +109,7 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
          flexdisk needs the PV's name to mark the disk so that detach finds it",
     )?;
     let arm = connect(s).await?;
+    let coming = announce_for(s, &arm, node);
     let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
         .await
@@ -128,6 +130,7 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     let read_at = vm_view::now_ms();
     let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
     vm_view::store(s, &vm, read_at);
+    let coming = coming.filter(|_| vm.vm == announced_vm(&arm, node));
     if let Some(d) = vm.find(&disk.id) {
         if !d.to_be_detached {
             remember(s, pv, &opts.disk_uri);
@@ -159,7 +162,11 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     let op = Op::Attach {
         caching: caching.as_str().to_string(),
     };
-    let lun = match batch::submit(s, &arm, &vm.vm, &disk.id, op).await? {
+    let seen = batch::Seen {
+        vm: &vm,
+        read_at_ms: read_at,
+    };
+    let lun = match batch::submit(s, &arm, seen, &disk.id, op, coming).await? {
         Answer::Attached { lun } => lun,
         Answer::Failed { message } => return Err(message),
         Answer::Detached => return Err("the attach was answered as a detach".into()),
@@ -167,6 +174,17 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     remember(s, pv, &opts.disk_uri);
     info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
     Ok(lun)
+}
+
+/// The VM a node most likely is, before Azure is asked (the first of its candidates).
+fn announced_vm(arm: &Arm, node: &str) -> VmRef {
+    VmRef::candidates_for_node(node, arm.vm_type, &arm.resource_group).swap_remove(0)
+}
+
+/// Announces this process's coming request to the batch of the node's likely VM; the
+/// announcement is dropped when the VM turns out to be another.
+fn announce_for(s: &Settings, arm: &Arm, node: &str) -> Option<batch::Announcement> {
+    batch::announce(s, &announced_vm(arm, node))
 }
 
 pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
@@ -248,6 +266,7 @@ async fn find_pv_disk(
 /// Never answers success while a disk serving the PV is on the VM.
 pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
     let arm = connect(s).await?;
+    let coming = announce_for(s, &arm, node);
     let read_at = vm_view::now_ms();
     let vm = match arm.node_vm(node).await {
         Ok(vm) => vm,
@@ -257,6 +276,7 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         Err(e) => return Err(e.to_string()),
     };
     vm_view::store(s, &vm, read_at);
+    let coming = coming.filter(|_| vm.vm == announced_vm(&arm, node));
     let hint = std::fs::read_to_string(record_path(s, volume)).ok();
     let (found, reads) = find_pv_disk(&arm, &vm, volume, hint.as_deref()).await?;
     let Some(disk) = found else {
@@ -267,7 +287,11 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
             vm.vm.name()
         ));
     };
-    match batch::submit(s, &arm, &vm.vm, &disk.disk_id, Op::Detach).await? {
+    let seen = batch::Seen {
+        vm: &vm,
+        read_at_ms: read_at,
+    };
+    match batch::submit(s, &arm, seen, &disk.disk_id, Op::Detach, coming).await? {
         Answer::Detached => {}
         Answer::Failed { message } => return Err(message),
         Answer::Attached { .. } => return Err("the detach was answered as an attach".into()),

@@ -5,21 +5,30 @@
 //! directory, then takes the VM's lock. Whoever holds the lock sends every pending request of that
 //! VM in one `attachDetachDataDisks` and writes each requester its answer; a process that finds its
 //! answer waiting when it gets the lock just reads it. Requests that arrive during an operation go
-//! in the next one. The holder waits a short window (`FLEXDISK_BATCH_WINDOW_MS`, 200 ms) before
-//! collecting, so that a burst of requests shares one operation.
+//! in the next one.
+//!
+//! Gathering costs a lone request nothing: every process announces itself in the spool the moment
+//! it knows its VM, before its Azure reads, so the holder knows who is on the way. Alone, it sends
+//! at once; with company, it waits until everyone announced has posted their request and no new one
+//! came for a short gap (`FLEXDISK_BATCH_GAP_MS`, 20 ms — a burst's processes start a few ms apart),
+//! never longer than `FLEXDISK_BATCH_WINDOW_MS` (500 ms) in all. kube-controller-manager's
+//! reconciler starts a burst's attaches within one pass (every 100 ms, one goroutine each —
+//! `pkg/controller/volume/attachdetach/reconciler/reconciler.go`), so they share an operation
+//! without a fixed wait.
 //!
 //! A request is carried out only while its requester lives: each requester holds a lock on its own
 //! request file from before the file is visible until it has read its answer. A request whose lock
 //! is free belongs to a process that died (kube-controller-manager restarted, or killed a call it
 //! gave up on): it is removed unsent, by this holder or any later one, and so is an answer nobody
 //! is left to read. Otherwise a later, unrelated batch would pull a disk from under a running pod.
+//! Announcements are locked the same way; a dead one is removed and waited for by nobody.
 
 use crate::settings::Settings;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +95,54 @@ fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>, Str
     Ok(guard)
 }
 
+/// This process on its way to post a request for a VM; removed when dropped.
+pub struct Announcement {
+    path: PathBuf,
+    _lock: Flock<std::fs::File>,
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Tells the holder of `vm`'s lock that a request of this process is coming. Best effort: without
+/// it the request still goes, in this batch or the next.
+pub fn announce(s: &Settings, vm: &VmRef) -> Option<Announcement> {
+    let dir = spool(s, vm);
+    std::fs::create_dir_all(&dir).ok()?;
+    let id = unique_id();
+    // Locked before it is visible, as requests are: a holder never takes it for a dead one.
+    let tmp = dir.join(format!("{id}-coming.new"));
+    let file = std::fs::File::create(&tmp).ok()?;
+    let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).ok()?;
+    let path = dir.join(format!("{id}.coming"));
+    std::fs::rename(&tmp, &path).ok()?;
+    Some(Announcement { path, _lock: lock })
+}
+
+/// A read of the VM a requester made, and when it started (`vm_view::now_ms`).
+pub struct Seen<'a> {
+    pub vm: &'a VmDisks,
+    pub read_at_ms: u64,
+}
+
+/// When the last operation on the VM was sent or ended, whichever is later (`.last`): a read
+/// that started after it shows every change flexdisk made.
+fn last_change_path(dir: &Path) -> PathBuf {
+    dir.join(".last")
+}
+
+fn mark_change(dir: &Path) {
+    let _ = write_atomic(&last_change_path(dir), &crate::vm_view::now_ms());
+}
+
+/// Whether the VM read `seen` still shows the VM's disks as flexdisk left them.
+fn current(dir: &Path, seen: &Seen) -> bool {
+    read::<u64>(&last_change_path(dir)).is_none_or(|last| seen.read_at_ms > last)
+}
+
 /// Whether the process that wrote this request still waits for its answer.
 fn requester_alive(path: &Path) -> bool {
     let Ok(file) = std::fs::File::open(path) else {
@@ -104,14 +161,17 @@ fn unique_id() -> String {
 }
 
 /// Submits one request and returns its answer, sending it (with whatever else is pending for the
-/// VM) when this process gets the VM's lock first.
+/// VM) when this process gets the VM's lock first. `seen` is this process's own read of the VM:
+/// it plans the operation when no operation changed the VM since.
 pub async fn submit(
     s: &Settings,
     arm: &Arm,
-    vm: &VmRef,
+    seen: Seen<'_>,
     disk_id: &str,
     op: Op,
+    coming: Option<Announcement>,
 ) -> Result<Answer, String> {
+    let vm = &seen.vm.vm;
     let dir = spool(s, vm);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let req = Request {
@@ -122,6 +182,8 @@ pub async fn submit(
     let req_path = dir.join(format!("{}.req", req.id));
     let ans_path = dir.join(format!("{}.ans", req.id));
     let mine = place_request(&req_path, &req)?;
+    // Posted: the holder now waits for the request itself.
+    drop(coming);
     let guard = {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || lock(&dir))
@@ -139,11 +201,11 @@ pub async fn submit(
         drop(mine);
         return Ok(answer);
     }
-    // Requests of one burst (a node drained, a StatefulSet scheduled) arrive within moments of
-    // each other: a short gathering window lets them share this operation.
-    tokio::time::sleep(s.batch_window).await;
-    let pending = collect(&dir);
-    let answers = send(s, arm, vm, &pending, &dir, &req.id).await;
+    let pending = gather(s, &dir).await;
+    let known = current(&dir, &seen).then(|| seen.vm.clone());
+    mark_change(&dir);
+    let answers = send(s, arm, vm, known, &pending, &dir, &req.id).await;
+    mark_change(&dir);
     for (r, a) in pending.iter().zip(&answers) {
         if r.id == req.id {
             continue;
@@ -165,6 +227,56 @@ pub async fn submit(
     drop(guard);
     drop(mine);
     mine_answered.ok_or_else(|| "this request vanished from the spool".to_string())
+}
+
+/// The requests to send now: alone, at once; with company, once every announced process has
+/// posted its request and none came for `batch_gap`, or `batch_window` after the lock was taken.
+async fn gather(s: &Settings, dir: &Path) -> Vec<Request> {
+    let began = Instant::now();
+    let mut last_arrival = began;
+    let mut seen = 0;
+    loop {
+        let pending = collect(dir);
+        let coming = announced(dir);
+        if pending.len() + coming != seen {
+            seen = pending.len() + coming;
+            last_arrival = Instant::now();
+        }
+        let company = pending.len() > 1 || coming > 0;
+        let settled = coming == 0 && last_arrival.elapsed() >= s.batch_gap;
+        if !company || settled || began.elapsed() >= s.batch_window {
+            if company {
+                info!(
+                    requests = pending.len(),
+                    still_coming = coming,
+                    waited_ms = began.elapsed().as_millis() as u64,
+                    "gathered a batch"
+                );
+            }
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How many processes announced a request that is not posted yet; announcements of dead
+/// processes are removed.
+fn announced(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut live = 0;
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().and_then(|x| x.to_str()) == Some("coming") {
+            if requester_alive(&path) {
+                live += 1;
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+    live
 }
 
 /// The VM's pending requests, each from a live requester and not answered yet. Requests of dead
@@ -244,6 +356,7 @@ async fn send(
     s: &Settings,
     arm: &Arm,
     vm: &VmRef,
+    known: Option<VmDisks>,
     pending: &[Request],
     spool_dir: &Path,
     own: &str,
@@ -270,7 +383,11 @@ async fn send(
     let (attach, detach) = split(pending);
     info!(vm = %vm.name(), attach = attach.len(), detach = detach.len(), "sending a batch");
     let read_at = crate::vm_view::now_ms();
-    match arm.attach_detach(vm, &attach, &detach).await {
+    let sent = match known {
+        Some(current) => arm.attach_detach_from(current, &attach, &detach).await,
+        None => arm.attach_detach(vm, &attach, &detach).await,
+    };
+    match sent {
         Ok(after) => {
             crate::vm_view::store(s, &after, read_at);
             pending.iter().map(|r| answer_from(&after, r)).collect()

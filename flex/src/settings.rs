@@ -16,9 +16,11 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// How long waitforattach waits for the device (`FLEXDISK_WAIT_SECS`), well under kubelet's 10 min.
     pub device_wait: Duration,
-    /// How long the holder of a VM's lock gathers requests before sending them
-    /// (`FLEXDISK_BATCH_WINDOW_MS`).
+    /// The longest the holder of a VM's lock waits for requests on their way
+    /// (`FLEXDISK_BATCH_WINDOW_MS`); see `batch`.
     pub batch_window: Duration,
+    /// How long a batch with company stays open after the last arrival (`FLEXDISK_BATCH_GAP_MS`).
+    pub batch_gap: Duration,
     /// How long `isattached` answers from a VM view another call of this host read
     /// (`FLEXDISK_VM_VIEW_SECS`, 0 to read every time); see `vm_view`.
     pub vm_view: Duration,
@@ -59,7 +61,12 @@ impl Settings {
             batch_window: Duration::from_millis(
                 var("FLEXDISK_BATCH_WINDOW_MS")
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(200),
+                    .unwrap_or(500),
+            ),
+            batch_gap: Duration::from_millis(
+                var("FLEXDISK_BATCH_GAP_MS")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(20),
             ),
             device_wait: Duration::from_secs(
                 var("FLEXDISK_WAIT_SECS")
@@ -77,6 +84,12 @@ impl Settings {
     /// Where driver processes share Azure's throttling (see `flexdisk_azure::throttle_memory`).
     pub fn throttle_dir(&self) -> PathBuf {
         self.state_dir.join("throttle")
+    }
+
+    /// Where driver processes share how long Azure's operations take (see
+    /// `flexdisk_azure::op_durations`).
+    pub fn durations_dir(&self) -> PathBuf {
+        self.state_dir.join("durations")
     }
 
     /// A host path under the host root.

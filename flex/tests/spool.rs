@@ -101,3 +101,35 @@ fn requests_of_killed_requesters_are_never_carried_out() {
         .collect();
     assert!(left.is_empty(), "leftovers in the spool: {left:?}");
 }
+
+#[test]
+fn announced_requests_are_waited_for_only_while_their_process_lives() {
+    let env = Env::start();
+    let spool = env.state_dir("controller").join("spool").join(AS_A);
+    std::fs::create_dir_all(&spool).expect("spool");
+    // A process that announced its request and died before posting it: nobody's lock on it.
+    let dead = spool.join("999999-1.coming");
+    std::fs::write(&dead, b"").expect("dead announcement");
+    // One that lives (this test holds its lock) but never posts: the holder waits for it no
+    // longer than the gathering window, then sends what it has.
+    let live = spool.join("999998-1.coming");
+    let file = std::fs::File::create(&live).expect("live announcement");
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)
+        .expect("lock");
+    let opts = env.options(&env.disk("pvc-announced", 1), "pvc-announced", json!({}));
+    let out = env.controller(&["attach", &opts, AS_A]);
+    assert_eq!(out.status, "Success", "{}", out.raw);
+    assert!(env.vm_disks(AS_A).contains(&"pvc-announced".into()));
+    assert!(!dead.exists(), "the dead process's announcement was left");
+    assert!(live.exists(), "a live process's announcement was removed");
+    drop(held);
+    // Its own announcement is gone with the request.
+    let left: Vec<String> = std::fs::read_dir(&spool)
+        .expect("spool")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| !n.starts_with('.') && n.as_str() != "999998-1.coming")
+        .collect();
+    assert!(left.is_empty(), "leftovers in the spool: {left:?}");
+}
