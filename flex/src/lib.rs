@@ -25,9 +25,24 @@ use std::time::Instant;
 /// Runs one invocation (argv without the program name) and returns its reply; never panics
 /// outward, never prints.
 pub fn main_reply(argv: &[String]) -> Reply {
-    let settings = Settings::from_env();
-    let _log = logging::init(&settings);
     let started = Instant::now();
+    let settings = Settings::from_env();
+    if let [only] = argv {
+        if only == "init" {
+            // A constant answer: no runtime, no logger (see `logging::plain_line`).
+            let reply = calls::run(&settings, Call::Init);
+            logging::plain_line(
+                &settings,
+                &format!(
+                    "call call=init outcome={:?} duration_us={}",
+                    reply.status,
+                    started.elapsed().as_micros()
+                ),
+            );
+            return reply;
+        }
+    }
+    let _log = logging::init(&settings);
     let call_name = argv.first().cloned().unwrap_or_default();
     let reply = match Call::parse(argv) {
         Err(e) => Reply::failure(e.0),

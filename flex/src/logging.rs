@@ -32,6 +32,57 @@ pub fn init(s: &Settings) -> Option<LogGuard> {
     Some(LogGuard)
 }
 
+/// Appends one line in the logger's format without starting the logger: for `init`, which
+/// kubelet's prober execs on every scan of the plugin directory and which has nothing else to
+/// say (building the filter and subscriber costs more than the whole call).
+pub fn plain_line(s: &Settings, text: &str) {
+    use std::io::Write;
+    let open = || {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.log)
+    };
+    let file = open().or_else(|_| {
+        if let Some(dir) = s.log.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        open()
+    });
+    if let Ok(mut f) = file {
+        let _ = f.write_all(format!("{}  INFO flexdisk: {text}\n", utc_now()).as_bytes());
+    }
+}
+
+/// Now as RFC 3339 UTC with microseconds, as the logger writes it.
+fn utc_now() -> String {
+    utc(std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default())
+}
+
+fn utc(now: std::time::Duration) -> String {
+    let secs = now.as_secs();
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil, inverted).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        now.subsec_micros()
+    )
+}
+
 /// Whether an option's value must stay out of the log: the secrets kubelet passes on `mount`
 /// (`kubernetes.io/secret/<key>`, base64 but not hidden) and anything named like a credential.
 fn is_secret_key(key: &str) -> bool {
@@ -79,6 +130,26 @@ pub fn loggable_args(args: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_lines_carry_the_loggers_timestamp() {
+        let at = |secs: u64, micros: u32| utc(std::time::Duration::new(secs, micros * 1000));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400, 7), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(at(1_803_786_510, 123_456), "2027-02-28T03:48:30.123456Z");
+        assert_eq!(utc_now().len(), at(0, 0).len());
+        let dir = tempfile::tempdir().expect("tmp");
+        let log = dir.path().join("sub/flexdisk.log");
+        let s = Settings::from_lookup(&|k| {
+            (k == "FLEXDISK_LOG").then(|| log.to_string_lossy().to_string())
+        });
+        plain_line(&s, "call call=init outcome=Success");
+        plain_line(&s, "second");
+        let text = std::fs::read_to_string(&log).expect("log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].ends_with("  INFO flexdisk: call call=init outcome=Success"));
+    }
 
     #[test]
     fn secrets_never_reach_the_log() {

@@ -53,6 +53,16 @@ fn serve(sim: &Simulator, req: &Request) -> Response {
             }
             Err(e) => bad(format!("not a throttle budget: {e}")),
         },
+        ("GET", "/timing") => Response::json(200, &json!(sim.timing())),
+        ("PUT", "/timing") => match serde_json::from_slice::<crate::simulator::Timing>(&req.body) {
+            Ok(t) => {
+                sim.set_timing(t);
+                Response::json(200, &json!(t))
+            }
+            Err(e) => bad(format!(
+                "not a timing (vmOpMs and diskOpMs, milliseconds): {e}"
+            )),
+        },
         ("POST", "/federated-token") => {
             let ttl = req
                 .query("ttlSecs")

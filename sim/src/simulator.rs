@@ -15,10 +15,25 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// How long long-running operations take.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Timing {
+    #[serde(rename = "vmOpMs", with = "millis")]
     pub vm_op: Duration,
+    #[serde(rename = "diskOpMs", with = "millis")]
     pub disk_op: Duration,
+}
+
+mod millis {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
 }
 
 /// Base URLs the simulator answers on, known once its listeners are bound.
@@ -37,7 +52,7 @@ pub struct Simulator {
     pub faults: Faults,
     pub counters: Counters,
     pub throttle: Throttler,
-    pub timing: Timing,
+    timing: Mutex<Timing>,
     pub signer: Signer,
     pub urls: OnceLock<Urls>,
 }
@@ -78,13 +93,23 @@ impl Simulator {
             specs: Specs::load(),
             faults: Faults::default(),
             counters: Counters::default(),
-            timing,
+            timing: Mutex::new(timing),
             signer: Signer::new(key),
             urls: OnceLock::new(),
         };
         crate::inventory::restore_devices(&sim)?;
         sim.save(&sim.lock())?;
         Ok(sim)
+    }
+
+    /// How long operations begun from now take.
+    pub fn timing(&self) -> Timing {
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Changes how long operations begun from now take (those in progress keep their end).
+    pub fn set_timing(&self, t: Timing) {
+        *self.timing.lock().unwrap_or_else(|e| e.into_inner()) = t;
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

@@ -166,9 +166,31 @@ fn throttling_budgets_counters_and_state_dump() {
     assert_eq!(counters["Disks_CreateOrUpdate"], 1);
     assert_eq!(counters["writes"], 1);
 
+    // Operations begun after a timing change take the new time; a bad timing is refused.
+    assert_eq!(
+        sim.control(
+            "PUT",
+            "/timing",
+            Some(&json!({"vmOpMs": 5, "diskOpMs": 1500}))
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        sim.control("GET", "/timing", None).body,
+        json!({"vmOpMs": 5, "diskOpMs": 1500})
+    );
+    let slow = sim.arm("PUT", &sim.disk_id("t5"), Some(&disk_body()));
+    assert_eq!(slow.header("retry-after"), Some("1"), "1.5 s left");
+    assert_eq!(
+        sim.control("PUT", "/timing", Some(&json!({"vmOpMs": "fast"})))
+            .status,
+        400
+    );
+
     let dump = sim.control("GET", "/state", None).body;
     assert!(
-        dump["disks"].as_object().is_some_and(|d| d.len() == 3),
+        dump["disks"].as_object().is_some_and(|d| d.len() == 4),
         "{dump}"
     );
     assert!(
