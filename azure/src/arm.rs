@@ -250,8 +250,8 @@ impl Arm {
             return match (via, &first.location) {
                 (FinalVia::Nothing, _) => Ok(None),
                 // The status resource may carry the result (the disk RP's does): no GET then.
-                (_, _) if status_resource_output(&status).is_some() => {
-                    Ok(status_resource_output(&status))
+                (_, _) if status_resource_output(&status, resource.path()).is_some() => {
+                    Ok(status_resource_output(&status, resource.path()))
                 }
                 (FinalVia::Resource, _) => self.body_of(resource).await.map(Some),
                 (FinalVia::Location, Some(location)) => {

@@ -65,6 +65,7 @@ impl fmt::Debug for ArmCredential {
 impl ArmCredential {
     /// Builds the credential `config` asks for. Nothing is fetched yet.
     pub fn new(config: &Config, cloud: &CloudEndpoints) -> Result<Self, AzureError> {
+        crate::transport::install_crypto_provider();
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(ImdsRedirect {
                 inner: azure_core_1::http::new_http_client(None),

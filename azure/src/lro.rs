@@ -131,11 +131,18 @@ pub fn poll_delay(
     retry_after.unwrap_or_default().max(own).min(cap)
 }
 
-/// The result an operation's status resource carries in `properties.output` (the disk RP gives
-/// the disk there); `None` when it carries none.
-pub fn status_resource_output(body: &[u8]) -> Option<Bytes> {
+/// The resource an operation's status resource carries in `properties.output` (the disk RP puts
+/// the disk there), when it is the resource at `resource_path`. ARM's RPC leaves `properties`
+/// to the resource provider ("only returned on a successful operation" —
+/// azure-resource-manager-rpc `v1.0/async-api-reference.md`), so anything else — no output,
+/// another shape — means the resource is read instead.
+pub fn status_resource_output(body: &[u8], resource_path: &str) -> Option<Bytes> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let out = v.pointer("/properties/output").filter(|o| o.is_object())?;
+    let out = v.pointer("/properties/output")?;
+    let id = out.get("id")?.as_str()?;
+    if !id.eq_ignore_ascii_case(resource_path.trim_end_matches('/')) {
+        return None;
+    }
     serde_json::to_vec(out).ok().map(Bytes::from)
 }
 
@@ -223,6 +230,27 @@ mod tests {
         assert_eq!(poll_delay(None, ms(0), None, CAP), ms(100));
         assert_eq!(poll_delay(Some(ms(0)), ms(150), None, CAP), ms(100));
         assert_eq!(poll_delay(None, ms(1000), None, CAP), ms(500));
+    }
+
+    #[test]
+    fn an_output_is_the_result_only_when_it_is_the_resource() {
+        let path = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d1";
+        let status = |output: &str| {
+            format!(r#"{{"status":"Succeeded","properties":{{"output":{output}}}}}"#)
+        };
+        let disk = format!(r#"{{"id":"{}","name":"d1"}}"#, path.to_lowercase());
+        assert!(status_resource_output(status(&disk).as_bytes(), path).is_some());
+        let other =
+            r#"{"id":"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d2"}"#;
+        assert_eq!(status_resource_output(status(other).as_bytes(), path), None);
+        assert_eq!(
+            status_resource_output(status(r#"{"result":"ok"}"#).as_bytes(), path),
+            None
+        );
+        assert_eq!(
+            status_resource_output(br#"{"status":"Succeeded"}"#, path),
+            None
+        );
     }
 
     #[test]

@@ -20,6 +20,13 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 use url::Url;
 
+/// Makes ring the process's TLS crypto provider (once; later calls and an earlier choice by the
+/// embedding program are fine). azure_identity's reqwest 0.13 is built without a provider of its
+/// own (see the workspace manifest) and panics without one.
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The certificates of `SSL_CERT_FILE`, added to the built-in roots.
 fn extra_roots() -> Result<Vec<reqwest::Certificate>, AzureError> {
     let Some(path) = std::env::var_os("SSL_CERT_FILE") else {
@@ -41,6 +48,7 @@ fn extra_roots() -> Result<Vec<reqwest::Certificate>, AzureError> {
 
 /// The one reqwest client for ARM and cloud metadata.
 pub(crate) fn http_client() -> Result<reqwest::Client, AzureError> {
+    install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(60))
