@@ -108,8 +108,9 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         "attach: the options lack kubernetes.io/pvOrVolumeName (kube-controller-manager always passes it); \
          flexdisk needs the PV's name to mark the disk so that detach finds it",
     )?;
-    let arm = connect(s).await?;
-    let coming = announce_for(s, &arm, node);
+    let config = load_config(s)?;
+    let coming = announce_for(s, &config, node);
+    let arm = connect_with(s, &config).await?;
     let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
         .await
@@ -130,7 +131,7 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     let read_at = vm_view::now_ms();
     let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
     vm_view::store(s, &vm, read_at);
-    let coming = coming.filter(|_| vm.vm == announced_vm(&arm, node));
+    let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
     if let Some(d) = vm.find(&disk.id) {
         if !d.to_be_detached {
             remember(s, pv, &opts.disk_uri);
@@ -177,14 +178,15 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
 }
 
 /// The VM a node most likely is, before Azure is asked (the first of its candidates).
-fn announced_vm(arm: &Arm, node: &str) -> VmRef {
-    VmRef::candidates_for_node(node, arm.vm_type, &arm.resource_group).swap_remove(0)
+fn announced_vm(config: &Config, node: &str) -> VmRef {
+    VmRef::candidates_for_node(node, config.vm_type, &config.resource_group).swap_remove(0)
 }
 
-/// Announces this process's coming request to the batch of the node's likely VM; the
-/// announcement is dropped when the VM turns out to be another.
-fn announce_for(s: &Settings, arm: &Arm, node: &str) -> Option<batch::Announcement> {
-    batch::announce(s, &announced_vm(arm, node))
+/// Announces this process's coming request to the batch of the node's likely VM, before the
+/// connection to Azure is even set up (the sooner, the likelier a burst shares one operation);
+/// the announcement is dropped when the VM turns out to be another.
+fn announce_for(s: &Settings, config: &Config, node: &str) -> Option<batch::Announcement> {
+    batch::announce(s, &announced_vm(config, node))
 }
 
 pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
@@ -265,8 +267,9 @@ async fn find_pv_disk(
 /// Detaches the PV's disk from the node's VM. Gone node, no disk of that PV on the VM: success.
 /// Never answers success while a disk serving the PV is on the VM.
 pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
-    let arm = connect(s).await?;
-    let coming = announce_for(s, &arm, node);
+    let config = load_config(s)?;
+    let coming = announce_for(s, &config, node);
+    let arm = connect_with(s, &config).await?;
     let read_at = vm_view::now_ms();
     let vm = match arm.node_vm(node).await {
         Ok(vm) => vm,
@@ -276,7 +279,7 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         Err(e) => return Err(e.to_string()),
     };
     vm_view::store(s, &vm, read_at);
-    let coming = coming.filter(|_| vm.vm == announced_vm(&arm, node));
+    let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
     let hint = std::fs::read_to_string(record_path(s, volume)).ok();
     let (found, reads) = find_pv_disk(&arm, &vm, volume, hint.as_deref()).await?;
     let Some(disk) = found else {

@@ -164,11 +164,33 @@ fn a_throttled_batch_is_not_resent_one_by_one() {
         )
         .expect("fault");
     reset(&env);
-    // Two requests that arrive together share one batch.
+    // Two requests that arrive together share one batch: both wait behind the VM's lock (held
+    // here, as by an operation in flight) until both are in the spool.
+    let spool = env.state_dir("controller").join("spool").join(AS_A);
+    std::fs::create_dir_all(&spool).expect("spool");
+    let lock = std::fs::File::create(spool.join(".lock")).expect("lock file");
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("lock");
     let children: Vec<_> = opts[..2]
         .iter()
         .map(|o| env.controller_spawn(&["attach", o, AS_A]))
         .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(&spool)
+        .expect("spool")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".req"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the spool"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(held);
     for c in children {
         let out = Out::from_output(c.wait_with_output().expect("ends"));
         assert_eq!(out.status, "Failure", "{}", out.raw);

@@ -34,6 +34,10 @@ pub struct Disk {
     pub max_shares: Option<i64>,
     pub iops: Option<i64>,
     pub mbps: Option<i64>,
+    /// When the disk's performance (IOPS/MB/s) was set, its creation included: Azure allows
+    /// four such settings in 24 hours.
+    #[serde(default)]
+    pub performance_set: Vec<DateTime<Utc>>,
     /// Writable properties the simulator does not interpret, kept and echoed as sent.
     pub other_properties: Map<String, Value>,
     pub provisioning_state: String,

@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[test]
 fn authentication_api_version_and_body_errors() {
@@ -374,4 +374,77 @@ fn disks_grow_only_online_within_azure_rules_and_copy_from_snapshots() {
         "PremiumV2 must be zonal"
     );
     sim.check_schemas();
+}
+
+#[test]
+fn premium_v2_performance_has_azure_s_ranges_defaults_and_daily_limit() {
+    let sim = Sim::start(&[]);
+    let body = |gb: i64, perf: Value| {
+        let mut props = json!({"creationData": {"createOption": "Empty"}, "diskSizeGB": gb});
+        merge_props(&mut props, perf);
+        json!({"location": "westus2", "zones": ["1"], "sku": {"name": "PremiumV2_LRS"}, "properties": props})
+    };
+    // Created without: the baseline.
+    let d = sim.create_disk("base", body(8, json!({})));
+    assert_eq!(d["properties"]["diskIOPSReadWrite"], 3000);
+    assert_eq!(d["properties"]["diskMBpsReadWrite"], 125);
+    // 8 GiB allows 3000 + 2 × 500 IOPS.
+    let too_many = sim.arm(
+        "PUT",
+        &sim.disk_id("big"),
+        Some(&body(8, json!({"diskIOPSReadWrite": 6000}))),
+    );
+    assert_eq!((too_many.status, too_many.code()), (400, "BadRequest"));
+    assert!(too_many.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("3000 to 4000"));
+    // 100 GiB: 6000 IOPS and 300 MB/s fit (≤ 0.25 MB/s per IOPS = 1500).
+    let d = sim.create_disk(
+        "tuned",
+        body(
+            100,
+            json!({"diskIOPSReadWrite": 6000, "diskMBpsReadWrite": 300}),
+        ),
+    );
+    assert_eq!(d["properties"]["diskIOPSReadWrite"], 6000);
+    let id = sim.disk_id("tuned");
+    let patch = |i: i64, m: i64| {
+        sim.arm(
+            "PATCH",
+            &id,
+            Some(&json!({"properties": {"diskIOPSReadWrite": i, "diskMBpsReadWrite": m}})),
+        )
+    };
+    let slow = patch(6000, 3000);
+    assert_eq!(
+        (slow.status, slow.code()),
+        (400, "BadRequest"),
+        "MB/s above 0.25 per IOPS"
+    );
+    // Creation was the first setting of the day; three more are allowed, then refused.
+    for (i, m) in [(7000, 350), (8000, 400), (9000, 450)] {
+        let r = patch(i, m);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+    }
+    let fifth = patch(10000, 500);
+    assert_eq!((fifth.status, fifth.code()), (409, "OperationNotAllowed"));
+    assert_eq!(
+        sim.arm("GET", &id, None).body["properties"]["diskIOPSReadWrite"],
+        9000,
+        "the refused change changed nothing"
+    );
+    // Tags are not a performance setting.
+    assert_eq!(
+        sim.arm("PATCH", &id, Some(&json!({"tags": {"a": "b"}})))
+            .status,
+        200
+    );
+    sim.check_schemas();
+}
+
+fn merge_props(into: &mut Value, from: Value) {
+    if let (Some(a), Value::Object(b)) = (into.as_object_mut(), from) {
+        a.extend(b);
+    }
 }

@@ -4,7 +4,7 @@
 use super::errors::{busy, error, invalid, not_found, ArmResult};
 use super::lro::{self, Began};
 use crate::http::Response;
-use crate::model::{key, parse_id, resource_id, Disk, ErrorBody, OpKind};
+use crate::model::{key, parse_id, resource_id, rfc3339, Disk, ErrorBody, OpKind};
 use crate::simulator::Simulator;
 use crate::store::State;
 use serde_json::{json, Map, Value};
@@ -142,6 +142,73 @@ fn check_sku_rules(
     Ok(())
 }
 
+/// The performance a PremiumV2 or Ultra disk of `size_gb` may be given, as learn.microsoft.com
+/// ("Azure managed disk types", disks-types) states it: Premium SSD v2 — 3,000 IOPS baseline,
+/// 500 more per GiB above 6 GiB up to 80,000; 125 MB/s baseline, 0.25 MB/s per IOPS up to
+/// 2,000. Ultra — 100 IOPS minimum, 1,000 per GiB up to 400,000; 1 MB/s minimum, 0.25 MB/s per
+/// IOPS up to 10,000. (IOPS range, MB/s range for the given IOPS.)
+pub fn performance_ranges(sku: &str, size_gb: i64, iops: i64) -> ((i64, i64), (i64, i64)) {
+    if sku == "UltraSSD_LRS" {
+        let iops_max = (1000 * size_gb).clamp(100, 400_000);
+        ((100, iops_max), (1, (iops / 4).clamp(1, 10_000)))
+    } else {
+        let iops_max = (3000 + 500 * (size_gb - 6).max(0)).min(80_000);
+        ((3000, iops_max), (125, (iops / 4).clamp(125, 2000)))
+    }
+}
+
+/// Azure's defaults for a Premium SSD v2 disk created without them (its baseline); Ultra disks
+/// are left as asked (the simulator does not model Ultra's defaults).
+fn default_performance(
+    sku: &str,
+    iops: Option<i64>,
+    mbps: Option<i64>,
+) -> (Option<i64>, Option<i64>) {
+    if sku == "PremiumV2_LRS" {
+        (iops.or(Some(3000)), mbps.or(Some(125)))
+    } else {
+        (iops, mbps)
+    }
+}
+
+/// Refuses performance outside what the disk's SKU and size allow, as Azure does: 400
+/// `BadRequest` naming the value and the range ("The value 500 of parameter
+/// disk.diskIOPSReadWrite is not valid…", kubernetes-sigs/azuredisk-csi-driver#1442).
+fn check_performance(
+    sku: &str,
+    size_gb: i64,
+    iops: Option<i64>,
+    mbps: Option<i64>,
+) -> ArmResult<()> {
+    if sku != "PremiumV2_LRS" && sku != "UltraSSD_LRS" {
+        return Ok(());
+    }
+    let ((imin, imax), _) = performance_ranges(sku, size_gb, 0);
+    if let Some(i) = iops {
+        if !(imin..=imax).contains(&i) {
+            return Err(error(400, "BadRequest", format!(
+                "The value {i} of parameter disk.diskIOPSReadWrite is not valid. The supported range for a {size_gb} GiB {sku} disk is {imin} to {imax}."
+            ))
+            .with_target("properties.diskIOPSReadWrite"));
+        }
+    }
+    if let Some(m) = mbps {
+        let (_, (mmin, mmax)) = performance_ranges(sku, size_gb, iops.unwrap_or(imin));
+        if !(mmin..=mmax).contains(&m) {
+            return Err(error(400, "BadRequest", format!(
+                "The value {m} of parameter disk.diskMBpsReadWrite is not valid. The supported range for {} IOPS on a {sku} disk is {mmin} to {mmax}.",
+                iops.unwrap_or(imin)
+            ))
+            .with_target("properties.diskMBpsReadWrite"));
+        }
+    }
+    Ok(())
+}
+
+/// How many performance settings Azure allows in 24 hours (creation counts as one —
+/// learn.microsoft.com disks-types, Premium SSD v2 and Ultra "adjust performance").
+const PERFORMANCE_SETTINGS_PER_DAY: usize = 4;
+
 /// Whether `disk` may grow to `new_gb` now (grow-only; online unless shared or crossing 4 TiB).
 pub fn check_resize(disk: &Disk, new_gb: i64) -> ArmResult<()> {
     if new_gb < disk.size_gb {
@@ -256,6 +323,7 @@ pub fn put(
     let iops = props.get("diskIOPSReadWrite").and_then(Value::as_i64);
     let mbps = props.get("diskMBpsReadWrite").and_then(Value::as_i64);
     check_sku_rules(&sku, max_shares, iops, mbps)?;
+    let (iops, mbps) = default_performance(&sku, iops, mbps);
     let create_option = props
         .pointer("/creationData/createOption")
         .and_then(Value::as_str)
@@ -302,6 +370,7 @@ pub fn put(
         ))
         .with_target("properties.diskSizeGB"));
     }
+    check_performance(&sku, size_gb, iops, mbps)?;
     let disk = Disk {
         id: resource_id(&world.subscription, rg, "disks", name),
         name: name.to_string(),
@@ -316,6 +385,11 @@ pub fn put(
         max_shares,
         iops,
         mbps,
+        performance_set: if v2 {
+            vec![Simulator::now()]
+        } else {
+            Vec::new()
+        },
         other_properties: other_properties(props),
         provisioning_state: "Updating".into(),
         attached_to: Vec::new(),
@@ -555,6 +629,36 @@ fn update_existing(
         updated.mbps = Some(m);
     }
     check_sku_rules(&updated.sku, updated.max_shares, updated.iops, updated.mbps)?;
+    let new_size = props
+        .get("diskSizeGB")
+        .and_then(Value::as_i64)
+        .unwrap_or(disk.size_gb);
+    if (updated.iops, updated.mbps) != (disk.iops, disk.mbps) {
+        check_performance(
+            &updated.sku,
+            new_size.max(disk.size_gb),
+            updated.iops,
+            updated.mbps,
+        )?;
+        let now = Simulator::now();
+        updated
+            .performance_set
+            .retain(|t| now - *t < chrono::Duration::hours(24));
+        if updated.performance_set.len() >= PERFORMANCE_SETTINGS_PER_DAY {
+            // The code and wording are the simulator's: Azure's own for this refusal is not
+            // documented where we could read it.
+            return Err(error(
+                409,
+                "OperationNotAllowed",
+                format!(
+                    "The performance of disk '{}' was already set {PERFORMANCE_SETTINGS_PER_DAY} times in the last 24 hours (its creation counts as one); try again after {}.",
+                    disk.name,
+                    rfc3339(updated.performance_set[0] + chrono::Duration::hours(24))
+                ),
+            ));
+        }
+        updated.performance_set.push(now);
+    }
     for (k2, v) in other_properties(&props) {
         updated.other_properties.insert(k2, v);
     }
@@ -716,6 +820,7 @@ mod tests {
             max_shares,
             iops: None,
             mbps: None,
+            performance_set: Vec::new(),
             other_properties: Default::default(),
             provisioning_state: "Succeeded".into(),
             attached_to: if attached { vec!["/vm".into()] } else { vec![] },

@@ -118,6 +118,21 @@ fn refers_to(pv: &Value, claim: &Value) -> bool {
             .is_none_or(|u| u.is_empty() || Some(u) == s(claim, "/metadata/uid"))
 }
 
+/// The claim's or volume's VolumeAttributesClass, "" for none (nil and "" are the same to the
+/// PV controller).
+fn vac(o: &Value) -> &str {
+    s(o, "/spec/volumeAttributesClassName").unwrap_or_default()
+}
+
+/// Whether the volume may serve the claim as FindMatchingVolume (component-helpers
+/// `storage/volume/pv_helpers.go`) and checkVolumeSatisfyClaim (`pv_controller.go`) see it:
+/// large enough, the same volumeMode and the same VolumeAttributesClass.
+fn satisfies(pv: &Value, pvc: &Value) -> bool {
+    storage(pv, "/spec/capacity/storage") >= storage(pvc, "/spec/resources/requests/storage")
+        && volume_mode(pv) == volume_mode(pvc)
+        && vac(pv) == vac(pvc)
+}
+
 /// The controller binding a volume to a claim (it says so in an annotation).
 fn bind_volume(pv: &Value, pvc: &Value) -> Action {
     act(
@@ -247,7 +262,12 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                 continue;
             }
             if pv.pointer("/spec/claimRef").is_none() {
-                out.push(bind_volume(pv, pvc));
+                // A claim naming a volume nobody claimed binds only if the volume satisfies
+                // it (else a VolumeMismatch event and the claim stays Pending); one the volume
+                // already names binds without that check (syncUnboundClaim).
+                if satisfies(pv, pvc) {
+                    out.push(bind_volume(pv, pvc));
+                }
                 continue;
             }
             if !refers_to(pv, pvc) {
@@ -286,6 +306,8 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                     Patch::Merge(json!({"metadata": {"annotations": {BIND_COMPLETED: "yes"}}})),
                 ));
             }
+            // The claim's current class comes from the volume at binding only
+            // (updateClaimStatus: Pending → Bound); afterwards it is the modifier's.
             out.push(act(
                 "persistentvolumeclaims",
                 pvc,
@@ -294,11 +316,17 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                     "phase": "Bound",
                     "accessModes": pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([])),
                     "capacity": pv.pointer("/spec/capacity").cloned().unwrap_or(json!({})),
+                    "currentVolumeAttributesClassName": pv.pointer("/spec/volumeAttributesClassName").cloned().unwrap_or(Value::Null),
                 }})),
             ));
             continue;
         }
-        if let Some(pv) = volumes.iter().find(|v| !deleting(v) && refers_to(v, pvc)) {
+        // A volume pre-bound to the claim (a provisioned one) is found by FindMatchingVolume,
+        // whose checks it must pass like any other.
+        if let Some(pv) = volumes
+            .iter()
+            .find(|v| !deleting(v) && refers_to(v, pvc) && satisfies(v, pvc))
+        {
             out.push(act(
                 "persistentvolumeclaims",
                 pvc,
@@ -332,8 +360,9 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
                 .filter(|v| storage(v, "/spec/capacity/storage") >= want)
                 .filter(|v| modes(pvc).iter().all(|m| modes(v).contains(m)))
                 // As FindMatchingVolume (component-helpers storage/volume/pv_helpers.go): the
-                // same volumeMode (Filesystem when absent), and the claim's selector.
-                .filter(|v| volume_mode(v) == volume_mode(pvc))
+                // same volumeMode (Filesystem when absent) and class of attributes, and the
+                // claim's selector.
+                .filter(|v| satisfies(v, pvc))
                 .filter(|v| {
                     pvc.pointer("/spec/selector").is_none_or(|sel| {
                         super::selectors::matches_structured(
@@ -512,6 +541,71 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn a_claim_with_attributes_binds_only_a_volume_of_that_class_or_one_it_names() {
+        let pv = volume(
+            "pv-a",
+            json!({"spec": {"claimRef": {"namespace": "default", "name": "a", "uid": "uid-a"}}}),
+        );
+        let classes = [class("fast", "Immediate")];
+        let silver = claim(
+            "a",
+            "fast",
+            json!({"spec": {"volumeAttributesClassName": "silver"}}),
+        );
+        let a = plan(
+            std::slice::from_ref(&silver),
+            std::slice::from_ref(&pv),
+            &classes,
+            &[],
+        );
+        assert!(
+            a.iter().all(|a| a.plural != "persistentvolumeclaims"
+                || !matches!(&a.patch, Patch::Merge(p) if p.pointer("/spec/volumeName").is_some())),
+            "a FlexVolume PV (no class of attributes) does not satisfy the claim"
+        );
+        // Pre-bound both ways, as the provisioner does for such claims: bound, and the claim's
+        // current class is the volume's (none).
+        let named = claim(
+            "a",
+            "fast",
+            json!({"spec": {"volumeAttributesClassName": "silver", "volumeName": "pv-a"}}),
+        );
+        let a = plan(
+            std::slice::from_ref(&named),
+            std::slice::from_ref(&pv),
+            &classes,
+            &[],
+        );
+        let status = a
+            .iter()
+            .find_map(|a| match &a.patch {
+                Patch::Merge(p) if a.status && a.plural == "persistentvolumeclaims" => Some(p),
+                _ => None,
+            })
+            .expect("claim status");
+        assert_eq!(status["status"]["phase"], "Bound");
+        assert_eq!(
+            status["status"]["currentVolumeAttributesClassName"],
+            Value::Null
+        );
+        // Static binding compares the classes too.
+        let free = volume("pv-free", json!({"spec": {"storageClassName": "fast"}}));
+        let plain = claim("a", "fast", json!({}));
+        let a = plan(
+            std::slice::from_ref(&plain),
+            std::slice::from_ref(&free),
+            &classes,
+            &[],
+        );
+        assert!(
+            a.iter().any(|a| a.plural == "persistentvolumes"),
+            "binds without a class"
+        );
+        let a = plan(std::slice::from_ref(&silver), &[free], &classes, &[]);
+        assert!(a.iter().all(|a| a.plural != "persistentvolumes"));
     }
 
     #[test]

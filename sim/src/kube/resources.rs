@@ -173,6 +173,17 @@ pub const TYPES: &[ResourceType] = &[
         fields: &[],
     },
     ResourceType {
+        group: "storage.k8s.io",
+        version: "v1",
+        plural: "volumeattributesclasses",
+        singular: "volumeattributesclass",
+        kind: "VolumeAttributesClass",
+        namespaced: false,
+        status: false,
+        short_names: &["vac"],
+        fields: &[],
+    },
+    ResourceType {
         group: "coordination.k8s.io",
         version: "v1",
         plural: "leases",

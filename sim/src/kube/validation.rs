@@ -153,6 +153,7 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
                     "Required value: must specify exactly one volume type",
                 ));
             }
+            volume_attributes_class(rt.kind, &name, o)?;
             default(o, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
             default(o, "/spec/volumeMode", json!("Filesystem"));
             o["status"] = json!({"phase": "Pending"});
@@ -176,6 +177,18 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
             if !["Immediate", "WaitForFirstConsumer"].contains(&mode) {
                 return Err(ApiError::invalid(rt.kind, &name, "volumeBindingMode", &format!("Unsupported value: \"{mode}\": supported values: \"Immediate\", \"WaitForFirstConsumer\"")));
             }
+        }
+        ("storage.k8s.io", "volumeattributesclasses")
+            if o.get("driverName")
+                .and_then(Value::as_str)
+                .is_none_or(str::is_empty) =>
+        {
+            return Err(ApiError::invalid(
+                rt.kind,
+                &name,
+                "driverName",
+                "Required value",
+            ));
         }
         ("", "pods") => {
             if o.pointer("/spec/containers")
@@ -201,6 +214,28 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
         _ => {}
     }
     Ok(())
+}
+
+/// A volume's VolumeAttributesClass needs a CSI source (kubernetes
+/// `pkg/apis/core/validation/validation.go`, ValidatePersistentVolumeSpec: "has to be specified
+/// when using volumeAttributesClassName"): a FlexVolume PV cannot name one.
+fn volume_attributes_class(kind: &str, name: &str, o: &Value) -> ApiResult<()> {
+    match o.pointer("/spec/volumeAttributesClassName") {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(v)) if v.is_empty() => Err(ApiError::invalid(
+            kind,
+            name,
+            "spec.volumeAttributesClassName",
+            "Required value: an empty string is disallowed",
+        )),
+        Some(_) if o.pointer("/spec/csi").is_none() => Err(ApiError::invalid(
+            kind,
+            name,
+            "spec.csi",
+            "Required value: has to be specified when using volumeAttributesClassName",
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 fn without(o: &Value, pointers: &[&str]) -> Value {
@@ -270,27 +305,37 @@ pub fn on_update(
     match (rt.group, rt.plural) {
         ("", "persistentvolumeclaims") => {
             admit_growth(old, new, expandable)?;
-            let before = without(
-                &old["spec"],
-                &[
-                    "/resources/requests",
-                    "/volumeName",
-                    "/volumeAttributesClassName",
-                ],
-            );
-            let after = without(
-                &new["spec"],
-                &[
-                    "/resources/requests",
-                    "/volumeName",
-                    "/volumeAttributesClassName",
-                ],
-            );
+            // ValidatePersistentVolumeClaimUpdate: requests and volumeAttributesClassName may
+            // change only on a bound claim (the clone takes the old values only then).
             let bound = old.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+            let mutable: &[&str] = if bound {
+                &[
+                    "/resources/requests",
+                    "/volumeName",
+                    "/volumeAttributesClassName",
+                ]
+            } else {
+                &["/resources/requests", "/volumeName"]
+            };
+            let before = without(&old["spec"], mutable);
+            let after = without(&new["spec"], mutable);
             let resized =
                 old.pointer("/spec/resources/requests") != new.pointer("/spec/resources/requests");
             if before != after || (resized && !bound) {
                 return Err(ApiError::invalid(rt.kind, &name, "spec", "Forbidden: spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims"));
+            }
+            // Once a class is applied it cannot be taken away.
+            let vac = new.pointer("/spec/volumeAttributesClassName");
+            if old.pointer("/spec/volumeAttributesClassName") != vac
+                && old
+                    .pointer("/status/currentVolumeAttributesClassName")
+                    .is_some_and(|c| !c.is_null())
+            {
+                match vac {
+                    None | Some(Value::Null) => return Err(ApiError::invalid(rt.kind, &name, "spec.volumeAttributesClassName", "Forbidden: update to nil is forbidden when status.currentVolumeAttributesClassName is not nil")),
+                    Some(Value::String(v)) if v.is_empty() => return Err(ApiError::invalid(rt.kind, &name, "spec.volumeAttributesClassName", "Forbidden: update to empty string is forbidden when status.currentVolumeAttributesClassName is not nil")),
+                    _ => {}
+                }
             }
             if let (Some(a), Some(b)) = (
                 old.pointer("/spec/volumeName"),
@@ -353,6 +398,32 @@ pub fn on_update(
                     "spec.capacity",
                     "Required value",
                 ));
+            }
+            volume_attributes_class(rt.kind, &name, new)?;
+            let vac = |o: &Value| {
+                o.pointer("/spec/volumeAttributesClassName")
+                    .filter(|v| !v.is_null())
+                    .cloned()
+            };
+            if vac(old).is_some() && vac(new).is_none() {
+                return Err(ApiError::invalid(
+                    rt.kind,
+                    &name,
+                    "spec.volumeAttributesClassName",
+                    "Forbidden: update from non-nil value to nil is forbidden",
+                ));
+            }
+        }
+        ("storage.k8s.io", "volumeattributesclasses") => {
+            for (field, what) in [("driverName", "driverName"), ("parameters", "parameters")] {
+                if old.get(field) != new.get(field) {
+                    return Err(ApiError::invalid(
+                        rt.kind,
+                        &name,
+                        field,
+                        &format!("Forbidden: updates to {what} are forbidden."),
+                    ));
+                }
             }
         }
         ("storage.k8s.io", "storageclasses") => {
@@ -447,6 +518,49 @@ mod tests {
                 .reason,
             "Invalid"
         );
+    }
+
+    #[test]
+    fn volume_attributes_classes_follow_kube_apiserver() {
+        let rt = find("", "v1", "persistentvolumeclaims").expect("pvc");
+        let mut pvc = json!({"metadata": {"name": "data"}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}, "volumeAttributesClassName": "silver"}});
+        on_create(rt, &mut pvc, &defaults()).expect("valid");
+        let none = |_: &str| None;
+        let mut switched = pvc.clone();
+        switched["spec"]["volumeAttributesClassName"] = json!("gold");
+        assert!(on_update(rt, &pvc, &mut switched, &none)
+            .expect_err("pending claims keep their class")
+            .message
+            .contains("spec is immutable"));
+        let mut bound = pvc.clone();
+        bound["status"] = json!({"phase": "Bound", "currentVolumeAttributesClassName": "silver"});
+        let mut switched = bound.clone();
+        switched["spec"]["volumeAttributesClassName"] = json!("gold");
+        on_update(rt, &bound, &mut switched, &none).expect("bound claims switch");
+        let mut dropped = bound.clone();
+        dropped["spec"]["volumeAttributesClassName"] = Value::Null;
+        assert!(on_update(rt, &bound, &mut dropped, &none)
+            .expect_err("applied")
+            .message
+            .contains("update to nil is forbidden"));
+
+        let pv = find("", "v1", "persistentvolumes").expect("pv");
+        let mut flex = json!({"metadata": {"name": "pv1"}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "capacity": {"storage": "1Gi"}, "flexVolume": {"driver": "flexdisk/azure-disk"},
+            "volumeAttributesClassName": "silver"}});
+        let e = on_create(pv, &mut flex, &defaults()).expect_err("CSI only");
+        assert!(e.message.contains("spec.csi"), "{}", e.message);
+
+        let vac = find("storage.k8s.io", "v1", "volumeattributesclasses").expect("vac");
+        let mut class = json!({"metadata": {"name": "silver"}, "driverName": "flexdisk/azure-disk",
+            "parameters": {"diskIOPSReadWrite": "6000"}});
+        on_create(vac, &mut class, &defaults()).expect("valid");
+        let mut edited = class.clone();
+        edited["parameters"]["diskIOPSReadWrite"] = json!("8000");
+        assert!(on_update(vac, &class, &mut edited, &none).is_err());
+        let mut nameless = json!({"metadata": {"name": "x"}, "parameters": {}});
+        assert!(on_create(vac, &mut nameless, &defaults()).is_err());
     }
 
     #[test]
