@@ -127,6 +127,23 @@ pub struct DiskInfo {
     pub disk_state: String,
     pub max_shares: Option<i32>,
     pub tags: BTreeMap<String, String>,
+    /// Provisioned performance (Premium SSD v2 and Ultra only).
+    pub performance: Performance,
+}
+
+/// A Premium SSD v2 or Ultra disk's provisioned IOPS and MB/s (`None`: not set / not such a disk).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Performance {
+    pub iops: Option<i64>,
+    pub mbps: Option<i64>,
+}
+
+impl Performance {
+    /// Whether a disk with `self` already has what `wanted` asks (what it leaves unset is free).
+    pub fn satisfies(&self, wanted: &Performance) -> bool {
+        wanted.iops.is_none_or(|i| self.iops == Some(i))
+            && wanted.mbps.is_none_or(|m| self.mbps == Some(m))
+    }
 }
 
 impl DiskInfo {
@@ -166,6 +183,10 @@ impl DiskInfo {
                 .unwrap_or_default(),
             max_shares: props.as_ref().and_then(|p| p.max_shares),
             tags,
+            performance: Performance {
+                iops: props.as_ref().and_then(|p| p.disk_iops_read_write),
+                mbps: props.as_ref().and_then(|p| p.disk_m_bps_read_write),
+            },
         }
     }
 
@@ -248,6 +269,26 @@ impl Arm {
         let mut update = models::DiskUpdate::new();
         update.tags = serde_json::to_value(tags).ok();
         self.update_disk(resource_group, name, update, "tagged")
+            .await
+    }
+
+    /// Changes a Premium SSD v2 or Ultra disk's IOPS and MB/s (online, attached or not); what
+    /// `wanted` leaves unset stays. Azure refuses other SKUs, values outside the size's range and
+    /// more than a few changes a day (its error says which).
+    pub async fn set_disk_performance(
+        &self,
+        resource_group: &str,
+        name: &str,
+        wanted: &Performance,
+    ) -> Result<DiskInfo, AzureError> {
+        let properties = models::DiskUpdateProperties {
+            disk_iops_read_write: wanted.iops,
+            disk_m_bps_read_write: wanted.mbps,
+            ..Default::default()
+        };
+        let mut update = models::DiskUpdate::new();
+        update.properties = Some(properties);
+        self.update_disk(resource_group, name, update, "tuned")
             .await
     }
 

@@ -23,7 +23,7 @@ pub mod vms;
 
 pub use arm::{Arm, ArmOptions};
 pub use config::{Auth, CloudName, Config, ConfigError, VmType};
-pub use disks::{DiskInfo, DiskSpec};
+pub use disks::{DiskInfo, DiskSpec, Performance};
 pub use error::AzureError;
 pub use params::{Caching, DiskParams, ParamError, Sku};
 pub use transport::TransportStats;

@@ -341,6 +341,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            performance: Default::default(),
         }
     }
 

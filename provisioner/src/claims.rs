@@ -1,8 +1,8 @@
 //! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
 
 use crate::decide::{
-    another_node_may_help, provision, unschedulable_topology, Claim, Class, DataSource, Decision,
-    PvPlan, SourceClaim, CSI_ZONE_LABEL, ZONE_LABEL,
+    another_node_may_help, performance_of, provision, unschedulable_topology, with_performance,
+    Claim, Class, DataSource, Decision, PvPlan, SourceClaim, CSI_ZONE_LABEL, ZONE_LABEL,
 };
 use crate::intent;
 use crate::run::{Ctx, Error, RESYNC};
@@ -318,6 +318,21 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
                 }
             }
         }
+        // And its modifier, once Bound: the PV controller sets the claim's current class from
+        // the volume as it binds (updateClaimStatus), which must not undo ours.
+        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        if bound && crate::modify::may_need_work(pvc) {
+            let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+            if let Some(pv) = pvs
+                .get_opt(volume)
+                .await?
+                .filter(|pv| crate::resize::bound_to(ctx, pvc, pv))
+            {
+                if let Some(action) = crate::modify::reconcile(ctx, pvc, &pv).await? {
+                    return Ok(action);
+                }
+            }
+        }
     }
     if !ours(pvc, &ctx.name) {
         return unscheduled(ctx, pvc).await;
@@ -331,6 +346,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some()
         || pvs.get_opt(&pv_name).await?.is_some()
     {
+        prebind(ctx, pvc, &pv_name).await?;
         return Ok(Action::await_change());
     }
     let class_name = class_name_of(pvc);
@@ -356,6 +372,26 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     };
     if sc.provisioner != ctx.name {
         return Ok(Action::await_change());
+    }
+    // The claim's VolumeAttributesClass shapes the disk (external-provisioner passes it as
+    // CreateVolume's mutable parameters): its performance replaces the class's own.
+    let attributes = crate::modify::wanted(pvc);
+    let mut class = class_of(&sc);
+    if !attributes.is_empty() {
+        let Some(vac) = crate::modify::attributes_class(ctx, &attributes).await? else {
+            return Err(Error::Waiting(format!(
+                "VolumeAttributesClass {attributes:?} does not exist; the claim is provisioned once it is created"
+            )));
+        };
+        match performance_of(&vac, &ctx.name) {
+            Ok(p) => class = with_performance(&class, &p),
+            Err(message) => {
+                ctx.metrics.provision(&class_name, "refused", None);
+                ctx.event(&**pvc, EventType::Warning, "ProvisioningFailed", message)
+                    .await;
+                return Ok(Action::requeue(RESYNC));
+            }
+        }
     }
     let delayed = sc.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
     let selected = pvc.annotations().get(SELECTED_NODE_KEY).cloned();
@@ -389,12 +425,17 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     let started = std::time::Instant::now();
     let plan = match provision(
         &claim,
-        &class_of(&sc),
+        &class,
         zone_label.as_deref(),
         source.as_ref(),
         &ctx.cluster,
     ) {
         Decision::Refuse(message) => {
+            let message = if attributes.is_empty() {
+                message
+            } else {
+                format!("{message} (with the performance of the claim's VolumeAttributesClass {attributes})")
+            };
             ctx.metrics.provision(&class_name, "refused", None);
             ctx.event(&**pvc, EventType::Warning, "ProvisioningFailed", message)
                 .await;
@@ -448,6 +489,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         Err(kube::Error::Api(e)) if e.code == 409 => {}
         Err(e) => return Err(e.into()),
     }
+    prebind(ctx, pvc, &plan.pv.name).await?;
     // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
     intent::clear(&claims, &claim.name, &ctx.name).await?;
     ctx.event(
@@ -461,6 +503,41 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         .provision(&class_name, "succeeded", Some(started.elapsed()));
     info!(claim = %format!("{ns}/{}", claim.name), pv = %plan.pv.name, "provisioned");
     Ok(Action::await_change())
+}
+
+/// Binds a claim that names a VolumeAttributesClass to its new PV from the claim's side too, as
+/// the PV controller's own binding does (`spec.volumeName`, which may be set once). A FlexVolume
+/// PV cannot name the class (kube-apiserver allows it on CSI volumes only), so the PV controller
+/// would never match the two (FindMatchingVolume and checkVolumeSatisfyClaim compare the
+/// classes, component-helpers `storage/volume/pv_helpers.go`); a claim that names its volume,
+/// which names the claim, is bound without that comparison (`syncUnboundClaim`, kubernetes
+/// `pkg/controller/volume/persistentvolume/pv_controller.go`). This provisioner carries out the
+/// class itself (`modify.rs`).
+async fn prebind(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv_name: &str) -> Result<(), Error> {
+    let named = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.volume_name.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    if named || crate::modify::wanted(pvc).is_empty() {
+        return Ok(());
+    }
+    let claims: Api<PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+    let patch = json!({"metadata": {"uid": pvc.uid()}, "spec": {"volumeName": pv_name}});
+    match claims
+        .patch(
+            &pvc.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone, or another claim by that name: nothing to bind.
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceClaim>, Error> {

@@ -2,7 +2,7 @@
 
 use flexdisk_azure::disks::{gib_for_bytes, DiskSpec};
 use flexdisk_azure::naming::{disk_name_for_pv, ResourceId, ResourceKind, PV_TAG};
-use flexdisk_azure::{Caching, DiskParams};
+use flexdisk_azure::{Caching, DiskParams, Performance};
 use std::collections::BTreeMap;
 
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -403,9 +403,255 @@ pub fn resize_to(z: &Sizes) -> Option<u64> {
     (target > z.volume || unfinished).then_some(target)
 }
 
+/// A VolumeAttributesClass as the provisioner sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttributesClass {
+    pub name: String,
+    pub driver: String,
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// What a VolumeAttributesClass asks of a flexdisk disk: `diskIOPSReadWrite` and
+/// `diskMBpsReadWrite` (names compared case-insensitively, as StorageClass parameters are — the
+/// Azure Disk CSI driver's ParseDiskParameters does the same), positive integers. Err: why the
+/// class cannot apply (another driver's, an unknown parameter, a bad value).
+pub fn performance_of(vac: &AttributesClass, provisioner: &str) -> Result<Performance, String> {
+    if vac.driver != provisioner {
+        return Err(format!(
+            "VolumeAttributesClass {} is for driver {}, not {provisioner}",
+            vac.name, vac.driver
+        ));
+    }
+    let mut p = Performance::default();
+    for (k, v) in &vac.parameters {
+        let value = || {
+            v.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    format!(
+                        "VolumeAttributesClass {}: {k} must be a positive whole number, not {v:?}",
+                        vac.name
+                    )
+                })
+        };
+        match k.to_ascii_lowercase().as_str() {
+            "diskiopsreadwrite" => p.iops = Some(value()?),
+            "diskmbpsreadwrite" => p.mbps = Some(value()?),
+            _ => {
+                return Err(format!(
+                    "VolumeAttributesClass {}: unknown parameter {k:?}; flexdisk's classes take diskIOPSReadWrite and diskMBpsReadWrite",
+                    vac.name
+                ))
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The class's parameters with a VolumeAttributesClass's performance in place of its own.
+pub fn with_performance(class: &Class, p: &Performance) -> Class {
+    let mut out = class.clone();
+    let mut set = |key: &str, value: Option<i64>| {
+        if let Some(v) = value {
+            out.parameters.retain(|k, _| !k.eq_ignore_ascii_case(key));
+            out.parameters.insert(key.to_string(), v.to_string());
+        }
+    };
+    set("diskIOPSReadWrite", p.iops);
+    set("diskMBpsReadWrite", p.mbps);
+    out
+}
+
+/// Where a bound claim stands with its VolumeAttributesClass (the claim's spec and status).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttributesState {
+    /// `spec.volumeAttributesClassName` ("" for none).
+    pub wanted: String,
+    /// `status.currentVolumeAttributesClassName` ("" for none).
+    pub current: String,
+    /// `status.modifyVolumeStatus`: (target, status).
+    pub modifying: Option<(String, String)>,
+}
+
+/// What to do about a bound claim's VolumeAttributesClass — kubernetes-csi/external-resizer's
+/// modify controller (`pkg/modifycontroller`), which acts only on CSI volumes, done for ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Modify {
+    Nothing,
+    /// The class does not exist (yet): `Pending`, looked at again when the claim changes and on
+    /// a slow resync.
+    Pending {
+        target: String,
+        message: String,
+    },
+    /// The class cannot apply: `Infeasible`, and nothing is sent to Azure again until the claim
+    /// names another class.
+    Infeasible {
+        target: String,
+        message: String,
+    },
+    /// Give the disk this performance, then make `target` current.
+    Apply {
+        target: String,
+        performance: Performance,
+    },
+}
+
+pub fn modify(state: &AttributesState, vac: Option<&AttributesClass>, provisioner: &str) -> Modify {
+    let target = state.wanted.clone();
+    // No class asked (only possible while none was ever applied: kube-apiserver forbids
+    // dropping an applied one).
+    if target.is_empty() {
+        return Modify::Nothing;
+    }
+    if target == state.current && state.modifying.is_none() {
+        return Modify::Nothing;
+    }
+    if state
+        .modifying
+        .as_ref()
+        .is_some_and(|(t, s)| *t == target && s == "Infeasible")
+    {
+        return Modify::Nothing;
+    }
+    let Some(vac) = vac else {
+        return Modify::Pending {
+            message: format!(
+                "VolumeAttributesClass {target} does not exist; the volume is changed once it is created"
+            ),
+            target,
+        };
+    };
+    match performance_of(vac, provisioner) {
+        Ok(performance) => Modify::Apply {
+            target,
+            performance,
+        },
+        Err(message) => Modify::Infeasible { target, message },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vac(name: &str, driver: &str, params: &[(&str, &str)]) -> AttributesClass {
+        AttributesClass {
+            name: name.into(),
+            driver: driver.into(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn attributes_classes_give_iops_and_mbps_and_refuse_the_rest() {
+        let ours = "flexdisk/azure-disk";
+        let gold = vac(
+            "gold",
+            ours,
+            &[("DiskIOPSReadWrite", "8000"), ("diskmbpsreadwrite", "400")],
+        );
+        assert_eq!(
+            performance_of(&gold, ours),
+            Ok(Performance {
+                iops: Some(8000),
+                mbps: Some(400)
+            })
+        );
+        let theirs = vac("x", "disk.csi.azure.com", &[]);
+        assert!(performance_of(&theirs, ours)
+            .unwrap_err()
+            .contains("disk.csi.azure.com"));
+        let odd = vac("x", ours, &[("throughput", "1")]);
+        assert!(performance_of(&odd, ours)
+            .unwrap_err()
+            .contains("unknown parameter"));
+        let bad = vac("x", ours, &[("diskIOPSReadWrite", "-5")]);
+        assert!(performance_of(&bad, ours).unwrap_err().contains("positive"));
+        // The class's own values give way to the attributes class's.
+        let class = Class {
+            name: "v2".into(),
+            parameters: [("skuName", "PremiumV2_LRS"), ("diskiopsreadwrite", "3000")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        let merged = with_performance(
+            &class,
+            &Performance {
+                iops: Some(6000),
+                mbps: None,
+            },
+        );
+        assert_eq!(merged.parameters.len(), 2);
+        assert_eq!(merged.parameters["diskIOPSReadWrite"], "6000");
+    }
+
+    #[test]
+    fn a_claim_s_class_change_is_applied_once_and_infeasible_is_final() {
+        let ours = "flexdisk/azure-disk";
+        let gold = vac("gold", ours, &[("diskIOPSReadWrite", "8000")]);
+        let state =
+            |wanted: &str, current: &str, modifying: Option<(&str, &str)>| AttributesState {
+                wanted: wanted.into(),
+                current: current.into(),
+                modifying: modifying.map(|(t, s)| (t.into(), s.into())),
+            };
+        assert_eq!(modify(&state("", "", None), None, ours), Modify::Nothing);
+        assert_eq!(
+            modify(&state("gold", "gold", None), Some(&gold), ours),
+            Modify::Nothing
+        );
+        assert!(matches!(
+            modify(&state("gold", "silver", None), Some(&gold), ours),
+            Modify::Apply { target, performance } if target == "gold" && performance.iops == Some(8000)
+        ));
+        // Provisioned with the class: bound with none current yet — applied (a no-op in Azure).
+        assert!(matches!(
+            modify(&state("gold", "", None), Some(&gold), ours),
+            Modify::Apply { .. }
+        ));
+        // Interrupted while in progress: carried on.
+        assert!(matches!(
+            modify(
+                &state("gold", "silver", Some(("gold", "InProgress"))),
+                Some(&gold),
+                ours
+            ),
+            Modify::Apply { .. }
+        ));
+        assert!(matches!(
+            modify(&state("gold", "silver", None), None, ours),
+            Modify::Pending { message, .. } if message.contains("does not exist")
+        ));
+        let theirs = vac("gold", "disk.csi.azure.com", &[]);
+        assert!(matches!(
+            modify(&state("gold", "silver", None), Some(&theirs), ours),
+            Modify::Infeasible { .. }
+        ));
+        // Infeasible stays so until the claim names another class (or goes back).
+        assert_eq!(
+            modify(
+                &state("gold", "silver", Some(("gold", "Infeasible"))),
+                Some(&gold),
+                ours
+            ),
+            Modify::Nothing
+        );
+        // Back to the current class: its values are applied again (nothing to send if the disk
+        // has them) and the status cleared.
+        let silver = vac("silver", ours, &[("diskIOPSReadWrite", "6000")]);
+        assert!(matches!(
+            modify(&state("silver", "silver", Some(("gold", "Infeasible"))), Some(&silver), ours),
+            Modify::Apply { target, .. } if target == "silver"
+        ));
+    }
 
     fn cluster() -> Cluster {
         Cluster {

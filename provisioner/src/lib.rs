@@ -8,6 +8,7 @@ pub mod cli;
 pub mod decide;
 pub mod intent;
 pub mod metrics;
+pub mod modify;
 pub mod resize;
 pub mod run;
 pub mod volumes;

@@ -24,6 +24,7 @@ pub struct Metrics {
     provisions: Family<Labels, Counter>,
     deletions: Family<Labels, Counter>,
     resizes: Family<Labels, Counter>,
+    modifications: Family<Labels, Counter>,
     provision_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     arm: [Counter; 3],
     arm_seen: Mutex<(u64, u64, u64)>,
@@ -41,6 +42,7 @@ impl Default for Metrics {
         let provisions = Family::<Labels, Counter>::default();
         let deletions = Family::<Labels, Counter>::default();
         let resizes = Family::<Labels, Counter>::default();
+        let modifications = Family::<Labels, Counter>::default();
         let provision_seconds =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let arm = [Counter::default(), Counter::default(), Counter::default()];
@@ -59,6 +61,11 @@ impl Default for Metrics {
             "resizes",
             "Disk growths for claims, by outcome (grown, needs_detach, infeasible, failed)",
             resizes.clone(),
+        );
+        registry.register(
+            "volume_modifications",
+            "Claims' VolumeAttributesClass changes carried out on their disks, by outcome (modified, unchanged, pending, infeasible, failed)",
+            modifications.clone(),
         );
         registry.register(
             "provision_duration_seconds",
@@ -86,6 +93,7 @@ impl Default for Metrics {
             provisions,
             deletions,
             resizes,
+            modifications,
             provision_seconds,
             arm,
             arm_seen: Mutex::new((0, 0, 0)),
@@ -117,6 +125,12 @@ impl Metrics {
 
     pub fn resize(&self, outcome: &str) {
         self.resizes
+            .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
+            .inc();
+    }
+
+    pub fn modification(&self, outcome: &str) {
+        self.modifications
             .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
             .inc();
     }

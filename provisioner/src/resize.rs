@@ -122,7 +122,7 @@ pub fn wanted(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> 
     bound_to(ctx, pvc, pv) && resize_to(&sizes(pvc, pv)).is_some()
 }
 
-fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+pub fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
     pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
         && pv
             .spec

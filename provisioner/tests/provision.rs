@@ -588,8 +588,9 @@ fn under_azure_faults_every_claim_ends_bound_and_nothing_leaks() {
     fault(
         json!({"operation": "Disks_CreateOrUpdate", "times": 4, "action": {"kind": "status", "status": 429, "retryAfter": 1}}),
     );
+    // The reads a provision makes are its operation's polls (the status carries the disk).
     fault(
-        json!({"operation": "Disks_Get", "times": 3, "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
+        json!({"operation": "OperationStatus", "times": 3, "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
     );
     fault(
         json!({"operation": "Disks_CreateOrUpdate", "skip": 6, "times": 2, "action": {"kind": "lroFail", "code": "InternalDiskManagementError"}}),
@@ -1419,4 +1420,152 @@ fn azure_refusing_every_disk_is_an_event_with_its_code_and_backs_off() {
     }
     s.sim.control("DELETE", "/faults", None).expect("clear");
     s.delete_all_and_converge(&["denied".to_string()], Duration::from_secs(30));
+}
+
+/// A claim's VolumeAttributesClass: the disk is made with its IOPS and MB/s (the PV cannot name
+/// the class — kube-apiserver allows that on CSI volumes only — so the provisioner binds the claim
+/// to its volume itself and makes the class current); switching the claim to another class changes
+/// the live disk; a class Azure refuses is Infeasible with Azure's reason, written once; a class
+/// that does not exist is Pending.
+#[test]
+fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
+    let s = Setup::start();
+    let vac = |name: &str, params: Value| {
+        let (status, body) = s.call(
+            "POST",
+            "/apis/storage.k8s.io/v1/volumeattributesclasses",
+            Some(json!({"metadata": {"name": name}, "driverName": "flexdisk/azure-disk", "parameters": params})),
+        );
+        assert_eq!(status, 201, "{body}");
+    };
+    vac(
+        "silver",
+        json!({"diskIOPSReadWrite": "6000", "diskMBpsReadWrite": "300"}),
+    );
+    vac(
+        "gold",
+        json!({"DiskIOPSReadWrite": "8000", "diskMBpsReadWrite": "400"}),
+    );
+    vac("too-fast", json!({"diskIOPSReadWrite": "500000"}));
+    s.class(
+        "v2",
+        json!({"skuName": "PremiumV2_LRS"}),
+        json!({"volumeBindingMode": "WaitForFirstConsumer"}),
+    );
+    let (status, c) = s.call("POST", PVCS, Some(json!({
+        "metadata": {"name": "tuned"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "v2", "volumeAttributesClassName": "silver",
+                 "resources": {"requests": {"storage": "100Gi"}}}})));
+    assert_eq!(status, 201, "{c}");
+    select_node(&s, "tuned", "aks-nodepool1-31415926-vmss000001");
+    let pv_name = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    let claim = format!("{PVCS}/tuned");
+    let bound = s.until(&claim, "Bound with silver current", |o| {
+        o["status"]["phase"] == "Bound"
+            && o["status"]["currentVolumeAttributesClassName"] == "silver"
+    });
+    assert_eq!(bound["spec"]["volumeName"], pv_name.as_str());
+    assert!(
+        bound["status"]
+            .get("modifyVolumeStatus")
+            .is_none_or(Value::is_null),
+        "{bound}"
+    );
+    let perf = |s: &Setup| s.disk(&pv_name).expect("disk").performance;
+    assert_eq!((perf(&s).iops, perf(&s).mbps), (Some(6000), Some(300)));
+    let pv = s.until(
+        &format!("/api/v1/persistentvolumes/{pv_name}"),
+        "PV",
+        |_| true,
+    );
+    assert!(
+        pv["spec"].get("volumeAttributesClassName").is_none(),
+        "{pv}"
+    );
+
+    // Switched live.
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    let switch = |to: &str| {
+        let (status, body) = s.call(
+            "PATCH",
+            &claim,
+            Some(json!({"spec": {"volumeAttributesClassName": to}})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    switch("gold");
+    s.until(&claim, "gold current", |o| {
+        o["status"]["currentVolumeAttributesClassName"] == "gold"
+            && o["status"]
+                .get("modifyVolumeStatus")
+                .is_none_or(Value::is_null)
+    });
+    assert_eq!((perf(&s).iops, perf(&s).mbps), (Some(8000), Some(400)));
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(counters["Disks_Update"], 1, "one PATCH: {counters}");
+    assert!(notes(&s, "tuned", "VolumeModifySuccessful")
+        .iter()
+        .any(|n| n.contains("8000 IOPS")));
+
+    // Azure refuses 500000 IOPS for 100 GiB: Infeasible with Azure's reason, one write only.
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    switch("too-fast");
+    let refused = s.until(&claim, "Infeasible", |o| {
+        o["status"]["modifyVolumeStatus"]["status"] == "Infeasible"
+    });
+    assert_eq!(
+        refused["status"]["modifyVolumeStatus"]["targetVolumeAttributesClassName"],
+        "too-fast"
+    );
+    assert_eq!(
+        refused["status"]["currentVolumeAttributesClassName"],
+        "gold"
+    );
+    assert!(
+        notes(&s, "tuned", "VolumeModifyFailed")
+            .iter()
+            .any(|n| n.contains("500000") && n.contains("BadRequest")),
+        "{:?}",
+        events(&s, "tuned")
+    );
+    // Resynced and woken again, it is not sent again.
+    s.call(
+        "PATCH",
+        &claim,
+        Some(json!({"metadata": {"labels": {"poke": "1"}}})),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(
+        counters["Disks_Update"], 1,
+        "Infeasible is not retried: {counters}"
+    );
+    assert_eq!(perf(&s).iops, Some(8000));
+
+    // A class that does not exist: Pending; once it exists, applied.
+    switch("platinum");
+    s.until(&claim, "Pending", |o| {
+        o["status"]["modifyVolumeStatus"]["status"] == "Pending"
+            && o["status"]["modifyVolumeStatus"]["targetVolumeAttributesClassName"] == "platinum"
+    });
+    // Dropping an applied class is kube-apiserver's to refuse.
+    let (status, _) = s.call(
+        "PATCH",
+        &claim,
+        Some(json!({"spec": {"volumeAttributesClassName": null}})),
+    );
+    assert_eq!(status, 422);
+    vac(
+        "platinum",
+        json!({"diskIOPSReadWrite": "10000", "diskMBpsReadWrite": "500"}),
+    );
+    s.call(
+        "PATCH",
+        &claim,
+        Some(json!({"metadata": {"labels": {"poke": "2"}}})),
+    );
+    s.until(&claim, "platinum current", |o| {
+        o["status"]["currentVolumeAttributesClassName"] == "platinum"
+    });
+    assert_eq!(perf(&s).iops, Some(10000));
 }

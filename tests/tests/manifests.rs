@@ -444,6 +444,44 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
     )
     .expect("scheduled");
     cluster.bound_pv("default", "zonal");
+    // A claim naming a VolumeAttributesClass: the class read, the claim bound to its volume by
+    // the provisioner and the class made current in its status.
+    kube.create(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttributesClass",
+        "metadata": {"name": "fast-v2"}, "driverName": "flexdisk/azure-disk",
+        "parameters": {"diskMBpsReadWrite": "150"}}),
+    )
+    .expect("attributes class");
+    kube.create(
+        &json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+        "metadata": {"name": "v2"}, "provisioner": "flexdisk/azure-disk",
+        "volumeBindingMode": "WaitForFirstConsumer", "parameters": {"skuName": "PremiumV2_LRS"}}),
+    )
+    .expect("class");
+    claim(
+        "tuned",
+        "v2",
+        json!({"volumeAttributesClassName": "fast-v2"}),
+    );
+    kube.merge_patch(
+        "/api/v1/namespaces/default/persistentvolumeclaims/tuned",
+        &json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": zonal_node}}}),
+    )
+    .expect("scheduled");
+    cluster.bound_pv("default", "tuned");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while kube
+        .get("/api/v1/namespaces/default/persistentvolumeclaims/tuned")
+        .expect("claim")
+        .is_none_or(|c| c["status"]["currentVolumeAttributesClassName"] != "fast-v2")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the class never became current:\n{}",
+            cluster.provisioner_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     claim(
         "block",
         "flexdisk-standardssd",
@@ -455,7 +493,7 @@ fn the_provisioner_run_as_deployed_needs_exactly_its_rbac_rules() {
     controller
         .attach(&plain_pv, &regional_node)
         .expect("attach");
-    for name in ["plain", "copy", "zonal", "block"] {
+    for name in ["plain", "copy", "zonal", "tuned", "block"] {
         kube.delete(&format!(
             "/api/v1/namespaces/default/persistentvolumeclaims/{name}"
         ))
