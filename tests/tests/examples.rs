@@ -65,6 +65,16 @@ fn every_example_is_well_formed_and_uses_only_accepted_parameters() {
                 parse_resource_id(&uri, ResourceKind::Disk)
                     .unwrap_or_else(|e| panic!("{file}: diskURI {e}"));
             }
+            "VolumeAttributesClass" => {
+                assert_eq!(d["driverName"], PROVISIONER, "{file}");
+                let vac = flexdisk_provisioner::decide::AttributesClass {
+                    name: d["metadata"]["name"].as_str().unwrap_or_default().into(),
+                    driver: PROVISIONER.into(),
+                    parameters: serde_json::from_value(d["parameters"].clone()).expect("strings"),
+                };
+                flexdisk_provisioner::decide::performance_of(&vac, PROVISIONER)
+                    .unwrap_or_else(|e| panic!("{file}: {e}"));
+            }
             "Pod" => drop(strictly_typed::<Pod>(d)),
             "Service" => drop(strictly_typed::<Service>(d)),
             "StatefulSet" => drop(strictly_typed::<StatefulSet>(d)),
@@ -218,6 +228,18 @@ fn the_examples_work_on_the_simulated_cluster() {
         }
     }
 
+    // The claim with a VolumeAttributesClass (PremiumV2: scheduled like the others).
+    for (file, d) in &all {
+        if file == "volume-attributes-classes.yaml" {
+            let mut d = d.clone();
+            if d["kind"] == "PersistentVolumeClaim" {
+                d["metadata"]["annotations"] =
+                    json!({"volume.kubernetes.io/selected-node": zonal[0].0});
+            }
+            kube.create(&d).expect("attributes classes and their claim");
+        }
+    }
+
     // A claim for each class nothing above used (PremiumV2 is zonal: scheduled like the others).
     let used: Vec<String> = vec![
         "flexdisk-standardssd".into(),
@@ -226,10 +248,17 @@ fn the_examples_work_on_the_simulated_cluster() {
     let mut per_class = Vec::new();
     for (class, _) in class_sku.iter().filter(|(c, _)| !used.contains(c)) {
         let name = format!("claim-{class}");
+        // Premium SSD v2's IOPS grow with size (3,000 + 500 per GiB above 6): the class's 5,000
+        // need 10 GiB.
+        let size = if class.contains("premiumv2") {
+            "10Gi"
+        } else {
+            "8Gi"
+        };
         let mut claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
-                     "resources": {"requests": {"storage": "8Gi"}}}});
+                     "resources": {"requests": {"storage": size}}}});
         if class.contains("premiumv2") {
             claim["metadata"]["annotations"] =
                 json!({"volume.kubernetes.io/selected-node": zonal[0].0});
@@ -290,6 +319,37 @@ fn the_examples_work_on_the_simulated_cluster() {
         assert_eq!(
             (v2["iops"].as_i64(), v2["mbps"].as_i64()),
             (Some(5000), Some(200))
+        );
+        // The attributes class's performance, not the StorageClass's; then switched live.
+        let tuned_pv = cluster.bound_pv("default", "tuned-data");
+        let tuned = disk_of(&disks, &tuned_pv);
+        assert_eq!(
+            (tuned["iops"].as_i64(), tuned["mbps"].as_i64()),
+            (Some(6000), Some(300))
+        );
+        kube.merge_patch(
+            "/api/v1/namespaces/default/persistentvolumeclaims/tuned-data",
+            &json!({"spec": {"volumeAttributesClassName": "flexdisk-v2-gold"}}),
+        )
+        .expect("switch");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while kube
+            .get("/api/v1/namespaces/default/persistentvolumeclaims/tuned-data")
+            .expect("claim")
+            .is_none_or(|c| c["status"]["currentVolumeAttributesClassName"] != "flexdisk-v2-gold")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "never switched:\n{}",
+                cluster.provisioner_log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let now = cluster.disks();
+        let tuned = disk_of(&now, &tuned_pv);
+        assert_eq!(
+            (tuned["iops"].as_i64(), tuned["mbps"].as_i64()),
+            (Some(8000), Some(400))
         );
         assert_eq!(disk_of(&disks, &data)["sku"], "StandardSSD_LRS");
         let copied = disk_of(&disks, &copy);

@@ -91,6 +91,10 @@ fn flexdisk_on_a_real_cluster() {
         ),
         ("the provisioner's leader killed", provisioner_leader_killed),
         ("the provisioner's failure paths", provisioner_failure_paths),
+        (
+            "a claim's VolumeAttributesClass shapes and changes its disk",
+            volume_attributes_classes,
+        ),
         // Last: it leaves a node dead.
         (
             "a dead node's volume moves after out-of-service",
@@ -469,6 +473,125 @@ fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
     .iter()
     .filter_map(|e| e["message"].as_str().map(str::to_string))
     .collect()
+}
+
+/// A disk's provisioned performance in the simulated Azure: (IOPS, MB/s).
+fn performance(c: &RealCluster, disk: &str) -> (Option<i64>, Option<i64>) {
+    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
+    state["disks"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, d)| d)
+        .find(|d| d["name"] == disk)
+        .map(|d| (d["iops"].as_i64(), d["mbps"].as_i64()))
+        .unwrap_or_default()
+}
+
+/// VolumeAttributesClass with the real kube-apiserver (which refuses the class on a FlexVolume
+/// PV) and the real PV controller (which would never match such a claim to a PV without it): the
+/// provisioner binds the claim from its side, the class's performance shapes the disk, switching
+/// classes changes it and the status follows, a class Azure refuses is Infeasible with Azure's
+/// reason and sent once. Regional nodes here, so no pod: the class is zonal with Immediate
+/// binding (a zonal disk cannot attach to a regional VM); the simulator tests change an attached
+/// disk.
+fn volume_attributes_classes(c: &RealCluster) {
+    let vac = |name: &str, params: Value| {
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttributesClass",
+            "metadata": {"name": name}, "driverName": "flexdisk/azure-disk", "parameters": params})
+    };
+    c.apply(&[
+        vac(
+            "silver",
+            json!({"diskIOPSReadWrite": "6000", "diskMBpsReadWrite": "300"}),
+        ),
+        vac(
+            "gold",
+            json!({"diskIOPSReadWrite": "8000", "diskMBpsReadWrite": "400"}),
+        ),
+        vac("too-fast", json!({"diskIOPSReadWrite": "500000"})),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "v2-zone-1"}, "provisioner": "flexdisk/azure-disk",
+            "parameters": {"skuName": "PremiumV2_LRS", "zones": "1"}}),
+    ]);
+    let mut tuned = claim("tuned", "v2-zone-1", &["ReadWriteOnce"], "100Gi");
+    tuned["spec"]["volumeAttributesClassName"] = json!("silver");
+    c.apply(&[tuned]);
+    let pv = bound_volume(c, "tuned");
+    let current = |c: &RealCluster| {
+        c.kubectl_json(&["get", "pvc", "tuned"])
+            .ok()
+            .map(|p| p["status"].clone())
+            .unwrap_or_default()
+    };
+    c.wait_until("silver current", LONG, |c| {
+        current(c)["currentVolumeAttributesClassName"] == "silver"
+    });
+    assert_eq!(performance(c, &pv), (Some(6000), Some(300)));
+    let on_pv = c.kubectl_json(&["get", "pv", &pv]).expect("pv");
+    assert!(
+        on_pv["spec"].get("volumeAttributesClassName").is_none(),
+        "{on_pv}"
+    );
+
+    let switch = |to: &str| {
+        c.kubectl(&[
+            "patch",
+            "pvc",
+            "tuned",
+            "--type=merge",
+            "-p",
+            &json!({"spec": {"volumeAttributesClassName": to}}).to_string(),
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()))
+    };
+    switch("gold");
+    c.wait_until("gold current", LONG, |c| {
+        let s = current(c);
+        s["currentVolumeAttributesClassName"] == "gold" && s["modifyVolumeStatus"].is_null()
+    });
+    assert_eq!(performance(c, &pv), (Some(8000), Some(400)));
+
+    c.sim.control("DELETE", "/counters", None).expect("reset");
+    switch("too-fast");
+    c.wait_until("too-fast Infeasible", LONG, |c| {
+        current(c)["modifyVolumeStatus"]["status"] == "Infeasible"
+    });
+    assert_eq!(current(c)["currentVolumeAttributesClassName"], "gold");
+    assert!(
+        event_messages(c, "tuned", "VolumeModifyFailed")
+            .iter()
+            .any(|m| m.contains("500000")),
+        "{}",
+        c.diagnostics()
+    );
+    // The real kube-apiserver keeps an applied class from being dropped.
+    let dropped = c.kubectl(&[
+        "patch",
+        "pvc",
+        "tuned",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"volumeAttributesClassName":null}}"#,
+    ]);
+    assert!(
+        dropped
+            .as_ref()
+            .is_err_and(|e| e.contains("currentVolumeAttributesClassName")),
+        "{dropped:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, counters) = c.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(
+        counters["Disks_Update"], 1,
+        "Infeasible is sent once: {counters}"
+    );
+    assert_eq!(performance(c, &pv), (Some(8000), Some(400)));
+    c.kubectl(&["delete", "pvc", "tuned", "--wait=true"])
+        .expect("delete");
+    c.wait_until("the disk deleted", LONG, |c| {
+        disks(c).iter().all(|(name, _)| *name != pv)
+    });
 }
 
 /// What the provisioner does when things go wrong, with the real kube-controller-manager and
