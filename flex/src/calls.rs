@@ -25,7 +25,12 @@ pub fn run(s: &Settings, call: Call) -> Reply {
         Call::Init => Reply {
             capabilities: Some(Capabilities {
                 attach: true,
-                selinux_relabel: false,
+                // ext4, xfs and btrfs keep SELinux labels: kubelet passes this to the container
+                // runtime as the mount's selinux_relabel (volume.Attributes.SELinuxRelabel from
+                // the driver's capabilities, kubernetes pkg/volume/flexvolume/mounter-defaults.go
+                // GetAttributes), which relabels the volume for the pod on SELinux-enforcing
+                // nodes; false would leave the pod denied its own volume there.
+                selinux_relabel: true,
                 // kubelet then reports the volume's usage (kubelet_volume_stats_*) from a statfs
                 // of the pod's volume dir, the bind mount of our filesystem (kubernetes
                 // pkg/volume/flexvolume/plugin.go, newMounterInternal).

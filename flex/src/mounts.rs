@@ -266,8 +266,11 @@ pub fn grow_filesystem(
     while size().is_some_and(|b| b < new_bytes) {
         if std::time::Instant::now() > deadline {
             return Err(format!(
-                "{} shows {} bytes, not yet the {new_bytes} the volume was grown to; tried again later",
+                "{} ({}) shows {} bytes, not yet the {new_bytes} the volume was grown to; tried again later",
                 device.display(),
+                std::fs::canonicalize(device)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|e| e.to_string()),
                 size().unwrap_or(0)
             ));
         }

@@ -13,9 +13,17 @@ fn a_volume_lives_moves_nodes_and_keeps_its_data() {
     let disk = env.disk("pvc-life", 1);
     let opts = env.options(&disk, "pvc-life", json!({}));
 
-    assert!(env.controller(&["init"]).ok()["capabilities"]["attach"]
-        .as_bool()
-        .expect("attach"));
+    let init = env.controller(&["init"]);
+    let caps = &init.ok()["capabilities"];
+    for cap in [
+        "attach",
+        "selinuxRelabel",
+        "supportsMetrics",
+        "fsGroup",
+        "requiresFSResize",
+    ] {
+        assert_eq!(caps[cap], true, "{cap}: {}", init.raw);
+    }
     let attached = env.controller(&["attach", &opts, AS_A]);
     let lun = attached.ok()["device"]
         .as_str()

@@ -3,6 +3,7 @@
 //! `volumes.rs` wire those decisions to kube-rs and Azure, `run.rs` starts it all.
 #![forbid(unsafe_code)]
 
+pub mod claim_status;
 pub mod claims;
 pub mod cli;
 pub mod decide;

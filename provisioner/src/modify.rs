@@ -14,12 +14,12 @@
 //! `VolumeModifyFailed`. The PV cannot name the class (not CSI); the claim's status is where it
 //! shows.
 
+use crate::claim_status;
 use crate::decide::{modify, AttributesClass, AttributesState, Modify};
 use crate::run::{Ctx, Error};
-use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
 use flexdisk_azure::{AzureError, Performance};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
@@ -87,59 +87,9 @@ pub fn may_need_work(pvc: &PersistentVolumeClaim) -> bool {
     !s.wanted.is_empty() && (s.wanted != s.current || s.modifying.is_some())
 }
 
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or(t)
-        .to_string()
-}
-
 /// The claim's conditions without the modify ones, plus `add` (type, message).
 fn conditions(pvc: &PersistentVolumeClaim, add: Option<(&str, &str)>) -> Vec<Value> {
-    let mut out: Vec<Value> = pvc
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| !MODIFY_CONDITIONS.contains(&c.type_.as_str()))
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
-    if let Some((type_, message)) = add {
-        out.push(
-            json!({"type": type_, "status": "True", "lastProbeTime": null,
-            "lastTransitionTime": now(), "message": message}),
-        );
-    }
-    out
-}
-
-/// A status patch guarded by the claim's resourceVersion: a claim changed meanwhile is looked at
-/// again in its new version.
-async fn patch_status(
-    ctx: &Ctx,
-    pvc: &PersistentVolumeClaim,
-    status: Value,
-) -> Result<PersistentVolumeClaim, Error> {
-    let api: Api<PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"resourceVersion": pvc.resource_version()}, "status": status});
-    match api
-        .patch_status(
-            &pvc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(c) => Ok(c),
-        Err(kube::Error::Api(e)) if e.code == 409 => Err(Error::Stale(format!(
-            "claim {}/{} changed while its volume was being modified",
-            pvc.namespace().unwrap_or_default(),
-            pvc.name_any()
-        ))),
-        Err(e) => Err(e.into()),
-    }
+    claim_status::conditions(pvc, &MODIFY_CONDITIONS, &[], add.as_slice())
 }
 
 /// Azure's refusals that will not change by asking again.
@@ -172,7 +122,7 @@ pub async fn reconcile(
         Modify::Pending { target, message } => {
             if st.modifying != Some((target.clone(), "Pending".into())) {
                 ctx.metrics.modification("pending");
-                patch_status(
+                claim_status::patch(
                     ctx,
                     pvc,
                     json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "Pending"}}),
@@ -192,19 +142,13 @@ pub async fn reconcile(
             performance,
         } => (target, performance),
     };
-    let Some(uri) = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.flex_volume.as_ref())
-        .and_then(|f| f.options.as_ref())
-        .and_then(|o| o.get("diskURI"))
-    else {
+    let Some(id) = claim_status::disk_of(pv) else {
         return Ok(None);
     };
-    let id = parse_resource_id(uri, ResourceKind::Disk).map_err(Error::Internal)?;
+    let id = id?;
 
     // 1. The claim says what is being done.
-    let pvc = patch_status(
+    let pvc = claim_status::patch(
         ctx,
         pvc,
         json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "InProgress"},
@@ -266,7 +210,7 @@ pub async fn reconcile(
                     message.clone(),
                 )
                 .await;
-                patch_status(
+                claim_status::patch(
                     ctx,
                     &pvc,
                     json!({"conditions": conditions(&pvc, Some(("ModifyVolumeError", &message)))}),
@@ -278,7 +222,7 @@ pub async fn reconcile(
     };
 
     // 3. The class is current.
-    patch_status(
+    claim_status::patch(
         ctx,
         &pvc,
         json!({"currentVolumeAttributesClassName": target, "modifyVolumeStatus": null,
@@ -320,7 +264,7 @@ async fn fail_for_good(
         message.to_string(),
     )
     .await;
-    patch_status(
+    claim_status::patch(
         ctx,
         pvc,
         json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "Infeasible"},

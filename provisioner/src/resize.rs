@@ -9,11 +9,11 @@
 //! disk detached first (shared disks, growth across 4 TiB), the claim says so and it is tried again
 //! until the pods are gone.
 
+use crate::claim_status;
 use crate::claims::PROVISIONED_BY;
 use crate::decide::{resize_to, Sizes};
 use crate::run::{Ctx, Error};
 use flexdisk_azure::disks::gib_for_bytes;
-use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
 use flexdisk_azure::AzureError;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};
@@ -72,49 +72,9 @@ fn sizes(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> Sizes {
     }
 }
 
-fn now() -> String {
-    let t = k8s_openapi::jiff::Timestamp::now();
-    t.round(k8s_openapi::jiff::Unit::Second)
-        .unwrap_or(t)
-        .to_string()
-}
-
 /// The claim's conditions without the resize ones (`keep`: those kept), plus `add`.
 fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: &[(&str, &str)]) -> Vec<Value> {
-    let mut out: Vec<Value> = pvc
-        .status
-        .as_ref()
-        .and_then(|s| s.conditions.clone())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|c| {
-            !RESIZE_CONDITIONS.contains(&c.type_.as_str()) || keep.contains(&c.type_.as_str())
-        })
-        .filter(|c| !add.iter().any(|(t, _)| *t == c.type_))
-        .filter_map(|c| serde_json::to_value(c).ok())
-        .collect();
-    for (type_, message) in add {
-        out.push(
-            json!({"type": type_, "status": "True", "lastProbeTime": null,
-            "lastTransitionTime": now(), "message": message}),
-        );
-    }
-    out
-}
-
-async fn patch_status(
-    api: &Api<PersistentVolumeClaim>,
-    pvc: &PersistentVolumeClaim,
-    status: Value,
-) -> Result<PersistentVolumeClaim, Error> {
-    let patch = json!({"metadata": {"resourceVersion": pvc.resource_version()}, "status": status});
-    Ok(api
-        .patch_status(
-            &pvc.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?)
+    claim_status::conditions(pvc, &RESIZE_CONDITIONS, keep, add)
 }
 
 /// Whether `pv` is ours and bound to the claim, and the claim asks for more than it has.
@@ -144,24 +104,17 @@ pub async fn reconcile(
     let Some(target) = resize_to(&sizes(pvc, pv)) else {
         return Ok(None);
     };
-    let Some(uri) = pv
-        .spec
-        .as_ref()
-        .and_then(|s| s.flex_volume.as_ref())
-        .and_then(|f| f.options.as_ref())
-        .and_then(|o| o.get("diskURI"))
-    else {
+    let Some(id) = claim_status::disk_of(pv) else {
         return Ok(None);
     };
-    let id = parse_resource_id(uri, ResourceKind::Disk).map_err(Error::Internal)?;
+    let id = id?;
     let gib = gib_for_bytes(target);
     let ns = pvc.namespace().unwrap_or_default();
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
 
     // 1. The claim says what is being tried.
-    let pvc = patch_status(
-        &claims,
+    let pvc = claim_status::patch(
+        ctx,
         pvc,
         json!({"conditions": conditions(pvc, &[], &[("Resizing", "")]),
             "allocatedResources": {"storage": format!("{gib}Gi")},
@@ -197,8 +150,8 @@ pub async fn reconcile(
             );
             ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
                 .await;
-            patch_status(
-                &claims,
+            claim_status::patch(
+                ctx,
                 &pvc,
                 json!({"conditions": conditions(&pvc, &["Resizing"], &[("ControllerResizeError", &why)])}),
             )
@@ -213,8 +166,8 @@ pub async fn reconcile(
             );
             ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
                 .await;
-            patch_status(
-                &claims,
+            claim_status::patch(
+                ctx,
                 &pvc,
                 json!({"conditions": conditions(&pvc, &[], &[("ControllerResizeError", &why)]),
                     "allocatedResourceStatuses": {"storage": "ControllerResizeInfeasible"}}),
@@ -242,8 +195,8 @@ pub async fn reconcile(
         &Patch::Merge(&json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}})),
     )
     .await?;
-    patch_status(
-        &claims,
+    claim_status::patch(
+        ctx,
         &pvc,
         json!({"conditions": conditions(&pvc, &["Resizing"], &[("FileSystemResizePending",
                 "Waiting for user to (re-)start a pod to finish file system resize of volume on node.")]),

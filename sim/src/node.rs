@@ -147,14 +147,18 @@ impl NodeBackend {
     }
 
     /// Tells every loop device over `file` that the file grew (the guest's view of a resize).
-    pub fn refresh_capacity(&self, file: &Path) -> Result<(), NodeError> {
-        let out = losetup(&["--associated", &file.display().to_string()])?;
-        for line in out.lines() {
-            if let Some(dev) = line.split(':').next().filter(|d| !d.is_empty()) {
-                losetup(&["--set-capacity", dev])?;
-            }
-        }
-        Ok(())
+    /// Every one is tried: a device of a VM the disk just left (detached, freed by the kernel at
+    /// its last unmount) may refuse, and must not keep the VM that has the disk now from seeing
+    /// the new size. The errors are returned for the log; the resize itself is Azure's and stands.
+    pub fn refresh_capacity(&self, file: &Path) -> Vec<NodeError> {
+        let out = match losetup(&["--associated", &file.display().to_string()]) {
+            Ok(out) => out,
+            Err(e) => return vec![e],
+        };
+        out.lines()
+            .filter_map(|line| line.split(':').next().filter(|d| !d.is_empty()))
+            .filter_map(|dev| losetup(&["--set-capacity", dev]).err())
+            .collect()
     }
 
     /// Detaches loop devices a previous, killed run left over `file`.

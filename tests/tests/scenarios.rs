@@ -69,7 +69,8 @@ fn draining_a_node_with_five_volumes_moves_them_all_intact() {
     let s = setup();
     let claims: Vec<String> = (0..5).map(|i| format!("drain-{i}")).collect();
     for c in &claims {
-        s.claim(c, "ssd", "2Gi");
+        // drain-0 in the class that allows growth: it grows after the move.
+        s.claim(c, if c == "drain-0" { "xfs" } else { "ssd" }, "2Gi");
     }
     let refs: Vec<&str> = claims.iter().map(String::as_str).collect();
     let uid = s.pod("app", NODES[0], &refs);
@@ -100,6 +101,32 @@ fn draining_a_node_with_five_volumes_moves_them_all_intact() {
         .filter(|v| v.iter().any(|vm| vm == NODES[0]))
         .count();
     assert_eq!(on_a, 0, "nothing left on the drained node");
+    // A moved volume grows where it is now (the real cluster's drain-then-grow).
+    let pv = s
+        .cluster
+        .kube
+        .get("/api/v1/namespaces/default/persistentvolumeclaims/drain-0")
+        .expect("get")
+        .and_then(|c| c["spec"]["volumeName"].as_str().map(str::to_string))
+        .expect("bound");
+    let grown = moved.iter().find(|m| m.pv == pv).expect("drain-0's volume");
+    s.cluster
+        .kube
+        .merge_patch(
+            "/api/v1/namespaces/default/persistentvolumeclaims/drain-0",
+            &json!({"spec": {"resources": {"requests": {"storage": "5Gi"}}}}),
+        )
+        .expect("resize");
+    s.until("the moved claim shows 5Gi", || {
+        s.cluster
+            .kube
+            .get("/api/v1/namespaces/default/persistentvolumeclaims/drain-0")
+            .expect("get")
+            .is_some_and(|c| c["status"]["capacity"]["storage"] == "5Gi")
+    });
+    let st = nix::sys::statvfs::statvfs(&grown.pod_dir).expect("statvfs");
+    assert!(st.blocks() as u64 * st.fragment_size() as u64 > 4 << 30);
+    check(grown, by_pv[&pv]);
 }
 
 #[test]
