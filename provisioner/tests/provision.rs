@@ -1483,7 +1483,21 @@ fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
         "{pv}"
     );
 
-    // Switched live.
+    // Switched live: the disk attached to the pod's node (PremiumV2 is zonal: the selected node's
+    // VM, in the disk's zone) while its performance changes.
+    let vm =
+        s.rt.block_on(s.arm.node_vm("aks-nodepool1-31415926-vmss000001"))
+            .expect("vm");
+    let spec = flexdisk_azure::AttachSpec {
+        disk_id: s.arm.disk_id(&s.arm.resource_group, &pv_name).to_string(),
+        lun: None,
+        caching: flexdisk_azure::Caching::None,
+    };
+    s.rt.block_on(
+        s.arm
+            .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[]),
+    )
+    .expect("attach");
     s.sim.control("DELETE", "/counters", None).expect("reset");
     let switch = |to: &str| {
         let (status, body) = s.call(
@@ -1501,6 +1515,10 @@ fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
                 .is_none_or(Value::is_null)
     });
     assert_eq!((perf(&s).iops, perf(&s).mbps), (Some(8000), Some(400)));
+    assert!(
+        !s.disk(&pv_name).expect("disk").attached_to().is_empty(),
+        "changed while attached"
+    );
     let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
     assert_eq!(counters["Disks_Update"], 1, "one PATCH: {counters}");
     assert!(notes(&s, "tuned", "VolumeModifySuccessful")

@@ -900,6 +900,48 @@ state = \"/run/containerd\"
     /// The tail of every component's log.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
+        // What Azure and the API server hold: the disks and operations, the claims and volumes.
+        if let Ok((_, state)) = self.sim.control("GET", "/state", None) {
+            out.push_str("--- simulated Azure\n");
+            for d in state["disks"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, d)| d)
+            {
+                out.push_str(&format!(
+                    "disk {} {} GiB {} attached to {}\n",
+                    d["name"], d["sizeGb"], d["provisioningState"], d["attachedTo"]
+                ));
+            }
+            for o in state["operations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(_, o)| o)
+            {
+                out.push_str(&format!(
+                    "operation {} {} {}\n",
+                    o["kind"], o["status"], o["error"]
+                ));
+            }
+        }
+        for kind in ["pvc", "pv"] {
+            if let Ok(list) = self.kubectl_json(&["get", kind, "-A"]) {
+                out.push_str(&format!("--- {kind}\n"));
+                for o in list["items"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{} spec {} status {}\n",
+                        o["metadata"]["name"],
+                        o["spec"]
+                            .get("resources")
+                            .or(o["spec"].get("capacity"))
+                            .unwrap_or(&Value::Null),
+                        o["status"]
+                    ));
+                }
+            }
+        }
         for p in self.procs.lock().expect("procs").iter() {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().collect();
