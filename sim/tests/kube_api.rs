@@ -310,13 +310,14 @@ fn status_is_separate_and_generation_follows_spec() {
     let made = k.post(PVCS, claim("s", "")).body;
     let mut main = made.clone();
     main["status"] = json!({"phase": "Bound"});
-    main["spec"]["volumeAttributesClassName"] = json!("gold");
+    // What a Pending claim may change in its spec: the volume it names, once.
+    main["spec"]["volumeName"] = json!("pv-s");
     let after = k.put(&format!("{PVCS}/s"), main).body;
     assert_eq!(
         after["status"]["phase"], "Pending",
         "the main resource ignores status"
     );
-    assert_eq!(after["spec"]["volumeAttributesClassName"], "gold");
+    assert_eq!(after["spec"]["volumeName"], "pv-s");
     assert_eq!(after["metadata"]["generation"], 2);
     let mut st = after.clone();
     st["status"] = json!({"phase": "Lost"});
