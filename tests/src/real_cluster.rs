@@ -926,6 +926,27 @@ state = \"/run/containerd\"
                 ));
             }
         }
+        // The provisioner runs as pods: their container logs on the nodes.
+        for node in &self.nodes {
+            let pods = node.dir.join("log/pods");
+            for dir in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
+                if !dir
+                    .file_name()
+                    .to_string_lossy()
+                    .contains("flexdisk-provisioner")
+                {
+                    continue;
+                }
+                let log = dir.path().join("provisioner/0.log");
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {}\n{}\n",
+                    log.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                ));
+            }
+        }
         for kind in ["pvc", "pv"] {
             if let Ok(list) = self.kubectl_json(&["get", kind, "-A"]) {
                 out.push_str(&format!("--- {kind}\n"));
