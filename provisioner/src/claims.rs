@@ -307,29 +307,34 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         .and_then(|s| s.volume_name.as_ref())
         .filter(|v| !v.is_empty())
     {
-        // The watch cache answers the common case (nothing to grow); a fresh read decides the
-        // rest, as a cached PV may lag behind.
+        // The watch caches answer the common case (nothing to grow or change); fresh reads of
+        // the volume and the claim decide the rest: the status writes are guarded by the claim's
+        // resourceVersion, and a cached claim that lags behind would fail them time after time
+        // (with a growing back-off) until the watch catches up.
         let cached = ctx.volumes.get(&ObjectRef::new(volume));
-        if cached.is_none_or(|pv| crate::resize::wanted(ctx, pvc, &pv)) {
-            let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-            if let Some(pv) = pvs.get_opt(volume).await? {
-                if let Some(action) = crate::resize::reconcile(ctx, pvc, &pv).await? {
-                    return Ok(action);
-                }
-            }
-        }
-        // And its modifier, once Bound: the PV controller sets the claim's current class from
-        // the volume as it binds (updateClaimStatus), which must not undo ours.
+        let resize = cached.is_none_or(|pv| crate::resize::wanted(ctx, pvc, &pv));
+        // The modifier acts once the claim is Bound: the PV controller sets the claim's current
+        // class from the volume as it binds (updateClaimStatus), which must not undo ours.
         let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
-        if bound && crate::modify::may_need_work(pvc) {
+        let modify = bound && crate::modify::may_need_work(pvc);
+        if resize || modify {
             let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-            if let Some(pv) = pvs
-                .get_opt(volume)
+            let claims: Api<PersistentVolumeClaim> =
+                Api::namespaced(ctx.client.clone(), &pvc.namespace().unwrap_or_default());
+            let fresh = claims
+                .get_opt(&pvc.name_any())
                 .await?
-                .filter(|pv| crate::resize::bound_to(ctx, pvc, pv))
-            {
-                if let Some(action) = crate::modify::reconcile(ctx, pvc, &pv).await? {
-                    return Ok(action);
+                .filter(|c| c.uid() == pvc.uid());
+            if let (Some(pv), Some(fresh)) = (pvs.get_opt(volume).await?, fresh) {
+                if resize {
+                    if let Some(action) = crate::resize::reconcile(ctx, &fresh, &pv).await? {
+                        return Ok(action);
+                    }
+                }
+                if modify && crate::resize::bound_to(ctx, &fresh, &pv) {
+                    if let Some(action) = crate::modify::reconcile(ctx, &fresh, &pv).await? {
+                        return Ok(action);
+                    }
                 }
             }
         }

@@ -245,6 +245,28 @@ impl Setup {
         }
     }
 
+    /// Attaches the disk named `disk` to `node`'s VM as a pod's attach would: the VM and what was
+    /// asked.
+    fn attach(
+        &self,
+        disk: &str,
+        node: &str,
+    ) -> (flexdisk_azure::VmDisks, flexdisk_azure::AttachSpec) {
+        let vm = self.rt.block_on(self.arm.node_vm(node)).expect("vm");
+        let spec = flexdisk_azure::AttachSpec {
+            disk_id: self.arm.disk_id(&self.arm.resource_group, disk).to_string(),
+            lun: None,
+            caching: flexdisk_azure::Caching::None,
+        };
+        self.rt
+            .block_on(
+                self.arm
+                    .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[]),
+            )
+            .expect("attach");
+        (vm, spec)
+    }
+
     fn disk(&self, name: &str) -> Option<flexdisk_azure::DiskInfo> {
         self.rt
             .block_on(self.arm.get_disk(&self.arm.resource_group, name))
@@ -786,19 +808,7 @@ fn a_disk_still_attached_is_not_deleted_until_it_is_detached() {
     s.until(&format!("{PVCS}/busy"), "Bound", |o| {
         o["status"]["phase"] == "Bound"
     });
-    let vm =
-        s.rt.block_on(s.arm.node_vm("k8s-agentpool1-31415926-0"))
-            .expect("vm");
-    let spec = flexdisk_azure::AttachSpec {
-        disk_id: s.arm.disk_id(&s.arm.resource_group, &pv_name).to_string(),
-        lun: None,
-        caching: flexdisk_azure::Caching::None,
-    };
-    s.rt.block_on(
-        s.arm
-            .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[]),
-    )
-    .expect("attach");
+    let (vm, spec) = s.attach(&pv_name, "k8s-agentpool1-31415926-0");
     s.call("DELETE", &format!("{PVCS}/busy"), None);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -1485,19 +1495,7 @@ fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
 
     // Switched live: the disk attached to the pod's node (PremiumV2 is zonal: the selected node's
     // VM, in the disk's zone) while its performance changes.
-    let vm =
-        s.rt.block_on(s.arm.node_vm("aks-nodepool1-31415926-vmss000001"))
-            .expect("vm");
-    let spec = flexdisk_azure::AttachSpec {
-        disk_id: s.arm.disk_id(&s.arm.resource_group, &pv_name).to_string(),
-        lun: None,
-        caching: flexdisk_azure::Caching::None,
-    };
-    s.rt.block_on(
-        s.arm
-            .attach_detach(&vm.vm, std::slice::from_ref(&spec), &[]),
-    )
-    .expect("attach");
+    s.attach(&pv_name, "aks-nodepool1-31415926-vmss000001");
     s.sim.control("DELETE", "/counters", None).expect("reset");
     let switch = |to: &str| {
         let (status, body) = s.call(

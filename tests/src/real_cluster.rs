@@ -947,6 +947,26 @@ state = \"/run/containerd\"
                 ));
             }
         }
+        // Who did what to the claims and volumes (the controllers' events).
+        if let Ok(list) = self.kubectl_json(&["get", "events", "-A", "--sort-by=.lastTimestamp"]) {
+            out.push_str("--- events of claims and volumes\n");
+            for e in list["items"].as_array().into_iter().flatten().filter(|e| {
+                matches!(
+                    e["involvedObject"]["kind"].as_str(),
+                    Some("PersistentVolumeClaim" | "PersistentVolume")
+                )
+            }) {
+                out.push_str(&format!(
+                    "{} {} {} {} {}: {}\n",
+                    e["lastTimestamp"],
+                    e["involvedObject"]["name"],
+                    e["reportingComponent"],
+                    e["source"]["component"],
+                    e["reason"],
+                    e["message"]
+                ));
+            }
+        }
         for kind in ["pvc", "pv"] {
             if let Ok(list) = self.kubectl_json(&["get", kind, "-A"]) {
                 out.push_str(&format!("--- {kind}\n"));
