@@ -188,6 +188,24 @@ pub async fn reconcile(
         }
     };
 
+    // The volume says only what Azure shows: a fresh read of the disk confirms the growth (the
+    // real cluster once showed a PV grown while the disk was not — see the stop note of issue
+    // 16/17; until that is explained, a disk smaller than asked is an error tried again).
+    let shown = ctx
+        .arm
+        .get_disk(&id.resource_group, &id.name)
+        .await?
+        .map(|d| d.size_gib)
+        .unwrap_or(0);
+    if shown < gib {
+        tracing::warn!(disk = %id.name, returned_gib = disk.size_gib, shown_gib = shown, gib,
+            "the disk does not show the growth Azure reported; tried again");
+        return Err(Error::Internal(format!(
+            "disk {} shows {shown} GiB after growing to {gib} GiB; tried again",
+            id.name
+        )));
+    }
+
     // 3. The volume, then 4. the node's part.
     pvs.patch(
         &pv.name_any(),
