@@ -2,7 +2,8 @@
 //! external-resizer does: timestamps, conditions of their own kind replaced, resourceVersion-
 //! guarded status patches, and the disk a volume of ours is on.
 
-use crate::run::{Ctx, Error};
+use crate::context::Ctx;
+use crate::error::Error;
 use flexdisk_azure::naming::{parse_resource_id, ResourceId, ResourceKind};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};

@@ -1,11 +1,17 @@
 //! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
 
+use crate::context::{Ctx, RESYNC};
 use crate::decide::{
-    another_node_may_help, performance_of, provision, unschedulable_topology, with_performance,
-    Claim, Class, DataSource, Decision, PvPlan, SourceClaim, CSI_ZONE_LABEL, ZONE_LABEL,
+    another_node_may_help, clone_source, performance_of, provision, unschedulable_topology,
+    with_performance, Claim, Class, DataSource, Decision, PvPlan, CSI_ZONE_LABEL, ZONE_LABEL,
 };
+use crate::error::Error;
 use crate::intent;
-use crate::run::{Ctx, Error, RESYNC};
+use crate::keys::{
+    CLONE_FINALIZER, FINALIZER, PROVISIONED_BY, PROVISIONER_BETA_KEY, PROVISIONER_KEY,
+    SELECTED_NODE_KEY,
+};
+use crate::quantity::bytes_of;
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -16,35 +22,6 @@ use kube::ResourceExt;
 use serde_json::json;
 use std::sync::Arc;
 use tracing::info;
-
-pub const PROVISIONER_KEY: &str = "volume.kubernetes.io/storage-provisioner";
-pub const PROVISIONER_BETA_KEY: &str = "volume.beta.kubernetes.io/storage-provisioner";
-pub const SELECTED_NODE_KEY: &str = "volume.kubernetes.io/selected-node";
-pub const FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
-pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
-
-pub fn bytes_of(q: &str) -> u64 {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (n, unit) = q.split_at(split);
-    let n: f64 = n.parse().unwrap_or(0.0);
-    let m: f64 = match unit {
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        _ => 1.0,
-    };
-    (n * m).ceil() as u64
-}
 
 fn claim_of(pvc: &PersistentVolumeClaim) -> Claim {
     let spec = pvc.spec.clone().unwrap_or_default();
@@ -69,14 +46,17 @@ fn claim_of(pvc: &PersistentVolumeClaim) -> Claim {
                 api_group: d.api_group.clone(),
                 kind: d.kind.clone(),
                 name: d.name.clone(),
+                namespace: d.namespace.clone().filter(|n| !n.is_empty()),
             })
             .or_else(|| {
                 spec.data_source.as_ref().map(|d| DataSource {
                     api_group: d.api_group.clone(),
                     kind: d.kind.clone(),
                     name: d.name.clone(),
+                    namespace: None,
                 })
             }),
+        provisioning_recorded: false,
     }
 }
 
@@ -300,6 +280,19 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
             return Ok(action);
         }
     }
+    // A source claim going while protected for a copy: it goes once no copy of it is being made.
+    if pvc.metadata.deletion_timestamp.is_some()
+        && pvc.finalizers().iter().any(|f| f == CLONE_FINALIZER)
+    {
+        let ns = pvc.namespace().unwrap_or_default();
+        if !crate::clone::release(ctx, &ns, &pvc.name_any()).await? {
+            return Err(Error::Waiting(format!(
+                "claim {ns}/{} is being copied; it goes once the copy is made",
+                pvc.name_any()
+            )));
+        }
+        return Ok(Action::await_change());
+    }
     // A bound claim of ours may ask for more: this provisioner is its resizer.
     if let Some(volume) = pvc
         .spec
@@ -312,7 +305,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         // resourceVersion, and a cached claim that lags behind would fail them time after time
         // (with a growing back-off) until the watch catches up.
         let cached = ctx.volumes.get(&ObjectRef::new(volume));
-        let resize = cached.is_none_or(|pv| crate::resize::wanted(ctx, pvc, &pv));
+        let resize = cached.is_none_or(|pv| crate::resize::needs_work(ctx, pvc, &pv));
         // The modifier acts once the claim is Bound: the PV controller sets the claim's current
         // class from the volume as it binds (updateClaimStatus), which must not undo ours.
         let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
@@ -343,7 +336,10 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         return unscheduled(ctx, pvc).await;
     }
     let ns = pvc.namespace().unwrap_or_default();
-    let claim = claim_of(pvc);
+    let claim = Claim {
+        provisioning_recorded: intent::recorded(pvc, &ctx.name),
+        ..claim_of(pvc)
+    };
     let pv_name = format!("pvc-{}", claim.uid);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
     // Made already: the cache knows; a miss is confirmed by a read (a PV made a moment ago may not
@@ -423,8 +419,21 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         }
         None => None,
     };
-    let source = match &claim.data_source {
-        Some(ds) if ds.kind == "PersistentVolumeClaim" => source_claim(ctx, &ns, &ds.name).await?,
+    // A clone: its source is read now and proven to be the claim's to copy (decide::clone_source).
+    let copying = match &claim.data_source {
+        Some(ds) if ds.kind == "PersistentVolumeClaim" => {
+            let read = if ds.namespace.as_deref().is_none_or(|n| n == ns) {
+                crate::clone::read_source(ctx, &ns, &ds.name).await?
+            } else {
+                None
+            };
+            match clone_source(&claim, &class, read.as_ref().map(|(s, _)| s), &ctx.name) {
+                Ok(vetted) => read.map(|(_, object)| (vetted, object)),
+                Err(decision) => {
+                    return refuse_or_wait(ctx, pvc, &class_name, &attributes, decision).await
+                }
+            }
+        }
         _ => None,
     };
     let started = std::time::Instant::now();
@@ -432,22 +441,11 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         &claim,
         &class,
         zone_label.as_deref(),
-        source.as_ref(),
+        copying.as_ref().map(|(vetted, _)| vetted),
         &ctx.cluster,
     ) {
-        Decision::Refuse(message) => {
-            let message = if attributes.is_empty() {
-                message
-            } else {
-                format!("{message} (with the performance of the claim's VolumeAttributesClass {attributes})")
-            };
-            ctx.metrics.provision(&class_name, "refused", None);
-            ctx.event(&**pvc, EventType::Warning, "ProvisioningFailed", message)
-                .await;
-            return Ok(Action::requeue(RESYNC));
-        }
-        Decision::Wait(message) => return Err(Error::Waiting(message)),
         Decision::Provision(plan) => plan,
+        decision => return refuse_or_wait(ctx, pvc, &class_name, &attributes, decision).await,
     };
     // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
     // found again from the claim and either gets its PV or is deleted.
@@ -460,6 +458,11 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
             claim.name
         )));
     }
+    // The source cannot go while it is copied; a source changed since the checks read it is
+    // read and checked again (crate::clone).
+    if let Some((_, source)) = &copying {
+        crate::clone::protect(ctx, source, &claim.uid).await?;
+    }
     ctx.event(
         &**pvc,
         EventType::Normal,
@@ -470,6 +473,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         ),
     )
     .await;
+    ctx.spend_write(&plan.disk.name)?;
     let disk = match (ctx.arm.create_disk(&plan.disk).await, &selected) {
         (Ok(disk), _) => disk,
         (Err(e), Some(node)) if another_node_may_help(e.code()) => {
@@ -495,8 +499,12 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         Err(e) => return Err(e.into()),
     }
     prebind(ctx, pvc, &plan.pv.name).await?;
-    // The PV owns the disk now (its reclaim policy decides); the claim is free to go.
+    // The PV owns the disk now (its reclaim policy decides); the claim is free to go, and so is
+    // its source.
     intent::clear(&claims, &claim.name, &ctx.name).await?;
+    if let Some((_, source)) = &copying {
+        crate::clone::release(ctx, &ns, &source.name_any()).await?;
+    }
     ctx.event(
         &**pvc,
         EventType::Normal,
@@ -545,43 +553,32 @@ async fn prebind(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv_name: &str) -> Resul
     }
 }
 
-async fn source_claim(ctx: &Ctx, ns: &str, name: &str) -> Result<Option<SourceClaim>, Error> {
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(src) = claims.get_opt(name).await? else {
-        return Ok(None);
-    };
-    let spec = src.spec.clone().unwrap_or_default();
-    let mut disk_uri = None;
-    // The disk may have grown before the claim's status says so (the node's part of a resize
-    // pending): a copy is at least as large as the disk.
-    let mut volume_bytes = 0;
-    if let Some(v) = spec.volume_name.as_ref().filter(|v| !v.is_empty()) {
-        let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-        let pv_spec = pvs.get_opt(v).await?.and_then(|pv| pv.spec);
-        volume_bytes = pv_spec
-            .as_ref()
-            .and_then(|s| s.capacity.as_ref())
-            .and_then(|c| c.get("storage"))
-            .map(|q| bytes_of(&q.0))
-            .unwrap_or(0);
-        disk_uri = pv_spec
-            .and_then(|s| s.flex_volume)
-            .and_then(|f| f.options)
-            .and_then(|o| o.get("diskURI").cloned());
+/// A claim that cannot be provisioned as it is (refused: an event, looked at again on the slow
+/// resync or when it changes) or not yet (waiting: retried with back-off, an event each time).
+async fn refuse_or_wait(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    class_name: &str,
+    attributes: &str,
+    decision: Decision,
+) -> Result<Action, Error> {
+    match decision {
+        Decision::Refuse(message) => {
+            let message = if attributes.is_empty() {
+                message
+            } else {
+                format!("{message} (with the performance of the claim's VolumeAttributesClass {attributes})")
+            };
+            ctx.metrics.provision(class_name, "refused", None);
+            ctx.event(pvc, EventType::Warning, "ProvisioningFailed", message)
+                .await;
+            Ok(Action::requeue(RESYNC))
+        }
+        Decision::Wait(message) => Err(Error::Waiting(message)),
+        Decision::Provision(_) => Err(Error::Internal(
+            "a provisioning decision reached the refusal path".into(),
+        )),
     }
-    let capacity = src
-        .status
-        .as_ref()
-        .and_then(|s| s.capacity.as_ref())
-        .and_then(|c| c.get("storage"))
-        .map(|q| bytes_of(&q.0))
-        .unwrap_or(0)
-        .max(volume_bytes);
-    Ok(Some(SourceClaim {
-        storage_class: spec.storage_class_name.unwrap_or_default(),
-        disk_uri,
-        capacity_bytes: capacity,
-    }))
 }
 
 /// A failed attempt: an event on the claim saying why, every time (the library's
@@ -595,7 +592,7 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -
         .as_ref()
         .and_then(|s| s.volume_name.as_deref())
         .is_some_and(|v| !v.is_empty());
-    if !bound && !matches!(e, Error::Stale(_)) {
+    if !bound && e.tells_the_user() {
         let outcome = if matches!(e, Error::Waiting(_)) {
             "waiting"
         } else {

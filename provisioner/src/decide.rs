@@ -19,6 +19,8 @@ pub struct Claim {
     pub volume_mode: Option<String>,
     pub has_selector: bool,
     pub data_source: Option<DataSource>,
+    /// A provisioning of it is recorded (the disk may exist, a copy may have begun).
+    pub provisioning_recorded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,15 +28,174 @@ pub struct DataSource {
     pub api_group: Option<String>,
     pub kind: String,
     pub name: String,
+    /// `dataSourceRef.namespace` (`None`: the claim's own).
+    pub namespace: Option<String>,
 }
 
-/// A claim this one clones, as found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A claim this one would clone, and the volume it names, as read just now.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SourceClaim {
-    pub storage_class: String,
-    /// The bound PV's disk (`None`: not bound yet).
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub phase: String,
+    pub being_deleted: bool,
+    /// Carries the cloning-protection finalizer: a copy of it has been started.
+    pub protected: bool,
+    pub storage_class: Option<String>,
+    pub request_bytes: u64,
+    /// `status.capacity`.
+    pub capacity_bytes: u64,
+    /// `spec.volumeName` ("" for none).
+    pub volume_name: String,
+    pub volume: Option<SourceVolume>,
+}
+
+/// The PV a source claim names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SourceVolume {
+    pub provisioned_by: Option<String>,
+    pub phase: String,
+    /// `spec.claimRef`: namespace, name, uid.
+    pub claim_ref: Option<(String, String, String)>,
     pub disk_uri: Option<String>,
     pub capacity_bytes: u64,
+    pub block: bool,
+}
+
+/// A source proven to be the claim's to copy: its disk and how large the copy must be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneSource {
+    pub disk_uri: String,
+    pub capacity_bytes: u64,
+}
+
+/// Whether `claim` may copy `source`, checked as external-provisioner's `getPVCSource` checks
+/// (pkg/controller/controller.go): the source is a claim of the claim's own namespace, Bound, not
+/// being deleted, of the same class, no larger than the request, and its volume is Bound, ours,
+/// and bound back to it (`claimRef` namespace, name and uid) — a claim that merely names another
+/// tenant's volume in `spec.volumeName` never lends that volume's disk. One exception to "not
+/// being deleted": a source that carries the cloning-protection finalizer while this claim's
+/// provisioning is recorded — the copy was started and the finalizer keeps the source until it is
+/// made. `provisioner`: ours.
+pub fn clone_source(
+    claim: &Claim,
+    class: &Class,
+    source: Option<&SourceClaim>,
+    provisioner: &str,
+) -> Result<CloneSource, Decision> {
+    let Some(ds) = &claim.data_source else {
+        return Err(Decision::Refuse("the claim has no data source".into()));
+    };
+    if let Some(ns) = ds.namespace.as_deref().filter(|ns| *ns != claim.namespace) {
+        return Err(Decision::Refuse(format!(
+            "dataSourceRef names claim {} in namespace {ns}: flexdisk clones only claims of the claim's own namespace \
+             ({}); a cross-namespace source would need Kubernetes' alpha CrossNamespaceVolumeDataSource gate and a \
+             Gateway API ReferenceGrant, which flexdisk does not honour — clone in namespace {ns}, or copy the data",
+            ds.name, claim.namespace
+        )));
+    }
+    let Some(src) = source else {
+        return Err(Decision::Wait(format!(
+            "the source claim {} does not exist in namespace {}",
+            ds.name, claim.namespace
+        )));
+    };
+    if src.being_deleted && !(src.protected && claim.provisioning_recorded) {
+        return Err(Decision::Wait(format!(
+            "the source claim {} is being deleted; a clone needs a source that stays",
+            src.name
+        )));
+    }
+    if src.phase != "Bound" {
+        return Err(Decision::Wait(format!(
+            "the source claim {} is not bound yet (it is {}); a clone needs its disk",
+            src.name,
+            if src.phase.is_empty() {
+                "new"
+            } else {
+                &src.phase
+            }
+        )));
+    }
+    match src.storage_class.as_deref() {
+        Some(c) if c == class.name => {}
+        other => {
+            return Err(Decision::Refuse(format!(
+                "the source claim {} is of class {}, not {}; clones stay in their class",
+                src.name,
+                other.unwrap_or("(none)"),
+                class.name
+            )))
+        }
+    }
+    if src.volume_name.is_empty() {
+        return Err(Decision::Wait(format!(
+            "the source claim {} is not bound yet; a clone needs its disk",
+            src.name
+        )));
+    }
+    let Some(pv) = &src.volume else {
+        return Err(Decision::Wait(format!(
+            "the volume {} of the source claim {} does not exist (yet)",
+            src.volume_name, src.name
+        )));
+    };
+    let bound_back = pv.claim_ref.as_ref().is_some_and(|(ns, name, uid)| {
+        *ns == src.namespace && *name == src.name && *uid == src.uid
+    });
+    if !bound_back {
+        // The other claim's volume is not named: a claim cannot learn more about a volume than
+        // that it is not its source's.
+        return Err(Decision::Refuse(format!(
+            "the source claim {} names a volume that is not bound to it; a clone copies only the volume its source \
+             claim is bound to",
+            src.name
+        )));
+    }
+    if pv.provisioned_by.as_deref() != Some(provisioner) {
+        return Err(Decision::Refuse(format!(
+            "the volume {} of the source claim {} was not provisioned by {provisioner}; only its volumes can be cloned",
+            src.volume_name, src.name
+        )));
+    }
+    if pv.block {
+        return Err(Decision::Refuse(format!(
+            "the volume of the source claim {} is a raw block volume; flexdisk's clones are filesystems",
+            src.name
+        )));
+    }
+    if pv.phase != "Bound" {
+        return Err(Decision::Wait(format!(
+            "the volume {} of the source claim {} is {}, not Bound",
+            src.volume_name,
+            src.name,
+            if pv.phase.is_empty() {
+                "new"
+            } else {
+                &pv.phase
+            }
+        )));
+    }
+    let Some(uri) = &pv.disk_uri else {
+        return Err(Decision::Refuse(format!(
+            "the volume {} of the source claim {} has no Azure disk",
+            src.volume_name, src.name
+        )));
+    };
+    // The disk may have grown before the claim's status says so (the node's part of a resize
+    // pending): a copy is at least as large as the disk.
+    let capacity = src.capacity_bytes.max(pv.capacity_bytes);
+    if claim.request_bytes < src.request_bytes.max(capacity) {
+        return Err(Decision::Refuse(format!(
+            "a clone must be at least as large as its source ({} bytes); raise the claim's request",
+            src.request_bytes.max(capacity)
+        )));
+    }
+    Ok(CloneSource {
+        disk_uri: uri.clone(),
+        capacity_bytes: capacity,
+    })
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -125,12 +286,13 @@ pub fn zone_of(label: &str, location: &str) -> Option<String> {
 }
 
 /// Decides what to create for `claim` of `class`, provisioned for a pod on a node in
-/// `node_zone_label` (WaitForFirstConsumer), cloning `source` when the claim has a data source.
+/// `node_zone_label` (WaitForFirstConsumer), copying `source` (checked by [`clone_source`]) when
+/// the claim has a data source.
 pub fn provision(
     claim: &Claim,
     class: &Class,
     node_zone_label: Option<&str>,
-    source: Option<&SourceClaim>,
+    source: Option<&CloneSource>,
     cluster: &Cluster,
 ) -> Decision {
     let params = match DiskParams::parse(
@@ -191,30 +353,12 @@ pub fn provision(
         }
         let Some(src) = source else {
             return Decision::Wait(format!(
-                "the source claim {} does not exist in namespace {}",
-                ds.name, claim.namespace
-            ));
-        };
-        let Some(uri) = &src.disk_uri else {
-            return Decision::Wait(format!(
-                "the source claim {} is not bound yet; a clone needs its disk",
+                "the source claim {} has not been checked yet",
                 ds.name
             ));
         };
-        if src.storage_class != class.name {
-            return Decision::Refuse(format!(
-                "the source claim {} is of class {}, not {}; clones stay in their class",
-                ds.name, src.storage_class, class.name
-            ));
-        }
-        if claim.request_bytes < src.capacity_bytes {
-            return Decision::Refuse(format!(
-                "a clone must be at least as large as its source ({} bytes)",
-                src.capacity_bytes
-            ));
-        }
         size_gib = size_gib.max(gib_for_bytes(src.capacity_bytes));
-        copy_from = Some(uri.clone());
+        copy_from = Some(src.disk_uri.clone());
     }
     let node_zone = node_zone_label.and_then(|l| zone_of(l, &cluster.location));
     let allowed: Vec<String> = class
@@ -343,11 +487,18 @@ pub enum Deletion {
     DeleteDisk(String),
 }
 
+/// Whether a volume's disk is to be deleted now: exactly when sig-storage-lib-external-provisioner
+/// deletes (`shouldDelete`, controller/controller.go) — only a `Released` volume (since Kubernetes
+/// 1.5 not a `Failed` one), with reclaim policy Delete, and not one being deleted whose finalizer
+/// is already gone ("the finalizer was removed, i.e. the volume has been already deleted").
 pub fn deletion(pv: &Volume, provisioner: &str) -> Deletion {
     if pv.provisioned_by.as_deref() != Some(provisioner) {
         return Deletion::NotOurs;
     }
-    if !matches!(pv.phase.as_str(), "Released" | "Failed") {
+    if pv.being_deleted && !pv.has_finalizer {
+        return Deletion::Wait;
+    }
+    if pv.phase != "Released" {
         return Deletion::Wait;
     }
     match (pv.reclaim_policy.as_str(), &pv.disk_uri) {
@@ -361,46 +512,58 @@ pub fn deletion(pv: &Volume, provisioner: &str) -> Deletion {
 pub struct Sizes {
     /// `spec.resources.requests.storage`.
     pub request: u64,
+    /// `status.capacity.storage`: what the node has grown the filesystem to.
+    pub capacity: u64,
     /// The PV's `spec.capacity.storage` (what the disk has been grown to).
     pub volume: u64,
     /// `status.allocatedResources.storage`: the size last tried.
     pub allocated: Option<u64>,
     /// `status.allocatedResourceStatuses.storage`.
     pub status: Option<String>,
-    /// A `ControllerResizeError` condition: the last try failed for good.
+    /// A `FileSystemResizePending` condition.
+    pub fs_resize_pending: bool,
+    /// A `ControllerResizeError` condition: the last try failed for good (external-resizer keeps
+    /// this in memory, `hasFinalError`; the condition also survives a restart).
     pub failed_for_good: bool,
 }
 
-/// Whether (and to what size) the disk must grow now. The rules of kubernetes-csi/external-resizer
-/// (`pkg/controller/expand_and_recover.go`, expandAndRecover): a resize the node has to finish is
-/// left to the node; one this provisioner started goes on to the size it tried, unless that failed
-/// for good, in which case the (possibly lowered) request wins — recovery from expansion failure.
+/// The size to grow the disk to now, if any — kubernetes-csi/external-resizer's
+/// `expandAndRecover` (pkg/controller/expand_and_recover.go, KEP-1790 recovery from expansion
+/// failure), whose rules this follows case by case. Only a claim that asks for more than it has
+/// (`pvcNeedResize`). While the node has a growth to finish, the size it works on stands; one the
+/// node found infeasible is handed back to it at the size last tried (the control plane's part is
+/// done again, idempotently, and the claim says `NodeResizePending`); one the controller found
+/// infeasible gives way to the (possibly lowered) request.
 pub fn resize_to(z: &Sizes) -> Option<u64> {
-    let status = z.status.as_deref();
-    let node_side = matches!(
-        status,
-        Some("NodeResizePending" | "NodeResizeInProgress" | "NodeResizeInfeasible")
-    );
-    let target = if z.volume < z.request {
+    if z.request <= z.capacity {
+        return None;
+    }
+    let status = z.status.as_deref().unwrap_or("");
+    let allocated_or_request = z.allocated.unwrap_or(z.request);
+    if z.volume < z.request {
         match status {
-            _ if node_side => z.allocated.unwrap_or(z.request),
-            Some("ControllerResizeInProgress") if !z.failed_for_good => {
-                z.allocated.unwrap_or(z.request)
+            "NodeResizeInfeasible" => Some(allocated_or_request),
+            "NodeResizePending" | "NodeResizeInProgress" => {
+                (z.volume < allocated_or_request).then_some(allocated_or_request)
             }
-            _ => z.request,
+            // Failed for good (Azure wants the disk detached first): the request, which the
+            // user may have lowered, wins. Otherwise interrupted (a crash, a transient error):
+            // the size tried is tried again.
+            "ControllerResizeInProgress" if z.failed_for_good => Some(z.request),
+            "ControllerResizeInProgress" => Some(allocated_or_request),
+            _ => Some(z.request),
         }
     } else {
         match status {
-            _ if node_side => return None,
-            Some(s) if s.starts_with("ControllerResize") => z.allocated?,
-            None => z.allocated.filter(|a| *a > z.volume)?,
-            Some(_) => return None,
+            "NodeResizePending" | "NodeResizeInProgress" => None,
+            "NodeResizeInfeasible"
+            | "ControllerResizeInProgress"
+            | "ControllerResizeInfeasible" => Some(allocated_or_request),
+            "" if z.allocated.is_some() => z.allocated,
+            _ if z.fs_resize_pending => None,
+            _ => Some(z.request),
         }
-    };
-    // Interrupted after the volume grew but before the claim said the node's part is due: the
-    // steps run again to that size (the disk and volume are there already) so that it does.
-    let unfinished = status == Some("ControllerResizeInProgress") && target == z.volume;
-    (target > z.volume || unfinished).then_some(target)
+    }
 }
 
 /// A VolumeAttributesClass as the provisioner sees it.
@@ -802,97 +965,227 @@ mod tests {
             api_group: Some("snapshot.storage.k8s.io".into()),
             kind: "VolumeSnapshot".into(),
             name: "s".into(),
+            namespace: None,
         });
         assert!(refused(provision(&c, &class(&[]), None, None, &cluster()))
             .contains("snapshot.storage.k8s.io/VolumeSnapshot is not supported"));
     }
 
-    #[test]
-    fn clones_copy_their_bound_source_in_the_same_class() {
+    fn source() -> SourceClaim {
+        SourceClaim {
+            namespace: "apps".into(),
+            name: "src".into(),
+            uid: "src-uid".into(),
+            phase: "Bound".into(),
+            storage_class: Some("fast".into()),
+            request_bytes: 10 << 30,
+            capacity_bytes: 10 << 30,
+            volume_name: "pvc-src-uid".into(),
+            volume: Some(SourceVolume {
+                provisioned_by: Some(OURS.into()),
+                phase: "Bound".into(),
+                claim_ref: Some(("apps".into(), "src".into(), "src-uid".into())),
+                disk_uri: Some(
+                    "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/disks/pvc-src"
+                        .into(),
+                ),
+                capacity_bytes: 10 << 30,
+                block: false,
+            }),
+            ..SourceClaim::default()
+        }
+    }
+
+    const OURS: &str = "flexdisk/azure-disk";
+
+    fn cloning(name: &str, namespace: Option<&str>) -> Claim {
         let mut c = claim();
         c.data_source = Some(DataSource {
             api_group: None,
             kind: "PersistentVolumeClaim".into(),
-            name: "src".into(),
+            name: name.into(),
+            namespace: namespace.map(str::to_string),
         });
-        let src = SourceClaim {
-            storage_class: "fast".into(),
-            disk_uri: Some(
-                "/subscriptions/sub/resourceGroups/MC_rg/providers/Microsoft.Compute/disks/pvc-src"
-                    .into(),
-            ),
-            capacity_bytes: 10 << 30,
+        c
+    }
+
+    fn checked(c: &Claim, src: Option<&SourceClaim>) -> Result<CloneSource, Decision> {
+        clone_source(c, &class(&[]), src, OURS)
+    }
+
+    #[test]
+    fn clones_copy_their_bound_source_in_the_same_class() {
+        let c = cloning("src", None);
+        let vetted = checked(&c, Some(&source())).expect("a good source");
+        let p = plan(provision(&c, &class(&[]), None, Some(&vetted), &cluster()));
+        assert_eq!(
+            p.disk.source.as_deref(),
+            source().volume.and_then(|v| v.disk_uri).as_deref()
+        );
+        let waits = |src: SourceClaim, why: &str| {
+            assert!(
+                matches!(checked(&c, Some(&src)), Err(Decision::Wait(m)) if m.contains(why)),
+                "{why}"
+            )
         };
-        let p = plan(provision(&c, &class(&[]), None, Some(&src), &cluster()));
-        assert_eq!(p.disk.source.as_deref(), src.disk_uri.as_deref());
-        let unbound = SourceClaim {
-            disk_uri: None,
-            ..src.clone()
+        let refuses = |src: SourceClaim, why: &str| {
+            assert!(
+                matches!(checked(&c, Some(&src)), Err(Decision::Refuse(m)) if m.contains(why)),
+                "{why}: {:?}",
+                checked(&c, Some(&src))
+            )
         };
         // Not bound yet, or not there yet: waited for (retried), not refused.
-        assert!(matches!(
-            provision(&c, &class(&[]), None, Some(&unbound), &cluster()),
-            Decision::Wait(m) if m.contains("not bound")
-        ));
-        let other = SourceClaim {
-            storage_class: "slow".into(),
-            ..src.clone()
-        };
-        assert!(
-            refused(provision(&c, &class(&[]), None, Some(&other), &cluster()))
-                .contains("clones stay in their class")
+        waits(
+            SourceClaim {
+                phase: "Pending".into(),
+                ..source()
+            },
+            "not bound",
         );
-        let bigger = SourceClaim {
-            capacity_bytes: 20 << 30,
-            ..src
-        };
-        assert!(
-            refused(provision(&c, &class(&[]), None, Some(&bigger), &cluster()))
-                .contains("at least as large")
+        waits(
+            SourceClaim {
+                volume: None,
+                ..source()
+            },
+            "does not exist",
         );
+        assert!(
+            matches!(checked(&c, None), Err(Decision::Wait(m)) if m.contains("does not exist"))
+        );
+        refuses(
+            SourceClaim {
+                storage_class: Some("slow".into()),
+                ..source()
+            },
+            "clones stay in their class",
+        );
+        refuses(
+            SourceClaim {
+                capacity_bytes: 20 << 30,
+                ..source()
+            },
+            "at least as large",
+        );
+        let mut grown = source();
+        if let Some(v) = grown.volume.as_mut() {
+            v.capacity_bytes = 20 << 30;
+        }
+        refuses(grown, "at least as large");
+        let mut theirs = source();
+        if let Some(v) = theirs.volume.as_mut() {
+            v.provisioned_by = Some("disk.csi.azure.com".into());
+        }
+        refuses(theirs, "not provisioned by flexdisk/azure-disk");
+    }
+
+    /// The attack of issue 24: in namespace `attacker`, a claim `x` names another tenant's volume
+    /// in `spec.volumeName` (any user may write that), and a claim clones `x`. The volume is not
+    /// bound back to `x`, so nothing is copied — whatever the rest says.
+    #[test]
+    fn a_claim_naming_another_tenant_s_volume_lends_nothing() {
+        let c = cloning("x", None);
+        let mut x = source();
+        x.name = "x".into();
+        x.uid = "x-uid".into();
+        // The victim's volume, bound to `wide` in `default`.
+        if let Some(v) = x.volume.as_mut() {
+            v.claim_ref = Some(("default".into(), "wide".into(), "wide-uid".into()));
+        }
+        let refused = checked(&c, Some(&x));
+        assert!(
+            matches!(&refused, Err(Decision::Refuse(m)) if m.contains("not bound to it") && !m.contains("wide")),
+            "{refused:?}"
+        );
+        // Same name, another claim that once had it (a uid differs): no better.
+        let mut reused = source();
+        if let Some(v) = reused.volume.as_mut() {
+            v.claim_ref = Some(("apps".into(), "src".into(), "an-older-uid".into()));
+        }
         assert!(matches!(
-            provision(&c, &class(&[]), None, None, &cluster()),
-            Decision::Wait(m) if m.contains("does not exist")
+            checked(&cloning("src", None), Some(&reused)),
+            Err(Decision::Refuse(_))
         ));
+        // A PV bound to nobody either.
+        let mut loose = source();
+        if let Some(v) = loose.volume.as_mut() {
+            v.claim_ref = None;
+        }
+        assert!(matches!(
+            checked(&cloning("src", None), Some(&loose)),
+            Err(Decision::Refuse(_))
+        ));
+        // A dataSourceRef naming another namespace is refused before anything is read.
+        let across = cloning("wide", Some("default"));
+        assert!(matches!(
+            checked(&across, None),
+            Err(Decision::Refuse(m)) if m.contains("own namespace") && m.contains("ReferenceGrant")
+        ));
+        // Naming its own namespace explicitly is fine.
+        assert!(checked(&cloning("src", Some("apps")), Some(&source())).is_ok());
+    }
+
+    #[test]
+    fn a_source_being_deleted_is_copied_only_where_the_copy_was_started() {
+        let going = SourceClaim {
+            being_deleted: true,
+            ..source()
+        };
+        let c = cloning("src", None);
+        assert!(
+            matches!(checked(&c, Some(&going)), Err(Decision::Wait(m)) if m.contains("being deleted"))
+        );
+        // Protected by the cloning finalizer, and this claim's provisioning recorded: the copy
+        // began before the deletion did.
+        let protected = SourceClaim {
+            protected: true,
+            ..going.clone()
+        };
+        assert!(matches!(
+            checked(&c, Some(&protected)),
+            Err(Decision::Wait(_))
+        ));
+        let resumed = Claim {
+            provisioning_recorded: true,
+            ..c
+        };
+        assert!(checked(&resumed, Some(&protected)).is_ok());
+        assert!(checked(&resumed, Some(&going)).is_err());
     }
 
     #[test]
     fn resizes_follow_the_external_resizer() {
         let gi = |n: u64| n << 30;
-        let z = |request, volume, allocated: Option<u64>, status: Option<&str>, failed| Sizes {
+        let z = |request, capacity, volume, allocated: Option<u64>, status: Option<&str>| Sizes {
             request: gi(request),
+            capacity: gi(capacity),
             volume: gi(volume),
             allocated: allocated.map(gi),
             status: status.map(str::to_string),
-            failed_for_good: failed,
+            ..Sizes::default()
         };
         // A new request.
-        assert_eq!(resize_to(&z(8, 5, None, None, false)), Some(gi(8)));
-        assert_eq!(resize_to(&z(5, 5, None, None, false)), None);
+        assert_eq!(resize_to(&z(8, 5, 5, None, None)), Some(gi(8)));
+        assert_eq!(resize_to(&z(5, 5, 5, None, None)), None);
         // The disk is grown; the node finishes.
         assert_eq!(
-            resize_to(&z(8, 8, Some(8), Some("NodeResizePending"), false)),
+            resize_to(&z(8, 5, 8, Some(8), Some("NodeResizePending"))),
             None
         );
+        assert_eq!(resize_to(&z(8, 8, 8, Some(8), None)), None, "done");
         // Interrupted after the disk grew but before the PV said so: the same size again.
         assert_eq!(
-            resize_to(&z(8, 5, Some(8), Some("ControllerResizeInProgress"), false)),
+            resize_to(&z(8, 5, 5, Some(8), Some("ControllerResizeInProgress"))),
             Some(gi(8))
         );
         // Interrupted after the volume grew too, before the claim said so: finished, same size.
         assert_eq!(
-            resize_to(&z(8, 8, Some(8), Some("ControllerResizeInProgress"), false)),
+            resize_to(&z(8, 5, 8, Some(8), Some("ControllerResizeInProgress"))),
             Some(gi(8))
         );
         // The user asks for more while the first growth is under way: that one finishes first.
         assert_eq!(
-            resize_to(&z(
-                12,
-                5,
-                Some(8),
-                Some("ControllerResizeInProgress"),
-                false
-            )),
+            resize_to(&z(12, 5, 5, Some(8), Some("ControllerResizeInProgress"))),
             Some(gi(8))
         );
         // Failed for good (too big), then lowered: the lowered request is honoured.
@@ -900,27 +1193,45 @@ mod tests {
             resize_to(&z(
                 7,
                 5,
-                Some(64_000),
-                Some("ControllerResizeInfeasible"),
-                true
-            )),
-            Some(gi(7))
-        );
-        assert_eq!(
-            resize_to(&z(
-                7,
                 5,
                 Some(64_000),
-                Some("ControllerResizeInProgress"),
-                true
+                Some("ControllerResizeInfeasible")
             )),
             Some(gi(7))
         );
+        let detach_first = Sizes {
+            failed_for_good: true,
+            ..z(7, 5, 5, Some(64_000), Some("ControllerResizeInProgress"))
+        };
+        assert_eq!(resize_to(&detach_first), Some(gi(7)));
         // A growth the node has yet to do blocks a new one until it is done.
         assert_eq!(
-            resize_to(&z(12, 8, Some(8), Some("NodeResizePending"), false)),
+            resize_to(&z(12, 5, 8, Some(8), Some("NodeResizePending"))),
             None
         );
+        // The node found its part infeasible and the user asks for more: the size last tried is
+        // handed back to the node first (KEP-1790), then the new request once that is done.
+        assert_eq!(
+            resize_to(&z(12, 5, 8, Some(8), Some("NodeResizeInfeasible"))),
+            Some(gi(8))
+        );
+        assert_eq!(
+            resize_to(&z(8, 5, 8, Some(8), Some("NodeResizeInfeasible"))),
+            Some(gi(8))
+        );
+        assert_eq!(
+            resize_to(&z(12, 8, 8, Some(8), None)),
+            Some(gi(12)),
+            "the node done, the new request"
+        );
+        assert_eq!(
+            resize_to(&Sizes {
+                fs_resize_pending: true,
+                ..z(8, 5, 8, None, None)
+            }),
+            None
+        );
+        assert_eq!(resize_to(&z(12, 8, 8, None, None)), Some(gi(12)));
     }
 
     #[test]
@@ -971,12 +1282,29 @@ mod tests {
             deletion(
                 &Volume {
                     reclaim_policy: "Retain".into(),
-                    ..ours
+                    ..ours.clone()
                 },
                 "flexdisk/azure-disk"
             ),
             Deletion::Keep
         );
+        // As the library's shouldDelete: a Failed volume is not deleted, nor one being deleted
+        // whose finalizer is gone (its disk went already); one being deleted with the finalizer
+        // is.
+        for (phase, deleting, finalizer, expected) in [
+            ("Failed", false, true, Deletion::Wait),
+            ("Released", true, false, Deletion::Wait),
+            ("Released", true, true, Deletion::DeleteDisk("/d".into())),
+            ("Released", false, false, Deletion::DeleteDisk("/d".into())),
+        ] {
+            let v = Volume {
+                phase: phase.into(),
+                being_deleted: deleting,
+                has_finalizer: finalizer,
+                ..ours.clone()
+            };
+            assert_eq!(deletion(&v, "flexdisk/azure-disk"), expected, "{v:?}");
+        }
     }
 
     #[test]

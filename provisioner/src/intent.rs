@@ -5,8 +5,9 @@
 //! resource group has to infer from tags (which other clusters and the Azure Disk CSI driver set
 //! too) whose a disk is, and a disk kept by a `Retain` PV is never taken for an orphan.
 
-use crate::claims::{PROVISIONER_BETA_KEY, PROVISIONER_KEY};
-use crate::run::{Ctx, Error};
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::keys::{provisioning_finalizer, PROVISIONER_BETA_KEY, PROVISIONER_KEY};
 use flexdisk_azure::naming::{disk_name_for_pv, parse_resource_id, pv_of_tags, ResourceKind};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, Patch, PatchParams};
@@ -20,15 +21,9 @@ use tracing::info;
 /// The resource ID of the disk being made for the claim.
 pub const ANNOTATION: &str = "flexdisk/disk-in-progress";
 
-/// The finalizer of the provisioner named `name` (each provisioner of a cluster has its own, so
-/// that none finishes another's provisioning): `<name>-disk-in-progress`, a qualified name as
-/// provisioner names are (`flexdisk/azure-disk` → `flexdisk/azure-disk-disk-in-progress`).
+/// The finalizer of the provisioner named `name` ([`provisioning_finalizer`]).
 pub fn finalizer(name: &str) -> String {
-    if name.contains('/') {
-        format!("{name}-disk-in-progress")
-    } else {
-        format!("flexdisk/{name}-disk-in-progress")
-    }
+    provisioning_finalizer(name)
 }
 
 /// Whether this claim carries the record of a provisioning by `name` that has not finished.
@@ -54,6 +49,12 @@ pub async fn record(
     disk_uri: &str,
 ) -> Result<bool, Error> {
     let ours = finalizer(name);
+    if pvc.finalizers().contains(&ours)
+        && pvc.annotations().get(ANNOTATION).map(String::as_str) == Some(disk_uri)
+    {
+        // Recorded by an earlier attempt: nothing to write.
+        return Ok(true);
+    }
     let mut finalizers: Vec<String> = pvc.finalizers().to_vec();
     if !finalizers.contains(&ours) {
         finalizers.push(ours);
@@ -138,6 +139,10 @@ pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Act
         return Ok(Some(Action::await_change()));
     }
     clear(&claims, &claim, &ctx.name).await?;
+    // A copy that will not be made no longer holds its source.
+    if let Some(source) = crate::clone::source_of(pvc) {
+        crate::clone::release(ctx, &ns, &source).await?;
+    }
     Ok(Some(Action::requeue(Duration::from_secs(1))))
 }
 
@@ -194,6 +199,7 @@ async fn delete_made_disk(
         Some(disk) if pv_of_tags(&disk.tags) == Some(pv_name.as_str()) => {
             info!(claim = %format!("{ns}/{claim}"), disk = %id.name,
                 "{why}; deleting the disk made for it");
+            ctx.spend_write(&id.name)?;
             if let Err(e) = ctx.arm.delete_disk(&id.resource_group, &id.name).await {
                 ctx.event(
                     pvc,

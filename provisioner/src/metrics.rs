@@ -27,6 +27,7 @@ pub struct Metrics {
     modifications: Family<Labels, Counter>,
     provision_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     arm: [Counter; 3],
+    deferred: Counter,
     arm_seen: Mutex<(u64, u64, u64)>,
     pub leader: Gauge,
     ready: AtomicBool,
@@ -46,6 +47,12 @@ impl Default for Metrics {
         let provision_seconds =
             Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
         let arm = [Counter::default(), Counter::default(), Counter::default()];
+        let deferred = Counter::default();
+        registry.register(
+            "arm_writes_deferred",
+            "ARM writes held back because their disk's write budget (5 in 30 s, 20 an hour) was spent",
+            deferred.clone(),
+        );
         let leader = Gauge::default();
         registry.register(
             "provisions",
@@ -96,6 +103,7 @@ impl Default for Metrics {
             modifications,
             provision_seconds,
             arm,
+            deferred,
             arm_seen: Mutex::new((0, 0, 0)),
             leader,
             ready: AtomicBool::new(false),
@@ -133,6 +141,10 @@ impl Metrics {
         self.modifications
             .get_or_create(&vec![("outcome".to_string(), outcome.to_string())])
             .inc();
+    }
+
+    pub fn over_budget(&self) {
+        self.deferred.inc();
     }
 
     pub fn set_ready(&self) {

@@ -9,14 +9,17 @@
 //! (`pkg/modifycontroller`): `status.modifyVolumeStatus` says `InProgress` with the target while
 //! the disk changes, then `status.currentVolumeAttributesClassName` names the class and the status
 //! goes; `Pending` while the class does not exist; `Infeasible` with Azure's reason when it
-//! refuses (wrong SKU, out of range, too many changes a day) — and then nothing is sent again
-//! until the claim names another class. Events: `VolumeModify`, `VolumeModifySuccessful`,
+//! refuses what can never succeed (a value outside the disk's range, a class that does not
+//! apply) — and then nothing is sent again until the claim names another class; Azure's refusals
+//! that pass (too many changes today) keep it `InProgress` with `ModifyVolumeError`, tried again
+//! with a growing back-off. Events: `VolumeModify`, `VolumeModifySuccessful`,
 //! `VolumeModifyFailed`. The PV cannot name the class (not CSI); the claim's status is where it
 //! shows.
 
 use crate::claim_status;
+use crate::context::Ctx;
 use crate::decide::{modify, AttributesClass, AttributesState, Modify};
-use crate::run::{Ctx, Error};
+use crate::error::Error;
 use flexdisk_azure::{AzureError, Performance};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -29,15 +32,34 @@ use tracing::info;
 
 const MODIFY_CONDITIONS: [&str; 2] = ["ModifyingVolume", "ModifyVolumeError"];
 
-/// How often a claim whose class does not exist is looked at again (its creation does not wake
-/// the claim: there is no watch on classes of attributes).
+/// How often a claim whose class does not exist is looked at again (besides when it appears:
+/// run.rs watches the classes).
 const PENDING_RETRY: Duration = Duration::from_secs(60);
 
-/// The VolumeAttributesClass named `name`, read fresh (storage.k8s.io/v1; these are few and read
-/// only when a claim's class changes).
-pub async fn attributes_class(ctx: &Ctx, name: &str) -> Result<Option<AttributesClass>, Error> {
+/// storage.k8s.io/v1 VolumeAttributesClass, as a dynamic resource (k8s-openapi's v1_33 types know
+/// only v1beta1).
+pub fn attributes_class_resource() -> ApiResource {
     let gvk = GroupVersionKind::gvk("storage.k8s.io", "v1", "VolumeAttributesClass");
-    let ar = ApiResource::from_gvk_with_plural(&gvk, "volumeattributesclasses");
+    ApiResource::from_gvk_with_plural(&gvk, "volumeattributesclasses")
+}
+
+/// The claims (of `claims`, a watch cache) that name the VolumeAttributesClass `class`: looked at
+/// again when it appears.
+pub fn naming_attributes_class(
+    claims: &[std::sync::Arc<PersistentVolumeClaim>],
+    class: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<PersistentVolumeClaim>> {
+    claims
+        .iter()
+        .filter(|c| wanted(c) == class)
+        .map(|c| kube::runtime::reflector::ObjectRef::from_obj(&**c))
+        .collect()
+}
+
+/// The VolumeAttributesClass named `name`, read fresh (these are few and read only when a claim's
+/// class changes).
+pub async fn attributes_class(ctx: &Ctx, name: &str) -> Result<Option<AttributesClass>, Error> {
+    let ar = attributes_class_resource();
     let api: Api<DynamicObject> = Api::all_with(ctx.client.clone(), &ar);
     Ok(api.get_opt(name).await?.map(|o| AttributesClass {
         name: o.name_any(),
@@ -87,18 +109,22 @@ pub fn may_need_work(pvc: &PersistentVolumeClaim) -> bool {
     !s.wanted.is_empty() && (s.wanted != s.current || s.modifying.is_some())
 }
 
-/// The claim's conditions without the modify ones, plus `add` (type, message).
-fn conditions(pvc: &PersistentVolumeClaim, add: Option<(&str, &str)>) -> Vec<Value> {
-    claim_status::conditions(pvc, &MODIFY_CONDITIONS, &[], add.as_slice())
+/// The claim's conditions without the modify ones (`keep`: those kept), plus `add` (type,
+/// message).
+fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: Option<(&str, &str)>) -> Vec<Value> {
+    claim_status::conditions(pvc, &MODIFY_CONDITIONS, keep, add.as_slice())
 }
 
-/// Azure's refusals that will not change by asking again.
+/// Azure's refusals that will not change by asking again: a value outside what the disk's SKU and
+/// size allow (400, InvalidParameter) — external-resizer's Infeasible is the CSI InvalidArgument.
+/// Azure's other refusals (409: too many performance changes today, a disk busy or attached
+/// where it must not be) pass and are tried again, slowly.
 fn infeasible(e: &AzureError) -> bool {
     matches!(
         e,
         AzureError::InvalidParameter { .. }
             | AzureError::Other {
-                status: Some(400 | 409),
+                status: Some(400),
                 ..
             }
     )
@@ -147,14 +173,26 @@ pub async fn reconcile(
     };
     let id = id?;
 
-    // 1. The claim says what is being done.
-    let pvc = claim_status::patch(
-        ctx,
-        pvc,
-        json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "InProgress"},
-            "conditions": conditions(pvc, Some(("ModifyingVolume", "ModifyVolume operation in progress.")))}),
-    )
-    .await?;
+    // 1. The claim says what is being done (once: a retry finds it so).
+    let in_progress = st.modifying == Some((target.clone(), "InProgress".into()))
+        && pvc
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "ModifyingVolume");
+    let pvc = if in_progress {
+        pvc.clone()
+    } else {
+        claim_status::patch(
+            ctx,
+            pvc,
+            json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "InProgress"},
+                "conditions": conditions(pvc, &[], Some(("ModifyingVolume", "ModifyVolume operation in progress.")))}),
+        )
+        .await?
+    };
 
     // 2. The disk, unless it is so already (a disk made with the class, a change interrupted
     // after Azure made it): Azure counts every change against a daily few.
@@ -183,6 +221,7 @@ pub async fn reconcile(
             ),
         )
         .await;
+        ctx.spend_write(&id.name)?;
         match ctx
             .arm
             .set_disk_performance(&id.resource_group, &id.name, &performance)
@@ -199,6 +238,11 @@ pub async fn reconcile(
                 return Ok(Some(Action::await_change()));
             }
             Err(e) => {
+                // As external-resizer's updateConditionBasedOnError: the claim stays InProgress,
+                // ModifyingVolume beside ModifyVolumeError with the reason, tried again with a
+                // back-off that grows — fast for what passes by itself (throttling, a busy disk),
+                // from a minute up to an hour for Azure's refusals that last (a disk's performance
+                // set too often today recovers within 24 hours by itself).
                 ctx.metrics.modification("failed");
                 let message = format!(
                     "ModifyVolume failed with error: {e}. Waiting for retry. Still modifying to VolumeAttributesClass {target}"
@@ -213,20 +257,27 @@ pub async fn reconcile(
                 claim_status::patch(
                     ctx,
                     &pvc,
-                    json!({"conditions": conditions(&pvc, Some(("ModifyVolumeError", &message)))}),
+                    json!({"conditions": conditions(&pvc, &["ModifyingVolume"], Some(("ModifyVolumeError", &message)))}),
                 )
                 .await?;
-                return Err(e.into());
+                if e.is_retryable() {
+                    return Err(e.into());
+                }
+                let e = Error::from(e);
+                return Ok(Some(Action::requeue(
+                    ctx.slow_backoff.next(&pvc.uid().unwrap_or_default(), &e),
+                )));
             }
         }
     };
 
     // 3. The class is current.
+    ctx.slow_backoff.forget(&pvc.uid().unwrap_or_default());
     claim_status::patch(
         ctx,
         &pvc,
         json!({"currentVolumeAttributesClassName": target, "modifyVolumeStatus": null,
-            "conditions": conditions(&pvc, None)}),
+            "conditions": conditions(&pvc, &[], None)}),
     )
     .await?;
     if changed {
@@ -268,7 +319,7 @@ async fn fail_for_good(
         ctx,
         pvc,
         json!({"modifyVolumeStatus": {"targetVolumeAttributesClassName": target, "status": "Infeasible"},
-            "conditions": conditions(pvc, Some(("ModifyVolumeError", message)))}),
+            "conditions": conditions(pvc, &[], Some(("ModifyVolumeError", message)))}),
     )
     .await?;
     Ok(())

@@ -2,26 +2,35 @@
 //! plugins (`ProbeExpandableVolumePlugins` has none; kubernetes issue #126881), so for our volumes
 //! this provisioner is the external resizer. It follows kubernetes-csi/external-resizer
 //! (`pkg/controller/expand_and_recover.go`, `resize_status.go`): the claim's status says
-//! `ControllerResizeInProgress` with the size tried (`allocatedResources`) and a `Resizing`
-//! condition; the disk grows in Azure; the PV's capacity follows; the claim then says
-//! `NodeResizePending` with `FileSystemResizePending`, which is what makes kubelet run the
-//! driver's `expandfs` on the node and finish the claim (`status.capacity`). Where Azure needs the
-//! disk detached first (shared disks, growth across 4 TiB), the claim says so and it is tried again
-//! until the pods are gone.
+//! `ControllerResizeInProgress` with the size tried (`allocatedResources`, the request exactly as
+//! written) and a `Resizing` condition; the disk grows in Azure; the PV's capacity follows, with the
+//! claim's capacity before in `volume.alpha.kubernetes.io/pre-resize-capacity`; the claim then says
+//! `NodeResizePending` with `FileSystemResizePending`, which is what makes kubelet run the driver's
+//! `expandfs` on the node and finish the claim (`status.capacity`).
+//!
+//! Failures never loop: a size Azure refuses (`ControllerResizeInfeasible`) is tried again only
+//! when the request changes or on the slow resync; where Azure needs the disk detached first
+//! (shared disks, growth across 4 TiB) the growth waits until no pod uses the claim
+//! (external-resizer's `inuse_pvc_store.go`) and its disk is detached; a read-only volume is
+//! refused up front. Every write is within the disk's budget ([`crate::budget`]).
 
 use crate::claim_status;
-use crate::claims::PROVISIONED_BY;
+use crate::context::{Ctx, RESYNC};
 use crate::decide::{resize_to, Sizes};
-use crate::run::{Ctx, Error};
+use crate::error::Error;
+use crate::keys::{PRE_RESIZE_CAPACITY, PROVISIONED_BY};
+use crate::quantity::bytes_of;
 use flexdisk_azure::disks::gib_for_bytes;
 use flexdisk_azure::AzureError;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::collections::BTreeMap;
 use tracing::info;
 
 const RESIZE_CONDITIONS: [&str; 4] = [
@@ -31,45 +40,59 @@ const RESIZE_CONDITIONS: [&str; 4] = [
     "NodeResizeError",
 ];
 
-/// How often a growth that needs the disk detached is tried again.
-const DETACH_RETRY: Duration = Duration::from_secs(15);
-
-fn bytes(q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>) -> u64 {
-    q.map(|q| crate::claims::bytes_of(&q.0)).unwrap_or(0)
+fn storage(q: Option<&BTreeMap<String, Quantity>>) -> Option<&str> {
+    q.and_then(|m| m.get("storage")).map(|q| q.0.as_str())
 }
 
 fn sizes(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> Sizes {
     let status = pvc.status.clone().unwrap_or_default();
+    let condition = |t: &str| {
+        status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == t && c.status == "True")
+    };
     Sizes {
-        request: bytes(
+        request: storage(
             pvc.spec
                 .as_ref()
                 .and_then(|s| s.resources.as_ref())
-                .and_then(|r| r.requests.as_ref())
-                .and_then(|r| r.get("storage")),
-        ),
-        volume: bytes(
-            pv.spec
-                .as_ref()
-                .and_then(|s| s.capacity.as_ref())
-                .and_then(|c| c.get("storage")),
-        ),
-        allocated: status
-            .allocated_resources
-            .as_ref()
-            .and_then(|a| a.get("storage"))
-            .map(|q| crate::claims::bytes_of(&q.0)),
+                .and_then(|r| r.requests.as_ref()),
+        )
+        .map_or(0, bytes_of),
+        capacity: storage(status.capacity.as_ref()).map_or(0, bytes_of),
+        volume: storage(pv.spec.as_ref().and_then(|s| s.capacity.as_ref())).map_or(0, bytes_of),
+        allocated: storage(status.allocated_resources.as_ref()).map(bytes_of),
         status: status
             .allocated_resource_statuses
             .as_ref()
             .and_then(|s| s.get("storage"))
             .cloned(),
-        failed_for_good: status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "ControllerResizeError" && c.status == "True"),
+        fs_resize_pending: condition("FileSystemResizePending"),
+        failed_for_good: condition("ControllerResizeError"),
     }
+}
+
+/// The quantity to record as allocated for `target` bytes: the request or the earlier allocation
+/// exactly as written (`2500Mi` stays `2500Mi`, not a rounded-up `3Gi`), else plain bytes.
+fn quantity_for(pvc: &PersistentVolumeClaim, target: u64) -> String {
+    let request = storage(
+        pvc.spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref()),
+    );
+    let allocated = storage(
+        pvc.status
+            .as_ref()
+            .and_then(|s| s.allocated_resources.as_ref()),
+    );
+    [request, allocated]
+        .into_iter()
+        .flatten()
+        .find(|q| bytes_of(q) == target)
+        .map_or_else(|| target.to_string(), str::to_string)
 }
 
 /// The claim's conditions without the resize ones (`keep`: those kept), plus `add`.
@@ -77,9 +100,13 @@ fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: &[(&str, &str)]) 
     claim_status::conditions(pvc, &RESIZE_CONDITIONS, keep, add)
 }
 
-/// Whether `pv` is ours and bound to the claim, and the claim asks for more than it has.
-pub fn wanted(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    bound_to(ctx, pvc, pv) && resize_to(&sizes(pvc, pv)).is_some()
+fn condition_says(pvc: &PersistentVolumeClaim, type_: &str, message: &str) -> bool {
+    pvc.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == type_ && c.message.as_deref() == Some(message))
 }
 
 pub fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
@@ -92,6 +119,67 @@ pub fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -
             == pvc.uid().as_deref()
 }
 
+/// The node has grown the filesystem to the volume's size (`isNodeExpandComplete`).
+fn node_done(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    let z = sizes(pvc, pv);
+    z.capacity >= z.volume
+}
+
+/// Whether the resizer has something to do for `pvc` bound to `pv` (ours): grow, or tidy up after
+/// the node finished.
+pub fn needs_work(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    bound_to(ctx, pvc, pv)
+        && (resize_to(&sizes(pvc, pv)).is_some()
+            || (pv.annotations().contains_key(PRE_RESIZE_CAPACITY) && node_done(pvc, pv)))
+}
+
+/// Read-only wherever it is mounted (ReadOnlyMany, or a PV that says so): no node can grow its
+/// filesystem, and kubelet would try (it skips only pods that mount the claim `readOnly`,
+/// operation_generator.go nodeExpandVolume) and fail the pods' mount.
+fn read_only(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    let pv_ro = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.flex_volume.as_ref())
+        .and_then(|f| f.read_only)
+        .unwrap_or(false);
+    let modes = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.clone())
+        .unwrap_or_default();
+    pv_ro || (!modes.is_empty() && modes.iter().all(|m| m == "ReadOnlyMany"))
+}
+
+/// Whether the pod names the claim among its volumes — directly or through a generic ephemeral
+/// volume (whose claim is named `<pod>-<volume>`).
+pub fn names_claim(pod: &Pod, claim: &str) -> bool {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .any(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .is_some_and(|c| c.claim_name == claim)
+                || (v.ephemeral.is_some() && format!("{}-{}", pod.name_any(), v.name) == claim)
+        })
+}
+
+/// The pods of `ns` (not finished) that use the claim, by name.
+pub fn pods_using(pods: &[std::sync::Arc<Pod>], ns: &str, claim: &str) -> Vec<String> {
+    pods.iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns))
+        .filter(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+        })
+        .filter(|p| names_claim(p, claim))
+        .map(|p| p.name_any())
+        .collect()
+}
+
 /// The claim is bound to `pv`; grows its disk if the claim asks for more. `None`: nothing to do.
 pub async fn reconcile(
     ctx: &Ctx,
@@ -100,6 +188,18 @@ pub async fn reconcile(
 ) -> Result<Option<Action>, Error> {
     if !bound_to(ctx, pvc, pv) {
         return Ok(None);
+    }
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    // The node's part is done: the capacity before the growth is no longer needed.
+    let mut annotated = pv.annotations().contains_key(PRE_RESIZE_CAPACITY);
+    if annotated && node_done(pvc, pv) {
+        annotated = false;
+        pvs.patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {PRE_RESIZE_CAPACITY: null}}})),
+        )
+        .await?;
     }
     let Some(target) = resize_to(&sizes(pvc, pv)) else {
         return Ok(None);
@@ -110,17 +210,58 @@ pub async fn reconcile(
     let id = id?;
     let gib = gib_for_bytes(target);
     let ns = pvc.namespace().unwrap_or_default();
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
+    let allocated = quantity_for(pvc, target);
+    let status = sizes(pvc, pv).status;
 
-    // 1. The claim says what is being tried.
-    let pvc = claim_status::patch(
-        ctx,
-        pvc,
-        json!({"conditions": conditions(pvc, &[], &[("Resizing", "")]),
-            "allocatedResources": {"storage": format!("{gib}Gi")},
-            "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
-    )
-    .await?;
+    if read_only(pvc, pv) {
+        let why = format!(
+            "volume {} is read-only on every node, so no node can grow its filesystem (and kubelet's attempt would \
+             keep the claim's pods from starting): the disk is not grown; set the claim's request back to its capacity",
+            pv.name_any()
+        );
+        infeasible(ctx, pvc, &allocated, &why).await?;
+        return Ok(Some(Action::requeue(RESYNC)));
+    }
+
+    // Azure wanted the disk detached: nothing is tried while a pod uses the claim, and then only
+    // once Azure shows the disk detached (kube-controller-manager detaches it a moment after the
+    // last pod goes). The pod watch wakes the claim (run.rs).
+    if ctx.waits_for_detach(&key) {
+        let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
+        if !users.is_empty() {
+            return Ok(Some(Action::requeue(RESYNC)));
+        }
+        let disk = ctx.arm.get_disk(&id.resource_group, &id.name).await?;
+        if let Some(vms) = disk.map(|d| d.attached_to()).filter(|v| !v.is_empty()) {
+            return Err(Error::Waiting(format!(
+                "disk {} is still attached to {}; it grows once detached",
+                id.name,
+                vms.join(", ")
+            )));
+        }
+        ctx.stop_waiting_for_detach(&key);
+    }
+
+    // 1. The claim says what is being tried (once per size).
+    let pvc = if status.as_deref() == Some("ControllerResizeInProgress")
+        && storage(
+            pvc.status
+                .as_ref()
+                .and_then(|s| s.allocated_resources.as_ref()),
+        ) == Some(allocated.as_str())
+    {
+        pvc.clone()
+    } else {
+        claim_status::patch(
+            ctx,
+            pvc,
+            json!({"conditions": conditions(pvc, &[], &[("Resizing", "")]),
+                "allocatedResources": {"storage": allocated},
+                "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
+        )
+        .await?
+    };
     ctx.event(
         &pvc,
         EventType::Normal,
@@ -134,6 +275,7 @@ pub async fn reconcile(
     .await;
 
     // 2. The disk.
+    ctx.spend_write(&id.name)?;
     let disk = match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
         Ok(d) => d,
         Err(AzureError::Other {
@@ -142,38 +284,42 @@ pub async fn reconcile(
             ..
         }) => {
             ctx.metrics.resize("needs_detach");
+            ctx.wait_for_detach(key);
+            let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
             let why = format!(
-                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); stop the pods using \
-                 the claim and the growth goes through (tried again every {}s)",
+                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); it grows once no pod uses \
+                 the claim{}",
                 id.name,
-                DETACH_RETRY.as_secs()
+                if users.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (now: {})", users.join(", "))
+                }
             );
             ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
                 .await;
-            claim_status::patch(
-                ctx,
-                &pvc,
-                json!({"conditions": conditions(&pvc, &["Resizing"], &[("ControllerResizeError", &why)])}),
-            )
-            .await?;
-            return Ok(Some(Action::requeue(DETACH_RETRY)));
+            if !condition_says(&pvc, "ControllerResizeError", &why) {
+                claim_status::patch(
+                    ctx,
+                    &pvc,
+                    json!({"conditions": conditions(&pvc, &["Resizing"], &[("ControllerResizeError", &why)])}),
+                )
+                .await?;
+            }
+            return Ok(Some(Action::requeue(RESYNC)));
         }
-        Err(e @ AzureError::InvalidParameter { .. }) => {
-            ctx.metrics.resize("infeasible");
+        Err(
+            e @ (AzureError::InvalidParameter { .. }
+            | AzureError::Other {
+                status: Some(400), ..
+            }),
+        ) => {
             let why = format!(
                 "disk {} cannot grow to {gib} GiB: {e}; lower the claim's request to a size Azure allows",
                 id.name
             );
-            ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
-                .await;
-            claim_status::patch(
-                ctx,
-                &pvc,
-                json!({"conditions": conditions(&pvc, &[], &[("ControllerResizeError", &why)]),
-                    "allocatedResourceStatuses": {"storage": "ControllerResizeInfeasible"}}),
-            )
-            .await?;
-            return Ok(Some(Action::await_change()));
+            infeasible(ctx, &pvc, &allocated, &why).await?;
+            return Ok(Some(Action::requeue(RESYNC)));
         }
         Err(e) => {
             ctx.metrics.resize("failed");
@@ -188,9 +334,7 @@ pub async fn reconcile(
         }
     };
 
-    // The volume says only what Azure shows: a fresh read of the disk confirms the growth (the
-    // real cluster once showed a PV grown while the disk was not — see the stop note of issue
-    // 16/17; until that is explained, a disk smaller than asked is an error tried again).
+    // The volume says only what Azure shows: a fresh read of the disk confirms the growth.
     let shown = ctx
         .arm
         .get_disk(&id.resource_group, &id.name)
@@ -206,11 +350,21 @@ pub async fn reconcile(
         )));
     }
 
-    // 3. The volume, then 4. the node's part.
+    // 3. The volume, with the claim's capacity before (the PV controller gives it to a claim
+    // bound to the volume later, so that kubelet still grows the filesystem), then 4. the
+    // node's part.
+    let before = storage(pvc.status.as_ref().and_then(|s| s.capacity.as_ref()))
+        .unwrap_or_default()
+        .to_string();
+    let mut meta = json!({});
+    if !before.is_empty() && !annotated {
+        meta = json!({"annotations": {PRE_RESIZE_CAPACITY: before}});
+    }
     pvs.patch(
         &pv.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}})),
+        &Patch::Merge(&json!({"metadata": meta,
+            "spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}})),
     )
     .await?;
     claim_status::patch(
@@ -234,4 +388,46 @@ pub async fn reconcile(
     ctx.metrics.resize("grown");
     info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name, gib = disk.size_gib, "grown");
     Ok(Some(Action::await_change()))
+}
+
+/// `ControllerResizeInfeasible` with the reason (a condition and an event) — written once per
+/// reason and size: the slow resync finds it so and writes nothing.
+async fn infeasible(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    allocated: &str,
+    why: &str,
+) -> Result<(), Error> {
+    let already = pvc
+        .status
+        .as_ref()
+        .and_then(|s| s.allocated_resource_statuses.as_ref())
+        .and_then(|s| s.get("storage"))
+        .is_some_and(|s| s == "ControllerResizeInfeasible")
+        && condition_says(pvc, "ControllerResizeError", why)
+        && storage(
+            pvc.status
+                .as_ref()
+                .and_then(|s| s.allocated_resources.as_ref()),
+        ) == Some(allocated);
+    if already {
+        return Ok(());
+    }
+    ctx.metrics.resize("infeasible");
+    ctx.event(
+        pvc,
+        EventType::Warning,
+        "VolumeResizeFailed",
+        why.to_string(),
+    )
+    .await;
+    claim_status::patch(
+        ctx,
+        pvc,
+        json!({"conditions": conditions(pvc, &[], &[("ControllerResizeError", why)]),
+            "allocatedResources": {"storage": allocated},
+            "allocatedResourceStatuses": {"storage": "ControllerResizeInfeasible"}}),
+    )
+    .await?;
+    Ok(())
 }

@@ -1,135 +1,23 @@
-//! Wiring: clients, the two controllers (claims, volumes), leader election, shutdown.
+//! Wiring: clients, watch caches, the two controllers (claims, volumes), leader election,
+//! shutdown.
 
 use crate::cli::Cli;
+use crate::context::{Backoff, Ctx};
 use crate::decide::Cluster;
-use flexdisk_azure::{Arm, ArmOptions, AzureError, Config};
+use crate::events::Recorder;
+use crate::resize::names_claim;
+use flexdisk_azure::{Arm, ArmOptions, Config};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::DynamicObject;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{error, info, warn};
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("Azure: {0}")]
-    Azure(#[from] AzureError),
-    #[error("{0}")]
-    Internal(String),
-    /// Something has to happen elsewhere first (a StorageClass created, a clone's source bound):
-    /// tried again with back-off.
-    #[error("{0}")]
-    Waiting(String),
-    /// A write lost to a newer version of the object: tried again with back-off, no event.
-    #[error("{0}")]
-    Stale(String),
-}
-
-impl Error {
-    /// What Azure asked for (throttling), if anything.
-    pub fn retry_after(&self) -> Option<Duration> {
-        match self {
-            Error::Azure(e) => e.retry_after(),
-            _ => None,
-        }
-    }
-}
-
-/// Per-object exponential back-off, 1 s doubling to 5 min — external-provisioner's
-/// `--retry-interval-start` and `--retry-interval-max` defaults (its workqueue's
-/// ItemExponentialFailureRateLimiter) — forgotten on success; Azure's Retry-After wins when longer.
-/// Only objects that are failing have an entry; one not seen failing for twice the longest delay
-/// (deleted meanwhile, or well again) is forgotten too.
-#[derive(Default)]
-pub struct Backoff(std::sync::Mutex<std::collections::HashMap<String, (u32, Instant)>>);
-
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-
-impl Backoff {
-    pub fn next(&self, key: &str, e: &Error) -> Duration {
-        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        m.retain(|_, (_, last)| now.duration_since(*last) < 2 * BACKOFF_MAX);
-        let (n, last) = m.entry(key.to_string()).or_insert((0, now));
-        let d = Duration::from_secs(1u64 << (*n).min(9)).min(BACKOFF_MAX);
-        *n = n.saturating_add(1);
-        *last = now;
-        e.retry_after().map_or(d, |r| r.max(d))
-    }
-
-    pub fn forget(&self, key: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-    }
-
-    /// How many objects are backing off.
-    pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// How often a claim that waits for a change is looked at anyway, as the library's informers
-/// resync (`DefaultResyncPeriod`, 15 min, in sig-storage-lib-external-provisioner).
-pub const RESYNC: Duration = Duration::from_secs(15 * 60);
-
-pub struct Ctx {
-    /// Watch caches (as the library reads informers): answers that may lag a moment behind the
-    /// API server, for decisions a fresh read confirms where lagging would matter.
-    pub volumes: Store<PersistentVolume>,
-    pub classes: Store<StorageClass>,
-    pub backoff: Backoff,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    pub client: Client,
-    pub arm: Arm,
-    pub name: String,
-    pub cluster: Cluster,
-    pub recorder: Recorder,
-}
-
-impl Ctx {
-    /// [`Ctx::event`] from where nothing can be awaited (a controller's error policy).
-    pub fn event_soon<K>(
-        self: &Arc<Self>,
-        obj: Arc<K>,
-        type_: EventType,
-        reason: &'static str,
-        note: String,
-    ) where
-        K: Resource<DynamicType = ()> + Send + Sync + 'static,
-    {
-        let ctx = self.clone();
-        tokio::spawn(async move { ctx.event(&*obj, type_, reason, note).await });
-    }
-
-    pub async fn event<K: Resource<DynamicType = ()>>(
-        &self,
-        obj: &K,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let ev = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Provision".into(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(&())).await {
-            warn!("cannot publish event {reason}: {e}");
-        }
-    }
-}
 
 async fn kube_client(cli: &Cli) -> anyhow::Result<Client> {
     let config = match &cli.kubeconfig {
@@ -164,22 +52,21 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         .identity
         .clone()
         .unwrap_or_else(|| format!("flexdisk-provisioner-{}", std::process::id()));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "flexdisk-provisioner".into(),
-            instance: Some(identity.clone()),
-        },
-    );
+    let recorder = Recorder::new(client.clone(), "flexdisk-provisioner", &identity);
     let volumes = Controller::new(
         Api::<PersistentVolume>::all(client.clone()),
         watcher::Config::default(),
     );
     let (classes, class_writer) = reflector::store::<StorageClass>();
+    let (pods, pod_writer) = reflector::store::<Pod>();
     let ctx = Arc::new(Ctx {
         volumes: volumes.store(),
         classes,
+        pods,
         backoff: Backoff::default(),
+        slow_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
+        detach_waiters: Default::default(),
+        budget: Default::default(),
         metrics: metrics.clone(),
         client: client.clone(),
         cluster: Cluster {
@@ -189,8 +76,9 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         },
         arm,
         name: cli.provisioner_name.clone(),
-        recorder,
+        recorder: recorder.clone(),
     });
+    let refresh = recorder.spawn_refresh();
 
     let stats_ctx = ctx.clone();
     crate::metrics::serve(
@@ -226,6 +114,32 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         ),
         _ = term.recv() => return Ok(()),
     }
+    // Pods, for the claims they use: a growth Azure makes only while the disk is detached waits
+    // until no pod uses the claim, and a pod that goes wakes the claims waiting for it.
+    let (wake, woken) = futures::channel::mpsc::unbounded::<ObjectRef<PersistentVolumeClaim>>();
+    let mut pod_cache = tokio::spawn({
+        let ctx = ctx.clone();
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .modify(strip_pod)
+            .reflect(pod_writer)
+            .touched_objects()
+            .for_each(move |r| {
+                match r {
+                    Ok(pod) => wake_waiting_claims(&ctx, &pod, &wake),
+                    Err(e) => warn!(error = %e, "watching pods"),
+                }
+                async {}
+            })
+    });
+    tokio::select! {
+        r = ctx.pods.wait_until_ready() => r?,
+        _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!(
+            "could not list pods in 60 s: the provisioner's ClusterRole must grant list and watch on pods \
+             (see install/rbac.yaml)"
+        ),
+        _ = term.recv() => return Ok(()),
+    }
     metrics.set_ready();
 
     let mut leadership = None;
@@ -249,18 +163,38 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
 
     let workers = cli.workers.max(1);
-    let claims = Controller::new(
+    // Claims wake the controller only when something that matters changed, never by its own
+    // status writes (triggers.rs).
+    let (claim_cache, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+    let claim_changes = watcher(
         Api::<PersistentVolumeClaim>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .default_backoff()
+    .reflect(claim_writer)
+    .applied_objects()
+    .predicate_filter(crate::triggers::claim_fingerprint, Default::default());
+    let claims = Controller::for_stream(claim_changes, claim_cache.clone());
     // A claim may come before its StorageClass (a directory applied at once, GitOps ordering):
     // a class appearing or changing looks at the unbound claims that name it at once.
-    let waiting = claims.store();
+    let waiting = claim_cache.clone();
+    // Likewise a VolumeAttributesClass: the claims that name it (waiting to be provisioned with
+    // it, or Pending to be changed to it) are looked at when it appears.
+    let attributes = crate::modify::attributes_class_resource();
     let claims = claims
+        .reconcile_on(woken)
         .watches(
             Api::<StorageClass>::all(client.clone()),
             watcher::Config::default(),
             move |class| crate::claims::naming_class(&waiting.state(), &class.name_any()),
+        )
+        .watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &attributes),
+            attributes,
+            watcher::Config::default(),
+            move |vac| {
+                crate::modify::naming_attributes_class(&claim_cache.state(), &vac.name_any())
+            },
         )
         .with_config(ControllerConfig::default().concurrency(workers))
         .run(
@@ -291,11 +225,14 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         _ = claims => Some("the claims controller stopped"),
         _ = volumes => Some("the volumes controller stopped"),
         _ = &mut class_cache => Some("the StorageClass watch stopped"),
+        _ = &mut pod_cache => Some("the pod watch stopped"),
         _ = lost => { error!("lost the leader lease; exiting so that another replica leads"); std::process::exit(1); }
         _ = term.recv() => { info!("SIGTERM: stopping"); None }
         _ = tokio::signal::ctrl_c() => { info!("interrupted: stopping"); None }
     };
     class_cache.abort();
+    pod_cache.abort();
+    refresh.abort();
     // Hand the lease over now rather than make the standby wait out its duration (a rolling
     // update would otherwise pause provisioning for --lease-duration-secs): the manager releases
     // the lease once every receiver is gone.
@@ -315,26 +252,52 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A pod as the provisioner keeps it: who it is, whether it is done, and its volumes (claims);
+/// the rest (containers, most of the status) is dropped to keep a large cluster's pods small.
+fn strip_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.labels = None;
+    pod.metadata.owner_references = None;
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers.clear();
+        spec.init_containers = None;
+        spec.ephemeral_containers = None;
+        spec.affinity = None;
+        spec.tolerations = None;
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+        }
+    }
+    if let Some(status) = pod.status.as_mut() {
+        let phase = status.phase.take();
+        *status = Default::default();
+        status.phase = phase;
+    }
+}
 
-    #[test]
-    fn backoff_doubles_caps_resets_and_honours_retry_after() {
-        let b = Backoff::default();
-        let plain = Error::Internal("x".into());
-        let d: Vec<u64> = (0..12).map(|_| b.next("a", &plain).as_secs()).collect();
-        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
-        assert_eq!(b.next("other", &plain).as_secs(), 1, "per object");
-        b.forget("a");
-        assert_eq!(b.next("a", &plain).as_secs(), 1);
-        b.forget("a");
-        b.forget("other");
-        assert!(b.is_empty(), "a success leaves nothing behind");
-        let throttled = Error::Azure(AzureError::Throttled {
-            retry_after: Some(Duration::from_secs(40)),
-            message: String::new(),
-        });
-        assert_eq!(b.next("c", &throttled).as_secs(), 40);
+/// A pod changed or went: the claims it used that wait for their disk to be detached are looked
+/// at again (external-resizer's inuse_pvc_store.go lets such a claim be retried once no pod uses
+/// it).
+fn wake_waiting_claims(
+    ctx: &Ctx,
+    pod: &Pod,
+    wake: &futures::channel::mpsc::UnboundedSender<ObjectRef<PersistentVolumeClaim>>,
+) {
+    let ns = pod.namespace().unwrap_or_default();
+    let waiting: Vec<ObjectRef<PersistentVolumeClaim>> = ctx
+        .detach_waiters
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|c| c.namespace.as_deref() == Some(ns.as_str()))
+        .cloned()
+        .collect();
+    for claim in waiting {
+        // The pod uses it (this change may be its end); all pods decide when the claim is
+        // reconciled.
+        if names_claim(pod, &claim.name) {
+            let _ = wake.unbounded_send(claim);
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Released volumes → deleted disks: the kube-rs edge around [`crate::decide::deletion`].
 
-use crate::claims::{FINALIZER, PROVISIONED_BY};
+use crate::context::Ctx;
 use crate::decide::{deletion, pv_finalizer, Deletion, FinalizerChange, Volume};
-use crate::run::{Ctx, Error};
+use crate::error::Error;
+use crate::keys::{FINALIZER, PROVISIONED_BY};
 use flexdisk_azure::naming::{parse_resource_id, ResourceKind};
 use flexdisk_azure::AzureError;
 use k8s_openapi::api::core::v1::PersistentVolume;
@@ -97,21 +98,18 @@ async fn attempt(pv: &Arc<PersistentVolume>, ctx: &Arc<Ctx>) -> Result<Action, E
         Deletion::NotOurs | Deletion::Wait | Deletion::Keep => Ok(Action::await_change()),
         Deletion::DeleteDisk(uri) => {
             let id = parse_resource_id(&uri, ResourceKind::Disk).map_err(Error::Internal)?;
+            ctx.spend_write(&id.name)?;
             match ctx.arm.delete_disk(&id.resource_group, &id.name).await {
                 Ok(_) => {}
                 Err(AzureError::OwnedByOtherVm { owner, .. }) => {
+                    // Found by a read before any write: the budget is given back, and the
+                    // volume is looked at again (reads only) until the disk is detached.
+                    ctx.budget.refund(&id.name);
                     ctx.metrics.deletion("refused");
-                    ctx.event(
-                        &**pv,
-                        EventType::Warning,
-                        "VolumeFailedDelete",
-                        format!(
-                            "disk {} is still attached to VM {owner}; it is deleted once detached",
-                            id.name
-                        ),
-                    )
-                    .await;
-                    return Ok(Action::requeue(Duration::from_secs(15)));
+                    return Err(Error::Waiting(format!(
+                        "disk {} is still attached to VM {owner}; it is deleted once detached",
+                        id.name
+                    )));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -131,12 +129,20 @@ async fn attempt(pv: &Arc<PersistentVolume>, ctx: &Arc<Ctx>) -> Result<Action, E
 /// A failed attempt: for a volume whose disk is being deleted, an event saying why each time (the
 /// library's deleteVolumeOperation), and a retry after its back-off.
 pub fn error_policy(pv: Arc<PersistentVolume>, e: &Error, ctx: Arc<Ctx>) -> Action {
-    let delay = ctx.backoff.next(&pv.uid().unwrap_or_default(), e);
+    let mut delay = ctx.backoff.next(&pv.uid().unwrap_or_default(), e);
+    if matches!(e, Error::Waiting(_)) {
+        // A disk still attached: kube-controller-manager detaches it within moments of the last
+        // pod; it is deleted soon after, whatever the back-off has grown to.
+        delay = delay.min(Duration::from_secs(30));
+    }
     if matches!(
         deletion(&volume_of(&pv), &ctx.name),
         Deletion::DeleteDisk(_)
-    ) {
-        ctx.metrics.deletion("failed");
+    ) && e.tells_the_user()
+    {
+        if !matches!(e, Error::Waiting(_)) {
+            ctx.metrics.deletion("failed");
+        }
         ctx.event_soon(
             pv.clone(),
             EventType::Warning,

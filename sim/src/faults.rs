@@ -154,6 +154,15 @@ impl Counters {
             .or_default() += 1;
     }
 
+    /// One write to `object` (`disks/<name>`, `persistentvolumeclaims/<namespace>/<name>`, or
+    /// `events/<namespace>/<name of the object the event is about>`), counted as
+    /// `writes to <object>` beside the per-operation counts: what a failure path costs one disk
+    /// or one claim.
+    pub fn count_write_to(&self, object: &str) {
+        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(format!("writes to {object}")).or_default() += 1;
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -68,6 +68,11 @@ async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
         Err(e) => return e.response().into(),
     };
     sim.counters.count(route.operation, route.write);
+    if route.write {
+        if let Some(object) = written_object(&req.path) {
+            sim.counters.count_write_to(&object);
+        }
+    }
     if let Err(e) = check_api_version(req, &route) {
         return e.response().into();
     }
@@ -344,4 +349,45 @@ fn metadata_endpoints(sim: &Simulator) -> Response {
             },
         }),
     )
+}
+
+/// The resource an ARM write is to, as `<type>/<name>` in lower case (`disks/pvc-1`,
+/// `virtualmachines/vm-0` also for its `attachDetachDataDisks`).
+fn written_object(path: &str) -> Option<String> {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.split('/').collect();
+    let i = segments.iter().rposition(|s| {
+        matches!(
+            s.to_ascii_lowercase().as_str(),
+            "disks" | "snapshots" | "virtualmachines"
+        )
+    })?;
+    let name = segments.get(i + 1).filter(|n| !n.is_empty())?;
+    Some(format!("{}/{}", segments[i], name).to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod written_object_tests {
+    use super::written_object;
+
+    #[test]
+    fn writes_are_counted_per_disk_and_vm() {
+        let rg = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute";
+        assert_eq!(
+            written_object(&format!("{rg}/disks/PVC-1?api-version=2024-03-02")).as_deref(),
+            Some("disks/pvc-1")
+        );
+        assert_eq!(
+            written_object(&format!("{rg}/virtualMachines/vm-0/attachDetachDataDisks")).as_deref(),
+            Some("virtualmachines/vm-0")
+        );
+        assert_eq!(
+            written_object(&format!(
+                "{rg}/virtualMachineScaleSets/ss/virtualmachines/3/attachDetachDataDisks"
+            ))
+            .as_deref(),
+            Some("virtualmachines/3")
+        );
+        assert_eq!(written_object("/subscriptions/s/providers/x"), None);
+    }
 }

@@ -74,8 +74,13 @@ async fn route(api: &Arc<KubeApi>, req: Request) -> ApiResult<Outcome> {
         target.rt.plural,
         if target.status { "/status" } else { "" }
     );
-    api.counters
-        .count(&operation, !matches!(verb, "get" | "list" | "watch"));
+    let write = !matches!(verb, "get" | "list" | "watch");
+    api.counters.count(&operation, write);
+    if write {
+        if let Some(object) = written_object(&target, &req.body) {
+            api.counters.count_write_to(&object);
+        }
+    }
     api.access.record(super::AccessEntry {
         verb: verb.to_string(),
         api_group: target.rt.group.to_string(),
@@ -493,4 +498,32 @@ fn resource_list(group: &str, version: &str) -> Value {
         format!("{group}/{version}")
     };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out})
+}
+
+/// What a write is to, for the per-object counters: `<resource>/<namespace>/<name>`, and for an
+/// event the object it is about (`events/<namespace>/<regarding name>`), from the body when it is
+/// created and from its name (`<regarding>.<suffix>`) when it is patched.
+fn written_object(target: &Target, body: &[u8]) -> Option<String> {
+    let from_body = || -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+        if target.rt.plural == "events" {
+            v.pointer("/regarding/name")
+                .or_else(|| v.pointer("/involvedObject/name"))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        } else {
+            v.pointer("/metadata/name")
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        }
+    };
+    let name = match (&target.name, target.rt.plural) {
+        (Some(n), "events") => n.rsplit_once('.').map_or(n.clone(), |(r, _)| r.to_string()),
+        (Some(n), _) => n.clone(),
+        (None, _) => from_body()?,
+    };
+    Some(match &target.namespace {
+        Some(ns) => format!("{}/{ns}/{name}", target.rt.plural),
+        None => format!("{}/{name}", target.rt.plural),
+    })
 }

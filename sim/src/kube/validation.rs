@@ -123,6 +123,7 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
                 ));
             }
             default(o, "/spec/volumeMode", json!("Filesystem"));
+            data_sources_on_create(o);
             if o.pointer("/spec/storageClassName").is_none() {
                 if let Some(sc) = &defaults.default_storage_class {
                     o["spec"]["storageClassName"] = json!(sc);
@@ -214,6 +215,63 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
         _ => {}
     }
     Ok(())
+}
+
+/// A new claim's data sources as kube-apiserver leaves them (kubernetes
+/// `pkg/api/persistentvolumeclaim/util.go`, with the default gates of v1.37: AnyVolumeDataSource
+/// on, the alpha CrossNamespaceVolumeDataSource off): a `dataSourceRef` naming another namespace
+/// is dropped (DropDisabledSpecFields) — the claim asks for an empty volume; without a
+/// `dataSourceRef`, a `dataSource` that is neither a claim nor a snapshot is dropped
+/// (EnforceDataSourceBackwardsCompatibility); then each of the two fills the other where only
+/// one is set (NormalizeDataSources).
+fn data_sources_on_create(o: &mut Value) {
+    let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if spec
+        .get("dataSourceRef")
+        .and_then(|r| r.get("namespace"))
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
+        spec.remove("dataSourceRef");
+    }
+    let group = |r: &Value| {
+        r.get("apiGroup")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    if !spec.contains_key("dataSourceRef") {
+        let keep = spec.get("dataSource").is_some_and(|d| {
+            let kind = d.get("kind").and_then(Value::as_str).unwrap_or("");
+            (kind == "PersistentVolumeClaim" && group(d).is_empty())
+                || (kind == "VolumeSnapshot" && group(d) == "snapshot.storage.k8s.io")
+        });
+        if !keep {
+            spec.remove("dataSource");
+        }
+    }
+    let copy = |r: &Value| {
+        let mut out = json!({"kind": r.get("kind").cloned().unwrap_or(Value::Null),
+            "name": r.get("name").cloned().unwrap_or(Value::Null)});
+        if let Some(g) = r.get("apiGroup") {
+            out["apiGroup"] = g.clone();
+        }
+        out
+    };
+    match (
+        spec.get("dataSource").cloned(),
+        spec.get("dataSourceRef").cloned(),
+    ) {
+        (Some(ds), None) => {
+            spec.insert("dataSourceRef".into(), copy(&ds));
+        }
+        (None, Some(r)) => {
+            spec.insert("dataSource".into(), copy(&r));
+        }
+        _ => {}
+    }
 }
 
 /// A volume's VolumeAttributesClass needs a CSI source (kubernetes
@@ -457,6 +515,33 @@ mod tests {
         Defaults {
             default_storage_class: Some("standard".into()),
         }
+    }
+
+    #[test]
+    fn claims_data_sources_are_normalized_and_other_namespaces_dropped() {
+        let rt = find("", "v1", "persistentvolumeclaims").expect("claims");
+        let claim = |spec_extra: Value| {
+            let mut o = json!({"metadata": {"name": "c", "namespace": "attacker"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+            if let (Some(spec), Some(extra)) = (o["spec"].as_object_mut(), spec_extra.as_object()) {
+                spec.extend(extra.clone());
+            }
+            on_create(rt, &mut o, &defaults()).expect("created");
+            o
+        };
+        let across = claim(
+            json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "wide", "namespace": "default"}}),
+        );
+        assert!(across["spec"].get("dataSourceRef").is_none(), "{across}");
+        assert!(across["spec"].get("dataSource").is_none(), "{across}");
+        let by_source =
+            claim(json!({"dataSource": {"kind": "PersistentVolumeClaim", "name": "x"}}));
+        assert_eq!(by_source["spec"]["dataSourceRef"]["name"], "x");
+        let by_ref =
+            claim(json!({"dataSourceRef": {"kind": "PersistentVolumeClaim", "name": "x"}}));
+        assert_eq!(by_ref["spec"]["dataSource"]["name"], "x");
+        let odd = claim(json!({"dataSource": {"kind": "ConfigMap", "name": "x"}}));
+        assert!(odd["spec"].get("dataSource").is_none(), "{odd}");
     }
 
     #[test]

@@ -1,0 +1,192 @@
+//! What every reconcile shares: clients, watch caches, back-off, the ARM write budget, events.
+
+use crate::budget::WriteBudget;
+use crate::decide::Cluster;
+use crate::error::Error;
+use crate::events::Recorder;
+use flexdisk_azure::Arm;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-object exponential back-off (by default 1 s doubling to 5 min — external-provisioner's
+/// `--retry-interval-start` and `--retry-interval-max` defaults (its workqueue's
+/// ItemExponentialFailureRateLimiter)), forgotten on success; a longer wait the error asks for
+/// (Azure's Retry-After, the write budget) wins. Only objects that are failing have an entry; one
+/// not seen failing for twice the longest delay (deleted meanwhile, or well again) is forgotten.
+pub struct Backoff {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (u32, Instant)>>,
+    base: Duration,
+    max: Duration,
+}
+
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_secs(1), BACKOFF_MAX)
+    }
+}
+
+impl Backoff {
+    /// `base` doubling up to `max`.
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            entries: Default::default(),
+            base,
+            max,
+        }
+    }
+
+    pub fn next(&self, key: &str, e: &Error) -> Duration {
+        let mut m = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let forget_after = 2 * self.max;
+        m.retain(|_, (_, last)| now.duration_since(*last) < forget_after);
+        let (n, last) = m.entry(key.to_string()).or_insert((0, now));
+        let d = self.base.saturating_mul(1u32 << (*n).min(20)).min(self.max);
+        *n = n.saturating_add(1);
+        *last = now;
+        e.retry_after().map_or(d, |r| r.max(d))
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// How many objects are backing off.
+    pub fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How often a claim that waits for a change is looked at anyway, as the library's informers
+/// resync (`DefaultResyncPeriod`, 15 min, in sig-storage-lib-external-provisioner).
+pub const RESYNC: Duration = Duration::from_secs(15 * 60);
+
+pub struct Ctx {
+    /// Watch caches (as the library reads informers): answers that may lag a moment behind the
+    /// API server, for decisions a fresh read confirms where lagging would matter.
+    pub volumes: Store<PersistentVolume>,
+    pub classes: Store<StorageClass>,
+    /// Pods, for the claims they use (external-resizer's `inuse_pvc_store.go`): a disk Azure
+    /// grows only while detached waits until no pod uses its claim.
+    pub pods: Store<Pod>,
+    pub backoff: Backoff,
+    /// For changes Azure refuses for a while (a disk's performance set too often today): a minute
+    /// doubling to an hour.
+    pub slow_backoff: Backoff,
+    /// Claims whose growth Azure refused while the disk was attached: looked at again when a pod
+    /// that used one goes.
+    pub detach_waiters: std::sync::Mutex<HashSet<ObjectRef<PersistentVolumeClaim>>>,
+    pub budget: WriteBudget,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub client: Client,
+    pub arm: Arm,
+    pub name: String,
+    pub cluster: Cluster,
+    pub recorder: Arc<Recorder>,
+}
+
+impl Ctx {
+    pub fn waits_for_detach(&self, claim: &ObjectRef<PersistentVolumeClaim>) -> bool {
+        self.detach_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(claim)
+    }
+
+    pub fn wait_for_detach(&self, claim: ObjectRef<PersistentVolumeClaim>) {
+        self.detach_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(claim);
+    }
+
+    pub fn stop_waiting_for_detach(&self, claim: &ObjectRef<PersistentVolumeClaim>) {
+        self.detach_waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(claim);
+    }
+
+    /// Takes one ARM write of `disk`'s budget ([`crate::budget`]); over it, an
+    /// [`Error::OverBudget`] and nothing is sent.
+    pub fn spend_write(&self, disk: &str) -> Result<(), Error> {
+        self.budget.spend(disk).map_err(|retry_in| {
+            self.metrics.over_budget();
+            Error::OverBudget {
+                disk: disk.to_string(),
+                retry_in,
+            }
+        })
+    }
+
+    /// [`Ctx::event`] from where nothing can be awaited (a controller's error policy).
+    pub fn event_soon<K>(
+        self: &Arc<Self>,
+        obj: Arc<K>,
+        type_: EventType,
+        reason: &'static str,
+        note: String,
+    ) where
+        K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    {
+        let ctx = self.clone();
+        tokio::spawn(async move { ctx.event(&*obj, type_, reason, note).await });
+    }
+
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        obj: &K,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.recorder
+            .publish(&obj.object_ref(&()), type_, reason, "Provision", note)
+            .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flexdisk_azure::AzureError;
+
+    #[test]
+    fn backoff_doubles_caps_resets_and_honours_retry_after() {
+        let b = Backoff::default();
+        let plain = Error::Internal("x".into());
+        let d: Vec<u64> = (0..12).map(|_| b.next("a", &plain).as_secs()).collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(b.next("other", &plain).as_secs(), 1, "per object");
+        b.forget("a");
+        assert_eq!(b.next("a", &plain).as_secs(), 1);
+        b.forget("a");
+        b.forget("other");
+        assert!(b.is_empty(), "a success leaves nothing behind");
+        let throttled = Error::Azure(AzureError::Throttled {
+            retry_after: Some(Duration::from_secs(40)),
+            message: String::new(),
+        });
+        assert_eq!(b.next("c", &throttled).as_secs(), 40);
+        let spent = Error::OverBudget {
+            disk: "d".into(),
+            retry_in: Duration::from_secs(600),
+        };
+        assert_eq!(b.next("d", &spent).as_secs(), 600);
+    }
+}
