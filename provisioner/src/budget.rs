@@ -4,7 +4,7 @@
 //! kube-controller-manager's attaches share that budget: one claim whose growth Azure refused,
 //! tried again at once, once spent an hour's writes in 12 s. So no disk gets more than
 //! [`LIMITS`] writes from this provisioner; a write over budget is not sent but tried again when
-//! the budget allows ([`crate::error::Error::OverBudget`]).
+//! the budget allows (an `OverBudget` error).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

@@ -149,8 +149,17 @@ impl Recorder {
                 }
             }
         };
-        if let Some(count) = self.write(write).await {
-            self.mark_written(&key, count);
+        let created = matches!(write, Write::Create(_));
+        match self.write(write).await {
+            Some(count) => self.mark_written(&key, count),
+            // Not created: the next occurrence tries again from scratch.
+            None if created => {
+                self.series
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+            }
+            None => {}
         }
     }
 

@@ -278,6 +278,84 @@ fn grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) -> bool
     })
 }
 
+/// The README's table of what the manifests grant is what security reviewers read: it says
+/// exactly what `install/rbac.yaml` grants, resource by resource and verb by verb.
+#[test]
+fn the_readme_says_exactly_what_the_rbac_rules_grant() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| ClusterRole `flexdisk-provisioner` |"))
+        .expect("the README's row for the ClusterRole");
+    let text = row.split('|').nth(2).expect("what it grants").trim();
+    let (cluster_text, role_text) = text
+        .split_once("Role in `flexdisk-system`:")
+        .expect("the Role's part");
+    // README names → (API group, resource).
+    let names: BTreeMap<&str, (&str, &str)> = [
+        ("claims", ("", "persistentvolumeclaims")),
+        ("claims/status", ("", "persistentvolumeclaims/status")),
+        ("PVs", ("", "persistentvolumes")),
+        ("StorageClasses", ("storage.k8s.io", "storageclasses")),
+        (
+            "VolumeAttributesClasses",
+            ("storage.k8s.io", "volumeattributesclasses"),
+        ),
+        ("Pods", ("", "pods")),
+        ("Nodes", ("", "nodes")),
+        ("Events", ("events.k8s.io", "events")),
+        ("Leases", ("coordination.k8s.io", "leases")),
+    ]
+    .into_iter()
+    .collect();
+    let said = |text: &str| -> BTreeSet<(String, String, String)> {
+        let text = text.split(". Exactly").next().unwrap_or(text);
+        text.split(';')
+            .map(|part| part.trim().trim_end_matches('.'))
+            .filter(|part| !part.is_empty())
+            .flat_map(|part| {
+                let (name, verbs) = part.split_once(':').unwrap_or_else(|| panic!("{part:?}"));
+                let (group, resource) = names.get(name.trim()).unwrap_or_else(|| {
+                    panic!("the README names {name:?}, which this test does not know")
+                });
+                verbs
+                    .split(',')
+                    .map(|v| {
+                        (
+                            group.to_string(),
+                            resource.to_string(),
+                            v.trim().to_string(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let granted = |rules: &[PolicyRule]| -> BTreeSet<(String, String, String)> {
+        let mut out = BTreeSet::new();
+        for r in rules {
+            for g in r.api_groups.iter().flatten() {
+                for res in r.resources.iter().flatten() {
+                    for v in &r.verbs {
+                        out.insert((g.clone(), res.clone(), v.clone()));
+                    }
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        said(cluster_text),
+        granted(&rules_of("ClusterRole", "flexdisk-provisioner")),
+        "the README's ClusterRole row and install/rbac.yaml"
+    );
+    assert_eq!(
+        said(role_text),
+        granted(&rules_of("Role", "flexdisk-provisioner-leader-election")),
+        "the README's Role and install/rbac.yaml"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
