@@ -1,6 +1,6 @@
 //! Claims → disks and PVs: the kube-rs edge around [`crate::decide::provision`].
 
-use crate::context::{Ctx, RESYNC};
+use crate::context::{Again, Ctx, RESYNC};
 use crate::decide::{
     another_node_may_help, clone_source, performance_of, provision, unschedulable_topology,
     with_performance, Claim, Class, DataSource, Decision, PvPlan, CSI_ZONE_LABEL, ZONE_LABEL,
@@ -319,15 +319,25 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
                 .await?
                 .filter(|c| c.uid() == pvc.uid());
             if let (Some(pv), Some(fresh)) = (pvs.get_opt(volume).await?, fresh) {
+                // Both run, whatever the other wants (a class change must not wait behind a
+                // growth that waits), each on the claim as the other left it.
+                let mut again = None;
+                let mut fresh = fresh;
                 if resize {
-                    if let Some(action) = crate::resize::reconcile(ctx, &fresh, &pv).await? {
-                        return Ok(action);
+                    again = crate::resize::reconcile(ctx, &fresh, &pv).await?;
+                    if again.is_some() && modify {
+                        fresh = claims
+                            .get_opt(&pvc.name_any())
+                            .await?
+                            .filter(|c| c.uid() == pvc.uid())
+                            .unwrap_or(fresh);
                     }
                 }
                 if modify && crate::resize::bound_to(ctx, &fresh, &pv) {
-                    if let Some(action) = crate::modify::reconcile(ctx, &fresh, &pv).await? {
-                        return Ok(action);
-                    }
+                    again = Again::sooner(again, crate::modify::reconcile(ctx, &fresh, &pv).await?);
+                }
+                if let Some(again) = again {
+                    return Ok(again.action());
                 }
             }
         }

@@ -5,10 +5,11 @@
 //!
 //! The protection is `provisioner.storage.kubernetes.io/cloning-protection` on the source claim,
 //! added (guarded by the resourceVersion the checks read) before the disk's PUT, removed once no
-//! claim of the namespace is still being copied from it. Every claim that starts a copy also
-//! writes its uid to the source's [`LAST_CLONE`] annotation: the write changes the source's
-//! resourceVersion, so a release that read the source before it (and listed the claims before
-//! that copy was recorded) fails its guarded write and looks again.
+//! claim of the namespace is still being copied from it. Every attempt to start a copy also
+//! writes its own mark (the claim's uid and the time) to the source's [`LAST_CLONE`] annotation:
+//! the write always changes the source's resourceVersion, so a release that read the source
+//! before it (and listed the claims before that copy was recorded) fails its guarded write and
+//! looks again.
 
 use crate::context::Ctx;
 use crate::decide::{SourceClaim, SourceVolume};
@@ -21,7 +22,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use tracing::info;
 
-/// The uid of the claim that last started a copy of this one.
+/// `<uid>@<time>` of the last attempt to start a copy of this claim.
 pub const LAST_CLONE: &str = "flexdisk/last-clone";
 
 fn storage(
@@ -111,8 +112,14 @@ pub async fn protect(
     if !finalizers.iter().any(|f| f == CLONE_FINALIZER) {
         finalizers.push(CLONE_FINALIZER.to_string());
     }
+    // Unique per attempt (a clone that starts over writes a new value): the write always
+    // changes the source's resourceVersion, which kube-apiserver leaves alone for a no-op.
+    let attempt = format!(
+        "{clone_uid}@{}",
+        k8s_openapi::jiff::Timestamp::now().as_nanosecond()
+    );
     let patch = json!({"metadata": {"resourceVersion": source.resource_version(),
-        "finalizers": finalizers, "annotations": {LAST_CLONE: clone_uid}}});
+        "finalizers": finalizers, "annotations": {LAST_CLONE: attempt}}});
     let claims: Api<PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), &source.namespace().unwrap_or_default());
     match claims

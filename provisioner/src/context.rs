@@ -10,7 +10,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,32 @@ impl Backoff {
     }
 }
 
+/// When a bound claim's resize or modify wants to be looked at again: both run, and the sooner
+/// of the two wins (kube-runtime's `Action` keeps its delay to itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Again {
+    /// When something that matters changes (triggers.rs), or the slow resync.
+    OnChange,
+    After(Duration),
+}
+
+impl Again {
+    pub fn sooner(a: Option<Again>, b: Option<Again>) -> Option<Again> {
+        match (a, b) {
+            (Some(Again::After(x)), Some(Again::After(y))) => Some(Again::After(x.min(y))),
+            (Some(Again::After(x)), _) | (_, Some(Again::After(x))) => Some(Again::After(x)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn action(self) -> kube::runtime::controller::Action {
+        match self {
+            Again::OnChange => kube::runtime::controller::Action::await_change(),
+            Again::After(d) => kube::runtime::controller::Action::requeue(d),
+        }
+    }
+}
+
 /// How often a claim that waits for a change is looked at anyway, as the library's informers
 /// resync (`DefaultResyncPeriod`, 15 min, in sig-storage-lib-external-provisioner).
 pub const RESYNC: Duration = Duration::from_secs(15 * 60);
@@ -90,7 +116,11 @@ pub struct Ctx {
     pub slow_backoff: Backoff,
     /// Claims whose growth Azure refused while the disk was attached: looked at again when a pod
     /// that used one goes.
-    pub detach_waiters: std::sync::Mutex<HashSet<ObjectRef<PersistentVolumeClaim>>>,
+    /// Each with the claim's uid and the size Azure refused to grow to while attached.
+    pub detach_waiters: std::sync::Mutex<HashMap<ObjectRef<PersistentVolumeClaim>, (String, u64)>>,
+    /// Claims whose growth to a size Azure refused was last tried when (external-resizer's
+    /// slowSet): tried again only on the slow resync or when the request changes.
+    pub refused_sizes: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
     pub budget: WriteBudget,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
@@ -101,18 +131,33 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn waits_for_detach(&self, claim: &ObjectRef<PersistentVolumeClaim>) -> bool {
-        self.detach_waiters
+    /// Whether the claim waits for its disk to be detached before growing to `target`. An entry
+    /// of another claim of that name, or for another size, is dropped.
+    pub fn waits_for_detach(
+        &self,
+        claim: &ObjectRef<PersistentVolumeClaim>,
+        uid: &str,
+        target: Option<u64>,
+    ) -> bool {
+        let mut all = self
+            .detach_waiters
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(claim)
+            .unwrap_or_else(|p| p.into_inner());
+        match all.get(claim) {
+            Some((u, t)) if u == uid && Some(*t) == target => true,
+            Some(_) => {
+                all.remove(claim);
+                false
+            }
+            None => false,
+        }
     }
 
-    pub fn wait_for_detach(&self, claim: ObjectRef<PersistentVolumeClaim>) {
+    pub fn wait_for_detach(&self, claim: ObjectRef<PersistentVolumeClaim>, uid: &str, target: u64) {
         self.detach_waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(claim);
+            .insert(claim, (uid.to_string(), target));
     }
 
     pub fn stop_waiting_for_detach(&self, claim: &ObjectRef<PersistentVolumeClaim>) {
@@ -120,6 +165,20 @@ impl Ctx {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(claim);
+    }
+
+    /// Whether growing the claim `uid` to `target` was refused less than [`RESYNC`] ago.
+    pub fn refused_recently(&self, uid: &str, target: u64) -> bool {
+        let mut all = self.refused_sizes.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, (_, at)| at.elapsed() < RESYNC);
+        all.get(uid).is_some_and(|(t, _)| *t == target)
+    }
+
+    pub fn size_refused(&self, uid: &str, target: u64) {
+        self.refused_sizes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_string(), (target, Instant::now()));
     }
 
     /// Takes one ARM write of `disk`'s budget ([`crate::budget`]); over it, an

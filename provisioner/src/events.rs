@@ -46,6 +46,9 @@ struct Series {
     /// The count the API server has.
     written: i32,
     written_at: Instant,
+    /// Writes of its count that failed in a row: after a few (or a 404: the event or its
+    /// namespace is gone) the series is forgotten.
+    failures: u32,
 }
 
 /// What an occurrence needs written, decided under the lock and done outside it.
@@ -118,8 +121,10 @@ impl Recorder {
                     s.last_seen = now;
                     s.last_observed = observed;
                     // The first repeat is written at once (it makes the event a series), later
-                    // ones once per REFRESH.
-                    if s.written < 2 || now.duration_since(s.written_at) >= REFRESH {
+                    // ones once per REFRESH; none before the event itself is written.
+                    if s.written == 1
+                        || (s.written > 1 && now.duration_since(s.written_at) >= REFRESH)
+                    {
                         Write::Count {
                             event: s.event.clone(),
                             count: s.count,
@@ -143,6 +148,7 @@ impl Recorder {
                             last_observed: observed,
                             written: 0,
                             written_at: now,
+                            failures: 0,
                         },
                     );
                     Write::Create(Box::new(event))
@@ -159,7 +165,7 @@ impl Recorder {
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&key);
             }
-            None => {}
+            None => self.mark_failed(&key),
         }
     }
 
@@ -169,7 +175,11 @@ impl Recorder {
             let mut all = self.series.lock().unwrap_or_else(|p| p.into_inner());
             let due = all
                 .iter()
-                .filter(|(_, s)| s.count > s.written && now.duration_since(s.written_at) >= REFRESH)
+                .filter(|(_, s)| {
+                    s.written > 0
+                        && s.count > s.written
+                        && now.duration_since(s.written_at) >= REFRESH
+                })
                 .map(|(k, s)| {
                     (
                         k.clone(),
@@ -186,10 +196,29 @@ impl Recorder {
             due
         };
         for (key, write) in due {
-            if let Some(count) = self.write(write).await {
-                self.mark_written(&key, count);
+            match self.write(write).await {
+                Some(count) => self.mark_written(&key, count),
+                None => self.mark_failed(&key),
             }
         }
+    }
+
+    fn mark_failed(&self, key: &Key) {
+        let mut all = self.series.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.get_mut(key) {
+            s.failures += 1;
+            s.written_at = Instant::now();
+            if s.failures >= 3 {
+                all.remove(key);
+            }
+        }
+    }
+
+    fn forget_event(&self, ns: &str, name: &str) {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, s| s.event.0 != ns || s.event.1 != name);
     }
 
     fn mark_written(&self, key: &Key, count: i32) {
@@ -197,6 +226,7 @@ impl Recorder {
         if let Some(s) = all.get_mut(key) {
             s.written = s.written.max(count);
             s.written_at = Instant::now();
+            s.failures = 0;
         }
     }
 
@@ -231,6 +261,12 @@ impl Recorder {
                     .await
                 {
                     Ok(_) => Some(count),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        // The event (or its namespace) is gone: the series ends here; a later
+                        // occurrence makes a new event.
+                        self.forget_event(&ns, &name);
+                        None
+                    }
                     Err(e) => {
                         warn!(event = %name, "cannot update event series: {e}");
                         None

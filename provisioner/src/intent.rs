@@ -116,6 +116,10 @@ pub async fn finish(ctx: &Ctx, pvc: &PersistentVolumeClaim) -> Result<Option<Act
     let pv_name = format!("pvc-{}", pvc.uid().unwrap_or_default());
     if pvs.get_opt(&pv_name).await?.is_some() {
         clear(&claims, &claim, &ctx.name).await?;
+        // A copy finished by an earlier attempt that stopped before releasing its source.
+        if let Some(source) = crate::clone::source_of(pvc) {
+            crate::clone::release(ctx, &ns, &source).await?;
+        }
         return Ok(Some(Action::await_change()));
     }
     if pvc.metadata.deletion_timestamp.is_none() {

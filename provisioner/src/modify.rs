@@ -17,13 +17,12 @@
 //! shows.
 
 use crate::claim_status;
-use crate::context::Ctx;
+use crate::context::{Again, Ctx};
 use crate::decide::{modify, AttributesClass, AttributesState, Modify};
 use crate::error::Error;
 use flexdisk_azure::{AzureError, Performance};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::ResourceExt;
 use serde_json::{json, Value};
@@ -116,18 +115,24 @@ fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: Option<(&str, &st
 }
 
 /// Azure's refusals that will not change by asking again: a value outside what the disk's SKU and
-/// size allow (400, InvalidParameter) — external-resizer's Infeasible is the CSI InvalidArgument.
-/// Azure's other refusals (409: too many performance changes today, a disk busy or attached
-/// where it must not be) pass and are tried again, slowly.
+/// size allow — a 400 that names the parameter (external-resizer's Infeasible is the CSI
+/// InvalidArgument). Azure's other refusals (too many performance changes today — whose code
+/// Azure does not document — a busy disk) pass by themselves and are tried again, slowly; taking
+/// one of them for infeasible would stop the class for good.
 fn infeasible(e: &AzureError) -> bool {
-    matches!(
-        e,
-        AzureError::InvalidParameter { .. }
-            | AzureError::Other {
-                status: Some(400),
-                ..
-            }
-    )
+    let names_a_value = |m: &str| {
+        let m = m.to_ascii_lowercase();
+        m.contains("diskiopsreadwrite") || m.contains("diskmbpsreadwrite")
+    };
+    match e {
+        AzureError::InvalidParameter { message, .. } => names_a_value(message),
+        AzureError::Other {
+            status: Some(400),
+            message,
+            ..
+        } => names_a_value(message),
+        _ => false,
+    }
 }
 
 /// The claim is bound to `pv` (ours); makes its disk what the claim's class of attributes says.
@@ -136,7 +141,7 @@ pub async fn reconcile(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
     pv: &PersistentVolume,
-) -> Result<Option<Action>, Error> {
+) -> Result<Option<Again>, Error> {
     if !may_need_work(pvc) {
         return Ok(None);
     }
@@ -157,11 +162,11 @@ pub async fn reconcile(
                 ctx.event(pvc, EventType::Warning, "VolumeModifyFailed", message)
                     .await;
             }
-            return Ok(Some(Action::requeue(PENDING_RETRY)));
+            return Ok(Some(Again::After(PENDING_RETRY)));
         }
         Modify::Infeasible { target, message } => {
             fail_for_good(ctx, pvc, &target, &message).await?;
-            return Ok(Some(Action::await_change()));
+            return Ok(Some(Again::OnChange));
         }
         Modify::Apply {
             target,
@@ -235,7 +240,7 @@ pub async fn reconcile(
                     describe(&performance)
                 );
                 fail_for_good(ctx, &pvc, &target, &message).await?;
-                return Ok(Some(Action::await_change()));
+                return Ok(Some(Again::OnChange));
             }
             Err(e) => {
                 // As external-resizer's updateConditionBasedOnError: the claim stays InProgress,
@@ -264,7 +269,7 @@ pub async fn reconcile(
                     return Err(e.into());
                 }
                 let e = Error::from(e);
-                return Ok(Some(Action::requeue(
+                return Ok(Some(Again::After(
                     ctx.slow_backoff.next(&pvc.uid().unwrap_or_default(), &e),
                 )));
             }
@@ -296,7 +301,7 @@ pub async fn reconcile(
     ctx.metrics
         .modification(if changed { "modified" } else { "unchanged" });
     info!(%claim, disk = %id.name, class = %target, changed, "volume attributes class current");
-    Ok(Some(Action::await_change()))
+    Ok(Some(Again::OnChange))
 }
 
 /// `Infeasible`, with the reason as an event and a condition; nothing more until the claim

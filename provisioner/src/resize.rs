@@ -12,10 +12,10 @@
 //! when the request changes or on the slow resync; where Azure needs the disk detached first
 //! (shared disks, growth across 4 TiB) the growth waits until no pod uses the claim
 //! (external-resizer's `inuse_pvc_store.go`) and its disk is detached; a read-only volume is
-//! refused up front. Every write is within the disk's budget ([`crate::budget`]).
+//! refused up front.
 
 use crate::claim_status;
-use crate::context::{Ctx, RESYNC};
+use crate::context::{Again, Ctx, RESYNC};
 use crate::decide::{resize_to, Sizes};
 use crate::error::Error;
 use crate::keys::{PRE_RESIZE_CAPACITY, PROVISIONED_BY};
@@ -25,12 +25,12 @@ use flexdisk_azure::AzureError;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tracing::info;
 
 const RESIZE_CONDITIONS: [&str; 4] = [
@@ -180,12 +180,20 @@ pub fn pods_using(pods: &[std::sync::Arc<Pod>], ns: &str, claim: &str) -> Vec<St
         .collect()
 }
 
+/// Whether Azure's 409 means "detach the disk first" (a shared disk, or growth across 4 TiB of a
+/// Standard/Premium disk: Azure's expand-without-downtime does neither) rather than another
+/// conflict.
+fn needs_detach(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("detach") || m.contains("while attached") || m.contains("deallocat")
+}
+
 /// The claim is bound to `pv`; grows its disk if the claim asks for more. `None`: nothing to do.
 pub async fn reconcile(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,
     pv: &PersistentVolume,
-) -> Result<Option<Action>, Error> {
+) -> Result<Option<Again>, Error> {
     if !bound_to(ctx, pvc, pv) {
         return Ok(None);
     }
@@ -201,7 +209,14 @@ pub async fn reconcile(
         )
         .await?;
     }
-    let Some(target) = resize_to(&sizes(pvc, pv)) else {
+    let ns = pvc.namespace().unwrap_or_default();
+    let uid = pvc.uid().unwrap_or_default();
+    let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
+    let target = resize_to(&sizes(pvc, pv));
+    // Waiting for a detach holds only for the size Azure refused (a lowered request, or none,
+    // starts afresh).
+    let waiting = ctx.waits_for_detach(&key, &uid, target);
+    let Some(target) = target else {
         return Ok(None);
     };
     let Some(id) = claim_status::disk_of(pv) else {
@@ -209,8 +224,6 @@ pub async fn reconcile(
     };
     let id = id?;
     let gib = gib_for_bytes(target);
-    let ns = pvc.namespace().unwrap_or_default();
-    let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
     let allocated = quantity_for(pvc, target);
     let status = sizes(pvc, pv).status;
 
@@ -221,16 +234,22 @@ pub async fn reconcile(
             pv.name_any()
         );
         infeasible(ctx, pvc, &allocated, &why).await?;
-        return Ok(Some(Action::requeue(RESYNC)));
+        return Ok(Some(Again::After(RESYNC)));
+    }
+    // A size Azure refused is tried again only on the slow resync or when the request changes
+    // (external-resizer's slowSet).
+    if status.as_deref() == Some("ControllerResizeInfeasible") && ctx.refused_recently(&uid, target)
+    {
+        return Ok(Some(Again::After(RESYNC)));
     }
 
     // Azure wanted the disk detached: nothing is tried while a pod uses the claim, and then only
     // once Azure shows the disk detached (kube-controller-manager detaches it a moment after the
     // last pod goes). The pod watch wakes the claim (run.rs).
-    if ctx.waits_for_detach(&key) {
+    if waiting {
         let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
         if !users.is_empty() {
-            return Ok(Some(Action::requeue(RESYNC)));
+            return Ok(Some(Again::After(RESYNC)));
         }
         let disk = ctx.arm.get_disk(&id.resource_group, &id.name).await?;
         if let Some(vms) = disk.map(|d| d.attached_to()).filter(|v| !v.is_empty()) {
@@ -243,48 +262,52 @@ pub async fn reconcile(
         ctx.stop_waiting_for_detach(&key);
     }
 
-    // 1. The claim says what is being tried (once per size).
-    let pvc = if status.as_deref() == Some("ControllerResizeInProgress")
-        && storage(
-            pvc.status
-                .as_ref()
-                .and_then(|s| s.allocated_resources.as_ref()),
-        ) == Some(allocated.as_str())
-    {
+    // 1. The claim says what is being tried — once per size (a retry of the same size, as
+    // external-resizer's updateStatus=false, writes nothing).
+    let recorded = storage(
+        pvc.status
+            .as_ref()
+            .and_then(|s| s.allocated_resources.as_ref()),
+    ) == Some(allocated.as_str())
+        && matches!(
+            status.as_deref(),
+            Some("ControllerResizeInProgress" | "ControllerResizeInfeasible")
+        );
+    let pvc = if recorded {
         pvc.clone()
     } else {
-        claim_status::patch(
+        let pvc = claim_status::patch(
             ctx,
             pvc,
             json!({"conditions": conditions(pvc, &[], &[("Resizing", "")]),
                 "allocatedResources": {"storage": allocated},
                 "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
         )
-        .await?
+        .await?;
+        ctx.event(
+            &pvc,
+            EventType::Normal,
+            "Resizing",
+            format!(
+                "growing disk {} to {gib} GiB for volume {}",
+                id.name,
+                pv.name_any()
+            ),
+        )
+        .await;
+        pvc
     };
-    ctx.event(
-        &pvc,
-        EventType::Normal,
-        "Resizing",
-        format!(
-            "growing disk {} to {gib} GiB for volume {}",
-            id.name,
-            pv.name_any()
-        ),
-    )
-    .await;
 
     // 2. The disk.
-    ctx.spend_write(&id.name)?;
     let disk = match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
         Ok(d) => d,
         Err(AzureError::Other {
             status: Some(409),
             message,
             ..
-        }) => {
+        }) if needs_detach(&message) => {
             ctx.metrics.resize("needs_detach");
-            ctx.wait_for_detach(key);
+            ctx.wait_for_detach(key, &uid, target);
             let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
             let why = format!(
                 "Azure grows disk {} to {gib} GiB only while it is detached ({message}); it grows once no pod uses \
@@ -306,7 +329,14 @@ pub async fn reconcile(
                 )
                 .await?;
             }
-            return Ok(Some(Action::requeue(RESYNC)));
+            // No pod to wait for (it went meanwhile, or an attachment without one): the disk's
+            // state is looked at again soon, by reads only.
+            let again = if users.is_empty() {
+                Duration::from_secs(10)
+            } else {
+                RESYNC
+            };
+            return Ok(Some(Again::After(again)));
         }
         Err(
             e @ (AzureError::InvalidParameter { .. }
@@ -314,12 +344,13 @@ pub async fn reconcile(
                 status: Some(400), ..
             }),
         ) => {
+            ctx.size_refused(&uid, target);
             let why = format!(
                 "disk {} cannot grow to {gib} GiB: {e}; lower the claim's request to a size Azure allows",
                 id.name
             );
             infeasible(ctx, &pvc, &allocated, &why).await?;
-            return Ok(Some(Action::requeue(RESYNC)));
+            return Ok(Some(Again::After(RESYNC)));
         }
         Err(e) => {
             ctx.metrics.resize("failed");
@@ -387,11 +418,14 @@ pub async fn reconcile(
     .await;
     ctx.metrics.resize("grown");
     info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name, gib = disk.size_gib, "grown");
-    Ok(Some(Action::await_change()))
+    // The node's answer (kubelet found it infeasible) is looked at on the slow resync, as
+    // external-resizer's resync does; a new request wakes the claim at once.
+    Ok(Some(Again::After(RESYNC)))
 }
 
 /// `ControllerResizeInfeasible` with the reason (a condition and an event) — written once per
-/// reason and size: the slow resync finds it so and writes nothing.
+/// reason and size: a later refusal of the same finds it so and writes nothing but the event
+/// (folded into its series).
 async fn infeasible(
     ctx: &Ctx,
     pvc: &PersistentVolumeClaim,

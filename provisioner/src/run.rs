@@ -66,6 +66,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         backoff: Backoff::default(),
         slow_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
         detach_waiters: Default::default(),
+        refused_sizes: Default::default(),
         budget: Default::default(),
         metrics: metrics.clone(),
         client: client.clone(),
@@ -289,7 +290,7 @@ fn wake_waiting_claims(
         .detach_waiters
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .iter()
+        .keys()
         .filter(|c| c.namespace.as_deref() == Some(ns.as_str()))
         .cloned()
         .collect();

@@ -17,11 +17,13 @@ use std::hash::{Hash, Hasher};
 /// - its spec, all of it (the request, the class, the class of attributes, the data source, the
 ///   volume it names — what users and the PV controller change);
 /// - the annotations that hand it to a provisioner or a node;
-/// - from the status only what others write: the phase (the PV controller), the capacity (kubelet
-///   when it grew the filesystem), and whether kubelet found the node's part infeasible.
+/// - from the status only what others write and the controller must act on: the phase (the PV
+///   controller) and the capacity (kubelet, when it grew the filesystem).
 ///
-/// Not the conditions, `allocatedResources`, the controller's own resize statuses,
-/// `modifyVolumeStatus` or `currentVolumeAttributesClassName`: this provisioner writes those.
+/// Not the conditions, `allocatedResources`, `allocatedResourceStatuses`, `modifyVolumeStatus` or
+/// `currentVolumeAttributesClassName`: this provisioner writes those, and kubelet's
+/// `NodeResizeInfeasible` is handed back on a new request or the slow resync, as external-resizer
+/// does (an immediate hand-back would ping-pong with kubelet while the node's failure lasts).
 pub fn claim_fingerprint(pvc: &PersistentVolumeClaim) -> Option<u64> {
     let mut h = DefaultHasher::new();
     pvc.uid().hash(&mut h);
@@ -38,11 +40,6 @@ pub fn claim_fingerprint(pvc: &PersistentVolumeClaim) -> Option<u64> {
         .and_then(|c| c.get("storage"))
         .map(|q| q.0.as_str())
         .hash(&mut h);
-    let node_infeasible = status
-        .and_then(|s| s.allocated_resource_statuses.as_ref())
-        .and_then(|s| s.get("storage"))
-        .is_some_and(|s| s == "NodeResizeInfeasible");
-    node_infeasible.hash(&mut h);
     Some(h.finish())
 }
 
@@ -71,6 +68,13 @@ mod tests {
         own["status"]["conditions"] = json!([{"type": "ControllerResizeError", "status": "True",
             "message": "Azure refused", "lastTransitionTime": "2026-12-07T05:00:00Z"}]);
         own["status"]["allocatedResourceStatuses"]["storage"] = json!("ControllerResizeInfeasible");
+        let mut kubelet = own.clone();
+        kubelet["status"]["allocatedResourceStatuses"]["storage"] = json!("NodeResizeInfeasible");
+        assert_eq!(
+            claim_fingerprint(&claim(kubelet)),
+            before,
+            "handed back on a new request or the slow resync, not at once"
+        );
         own["status"]["allocatedResources"]["storage"] = json!("9Gi");
         own["status"]["modifyVolumeStatus"] =
             json!({"status": "InProgress", "targetVolumeAttributesClassName": "gold"});
@@ -88,9 +92,6 @@ mod tests {
             Box::new(|c| c["spec"]["resources"]["requests"]["storage"] = json!("9Gi")),
             Box::new(|c| c["spec"]["volumeAttributesClassName"] = json!("gold")),
             Box::new(|c| c["status"]["capacity"]["storage"] = json!("8Gi")),
-            Box::new(|c| {
-                c["status"]["allocatedResourceStatuses"]["storage"] = json!("NodeResizeInfeasible")
-            }),
             Box::new(|c| c["status"]["phase"] = json!("Lost")),
             Box::new(|c| c["metadata"]["deletionTimestamp"] = json!("2026-12-07T05:00:00Z")),
             Box::new(|c| c["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"])),

@@ -369,12 +369,24 @@ fn a_claim_the_node_could_not_grow_goes_back_to_the_node_when_asked_for_more() {
         ),
     );
     assert_eq!(status, 200, "{body}");
+    // kubelet's own write does not wake the provisioner (an immediate hand-back would ping-pong
+    // with kubelet while the node's failure lasts): nothing happens until the request changes.
+    std::thread::sleep(Duration::from_secs(2));
+    let waiting = s.until(&claim, "the claim", |_| true);
+    assert_eq!(
+        waiting["status"]["allocatedResourceStatuses"]["storage"], "NodeResizeInfeasible",
+        "{waiting}"
+    );
     grow(&s, "default", "logs", "10Gi");
     let back = s.until(&claim, "handed back to the node", |o| {
         o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
     });
     assert_eq!(back["status"]["allocatedResources"]["storage"], "8Gi");
-    assert!(s.disk(&disk).expect("disk").size_gib >= 8);
+    assert_eq!(
+        s.disk(&disk).expect("disk").size_gib,
+        8,
+        "the size the node has to do first; the new request follows once it has"
+    );
     // The node does it now (kubelet's MarkFSResizeFinished): capacity 8Gi, status cleared.
     let (status, body) = s.call(
         "PATCH",
@@ -483,8 +495,9 @@ fn a_read_only_many_claim_is_refused_growth_up_front() {
 }
 
 /// The source of a copy carries `provisioner.storage.kubernetes.io/cloning-protection` while the
-/// copy is made (here held for three seconds by a slow disk PUT): deleted meanwhile, it stays
-/// until the copy exists, then goes; a source with nothing being copied from it carries none.
+/// copy is made (here held for ten seconds by a slow disk PUT): deleted meanwhile, it stays —
+/// held by that finalizer alone while the copy is still Pending — until the copy exists, then
+/// goes.
 #[test]
 fn a_source_claim_stays_while_it_is_copied_and_goes_after() {
     let s = Setup::start();
@@ -498,7 +511,7 @@ fn a_source_claim_stays_while_it_is_copied_and_goes_after() {
             "POST",
             "/faults",
             Some(&json!({"operation": "Disks_CreateOrUpdate", "times": 1,
-                "action": {"kind": "latency", "ms": 3000}})),
+                "action": {"kind": "latency", "ms": 10000}})),
         )
         .expect("fault");
     let (status, _) = s.call("POST", PVCS, Some(json!({"metadata": {"name": "copy"},
@@ -514,10 +527,17 @@ fn a_source_claim_stays_while_it_is_copied_and_goes_after() {
     });
     assert!(protected["metadata"]["annotations"]["flexdisk/last-clone"].is_string());
     s.call("DELETE", &format!("{PVCS}/src"), None);
-    let going = s.until(&format!("{PVCS}/src"), "src terminating", |o| {
+    // Deleted, and no pod uses it (kubernetes.io/pvc-protection goes): only the copy holds it.
+    s.until(&format!("{PVCS}/src"), "src held by the copy alone", |o| {
         o["metadata"]["deletionTimestamp"].is_string()
+            && o["metadata"]["finalizers"]
+                == json!(["provisioner.storage.kubernetes.io/cloning-protection"])
     });
-    assert_eq!(going["metadata"]["name"], "src", "still there while copied");
+    let copy = s.until(&format!("{PVCS}/copy"), "the copy", |_| true);
+    assert_eq!(
+        copy["status"]["phase"], "Pending",
+        "the copy is still being made: {copy}"
+    );
     s.until(&format!("{PVCS}/copy"), "the copy Bound", |o| {
         o["status"]["phase"] == "Bound"
     });
