@@ -1,7 +1,8 @@
 //! The parts of kube-controller-manager a provisioner relies on: the PersistentVolume controller
 //! (claims annotated for their class's provisioner, binding, Released, Lost; Immediate and
-//! WaitForFirstConsumer) and the PVC/PV protection controllers. Decisions are made by [`plan`]
-//! (no I/O) and carried out as patches.
+//! WaitForFirstConsumer), the PVC/PV protection controllers, and the expand controller's no-op
+//! "expansion" of FlexVolume claims (`expand.rs`). Decisions are made by [`plan`] (no I/O) and
+//! carried out as patches.
 
 use super::quantity;
 use super::resources::{find, ResourceType};
@@ -408,18 +409,16 @@ fn rt(plural: &str) -> Option<&'static ResourceType> {
 
 /// One pass: plan against the store as it is now and carry out the plan. Writes that lose a race
 /// are left to the next pass.
-fn sweep(api: &KubeApi) -> usize {
+fn sweep(api: &KubeApi, expand: &mut super::expand::ExpandController) -> usize {
     let all = |plural: &str| {
         rt(plural)
             .map(|t| api.store.list(t, None, &|_| true).0)
             .unwrap_or_default()
     };
-    let actions = plan(
-        &all("persistentvolumeclaims"),
-        &all("persistentvolumes"),
-        &all("storageclasses"),
-        &all("pods"),
-    );
+    let claims = all("persistentvolumeclaims");
+    let volumes = all("persistentvolumes");
+    let mut actions = plan(&claims, &volumes, &all("storageclasses"), &all("pods"));
+    actions.extend(expand.plan(&claims, &volumes));
     let mut done = 0;
     for a in &actions {
         let Some(t) = rt(a.plural) else { continue };
@@ -450,10 +449,11 @@ fn sweep(api: &KubeApi) -> usize {
 /// Runs the controllers until `stop` turns true: a sweep after every batch of changes.
 pub async fn run(api: Arc<KubeApi>, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut changes = api.store.subscribe();
+    let mut expand = super::expand::ExpandController::default();
     loop {
         // Repeat while passes still change things (each write is itself a change).
         for _ in 0..20 {
-            if sweep(&api) == 0 {
+            if sweep(&api, &mut expand) == 0 {
                 break;
             }
         }

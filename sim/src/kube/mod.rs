@@ -5,6 +5,7 @@
 pub mod api;
 pub mod control;
 pub mod controllers;
+pub mod expand;
 pub mod patch;
 pub mod quantity;
 pub mod resources;
