@@ -22,12 +22,21 @@
 //! gave up on): it is removed unsent, by this holder or any later one, and so is an answer nobody
 //! is left to read. Otherwise a later, unrelated batch would pull a disk from under a running pod.
 //! Announcements are locked the same way; a dead one is removed and waited for by nobody.
+//! Liveness is asked again right before every attempt to send, the transport's retries of a
+//! failed POST included: a request whose requester died meanwhile is dropped from the batch and
+//! the rest sent without it; a batch nobody waits for is not sent at all.
+//!
+//! Answers are what Azure did, never what the plan expected: a disk the operation changed is
+//! where Azure's success of that change put it, any other request is answered from a read of
+//! the VM made by the holder (see `Arm::change_data_disks`).
 
 use crate::settings::Settings;
+use flexdisk_azure::vms::Wanted;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
@@ -42,6 +51,10 @@ pub struct Request {
     pub id: String,
     pub disk_id: String,
     pub op: Op,
+    /// Not sent at or after this moment (`clock::boot_ms`): an attach holds a claim on its disk
+    /// only so long (see `attach::CLAIM_SEND_WITHIN`).
+    #[serde(default)]
+    pub send_by: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -129,7 +142,10 @@ pub struct Seen<'a> {
 }
 
 /// When the last operation on the VM was sent or ended, whichever is later (`.last`): a read
-/// that started after it shows every change flexdisk made.
+/// that started after it shows every change this host made. It decides only what plans the
+/// operation — never an answer: another host's change since is caught by Azure's refusal of
+/// the plan, or by the fresh read a request the view shows done already costs
+/// (`Arm::change_data_disks`).
 fn last_change_path(dir: &Path) -> PathBuf {
     dir.join(".last")
 }
@@ -162,13 +178,15 @@ fn unique_id() -> String {
 
 /// Submits one request and returns its answer, sending it (with whatever else is pending for the
 /// VM) when this process gets the VM's lock first. `seen` is this process's own read of the VM:
-/// it plans the operation when no operation changed the VM since.
+/// it plans the operation when no operation of this host changed the VM since. `send_by`: the
+/// request is not sent at or after that moment (`clock::boot_ms`).
 pub async fn submit(
     s: &Settings,
     arm: &Arm,
     seen: Seen<'_>,
     disk_id: &str,
     op: Op,
+    send_by: Option<u64>,
     coming: Option<Announcement>,
 ) -> Result<Answer, String> {
     let vm = &seen.vm.vm;
@@ -178,6 +196,7 @@ pub async fn submit(
         id: unique_id(),
         disk_id: disk_id.to_string(),
         op,
+        send_by,
     };
     let req_path = dir.join(format!("{}.req", req.id));
     let ans_path = dir.join(format!("{}.ans", req.id));
@@ -349,9 +368,29 @@ fn answer_from(vm: &VmDisks, r: &Request) -> Answer {
     }
 }
 
+/// Who still waits for a request of the batch for each disk: this process, or a requester whose
+/// lock on its request file is still held — and, for an attach, whose claim on the disk still
+/// holds ([`Request::send_by`]). Asked before every attempt to send, the transport's retries
+/// included.
+fn wanted(spool_dir: &Path, pending: &[Request], own: &str) -> Wanted {
+    let dir = spool_dir.to_path_buf();
+    let reqs: Vec<Request> = pending.to_vec();
+    let own = own.to_string();
+    Arc::new(move |disk: &str| {
+        reqs.iter().any(|r| {
+            r.disk_id.eq_ignore_ascii_case(disk)
+                && r.send_by.is_none_or(|by| crate::clock::boot_ms() < by)
+                && (r.id == own || requester_alive(&dir.join(format!("{}.req", r.id))))
+        })
+    })
+}
+
 /// Sends the batch as one operation; if Azure refuses it as a whole, each request alone, so that
 /// one bad request does not fail the others — unless Azure throttled us or did not finish in time:
 /// then sending the requests one by one would only multiply the load, so all share the failure.
+///
+/// Every answer is what Azure did (`Arm::change_data_disks`): a disk the operation changed, by
+/// Azure's success; any other, by a read of the VM made now. `known` only plans.
 async fn send(
     s: &Settings,
     arm: &Arm,
@@ -383,10 +422,9 @@ async fn send(
     let (attach, detach) = split(pending);
     info!(vm = %vm.name(), attach = attach.len(), detach = detach.len(), "sending a batch");
     let read_at = crate::vm_view::now_ms();
-    let sent = match known {
-        Some(current) => arm.attach_detach_from(current, &attach, &detach).await,
-        None => arm.attach_detach(vm, &attach, &detach).await,
-    };
+    let sent = arm
+        .change_data_disks(vm, known, &attach, &detach, wanted(spool_dir, pending, own))
+        .await;
     match sent {
         Ok(after) => {
             crate::vm_view::store(s, &after, read_at);
@@ -411,16 +449,10 @@ async fn send(
             warn!(vm = %vm.name(), error = %e, "the batch was refused; sending its requests one by one");
             let mut out = Vec::new();
             for r in pending {
-                // Sent alone later than the batch: only for a requester still waiting.
-                if r.id != own && !requester_alive(&spool_dir.join(format!("{}.req", r.id))) {
-                    out.push(Answer::Failed {
-                        message: "the requester is gone".into(),
-                    });
-                    continue;
-                }
                 let (a, d) = split(std::slice::from_ref(r));
                 let read_at = crate::vm_view::now_ms();
-                out.push(match arm.attach_detach(vm, &a, &d).await {
+                let alone = wanted(spool_dir, std::slice::from_ref(r), own);
+                out.push(match arm.change_data_disks(vm, None, &a, &d, alone).await {
                     Ok(after) => {
                         crate::vm_view::store(s, &after, read_at);
                         answer_from(&after, r)
