@@ -38,6 +38,12 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 fs_group: true,
                 requires_fs_resize: true,
             }),
+            // A checked prerequisite of formatting: said here (kubelet logs it) and by `doctor`.
+            message: if crate::doctor::in_path("blkid") {
+                String::new()
+            } else {
+                "blkid is not installed on this host: mountdevice formats no new disk until it is (util-linux; see flexdisk doctor)".into()
+            },
             ..Reply::success()
         },
         Call::Version => {

@@ -24,7 +24,7 @@ impl Report {
     }
 }
 
-fn in_path(program: &str) -> bool {
+pub fn in_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
@@ -74,8 +74,16 @@ pub fn run(s: &Settings) -> (Vec<String>, bool) {
         Ok(()) => r.ok("state", s.state_dir.display()),
         Err(e) => r.fail("state", format!("{}: {e}", s.state_dir.display()), "set FLEXDISK_STATE_DIR to a writable directory (batching spools and volume records live there)"),
     }
+    if in_path("blkid") {
+        r.ok("blkid", "blkid -p checks every disk before it is formatted");
+    } else {
+        r.fail(
+            "blkid",
+            "not found",
+            "install util-linux: without blkid -p flexdisk formats no new disk (its own probe reads only the first 68 KiB)",
+        );
+    }
     let tools = [
-        "blkid",
         "mkfs.ext4",
         "resize2fs",
         "mkfs.xfs",

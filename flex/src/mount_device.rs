@@ -12,7 +12,11 @@
 //!    `managedByExtended`) and goes on only when this VM is the only one (`format::decide`,
 //!    [`sole_holder`]).
 //! 4. The probe reads through an exclusive open (the kernel refuses it while the device is
-//!    mounted, or held by a mkfs).
+//!    mounted, or held by a mkfs), taken right after the lock and held through the checks and the
+//!    probe. mkfs needs an exclusive open of its own — `mkfs.ext4` (even with `-F -F`),
+//!    `mkfs.xfs` and `mkfs.btrfs` all fail with EBUSY while another is held — so ours is closed
+//!    just before mkfs starts; the device's lock stays held through mkfs and the mount. The probe
+//!    counts only with blkid's (`mounts::inspect`): without blkid nothing is formatted.
 
 use crate::attach::{connect_with, load_config};
 use crate::device;
@@ -109,6 +113,30 @@ pub fn sole_holder(this_vm: &str, holders: &[String], disk: &str) -> Result<(), 
     ))
 }
 
+/// How long ago the device node was made (its inode's change time: devtmpfs and udev make it
+/// when the disk appears).
+fn device_age(device: &Path) -> Option<Duration> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(device).ok()?;
+    let made = std::time::UNIX_EPOCH
+        + Duration::new(meta.ctime().max(0) as u64, meta.ctime_nsec().max(0) as u32);
+    std::time::SystemTime::now().duration_since(made).ok()
+}
+
+/// A device that appeared less than [`IMDS_LAG`] ago is mounted (read-only) only when Azure lists
+/// this VM among the disk's holders: IMDS's confirmation may predate the attach (no I/O).
+pub fn attached_here(this_vm: &str, holders: &[String], disk: &str) -> Result<(), String> {
+    if holders.iter().any(|h| h.eq_ignore_ascii_case(this_vm)) {
+        return Ok(());
+    }
+    Err(format!(
+        "disk {disk} is not attached to this VM ({}) as far as Azure says, though the Instance Metadata Service, which \
+         follows a moment late, lists it at this device's LUN; flexdisk mounts only a device it can prove is the disk — \
+         kubelet retries",
+        vm_name_from_id(this_vm)
+    ))
+}
+
 /// The VMs that hold the disk (resource IDs).
 async fn holders(s: &Settings, config: &Config, disk: &ResourceId) -> Result<Vec<String>, String> {
     let arm = connect_with(s, config).await?;
@@ -152,8 +180,18 @@ pub fn mount_device(
             return Ok(format!("already mounted ({fs})"));
         }
     }
+    // Claimed from here: no mount or mkfs elsewhere while the device is checked and probed.
+    let exclusive = mounts::open_exclusive(device)?;
     let this_vm = rt.block_on(verify_device(s, &config, device, rdev, &o.disk))?;
-    let holders: Vec<String> = if o.read_only {
+    let young = device_age(device).is_none_or(|age| age < IMDS_LAG);
+    let holders: Vec<String> = if o.read_only && !young {
+        Vec::new()
+    } else if o.read_only {
+        // IMDS follows the VM's model some seconds late: for a device that appeared since, its
+        // answer may be from before the attach — the LUN's previous disk. Azure itself says
+        // whether the disk is attached here.
+        let ids = rt.block_on(holders(s, &config, &o.disk))?;
+        attached_here(&this_vm, &ids, &o.disk.name)?;
         Vec::new()
     } else {
         let ids = rt.block_on(holders(s, &config, &o.disk))?;
@@ -162,7 +200,7 @@ pub fn mount_device(
         }
         ids.iter().map(|h| vm_name_from_id(h)).collect()
     };
-    let found = match mounts::open_exclusive(device)? {
+    let found = match exclusive {
         Some(mut exclusive) => mounts::inspect(&mut exclusive, device)?,
         // Mounted elsewhere on this host: that filesystem is there, whatever a probe would say.
         None => match mounts::mounted_fs_of(rdev) {
@@ -175,8 +213,8 @@ pub fn mount_device(
             }
         },
     };
-    // The exclusive open is closed here: mkfs and mount claim the device themselves. The lock
-    // stays held until both are done.
+    // The exclusive open is closed here (`found` took it): mkfs and mount claim the device
+    // themselves. The lock stays held until both are done.
     match decide(found.as_ref(), &o.fs_type, o.read_only, &holders) {
         Plan::Refuse(m) => Err(format!("{}: {m}", device.display())),
         Plan::Format(fs) => {
@@ -211,6 +249,26 @@ mod tests {
         assert!(sole_holder(me, &[], "d")
             .expect_err("none")
             .contains("lists none"));
+    }
+
+    #[test]
+    fn a_young_device_needs_azure_to_say_the_disk_is_here() {
+        let me =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-a";
+        let other =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-b";
+        assert_eq!(
+            attached_here(me, &[other.into(), me.to_uppercase()], "d"),
+            Ok(())
+        );
+        let e = attached_here(me, &[other.into()], "d").expect_err("elsewhere");
+        assert!(e.contains("not attached to this VM (node-a)"), "{e}");
+        assert!(attached_here(me, &[], "d").is_err());
+        // A device node made just now is young.
+        let tmp = tempfile::tempdir().expect("tmp");
+        let f = tmp.path().join("sdx");
+        std::fs::write(&f, b"").expect("file");
+        assert!(device_age(&f).expect("age") < IMDS_LAG);
     }
 
     #[test]

@@ -97,7 +97,10 @@ pub fn open_exclusive(device: &Path) -> Result<Option<File>, String> {
 }
 
 /// What is on the device, by our own probe (through `f`, the device opened by the caller) and
-/// by `blkid -p` (when present): either finding something means "not blank".
+/// by `blkid -p`: either finding something means "not blank". Our probe reads the first
+/// [`PROBE_BYTES`]; signatures elsewhere (RAID metadata at the end of the disk, backup
+/// superblocks) only blkid sees, so without blkid a device is never taken for blank: `Err`, and
+/// nothing is formatted (`doctor` reports blkid missing).
 pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>, String> {
     let mut buf = vec![0u8; PROBE_BYTES];
     let mut read = 0;
@@ -124,13 +127,20 @@ pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>, String> {
             device.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
-        // Without blkid our own probe stands alone.
-        Err(_) => Ok(None),
+        Err(e) => Err(format!(
+            "cannot run blkid ({e}): {} looks blank in its first {} KiB, but only blkid -p sees every \
+             signature (RAID metadata at the end of a disk, for one), so flexdisk does not format it; \
+             install util-linux's blkid on the node",
+            device.display(),
+            PROBE_BYTES / 1024
+        )),
     }
 }
 
-/// Makes the filesystem with fast options. Never forced: mkfs itself refuses a device with a
-/// signature, a second guard behind ours.
+/// Makes the filesystem with fast options. mkfs opens the device exclusively itself, so ours is
+/// closed before; the device's lock (`lock_device`) stays held. Nothing here is a second guard:
+/// `mkfs.ext4` reformats an existing filesystem without asking when stdin is not a terminal
+/// (`mkfs.xfs` and `mkfs.btrfs` refuse one without `-f`), so the probe before is the guard.
 pub fn mkfs(device: &Path, fs_type: &str) -> Result<(), String> {
     let mut cmd = match fs_type {
         "ext4" | "ext3" => {

@@ -246,6 +246,18 @@ impl Env {
         )
     }
 
+    /// [`Env::kubelet`] with extra environment (e.g. another `PATH`).
+    pub fn kubelet_with(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Out {
+        let mut env = vec![
+            ("FLEXDISK_CONFIG", self.sim.node_field(node, "azureJson")),
+            ("FLEXDISK_HOST_ROOT", self.sim.node_field(node, "root")),
+            ("IMDS_ENDPOINT", self.sim.node_field(node, "imds")),
+            ("FLEXDISK_WAIT_SECS", "20".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        self.flexdisk(args, &env, node)
+    }
+
     /// attach (controller) then waitforattach (kubelet on `node`), both expected to succeed:
     /// the LUN and the device path.
     pub fn attach_and_wait(&self, node: &str, opts: &str) -> (String, String) {
