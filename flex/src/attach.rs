@@ -11,6 +11,7 @@
 
 use crate::batch::{self, Answer, Op};
 use crate::clock;
+use crate::error::{Error, Result};
 use crate::options::VolumeOptions;
 use crate::ownership::{self, TagPlan};
 use crate::settings::Settings;
@@ -23,8 +24,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tracing::{info, warn};
 
-pub fn load_config(s: &Settings) -> Result<Config, String> {
-    let config = Config::load(&s.cloud_config).map_err(|e| e.to_string())?;
+pub fn load_config(s: &Settings) -> Result<Config> {
+    let config = Config::load(&s.cloud_config)?;
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -35,7 +36,7 @@ pub fn load_config(s: &Settings) -> Result<Config, String> {
 /// kube-controller-manager and kubelet call again with their own back-off, and the throttling is
 /// remembered for every process of the host, so none of them sends before Azure's Retry-After
 /// is up. Waiting inside a batch would also carry the requests of processes that die meanwhile.
-pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> {
+pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm> {
     let options = ArmOptions {
         throttle_dir: Some(s.throttle_dir()),
         durations_dir: Some(s.durations_dir()),
@@ -45,12 +46,10 @@ pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> 
         },
         ..ArmOptions::default()
     };
-    Arm::connect(config, options)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(Arm::connect(config, options).await?)
 }
 
-pub async fn connect(s: &Settings) -> Result<Arm, String> {
+pub async fn connect(s: &Settings) -> Result<Arm> {
     connect_with(s, &load_config(s)?).await
 }
 
@@ -76,38 +75,44 @@ fn remember(s: &Settings, volume: &str, disk_uri: &str) {
 }
 
 /// Attaches the volume's disk to the node's VM; the LUN.
-pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32, String> {
-    let pv = opts.volume_name.as_deref().ok_or(
+pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32> {
+    let pv = opts.volume_name.as_deref().ok_or_else(|| Error::Options(
         "attach: the options lack kubernetes.io/pvOrVolumeName (kube-controller-manager always passes it); \
-         flexdisk needs the PV's name to mark the disk so that detach finds it",
-    )?;
+         flexdisk needs the PV's name to mark the disk so that detach finds it".into(),
+    ))?;
     let config = load_config(s)?;
     let coming = announce_for(s, &config, node);
     let arm = connect_with(s, &config).await?;
     let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("disk {} does not exist", opts.disk_uri))?;
+        .await?
+        .ok_or_else(|| {
+            Error::Azure(AzureError::NotFound {
+                message: format!("disk {} does not exist", opts.disk_uri),
+            })
+        })?;
     // The claim first: a disk attached by flexdisk always says which PV it serves, and no other
     // PV's attach takes it while this one may be on its way (see `ownership`).
     let send_by = clock::boot_ms() + ownership::SEND_WITHIN.as_millis() as u64;
     let mut replaced = None;
     match ownership::plan_tag(&disk, pv, clock::unix_secs()) {
         TagPlan::Keep => {}
-        TagPlan::Refuse(m) => return Err(m),
+        TagPlan::Refuse(m) => return Err(Error::Refused(m)),
         TagPlan::Write(tags) => {
             let before = disk.tags.clone();
             disk = arm
                 .set_disk_tags(&opts.disk.resource_group, &opts.disk.name, &tags)
                 .await
-                .map_err(|e| format!("cannot mark disk {} as PV {pv}'s: {e}", disk.name))?;
+                .map_err(|source| Error::AzureDuring {
+                    what: format!("cannot mark disk {} as PV {pv}'s", disk.name),
+                    source,
+                })?;
             replaced = Some((before, tags));
             info!(disk = %disk.name, pv, "claimed the disk for its PV");
         }
     }
     let read_at = vm_view::now_ms();
-    let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
+    let vm = arm.node_vm(node).await?;
     vm_view::store(s, &vm, read_at);
     let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
     if let Some(d) = vm.find(&disk.id) {
@@ -123,11 +128,11 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         .filter(|o| !o.eq_ignore_ascii_case(&vm_id))
         .collect();
     if !owners.is_empty() && disk.max_shares.unwrap_or(1) <= 1 {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "disk {} is attached to VM {}; it attaches here once detached there (maxShares is 1)",
             disk.name,
             flexdisk_azure::error::vm_name_from_id(&owners[0])
-        ));
+        )));
     }
     let v2 = disk.sku.starts_with("PremiumV2") || disk.sku.starts_with("UltraSSD");
     let caching = if disk.size_gib >= flexdisk_azure::params::NO_CACHING_FROM_GIB
@@ -152,9 +157,9 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
             if let Some((before, ours)) = replaced {
                 give_back(&arm, opts, &vm_id, &before, &ours).await;
             }
-            return Err(message);
+            return Err(Error::Operation(message));
         }
-        Answer::Detached => return Err("the attach was answered as a detach".into()),
+        Answer::Detached => return Err(Error::Spool("the attach was answered as a detach".into())),
     };
     remember(s, pv, &opts.disk_uri);
     info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
@@ -233,7 +238,7 @@ fn announce_for(s: &Settings, config: &Config, node: &str) -> Option<batch::Anno
 /// view of the VM (a wrong one only delays the controller's noticing); "not attached" only from a
 /// read made now — the view may predate another control-plane host's attach, and
 /// kube-controller-manager forgets an attachment it is told is not there.
-pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
+pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool> {
     let config = load_config(s)?;
     let candidates = VmRef::candidates_for_node(node, config.vm_type, &config.resource_group);
     if vm_view::recent(s, &candidates).is_some_and(|view| view.has(&opts.disk_uri)) {
@@ -247,7 +252,7 @@ pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Resu
             Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached))
         }
         Err(AzureError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -277,7 +282,7 @@ async fn find_pv_disk(
     vm: &VmDisks,
     pv: &str,
     hint: Option<&str>,
-) -> Result<(Option<AttachedDisk>, usize), String> {
+) -> Result<(Option<AttachedDisk>, usize)> {
     let mut reads = 0;
     let hinted = |d: &AttachedDisk| hint.is_some_and(|h| h.trim().eq_ignore_ascii_case(&d.disk_id));
     for d in search_order(vm, pv, hint) {
@@ -296,13 +301,14 @@ async fn find_pv_disk(
                 return Ok((Some(d.clone()), reads))
             }
             Ok(_) => {}
-            Err(e) => {
-                return Err(format!(
-                "cannot tell whether disk {} on VM {} serves PV {pv}: {e}; the detach is retried",
-                d.name,
-                vm.vm.name()
-            ))
-            }
+            Err(source) => return Err(Error::AzureDuring {
+                what: format!(
+                    "cannot tell whether disk {} on VM {} serves PV {pv}, so the detach is retried",
+                    d.name,
+                    vm.vm.name()
+                ),
+                source,
+            }),
         }
     }
     Ok((None, reads))
@@ -310,7 +316,7 @@ async fn find_pv_disk(
 
 /// Detaches the PV's disk from the node's VM. Gone node, no disk of that PV on the VM: success.
 /// Never answers success while a disk serving the PV is on the VM.
-pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
+pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String> {
     let config = load_config(s)?;
     let coming = announce_for(s, &config, node);
     let arm = connect_with(s, &config).await?;
@@ -320,7 +326,7 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         Err(AzureError::NotFound { message }) => {
             return Ok(format!("nothing to detach: {message}"))
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     vm_view::store(s, &vm, read_at);
     let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
@@ -340,8 +346,10 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
     };
     match batch::submit(s, &arm, seen, &disk.disk_id, Op::Detach, None, coming).await? {
         Answer::Detached => {}
-        Answer::Failed { message } => return Err(message),
-        Answer::Attached { .. } => return Err("the detach was answered as an attach".into()),
+        Answer::Failed { message } => return Err(Error::Operation(message)),
+        Answer::Attached { .. } => {
+            return Err(Error::Spool("the detach was answered as an attach".into()))
+        }
     }
     let _ = std::fs::remove_file(record_path(s, volume));
     info!(disk = %disk.name, vm = %vm.vm.name(), disk_reads = reads, "detached");
@@ -350,17 +358,17 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
 
 /// Grows the disk to hold `new_bytes` (whole GiB). Where Azure cannot grow it in place, says what
 /// to do.
-pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Result<String, String> {
+pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Result<String> {
     let arm = connect(s).await?;
     let gib = flexdisk_azure::disks::gib_for_bytes(new_bytes);
     match arm.grow_disk(&opts.disk.resource_group, &opts.disk.name, gib).await {
         Ok(d) => Ok(format!("disk {} is {} GiB", d.name, d.size_gib)),
-        Err(AzureError::Other { status: Some(409), message, .. }) => Err(format!(
+        Err(AzureError::Other { status: Some(409), message, .. }) => Err(Error::Refused(format!(
             "Azure cannot grow disk {} to {gib} GiB while it is attached: {message}; stop the pod using it \
              (so the disk is detached) and the resize will go through",
             opts.disk.name
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 

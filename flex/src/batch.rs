@@ -30,6 +30,7 @@
 //! where Azure's success of that change put it, any other request is answered from a read of
 //! the VM made by the holder (see `Arm::change_data_disks`).
 
+use crate::error::{describe_azure, Error, Result};
 use crate::settings::Settings;
 use flexdisk_azure::vms::Wanted;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
@@ -68,43 +69,42 @@ fn spool(s: &Settings, vm: &VmRef) -> PathBuf {
     s.state_dir.join("spool").join(vm.name())
 }
 
-fn write_atomic(path: &Path, value: &impl Serialize) -> Result<(), String> {
+fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Spool(e.to_string()))?;
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(Error::file(path))
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn lock(dir: &Path) -> Result<Flock<std::fs::File>, String> {
+fn lock(dir: &Path) -> Result<Flock<std::fs::File>> {
     let path = dir.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(Error::file(&path))?;
     Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+        .map_err(|(_, e)| Error::Kernel(format!("locking {}: {e}", path.display())))
 }
 
 /// Writes the request under a lock that lives as long as the returned guard: the file is
 /// written and locked under a temporary name and renamed into place, so no holder ever sees it
 /// unlocked while its requester lives (a lock belongs to the file, whatever its name).
-fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>, String> {
+fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>> {
     use std::io::Write;
     let tmp = path.with_extension("new");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    file.write_all(&bytes)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut file = std::fs::File::create(&tmp).map_err(Error::file(&tmp))?;
+    let bytes = serde_json::to_vec(req).map_err(|e| Error::Spool(e.to_string()))?;
+    file.write_all(&bytes).map_err(Error::file(&tmp))?;
     let guard = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| format!("locking {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|(_, e)| Error::Kernel(format!("locking {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(Error::file(path))?;
     Ok(guard)
 }
 
@@ -188,10 +188,10 @@ pub async fn submit(
     op: Op,
     send_by: Option<u64>,
     coming: Option<Announcement>,
-) -> Result<Answer, String> {
+) -> Result<Answer> {
     let vm = &seen.vm.vm;
     let dir = spool(s, vm);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(Error::file(&dir))?;
     let req = Request {
         id: unique_id(),
         disk_id: disk_id.to_string(),
@@ -207,7 +207,7 @@ pub async fn submit(
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || lock(&dir))
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(|e| Error::Spool(format!("waiting for the VM's batch lock: {e}")))??
     };
     let done = |answer: Answer| {
         let _ = std::fs::remove_file(&ans_path);
@@ -245,7 +245,7 @@ pub async fn submit(
         .map(|(_, a)| done(a));
     drop(guard);
     drop(mine);
-    mine_answered.ok_or_else(|| "this request vanished from the spool".to_string())
+    mine_answered.ok_or_else(|| Error::Spool("this request vanished from the spool".into()))
 }
 
 /// The requests to send now: alone, at once; with company, once every announced process has
@@ -467,12 +467,7 @@ async fn send(
     }
 }
 
+/// Azure's error as the requester will read it (text: it crosses processes in the spool).
 pub fn describe(e: AzureError) -> String {
-    match e {
-        AzureError::DataDiskLimit { limit, message } => format!(
-            "the VM has no room for another data disk{}: {message}; move the pod to a node with free slots or a larger VM size",
-            limit.map(|l| format!(" (its size allows {l})")).unwrap_or_default()
-        ),
-        other => other.to_string(),
-    }
+    describe_azure(&e)
 }

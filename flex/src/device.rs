@@ -10,6 +10,7 @@
 //! the attribute of any parent device). [`DATA_CONTROLLER`] is matched the same way here, by
 //! walking up the SCSI device's sysfs path.
 
+use crate::error::{Error, Result};
 use crate::settings::Settings;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -137,11 +138,11 @@ pub fn find(s: &Settings, lun: u32) -> Option<PathBuf> {
 }
 
 /// Waits for the LUN's device; `Err` with what was tried when it does not come in time.
-pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
+pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf> {
     rescan(s);
     let deadline = Instant::now() + s.device_wait;
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| format!("inotify: {e}"))?;
+        .map_err(|e| Error::Kernel(format!("inotify: {e}")))?;
     let flags = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB;
     // udev may create `scsi1/` (even `azure/`) with the first disk: a directory that appears is
     // watched from then on, so the link made inside it wakes us too.
@@ -162,12 +163,12 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
+            return Err(Error::Device(format!(
                 "no device appeared for LUN {lun} within {}s (looked at {} and {})",
                 s.device_wait.as_secs(),
                 s.host(&format!("dev/disk/azure/scsi1/lun{lun}")).display(),
                 s.host("sys/bus/scsi/devices").display()
-            ));
+            )));
         }
         // Wake on a change in the watched trees, or every second at most (nothing is lost
         // between the look above and the poll: events queue in the inotify descriptor).

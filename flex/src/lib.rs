@@ -8,6 +8,7 @@ pub mod calls;
 pub mod clock;
 pub mod device;
 pub mod doctor;
+pub mod error;
 pub mod format;
 pub mod install;
 pub mod logging;
