@@ -301,14 +301,16 @@ async fn find_pv_disk(
                 return Ok((Some(d.clone()), reads))
             }
             Ok(_) => {}
-            Err(source) => return Err(Error::AzureDuring {
-                what: format!(
+            Err(source) => {
+                return Err(Error::AzureDuring {
+                    what: format!(
                     "cannot tell whether disk {} on VM {} serves PV {pv}, so the detach is retried",
                     d.name,
                     vm.vm.name()
                 ),
-                source,
-            }),
+                    source,
+                })
+            }
         }
     }
     Ok((None, reads))
