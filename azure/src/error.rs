@@ -57,6 +57,11 @@ pub enum AzureError {
     #[error("transient failure: {message}")]
     Transient { message: String },
 
+    /// Not sent: everyone who asked for it is gone (their processes died), so nobody wants it
+    /// carried out any more.
+    #[error("not sent: {message}")]
+    Abandoned { message: String },
+
     /// Anything else Azure said, with its status and code.
     #[error("Azure error{}{}: {message}", status.map(|s| format!(" {s}")).unwrap_or_default(), if code.is_empty() { String::new() } else { format!(" ({code})") })]
     Other {
@@ -80,6 +85,7 @@ impl AzureError {
             AzureError::InvalidParameter { .. } => "invalid_parameter",
             AzureError::Unauthorized { .. } => "unauthorized",
             AzureError::Transient { .. } => "transient",
+            AzureError::Abandoned { .. } => "abandoned",
             AzureError::Other { .. } => "other",
         }
     }

@@ -62,6 +62,33 @@ pub(crate) fn http_client() -> Result<reqwest::Client, AzureError> {
         .map_err(|e| AzureError::other(format!("cannot build the HTTP client: {e}")))
 }
 
+/// Whether a write is still wanted: asked right before every attempt to send it, the first and
+/// each retry. A batch's `attachDetachDataDisks` carries the requests of several driver
+/// processes; the transport retries a 5xx or a lost answer for a minute and more, and a request
+/// whose process died meanwhile must not be carried out by such a retry (DESIGN.md, behaviour 10).
+#[derive(Clone)]
+pub struct SendGuard(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+tokio::task_local! {
+    /// The guard of the request this task is sending, if its caller set one. A task-local because
+    /// azure_mgmt_compute's builders send with a context of their own: the transport runs inside
+    /// the same task as the caller's `send().await`, so the caller's scope reaches it.
+    static GUARD: SendGuard;
+}
+
+/// Runs `send` (one request's `send()`, not the polls after it) under `guard`.
+pub(crate) async fn guarded<F: std::future::Future>(guard: SendGuard, send: F) -> F::Output {
+    GUARD.scope(guard, send).await
+}
+
+/// What the transport answers instead of sending when the guard says the request is no longer
+/// wanted: `attempts` is how many attempts went out before (each may have been carried out).
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: nobody waits for it any more ({attempts} earlier attempts)")]
+pub(crate) struct Unwanted {
+    pub attempts: u32,
+}
+
 /// Counts what the transport did, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct TransportStats {
@@ -132,6 +159,7 @@ impl Policy for ArmTransport {
         let what = format!("{} {}", request.method(), request.url().path());
         let budget = Budget::of_method(request.method().as_ref());
         let mut retries = 0;
+        let mut attempts = 0;
         loop {
             // What Azure said to this or another process still holds: wait it out, or answer
             // "throttled" without sending when it is longer than this caller would wait.
@@ -145,6 +173,14 @@ impl Policy for ArmTransport {
                 tokio::time::sleep(left + spread).await;
                 continue;
             }
+            if !GUARD.try_with(|g| (g.0)()).unwrap_or(true) {
+                info!(request = %what, attempts, "not sending: nobody waits for the request any more");
+                return Err(azure_core::Error::new(
+                    azure_core::error::ErrorKind::Other,
+                    Unwanted { attempts },
+                ));
+            }
+            attempts += 1;
             let result = self.once(request).await;
             let jitter = rand::thread_rng().gen::<f64>();
             let wait = match &result {

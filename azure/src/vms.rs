@@ -5,8 +5,10 @@ use crate::arm::{from_core, Arm, Want};
 use crate::config::VmType;
 use crate::error::AzureError;
 use crate::params::Caching;
+use crate::transport::{guarded, SendGuard, Unwanted};
 use azure_core::Method;
 use azure_mgmt_compute::package_2024_07_01::models;
+use std::sync::Arc;
 use tracing::info;
 
 pub const VM_API_VERSION: &str = "2024-07-01";
@@ -375,60 +377,121 @@ impl Arm {
         attach: &[AttachSpec],
         detach: &[String],
     ) -> Result<VmDisks, AzureError> {
-        let current = self.vm_disks(vm).await?;
-        self.attach_detach_from(current, attach, detach).await
+        self.change_data_disks(vm, None, attach, detach, everyone())
+            .await
     }
 
-    /// [`Arm::attach_detach`] planned from a read of the VM the caller knows to be current
-    /// (nothing changed the VM's disks since it was made; a change by another writer meanwhile
-    /// makes Azure refuse the plan's LUN, and the VM is read again).
+    /// Attaches and detaches disks on one VM in one operation. The VM returned is what Azure did
+    /// for every disk asked about: a disk the operation changed is where Azure's success of
+    /// exactly that change put it; any other is as a read of the VM made during this call shows
+    /// it — never as an older view says.
     ///
-    /// When an answer is lost (the request may or may not have been carried out), the VM is read
-    /// again and the change counts as done if the VM shows it.
-    pub async fn attach_detach_from(
+    /// `known` is a read of the VM the caller believes current. It plans the operation only when
+    /// every request needs doing in it ([`plannable`]); a request it shows done already (or not
+    /// doable yet) may be contradicted by another writer since — another control-plane host — so
+    /// the VM is read then. A change by another writer that `known` misses makes Azure refuse the
+    /// plan (the disk already there, gone, or its LUN taken): the VM is read, the change counts
+    /// as done if the read shows it, and is planned again from that read once.
+    ///
+    /// `wanted` is asked before every attempt to send, the transport's retries included: a
+    /// request no longer wanted (its requester died) is dropped and the rest sent without it —
+    /// planned from a fresh read when an earlier attempt went out, as it may have been carried
+    /// out. With nobody left, nothing is sent ([`AzureError::Abandoned`]).
+    pub async fn change_data_disks(
         &self,
-        current: VmDisks,
+        vm: &VmRef,
+        known: Option<VmDisks>,
         attach: &[AttachSpec],
         detach: &[String],
+        wanted: Wanted,
     ) -> Result<VmDisks, AzureError> {
-        let vm = &current.vm;
-        let plan = plan_change(&current, attach, detach)?;
-        if plan.is_empty() {
-            return Ok(current);
-        }
-        info!(vm = %vm.name(), attach = plan.attach.len(), detach = plan.detach.len(), "changing data disks");
-        match self.send_attach_detach(vm, &plan).await {
-            Ok(Some(after)) if change_done(&after, attach, detach) => Ok(after),
-            Ok(_) => match current.after(&plan) {
-                Some(after) => Ok(after),
-                None => self.vm_disks(vm).await,
-            },
-            Err(
-                e @ (AzureError::Transient { .. }
-                | AzureError::InvalidParameter { .. }
-                | AzureError::LunConflict { .. }),
-            ) => {
-                // A retried request whose first try went through is refused as "already
-                // attached" (or a LUN clash with itself); a lost answer is "transient".
-                let after = self.vm_disks(vm).await?;
-                if change_done(&after, attach, detach) {
-                    info!(vm = %vm.name(), error = %e, "the VM shows the change done; the error was about a request that went through");
-                    Ok(after)
-                } else {
-                    Err(e)
-                }
+        let mut base = match known {
+            Some(k) if &k.vm == vm => Base::View(k),
+            _ => Base::Unknown,
+        };
+        let mut replanned = false;
+        loop {
+            let attach: Vec<AttachSpec> = attach
+                .iter()
+                .filter(|a| wanted(&a.disk_id))
+                .cloned()
+                .collect();
+            let detach: Vec<String> = detach.iter().filter(|id| wanted(id)).cloned().collect();
+            if attach.is_empty() && detach.is_empty() {
+                return Err(AzureError::Abandoned {
+                    message: format!("every requester of the change on VM {} is gone", vm.name()),
+                });
             }
-            Err(e) => Err(e),
+            let (current, fresh) = match std::mem::replace(&mut base, Base::Unknown) {
+                Base::View(k) if plannable(&k, &attach, &detach) => (k, false),
+                Base::Fresh(k) => (k, true),
+                _ => (self.vm_disks(vm).await?, true),
+            };
+            let plan = plan_change(&current, &attach, &detach)?;
+            if plan.is_empty() {
+                // Only a fresh read shows everything done already (a view that did would not
+                // be plannable).
+                return Ok(current);
+            }
+            info!(vm = %vm.name(), attach = plan.attach.len(), detach = plan.detach.len(), fresh, "changing data disks");
+            let guard = {
+                let wanted = wanted.clone();
+                let ids: Vec<String> = plan
+                    .attach
+                    .iter()
+                    .map(|a| a.disk_id.clone())
+                    .chain(plan.detach.iter().cloned())
+                    .collect();
+                SendGuard(Arc::new(move || ids.iter().all(|id| wanted(id))))
+            };
+            match self.send_attach_detach(vm, &plan, guard).await {
+                Ok(()) => {
+                    return match current.after(&plan) {
+                        Some(after) => Ok(after),
+                        None => self.vm_disks(vm).await,
+                    }
+                }
+                Err(Sent::Unwanted { attempts }) => {
+                    info!(vm = %vm.name(), attempts, "a requester of the change is gone; sending the rest without it");
+                    base = match (attempts, fresh) {
+                        (0, true) => Base::Fresh(current),
+                        (0, false) => Base::View(current),
+                        _ => Base::Unknown,
+                    };
+                }
+                Err(Sent::Failed(
+                    e @ (AzureError::Transient { .. }
+                    | AzureError::InvalidParameter { .. }
+                    | AzureError::LunConflict { .. }),
+                )) => {
+                    // A retried request whose first try went through is refused as "already
+                    // attached" (or a LUN clash with itself); a lost answer is "transient"; a
+                    // plan over a view another writer made stale is refused the same ways.
+                    let after = self.vm_disks(vm).await?;
+                    if change_done(&after, &plan.attach, &plan.detach) {
+                        info!(vm = %vm.name(), error = %e, "the VM shows the change done; the error was about a request that went through");
+                        return Ok(after);
+                    }
+                    if replanned || matches!(e, AzureError::Transient { .. }) {
+                        return Err(e);
+                    }
+                    info!(vm = %vm.name(), error = %e, "Azure refused the plan; planning again from a fresh read");
+                    replanned = true;
+                    base = Base::Fresh(after);
+                }
+                Err(Sent::Failed(e)) => return Err(e),
+            }
         }
     }
 
-    /// One `attachDetachDataDisks`; the VM's disks from the operation's result when it gives
-    /// them.
+    /// One `attachDetachDataDisks`, followed to its end. The plan names every LUN, so success
+    /// is all that is needed of Azure's answer.
     async fn send_attach_detach(
         &self,
         vm: &VmRef,
         plan: &ChangePlan,
-    ) -> Result<Option<VmDisks>, AzureError> {
+        guard: SendGuard,
+    ) -> Result<(), Sent> {
         let mut request = models::AttachDetachDataDisksRequest::new();
         request.data_disks_to_attach = plan
             .attach
@@ -449,51 +512,96 @@ impl Arm {
             .iter()
             .map(|id| models::DataDisksToDetach::new(id.clone()))
             .collect();
-        let url = self.url(
-            &format!("{}/attachDetachDataDisks", vm.id(&self.subscription)),
-            VM_API_VERSION,
-        )?;
-        let sent = match vm {
-            VmRef::Standard {
-                resource_group,
-                name,
-            } => self
-                .client
-                .virtual_machines_client()
-                .attach_detach_data_disks(resource_group, name, request, &self.subscription)
-                .send()
-                .await
-                .map(|r| r.into_raw_response()),
-            VmRef::ScaleSet {
-                resource_group,
-                scale_set,
-                instance_id,
-            } => self
-                .client
-                .virtual_machine_scale_set_v_ms_client()
-                .attach_detach_data_disks(
+        let url = self
+            .url(
+                &format!("{}/attachDetachDataDisks", vm.id(&self.subscription)),
+                VM_API_VERSION,
+            )
+            .map_err(Sent::Failed)?;
+        let send = async {
+            match vm {
+                VmRef::Standard {
+                    resource_group,
+                    name,
+                } => self
+                    .client
+                    .virtual_machines_client()
+                    .attach_detach_data_disks(resource_group, name, request, &self.subscription)
+                    .send()
+                    .await
+                    .map(|r| r.into_raw_response()),
+                VmRef::ScaleSet {
                     resource_group,
                     scale_set,
                     instance_id,
-                    request,
-                    &self.subscription,
-                )
-                .send()
-                .await
-                .map(|r| r.into_raw_response()),
+                } => self
+                    .client
+                    .virtual_machine_scale_set_v_ms_client()
+                    .attach_detach_data_disks(
+                        resource_group,
+                        scale_set,
+                        instance_id,
+                        request,
+                        &self.subscription,
+                    )
+                    .send()
+                    .await
+                    .map(|r| r.into_raw_response()),
+            }
         };
-        // Success is all that is needed: the plan names every LUN.
-        let body = self.write(sent, Method::Post, &url, Want::Outcome).await?;
-        Ok(body
-            .and_then(|b| serde_json::from_slice::<models::StorageProfile>(&b).ok())
-            .map(|profile| VmDisks {
-                vm: vm.clone(),
-                disks: attached_disks(Some(profile)),
-                zone: None,
-                vm_size: None,
-                provisioning_state: None,
-            }))
+        // Only the POST is guarded: once Azure accepted it, it is Azure's to finish.
+        let sent = guarded(guard, send).await;
+        if let Some(u) = sent
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<Unwanted>())
+        {
+            return Err(Sent::Unwanted {
+                attempts: u.attempts,
+            });
+        }
+        self.write(sent, Method::Post, &url, Want::Outcome)
+            .await
+            .map(|_| ())
+            .map_err(Sent::Failed)
     }
+}
+
+/// Who still wants the change of a disk (by resource ID); asked before every attempt to send.
+pub type Wanted = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Every request wanted (a caller that lives as long as its call).
+pub fn everyone() -> Wanted {
+    Arc::new(|_| true)
+}
+
+/// What a change is planned from.
+enum Base {
+    /// Nothing: read the VM.
+    Unknown,
+    /// The caller's read, perhaps older than another writer's change.
+    View(VmDisks),
+    /// A read made during this call.
+    Fresh(VmDisks),
+}
+
+/// How one send of a change ended.
+enum Sent {
+    /// Not sent (again): a requester is gone; `attempts` went out before.
+    Unwanted {
+        attempts: u32,
+    },
+    Failed(AzureError),
+}
+
+/// Whether `view` can plan every request: each attach names a disk the VM does not list, each
+/// detach one the VM lists and is not detaching already (no I/O). A request the view shows done
+/// (or not doable yet) is answered only from a fresh read of the VM.
+pub fn plannable(view: &VmDisks, attach: &[AttachSpec], detach: &[String]) -> bool {
+    attach.iter().all(|a| view.find(&a.disk_id).is_none())
+        && detach
+            .iter()
+            .all(|id| view.find(id).is_some_and(|d| !d.to_be_detached))
 }
 
 #[cfg(test)]
@@ -614,6 +722,22 @@ mod tests {
         let plan = plan_change(&full, &[spec("/d/x")], &[]).expect("plan");
         assert_eq!(plan.attach[0].lun, None);
         assert_eq!(full.after(&plan), None);
+    }
+
+    #[test]
+    fn only_requests_that_need_doing_are_planned_from_a_view() {
+        let view = vm_with(&[("/d/A", 0, false), ("/d/B", 1, true)]);
+        assert!(plannable(&view, &[spec("/d/c")], &["/d/a".into()]));
+        assert!(plannable(&view, &[], &[]));
+        // Shown done already, or not doable yet: only a fresh read may answer.
+        assert!(!plannable(&view, &[spec("/d/A")], &[]), "attached already");
+        assert!(!plannable(&view, &[spec("/d/b")], &[]), "being detached");
+        assert!(!plannable(&view, &[], &["/d/z".into()]), "not attached");
+        assert!(
+            !plannable(&view, &[], &["/d/B".into()]),
+            "detaching already"
+        );
+        assert!(!plannable(&view, &[spec("/d/c")], &["/d/z".into()]));
     }
 
     #[test]

@@ -4,26 +4,28 @@
 //! `detach` is told only the PV's name (kube-controller-manager detaches volumes it knows only
 //! from node status after a restart — `populateActualStateOfWorld` in
 //! `pkg/controller/volume/attachdetach/attach_detach_controller.go` — and another control-plane
-//! host may lead), so the disk is found from Azure alone: `attach` tags every disk with the PV it
-//! serves ([`PV_TAG`]) before attaching it, and `detach` looks for that tag among the VM's data
-//! disks. A host-local record of the attach is only a hint of where to look first.
+//! host may lead), so the disk is found from Azure alone: `attach` claims every disk for the PV it
+//! serves ([`PV_TAG`], see `ownership`) before attaching it and checks the tag after, and
+//! `detach` looks for that tag among the VM's data disks. A host-local record of the attach is
+//! only a hint of where to look first.
 
 use crate::batch::{self, Answer, Op};
+use crate::clock;
+use crate::error::{Error, Result};
 use crate::options::VolumeOptions;
+use crate::ownership::{self, TagPlan};
 use crate::settings::Settings;
 use crate::vm_view;
 use flexdisk_azure::naming::{
     disk_name_for_pv, parse_resource_id, pv_of_tags, ResourceKind, PV_TAG,
 };
-use flexdisk_azure::{
-    Arm, ArmOptions, AttachedDisk, AzureError, Caching, Config, DiskInfo, VmDisks, VmRef,
-};
+use flexdisk_azure::{Arm, ArmOptions, AttachedDisk, AzureError, Caching, Config, VmDisks, VmRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use tracing::{info, warn};
 
-pub fn load_config(s: &Settings) -> Result<Config, String> {
-    let config = Config::load(&s.cloud_config).map_err(|e| e.to_string())?;
+pub fn load_config(s: &Settings) -> Result<Config> {
+    let config = Config::load(&s.cloud_config)?;
     for w in &config.warnings {
         warn!("{w}");
     }
@@ -34,7 +36,7 @@ pub fn load_config(s: &Settings) -> Result<Config, String> {
 /// kube-controller-manager and kubelet call again with their own back-off, and the throttling is
 /// remembered for every process of the host, so none of them sends before Azure's Retry-After
 /// is up. Waiting inside a batch would also carry the requests of processes that die meanwhile.
-pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> {
+pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm> {
     let options = ArmOptions {
         throttle_dir: Some(s.throttle_dir()),
         durations_dir: Some(s.durations_dir()),
@@ -44,12 +46,10 @@ pub async fn connect_with(s: &Settings, config: &Config) -> Result<Arm, String> 
         },
         ..ArmOptions::default()
     };
-    Arm::connect(config, options)
-        .await
-        .map_err(|e| e.to_string())
+    Ok(Arm::connect(config, options).await?)
 }
 
-pub async fn connect(s: &Settings) -> Result<Arm, String> {
+pub async fn connect(s: &Settings) -> Result<Arm> {
     connect_with(s, &load_config(s)?).await
 }
 
@@ -74,62 +74,45 @@ fn remember(s: &Settings, volume: &str, disk_uri: &str) {
     }
 }
 
-/// What `attach` must do about the disk's PV tag before attaching it (no I/O).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TagPlan {
-    /// The disk already says it serves this PV.
-    Keep,
-    /// Write these tags (the disk's own plus ours).
-    Write(BTreeMap<String, String>),
-    Refuse(String),
-}
-
-pub fn plan_tag(disk: &DiskInfo, pv: &str) -> TagPlan {
-    match pv_of_tags(&disk.tags) {
-        Some(p) if p == pv => TagPlan::Keep,
-        Some(other) if !disk.attached_to().is_empty() => TagPlan::Refuse(format!(
-            "disk {} serves PV {other} (its tag {PV_TAG} or kubernetes.io-created-for-pv-name says so) and is attached to VM {}; \
-             one disk backs one PV at a time — detach it from there (delete the pods using {other}) before using it as {pv}",
-            disk.name,
-            flexdisk_azure::error::vm_name_from_id(&disk.attached_to()[0])
-        )),
-        _ => {
-            let mut tags = disk.tags.clone();
-            tags.retain(|k, _| !k.eq_ignore_ascii_case(PV_TAG));
-            tags.insert(PV_TAG.to_string(), pv.to_string());
-            TagPlan::Write(tags)
-        }
-    }
-}
-
 /// Attaches the volume's disk to the node's VM; the LUN.
-pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32, String> {
-    let pv = opts.volume_name.as_deref().ok_or(
+pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i32> {
+    let pv = opts.volume_name.as_deref().ok_or_else(|| Error::Options(
         "attach: the options lack kubernetes.io/pvOrVolumeName (kube-controller-manager always passes it); \
-         flexdisk needs the PV's name to mark the disk so that detach finds it",
-    )?;
+         flexdisk needs the PV's name to mark the disk so that detach finds it".into(),
+    ))?;
     let config = load_config(s)?;
     let coming = announce_for(s, &config, node);
     let arm = connect_with(s, &config).await?;
     let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("disk {} does not exist", opts.disk_uri))?;
-    // The tag first: a disk attached by flexdisk always says which PV it serves.
-    match plan_tag(&disk, pv) {
+        .await?
+        .ok_or_else(|| {
+            Error::Azure(AzureError::NotFound {
+                message: format!("disk {} does not exist", opts.disk_uri),
+            })
+        })?;
+    // The claim first: a disk attached by flexdisk always says which PV it serves, and no other
+    // PV's attach takes it while this one may be on its way (see `ownership`).
+    let send_by = clock::boot_ms() + ownership::SEND_WITHIN.as_millis() as u64;
+    let mut replaced = None;
+    match ownership::plan_tag(&disk, pv, clock::unix_secs()) {
         TagPlan::Keep => {}
-        TagPlan::Refuse(m) => return Err(m),
+        TagPlan::Refuse(m) => return Err(Error::Refused(m)),
         TagPlan::Write(tags) => {
+            let before = disk.tags.clone();
             disk = arm
                 .set_disk_tags(&opts.disk.resource_group, &opts.disk.name, &tags)
                 .await
-                .map_err(|e| format!("cannot mark disk {} as PV {pv}'s: {e}", disk.name))?;
-            info!(disk = %disk.name, pv, "tagged the disk with its PV");
+                .map_err(|source| Error::AzureDuring {
+                    what: format!("cannot mark disk {} as PV {pv}'s", disk.name),
+                    source,
+                })?;
+            replaced = Some((before, tags));
+            info!(disk = %disk.name, pv, "claimed the disk for its PV");
         }
     }
     let read_at = vm_view::now_ms();
-    let vm = arm.node_vm(node).await.map_err(|e| e.to_string())?;
+    let vm = arm.node_vm(node).await?;
     vm_view::store(s, &vm, read_at);
     let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
     if let Some(d) = vm.find(&disk.id) {
@@ -145,11 +128,11 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         .filter(|o| !o.eq_ignore_ascii_case(&vm_id))
         .collect();
     if !owners.is_empty() && disk.max_shares.unwrap_or(1) <= 1 {
-        return Err(format!(
+        return Err(Error::Refused(format!(
             "disk {} is attached to VM {}; it attaches here once detached there (maxShares is 1)",
             disk.name,
             flexdisk_azure::error::vm_name_from_id(&owners[0])
-        ));
+        )));
     }
     let v2 = disk.sku.starts_with("PremiumV2") || disk.sku.starts_with("UltraSSD");
     let caching = if disk.size_gib >= flexdisk_azure::params::NO_CACHING_FROM_GIB
@@ -167,14 +150,76 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         vm: &vm,
         read_at_ms: read_at,
     };
-    let lun = match batch::submit(s, &arm, seen, &disk.id, op, coming).await? {
+    let answer = batch::submit(s, &arm, seen, &disk.id, op, Some(send_by), coming).await?;
+    let lun = match answer {
         Answer::Attached { lun } => lun,
-        Answer::Failed { message } => return Err(message),
-        Answer::Detached => return Err("the attach was answered as a detach".into()),
+        Answer::Failed { message } => {
+            if let Some((before, ours)) = replaced {
+                give_back(&arm, opts, &vm_id, &before, &ours).await;
+            }
+            return Err(Error::Operation(message));
+        }
+        Answer::Detached => return Err(Error::Spool("the attach was answered as a detach".into())),
     };
     remember(s, pv, &opts.disk_uri);
     info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
+    confirm_tag(&arm, opts, pv).await;
     Ok(lun)
+}
+
+/// After the attach: the disk must say it serves `pv` — a writer that read it before our claim
+/// may have written another PV's tag since. The disk is attached to our VM now, so no other PV's
+/// attach will write again; ours is put back. Failing here leaves the attach done (it is): the
+/// next `detach` then cannot find the disk and fails rather than answer Success.
+async fn confirm_tag(arm: &Arm, opts: &VolumeOptions, pv: &str) {
+    let rg = &opts.disk.resource_group;
+    let name = &opts.disk.name;
+    match arm.get_disk(rg, name).await {
+        Ok(Some(d)) if pv_of_tags(&d.tags) == Some(pv) => {}
+        Ok(Some(d)) => {
+            warn!(disk = %name, pv, found = ?pv_of_tags(&d.tags), "another PV's attach tagged the disk while ours was on its way; tagging it again");
+            let tags = ownership::claimed(&d.tags, pv, clock::unix_secs());
+            if let Err(e) = arm.set_disk_tags(rg, name, &tags).await {
+                warn!(disk = %name, pv, error = %e, "cannot tag the attached disk with its PV");
+            }
+        }
+        Ok(None) => warn!(disk = %name, "the disk vanished after its attach"),
+        Err(e) => warn!(disk = %name, error = %e, "cannot read the disk's tags after its attach"),
+    }
+}
+
+/// An attach that failed after claiming the disk: when another VM holds the disk now and our
+/// claim is still on it, the tags we replaced go back — they name the PV the disk serves there.
+async fn give_back(
+    arm: &Arm,
+    opts: &VolumeOptions,
+    vm_id: &str,
+    before: &BTreeMap<String, String>,
+    ours: &BTreeMap<String, String>,
+) {
+    let rg = &opts.disk.resource_group;
+    let name = &opts.disk.name;
+    let Ok(Some(d)) = arm.get_disk(rg, name).await else {
+        return;
+    };
+    let elsewhere = d
+        .attached_to()
+        .iter()
+        .any(|o| !o.eq_ignore_ascii_case(vm_id));
+    let still_ours = |k: &str| {
+        let get = |t: &BTreeMap<String, String>| {
+            t.iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.clone())
+        };
+        get(&d.tags) == get(ours)
+    };
+    if elsewhere && still_ours(PV_TAG) && still_ours(ownership::CLAIM_TAG) {
+        info!(disk = %name, "the disk went to another VM; putting back the tags this attach replaced");
+        if let Err(e) = arm.set_disk_tags(rg, name, before).await {
+            warn!(disk = %name, error = %e, "cannot put back the disk's tags");
+        }
+    }
 }
 
 /// The VM a node most likely is, before Azure is asked (the first of its candidates).
@@ -189,11 +234,15 @@ fn announce_for(s: &Settings, config: &Config, node: &str) -> Option<batch::Anno
     batch::announce(s, &announced_vm(config, node))
 }
 
-pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool, String> {
+/// Whether the disk is attached to the node's VM. "Attached" may come from the host's recent
+/// view of the VM (a wrong one only delays the controller's noticing); "not attached" only from a
+/// read made now — the view may predate another control-plane host's attach, and
+/// kube-controller-manager forgets an attachment it is told is not there.
+pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<bool> {
     let config = load_config(s)?;
     let candidates = VmRef::candidates_for_node(node, config.vm_type, &config.resource_group);
-    if let Some(view) = vm_view::recent(s, &candidates) {
-        return Ok(view.has(&opts.disk_uri));
+    if vm_view::recent(s, &candidates).is_some_and(|view| view.has(&opts.disk_uri)) {
+        return Ok(true);
     }
     let arm = connect_with(s, &config).await?;
     let read_at = vm_view::now_ms();
@@ -203,7 +252,7 @@ pub async fn is_attached(s: &Settings, opts: &VolumeOptions, node: &str) -> Resu
             Ok(vm.find(&opts.disk_uri).is_some_and(|d| !d.to_be_detached))
         }
         Err(AzureError::NotFound { .. }) => Ok(false),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -233,7 +282,7 @@ async fn find_pv_disk(
     vm: &VmDisks,
     pv: &str,
     hint: Option<&str>,
-) -> Result<(Option<AttachedDisk>, usize), String> {
+) -> Result<(Option<AttachedDisk>, usize)> {
     let mut reads = 0;
     let hinted = |d: &AttachedDisk| hint.is_some_and(|h| h.trim().eq_ignore_ascii_case(&d.disk_id));
     for d in search_order(vm, pv, hint) {
@@ -252,12 +301,15 @@ async fn find_pv_disk(
                 return Ok((Some(d.clone()), reads))
             }
             Ok(_) => {}
-            Err(e) => {
-                return Err(format!(
-                "cannot tell whether disk {} on VM {} serves PV {pv}: {e}; the detach is retried",
-                d.name,
-                vm.vm.name()
-            ))
+            Err(source) => {
+                return Err(Error::AzureDuring {
+                    what: format!(
+                    "cannot tell whether disk {} on VM {} serves PV {pv}, so the detach is retried",
+                    d.name,
+                    vm.vm.name()
+                ),
+                    source,
+                })
             }
         }
     }
@@ -266,7 +318,7 @@ async fn find_pv_disk(
 
 /// Detaches the PV's disk from the node's VM. Gone node, no disk of that PV on the VM: success.
 /// Never answers success while a disk serving the PV is on the VM.
-pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, String> {
+pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String> {
     let config = load_config(s)?;
     let coming = announce_for(s, &config, node);
     let arm = connect_with(s, &config).await?;
@@ -276,7 +328,7 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         Err(AzureError::NotFound { message }) => {
             return Ok(format!("nothing to detach: {message}"))
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(e.into()),
     };
     vm_view::store(s, &vm, read_at);
     let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
@@ -294,10 +346,12 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
         vm: &vm,
         read_at_ms: read_at,
     };
-    match batch::submit(s, &arm, seen, &disk.disk_id, Op::Detach, coming).await? {
+    match batch::submit(s, &arm, seen, &disk.disk_id, Op::Detach, None, coming).await? {
         Answer::Detached => {}
-        Answer::Failed { message } => return Err(message),
-        Answer::Attached { .. } => return Err("the detach was answered as an attach".into()),
+        Answer::Failed { message } => return Err(Error::Operation(message)),
+        Answer::Attached { .. } => {
+            return Err(Error::Spool("the detach was answered as an attach".into()))
+        }
     }
     let _ = std::fs::remove_file(record_path(s, volume));
     info!(disk = %disk.name, vm = %vm.vm.name(), disk_reads = reads, "detached");
@@ -306,82 +360,23 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String, St
 
 /// Grows the disk to hold `new_bytes` (whole GiB). Where Azure cannot grow it in place, says what
 /// to do.
-pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Result<String, String> {
+pub async fn expand(s: &Settings, opts: &VolumeOptions, new_bytes: u64) -> Result<String> {
     let arm = connect(s).await?;
     let gib = flexdisk_azure::disks::gib_for_bytes(new_bytes);
     match arm.grow_disk(&opts.disk.resource_group, &opts.disk.name, gib).await {
         Ok(d) => Ok(format!("disk {} is {} GiB", d.name, d.size_gib)),
-        Err(AzureError::Other { status: Some(409), message, .. }) => Err(format!(
+        Err(AzureError::Other { status: Some(409), message, .. }) => Err(Error::Refused(format!(
             "Azure cannot grow disk {} to {gib} GiB while it is attached: {message}; stop the pod using it \
              (so the disk is detached) and the resize will go through",
             opts.disk.name
-        )),
-        Err(e) => Err(e.to_string()),
+        ))),
+        Err(e) => Err(e.into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn disk(tags: &[(&str, &str)], attached: &[&str]) -> DiskInfo {
-        DiskInfo {
-            id: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d".into(),
-            name: "d".into(),
-            location: "westus2".into(),
-            size_gib: 1,
-            sku: "Premium_LRS".into(),
-            zones: vec![],
-            managed_by: attached.first().map(|s| s.to_string()),
-            managed_by_extended: vec![],
-            provisioning_state: "Succeeded".into(),
-            disk_state: "Unattached".into(),
-            max_shares: None,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            performance: Default::default(),
-        }
-    }
-
-    #[test]
-    fn tags_mark_the_pv_and_never_steal_an_attached_disk() {
-        assert_eq!(
-            plan_tag(&disk(&[(PV_TAG, "pv-1")], &[]), "pv-1"),
-            TagPlan::Keep
-        );
-        match plan_tag(&disk(&[("team", "db")], &[]), "pv-1") {
-            TagPlan::Write(t) => {
-                assert_eq!(t.get(PV_TAG).map(String::as_str), Some("pv-1"));
-                assert_eq!(
-                    t.get("team").map(String::as_str),
-                    Some("db"),
-                    "others' tags kept"
-                );
-            }
-            other => panic!("{other:?}"),
-        }
-        // Reused for another PV once free; refused while the other PV still has it attached.
-        assert!(matches!(
-            plan_tag(&disk(&[(PV_TAG, "old")], &[]), "new"),
-            TagPlan::Write(t) if t.get(PV_TAG).map(String::as_str) == Some("new")
-        ));
-        let vm =
-            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/node-b";
-        assert!(matches!(
-            plan_tag(&disk(&[(PV_TAG, "old")], &[vm]), "new"),
-            TagPlan::Refuse(m) if m.contains("serves PV old") && m.contains("node-b")
-        ));
-        // A disk the provisioner made before the flexdisk tag existed.
-        assert_eq!(
-            plan_tag(
-                &disk(&[("kubernetes.io-created-for-pv-name", "pvc-1")], &[vm]),
-                "pvc-1"
-            ),
-            TagPlan::Keep
-        );
-    }
 
     #[test]
     fn detach_looks_at_the_likely_disks_first() {

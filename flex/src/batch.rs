@@ -22,12 +22,22 @@
 //! gave up on): it is removed unsent, by this holder or any later one, and so is an answer nobody
 //! is left to read. Otherwise a later, unrelated batch would pull a disk from under a running pod.
 //! Announcements are locked the same way; a dead one is removed and waited for by nobody.
+//! Liveness is asked again right before every attempt to send, the transport's retries of a
+//! failed POST included: a request whose requester died meanwhile is dropped from the batch and
+//! the rest sent without it; a batch nobody waits for is not sent at all.
+//!
+//! Answers are what Azure did, never what the plan expected: a disk the operation changed is
+//! where Azure's success of that change put it, any other request is answered from a read of
+//! the VM made by the holder (see `Arm::change_data_disks`).
 
+use crate::error::{describe_azure, Error, Result};
 use crate::settings::Settings;
+use flexdisk_azure::vms::Wanted;
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
@@ -42,6 +52,10 @@ pub struct Request {
     pub id: String,
     pub disk_id: String,
     pub op: Op,
+    /// Not sent at or after this moment (`clock::boot_ms`): an attach holds a claim on its disk
+    /// only so long (see `attach::CLAIM_SEND_WITHIN`).
+    #[serde(default)]
+    pub send_by: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,43 +69,42 @@ fn spool(s: &Settings, vm: &VmRef) -> PathBuf {
     s.state_dir.join("spool").join(vm.name())
 }
 
-fn write_atomic(path: &Path, value: &impl Serialize) -> Result<(), String> {
+fn write_atomic(path: &Path, value: &impl Serialize) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let bytes = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Spool(e.to_string()))?;
     std::fs::write(&tmp, bytes)
         .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(Error::file(path))
 }
 
 fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-fn lock(dir: &Path) -> Result<Flock<std::fs::File>, String> {
+fn lock(dir: &Path) -> Result<Flock<std::fs::File>> {
     let path = dir.join(".lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(Error::file(&path))?;
     Flock::lock(file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| format!("locking {}: {e}", path.display()))
+        .map_err(|(_, e)| Error::Kernel(format!("locking {}: {e}", path.display())))
 }
 
 /// Writes the request under a lock that lives as long as the returned guard: the file is
 /// written and locked under a temporary name and renamed into place, so no holder ever sees it
 /// unlocked while its requester lives (a lock belongs to the file, whatever its name).
-fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>, String> {
+fn place_request(path: &Path, req: &Request) -> Result<Flock<std::fs::File>> {
     use std::io::Write;
     let tmp = path.with_extension("new");
-    let mut file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    let bytes = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-    file.write_all(&bytes)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let mut file = std::fs::File::create(&tmp).map_err(Error::file(&tmp))?;
+    let bytes = serde_json::to_vec(req).map_err(|e| Error::Spool(e.to_string()))?;
+    file.write_all(&bytes).map_err(Error::file(&tmp))?;
     let guard = Flock::lock(file, FlockArg::LockExclusiveNonblock)
-        .map_err(|(_, e)| format!("locking {}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|(_, e)| Error::Kernel(format!("locking {}: {e}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(Error::file(path))?;
     Ok(guard)
 }
 
@@ -129,7 +142,10 @@ pub struct Seen<'a> {
 }
 
 /// When the last operation on the VM was sent or ended, whichever is later (`.last`): a read
-/// that started after it shows every change flexdisk made.
+/// that started after it shows every change this host made. It decides only what plans the
+/// operation — never an answer: another host's change since is caught by Azure's refusal of
+/// the plan, or by the fresh read a request the view shows done already costs
+/// (`Arm::change_data_disks`).
 fn last_change_path(dir: &Path) -> PathBuf {
     dir.join(".last")
 }
@@ -162,22 +178,25 @@ fn unique_id() -> String {
 
 /// Submits one request and returns its answer, sending it (with whatever else is pending for the
 /// VM) when this process gets the VM's lock first. `seen` is this process's own read of the VM:
-/// it plans the operation when no operation changed the VM since.
+/// it plans the operation when no operation of this host changed the VM since. `send_by`: the
+/// request is not sent at or after that moment (`clock::boot_ms`).
 pub async fn submit(
     s: &Settings,
     arm: &Arm,
     seen: Seen<'_>,
     disk_id: &str,
     op: Op,
+    send_by: Option<u64>,
     coming: Option<Announcement>,
-) -> Result<Answer, String> {
+) -> Result<Answer> {
     let vm = &seen.vm.vm;
     let dir = spool(s, vm);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(Error::file(&dir))?;
     let req = Request {
         id: unique_id(),
         disk_id: disk_id.to_string(),
         op,
+        send_by,
     };
     let req_path = dir.join(format!("{}.req", req.id));
     let ans_path = dir.join(format!("{}.ans", req.id));
@@ -188,7 +207,7 @@ pub async fn submit(
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || lock(&dir))
             .await
-            .map_err(|e| e.to_string())??
+            .map_err(|e| Error::Spool(format!("waiting for the VM's batch lock: {e}")))??
     };
     let done = |answer: Answer| {
         let _ = std::fs::remove_file(&ans_path);
@@ -226,7 +245,7 @@ pub async fn submit(
         .map(|(_, a)| done(a));
     drop(guard);
     drop(mine);
-    mine_answered.ok_or_else(|| "this request vanished from the spool".to_string())
+    mine_answered.ok_or_else(|| Error::Spool("this request vanished from the spool".into()))
 }
 
 /// The requests to send now: alone, at once; with company, once every announced process has
@@ -349,9 +368,29 @@ fn answer_from(vm: &VmDisks, r: &Request) -> Answer {
     }
 }
 
+/// Who still waits for a request of the batch for each disk: this process, or a requester whose
+/// lock on its request file is still held — and, for an attach, whose claim on the disk still
+/// holds ([`Request::send_by`]). Asked before every attempt to send, the transport's retries
+/// included.
+fn wanted(spool_dir: &Path, pending: &[Request], own: &str) -> Wanted {
+    let dir = spool_dir.to_path_buf();
+    let reqs: Vec<Request> = pending.to_vec();
+    let own = own.to_string();
+    Arc::new(move |disk: &str| {
+        reqs.iter().any(|r| {
+            r.disk_id.eq_ignore_ascii_case(disk)
+                && r.send_by.is_none_or(|by| crate::clock::boot_ms() < by)
+                && (r.id == own || requester_alive(&dir.join(format!("{}.req", r.id))))
+        })
+    })
+}
+
 /// Sends the batch as one operation; if Azure refuses it as a whole, each request alone, so that
 /// one bad request does not fail the others — unless Azure throttled us or did not finish in time:
 /// then sending the requests one by one would only multiply the load, so all share the failure.
+///
+/// Every answer is what Azure did (`Arm::change_data_disks`): a disk the operation changed, by
+/// Azure's success; any other, by a read of the VM made now. `known` only plans.
 async fn send(
     s: &Settings,
     arm: &Arm,
@@ -383,10 +422,9 @@ async fn send(
     let (attach, detach) = split(pending);
     info!(vm = %vm.name(), attach = attach.len(), detach = detach.len(), "sending a batch");
     let read_at = crate::vm_view::now_ms();
-    let sent = match known {
-        Some(current) => arm.attach_detach_from(current, &attach, &detach).await,
-        None => arm.attach_detach(vm, &attach, &detach).await,
-    };
+    let sent = arm
+        .change_data_disks(vm, known, &attach, &detach, wanted(spool_dir, pending, own))
+        .await;
     match sent {
         Ok(after) => {
             crate::vm_view::store(s, &after, read_at);
@@ -411,16 +449,10 @@ async fn send(
             warn!(vm = %vm.name(), error = %e, "the batch was refused; sending its requests one by one");
             let mut out = Vec::new();
             for r in pending {
-                // Sent alone later than the batch: only for a requester still waiting.
-                if r.id != own && !requester_alive(&spool_dir.join(format!("{}.req", r.id))) {
-                    out.push(Answer::Failed {
-                        message: "the requester is gone".into(),
-                    });
-                    continue;
-                }
                 let (a, d) = split(std::slice::from_ref(r));
                 let read_at = crate::vm_view::now_ms();
-                out.push(match arm.attach_detach(vm, &a, &d).await {
+                let alone = wanted(spool_dir, std::slice::from_ref(r), own);
+                out.push(match arm.change_data_disks(vm, None, &a, &d, alone).await {
                     Ok(after) => {
                         crate::vm_view::store(s, &after, read_at);
                         answer_from(&after, r)
@@ -435,12 +467,7 @@ async fn send(
     }
 }
 
+/// Azure's error as the requester will read it (text: it crosses processes in the spool).
 pub fn describe(e: AzureError) -> String {
-    match e {
-        AzureError::DataDiskLimit { limit, message } => format!(
-            "the VM has no room for another data disk{}: {message}; move the pod to a node with free slots or a larger VM size",
-            limit.map(|l| format!(" (its size allows {l})")).unwrap_or_default()
-        ),
-        other => other.to_string(),
-    }
+    describe_azure(&e)
 }

@@ -2,6 +2,7 @@
 
 use crate::attach;
 use crate::device;
+use crate::error::Error;
 use crate::mounts;
 use crate::options::VolumeOptions;
 use crate::protocol::{Call, Capabilities, Reply};
@@ -9,15 +10,15 @@ use crate::settings::Settings;
 use serde_json::{Map, Value};
 use std::path::Path;
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, Error> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start: {e}"))
+        .map_err(Error::Runtime)
 }
 
 fn opts(m: &Map<String, Value>) -> Result<VolumeOptions, Reply> {
-    VolumeOptions::parse(m).map_err(Reply::failure)
+    VolumeOptions::parse(m).map_err(|e| Reply::failure(e.to_string()))
 }
 
 pub fn run(s: &Settings, call: Call) -> Reply {
@@ -38,6 +39,12 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 fs_group: true,
                 requires_fs_resize: true,
             }),
+            // A checked prerequisite of formatting: said here (kubelet logs it) and by `doctor`.
+            message: if crate::doctor::in_path("blkid") {
+                String::new()
+            } else {
+                "blkid is not installed on this host: mountdevice formats no new disk until it is (util-linux; see flexdisk doctor)".into()
+            },
             ..Reply::success()
         },
         Call::Version => {
@@ -54,7 +61,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                     device: Some(lun.to_string()),
                     ..Reply::success()
                 },
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::IsAttached { options, node } => {
@@ -67,13 +74,13 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                     attached: Some(a),
                     ..Reply::success()
                 },
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::Detach { volume, node } => {
             match runtime().and_then(|rt| rt.block_on(attach::detach(s, &volume, &node))) {
                 Ok(m) => Reply::success().with_message(m),
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::WaitForAttach { device, options } => {
@@ -96,7 +103,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                     device: Some(dev.display().to_string()),
                     ..Reply::success()
                 },
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::MountDevice {
@@ -110,7 +117,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
             };
             match crate::mount_device::mount_device(s, Path::new(&dir), Path::new(&device), &o) {
                 Ok(m) => Reply::success().with_message(m),
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::ExpandVolume { options, new_bytes } => {
@@ -120,7 +127,7 @@ pub fn run(s: &Settings, call: Call) -> Reply {
             };
             match runtime().and_then(|rt| rt.block_on(attach::expand(s, &o, new_bytes))) {
                 Ok(m) => Reply::success().with_message(m),
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::ExpandFs {
@@ -141,16 +148,16 @@ pub fn run(s: &Settings, call: Call) -> Reply {
                 new_bytes,
             ) {
                 Ok(m) => Reply::success().with_message(m),
-                Err(m) => Reply::failure(m),
+                Err(e) => Reply::failure(e.to_string()),
             }
         }
         Call::Install(request) => match crate::install::install(&request) {
             Ok(m) => Reply::success().with_message(m),
-            Err(m) => Reply::failure(m),
+            Err(e) => Reply::failure(e.to_string()),
         },
         Call::UnmountDevice { dir } => match mounts::unmount(Path::new(&dir)) {
             Ok(()) => Reply::success(),
-            Err(m) => Reply::failure(m),
+            Err(e) => Reply::failure(e.to_string()),
         },
     }
 }

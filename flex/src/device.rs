@@ -1,7 +1,16 @@
 //! Finding the block device of a LUN on this node: `/dev/disk/azure/scsi1/lun<N>` when udev made
-//! it, else the SCSI devices in sysfs (vendor `Msft`, model `Virtual Disk`, never the OS or resource
-//! disk), after asking the SCSI hosts to rescan. Waiting is driven by inotify, bounded.
+//! it, else the SCSI devices in sysfs (vendor `Msft`, model `Virtual Disk`) on the data-disk
+//! controller, after asking the SCSI hosts to rescan. Waiting is driven by inotify, bounded.
+//!
+//! Which SCSI host carries data disks is found as udev finds it, never assumed from host numbers
+//! (they follow probe order: on Generation 2 VMs the OS and resource disks share host 0 and data
+//! disks sit on host 1). Azure's storage rules — WALinuxAgent's `config/66-azure-storage.rules`,
+//! azure-vm-utils' `udev/80-azure-disk.rules` — name the links `scsi1/lun<N>` for devices whose
+//! VMBus parent has `device_id` `{f8b3781b-1e82-4818-a1c3-63d806ec15bb}` (`ATTRS{device_id}`:
+//! the attribute of any parent device). [`DATA_CONTROLLER`] is matched the same way here, by
+//! walking up the SCSI device's sysfs path.
 
+use crate::error::{Error, Result};
 use crate::settings::Settings;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -28,35 +37,68 @@ fn read_trimmed(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// The sysfs way: `H:C:T:L` with L = lun on a data-disk host (the OS and resource disks sit on
-/// hosts 0 and 1).
-fn sysfs_device(s: &Settings, lun: u32) -> Option<PathBuf> {
-    let dir = s.host("sys/bus/scsi/devices");
-    for entry in std::fs::read_dir(&dir).ok()?.flatten() {
-        let name = entry.file_name().to_string_lossy().to_string();
-        let parts: Vec<&str> = name.split(':').collect();
-        if parts.len() != 4
-            || parts[3].parse::<u32>().ok() != Some(lun)
-            || matches!(parts[0], "0" | "1")
-        {
-            continue;
-        }
-        let path = entry.path();
-        if read_trimmed(&path.join("vendor")) != "Msft"
-            || read_trimmed(&path.join("model")) != "Virtual Disk"
-        {
-            continue;
-        }
-        let block = std::fs::read_dir(path.join("block"))
+/// The VMBus `device_id` of the SCSI controller that carries data disks (the `scsi1` of
+/// `/dev/disk/azure/scsi1`).
+pub const DATA_CONTROLLER: &str = "{f8b3781b-1e82-4818-a1c3-63d806ec15bb}";
+
+/// Whether the SCSI device at `entry` (`sys/bus/scsi/devices/H:C:T:L`, a link into
+/// `sys/devices`) hangs off the data-disk controller: the first `device_id` found walking up
+/// its real path must be [`DATA_CONTROLLER`].
+fn on_data_controller(entry: &Path) -> bool {
+    let Ok(real) = std::fs::canonicalize(entry) else {
+        return false;
+    };
+    real.ancestors()
+        .skip(1)
+        .find_map(|dir| std::fs::read_to_string(dir.join("device_id")).ok())
+        .is_some_and(|id| id.trim().eq_ignore_ascii_case(DATA_CONTROLLER))
+}
+
+/// The data disks the kernel shows: (LUN, SCSI device entry) for each `Msft Virtual Disk` on the
+/// data-disk controller.
+fn data_disks(s: &Settings) -> Vec<(u32, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(s.host("sys/bus/scsi/devices")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let parts: Vec<&str> = name.split(':').collect();
+            let lun = match parts.as_slice() {
+                [_, _, _, l] => l.parse::<u32>().ok()?,
+                _ => return None,
+            };
+            let path = e.path();
+            (read_trimmed(&path.join("vendor")) == "Msft"
+                && read_trimmed(&path.join("model")) == "Virtual Disk"
+                && on_data_controller(&path))
+            .then_some((lun, path))
+        })
+        .collect()
+}
+
+/// The block device's name under a SCSI device entry (`block/<name>`).
+fn block_of(entry: &Path) -> Option<PathBuf> {
+    Some(
+        std::fs::read_dir(entry.join("block"))
             .ok()?
             .flatten()
-            .next()?;
-        let dev = s.host(&format!("dev/{}", block.file_name().to_string_lossy()));
-        if dev.exists() {
-            return Some(dev);
-        }
-    }
-    None
+            .next()?
+            .path(),
+    )
+}
+
+/// The sysfs way: the data-disk controller's device at LUN `lun`.
+fn sysfs_device(s: &Settings, lun: u32) -> Option<PathBuf> {
+    data_disks(s)
+        .into_iter()
+        .filter(|(l, _)| *l == lun)
+        .find_map(|(_, entry)| {
+            let block = block_of(&entry)?;
+            let dev = s.host(&format!("dev/{}", block.file_name()?.to_string_lossy()));
+            dev.exists().then_some(dev)
+        })
 }
 
 /// The LUN of the data disk whose block device has number `rdev`: from the SCSI address the
@@ -70,24 +112,9 @@ pub fn lun_of(s: &Settings, rdev: u64) -> Option<u32> {
         nix::sys::stat::major(rdev),
         nix::sys::stat::minor(rdev)
     );
-    let by_kernel = std::fs::read_dir(s.host("sys/bus/scsi/devices"))
-        .ok()
-        .and_then(|entries| {
-            entries.flatten().find_map(|e| {
-                let name = e.file_name().to_string_lossy().to_string();
-                let parts: Vec<&str> = name.split(':').collect();
-                if parts.len() != 4 || matches!(parts[0], "0" | "1") {
-                    return None;
-                }
-                let block = std::fs::read_dir(e.path().join("block"))
-                    .ok()?
-                    .flatten()
-                    .next()?;
-                (read_trimmed(&block.path().join("dev")) == majmin)
-                    .then(|| parts[3].parse().ok())
-                    .flatten()
-            })
-        });
+    let by_kernel = data_disks(s).into_iter().find_map(|(lun, entry)| {
+        (read_trimmed(&block_of(&entry)?.join("dev")) == majmin).then_some(lun)
+    });
     by_kernel.or_else(|| {
         let links: Vec<u32> = std::fs::read_dir(s.host("dev/disk/azure/scsi1"))
             .ok()?
@@ -111,11 +138,11 @@ pub fn find(s: &Settings, lun: u32) -> Option<PathBuf> {
 }
 
 /// Waits for the LUN's device; `Err` with what was tried when it does not come in time.
-pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
+pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf> {
     rescan(s);
     let deadline = Instant::now() + s.device_wait;
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-        .map_err(|e| format!("inotify: {e}"))?;
+        .map_err(|e| Error::Kernel(format!("inotify: {e}")))?;
     let flags = AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ATTRIB;
     // udev may create `scsi1/` (even `azure/`) with the first disk: a directory that appears is
     // watched from then on, so the link made inside it wakes us too.
@@ -136,12 +163,12 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!(
+            return Err(Error::Device(format!(
                 "no device appeared for LUN {lun} within {}s (looked at {} and {})",
                 s.device_wait.as_secs(),
                 s.host(&format!("dev/disk/azure/scsi1/lun{lun}")).display(),
                 s.host("sys/bus/scsi/devices").display()
-            ));
+            )));
         }
         // Wake on a change in the watched trees, or every second at most (nothing is lost
         // between the look above and the poll: events queue in the inotify descriptor).
@@ -153,5 +180,79 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf, String> {
         let _ = poll(&mut fds, PollTimeout::from(ms));
         let _ = inotify.read_events();
         watch_new(&mut unwatched);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SCSI disk `H:0:0:L` under VMBus controller `id`, its block device `name` (`majmin`).
+    fn scsi(root: &Path, id: &str, host: u32, lun: u32, name: &str, majmin: &str) {
+        let vmbus = root.join("sys/devices/VMBUS:00").join(id);
+        std::fs::create_dir_all(&vmbus).expect("vmbus");
+        std::fs::write(vmbus.join("device_id"), format!("{{{id}}}\n")).expect("id");
+        let dir = vmbus.join(format!("host{host}/target{host}:0:0/{host}:0:0:{lun}"));
+        std::fs::create_dir_all(dir.join("block").join(name)).expect("dirs");
+        std::fs::write(dir.join("vendor"), "Msft    \n").expect("vendor");
+        std::fs::write(dir.join("model"), "Virtual Disk    \n").expect("model");
+        std::fs::write(
+            dir.join("block").join(name).join("dev"),
+            format!("{majmin}\n"),
+        )
+        .expect("dev");
+        let bus = root.join("sys/bus/scsi/devices");
+        std::fs::create_dir_all(&bus).expect("bus");
+        std::os::unix::fs::symlink(&dir, bus.join(format!("{host}:0:0:{lun}"))).expect("link");
+        std::fs::write(root.join("dev").join(name), b"").expect("node");
+    }
+
+    #[test]
+    fn data_disks_are_those_of_the_data_controller_whatever_its_host_number() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path();
+        std::fs::create_dir_all(root.join("dev")).expect("dev");
+        let mut s = Settings::from_lookup(&|_| None);
+        s.host_root = root.to_path_buf();
+        // Gen1 numbering with the data controller probed late (host 5), and Gen2's OS
+        // controller at host 2 holding the OS disk at LUN 0: never taken for a data disk.
+        scsi(
+            root,
+            "00000000-0000-8899-0000-000000000000",
+            0,
+            0,
+            "sda",
+            "8:0",
+        );
+        scsi(
+            root,
+            "f8b3781a-1e82-4818-a1c3-63d806ec15bb",
+            2,
+            0,
+            "sdb",
+            "8:16",
+        );
+        assert_eq!(find(&s, 0), None, "the OS disks are no data disks");
+        assert_eq!(lun_of(&s, nix::sys::stat::makedev(8, 16)), None);
+        scsi(
+            root,
+            "f8b3781b-1e82-4818-a1c3-63d806ec15bb",
+            5,
+            0,
+            "sdc",
+            "8:32",
+        );
+        assert_eq!(find(&s, 0), Some(root.join("dev/sdc")));
+        assert_eq!(lun_of(&s, nix::sys::stat::makedev(8, 32)), Some(0));
+        // Data disks on host 1 (Generation 2 VMs) too.
+        scsi(
+            root,
+            "f8b3781b-1e82-4818-a1c3-63d806ec15bb",
+            1,
+            3,
+            "sdd",
+            "8:48",
+        );
+        assert_eq!(find(&s, 3), Some(root.join("dev/sdd")));
     }
 }

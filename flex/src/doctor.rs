@@ -1,6 +1,7 @@
 //! `flexdisk doctor`: checks a node's setup, one line per check with a fix hint, for an operator
 //! (plain text, not kubelet's JSON). Exits non-zero when something is broken.
 
+use crate::error::Error;
 use crate::install::{DRIVER, VENDOR_DRIVER};
 use crate::settings::Settings;
 use flexdisk_azure::{Arm, ArmOptions, Config};
@@ -24,16 +25,16 @@ impl Report {
     }
 }
 
-fn in_path(program: &str) -> bool {
+pub fn in_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
 
-fn writable_dir(dir: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+fn writable_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(Error::file(dir))?;
     let probe = dir.join(format!(".doctor-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| e.to_string())?;
-    std::fs::remove_file(&probe).map_err(|e| e.to_string())
+    std::fs::write(&probe, b"").map_err(Error::file(&probe))?;
+    std::fs::remove_file(&probe).map_err(Error::file(&probe))
 }
 
 /// Runs every check; the report's lines and whether anything is broken.
@@ -61,7 +62,7 @@ pub fn run(s: &Settings) -> (Vec<String>, bool) {
         .log
         .parent()
         .map(writable_dir)
-        .unwrap_or_else(|| Err("no directory".into()));
+        .unwrap_or_else(|| Err(Error::Options("the log file has no directory".into())));
     match log_ok {
         Ok(()) => r.ok("log", s.log.display()),
         Err(e) => r.fail(
@@ -74,8 +75,16 @@ pub fn run(s: &Settings) -> (Vec<String>, bool) {
         Ok(()) => r.ok("state", s.state_dir.display()),
         Err(e) => r.fail("state", format!("{}: {e}", s.state_dir.display()), "set FLEXDISK_STATE_DIR to a writable directory (batching spools and volume records live there)"),
     }
+    if in_path("blkid") {
+        r.ok("blkid", "blkid -p checks every disk before it is formatted");
+    } else {
+        r.fail(
+            "blkid",
+            "not found",
+            "install util-linux: without blkid -p flexdisk formats no new disk (its own probe reads only the first 68 KiB)",
+        );
+    }
     let tools = [
-        "blkid",
         "mkfs.ext4",
         "resize2fs",
         "mkfs.xfs",
@@ -151,17 +160,12 @@ pub fn run(s: &Settings) -> (Vec<String>, bool) {
         let credential = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(Error::Runtime)
             .and_then(|rt| {
                 rt.block_on(async {
-                    let arm = Arm::connect(&c, ArmOptions::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    arm.credential()
-                        .token(&arm.endpoints.scope())
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(arm.credential().kind())
+                    let arm = Arm::connect(&c, ArmOptions::default()).await?;
+                    arm.credential().token(&arm.endpoints.scope()).await?;
+                    Ok::<_, Error>(arm.credential().kind())
                 })
             });
         match credential {

@@ -27,7 +27,9 @@ fn family(fs: &str) -> &str {
 pub fn decide(found: Option<&Found>, fs_type: &str, read_only: bool, holders: &[String]) -> Plan {
     if !read_only && holders.len() > 1 {
         return Plan::Refuse(format!(
-            "the disk is attached to {} VMs ({}) and a {fs_type} filesystem can have only one writer, so flexdisk              never mounts (or formats) it read-write while it is shared; mount it read-only (readOnly: true in the              pod's volume, a ReadOnlyMany claim) or detach it from the other VMs first",
+            "the disk is attached to {} VMs ({}) and a {fs_type} filesystem can have only one writer, so flexdisk \
+             never mounts (or formats) it read-write while it is shared; mount it read-only (readOnly: true in the \
+             pod's volume, a ReadOnlyMany claim) or detach it from the other VMs first",
             holders.len(),
             holders.join(", ")
         ));

@@ -8,6 +8,7 @@
 //! variable of the installer's environment) and, with `--cloud-config`, a private copy of the cloud
 //! config as `azure.json`, which `flexdisk.conf` names relative to the binary.
 
+use crate::error::Error;
 use crate::protocol::UsageError;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -142,17 +143,17 @@ pub fn conf_text(env: &[(String, String)], cloud_config_copied: bool) -> String 
     text
 }
 
-pub fn install(request: &InstallRequest) -> Result<String, String> {
-    let me = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+pub fn install(request: &InstallRequest) -> crate::error::Result<String> {
+    let me = std::env::current_exe().map_err(Error::file(Path::new("/proc/self/exe")))?;
     let dir = request.plugin_dir.join(VENDOR_DRIVER);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).map_err(Error::file(&dir))?;
     // What the driver reads comes first: the prober may run the binary the moment it appears.
     if let Some(source) = &request.cloud_config {
         let bytes = std::fs::read(source).map_err(|e| {
-            format!(
+            Error::Options(format!(
                 "cannot read the cloud config {}: {e}; mount it into the installer (a hostPath or a Secret)",
                 source.display()
-            )
+            ))
         })?;
         replace(&dir, CLOUD_CONFIG_COPY, &mut bytes.as_slice(), 0o600)?;
     }
@@ -160,7 +161,7 @@ pub fn install(request: &InstallRequest) -> Result<String, String> {
     let conf = conf_text(&env, request.cloud_config.is_some());
     replace(&dir, CONF, &mut conf.as_bytes(), 0o644)?;
     // Streamed, not read whole: the installer's container has a small memory limit.
-    let mut binary = std::fs::File::open(&me).map_err(|e| format!("{}: {e}", me.display()))?;
+    let mut binary = std::fs::File::open(&me).map_err(Error::file(&me))?;
     let target = replace(&dir, DRIVER, &mut binary, 0o755)?;
     Ok(format!("installed {}", target.display()))
 }
@@ -172,7 +173,7 @@ fn replace(
     name: &str,
     content: &mut dyn std::io::Read,
     mode: u32,
-) -> Result<PathBuf, String> {
+) -> crate::error::Result<PathBuf> {
     let target = dir.join(name);
     let staging = dir.join(format!(".{name}.{}", std::process::id()));
     let mut write = || -> std::io::Result<()> {
@@ -185,7 +186,7 @@ fn replace(
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&staging);
-        format!("installing {}: {e}", target.display())
+        Error::file(&target)(e)
     })?;
     Ok(target)
 }

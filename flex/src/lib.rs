@@ -5,14 +5,17 @@
 pub mod attach;
 pub mod batch;
 pub mod calls;
+pub mod clock;
 pub mod device;
 pub mod doctor;
+pub mod error;
 pub mod format;
 pub mod install;
 pub mod logging;
 pub mod mount_device;
 pub mod mounts;
 pub mod options;
+pub mod ownership;
 pub mod protocol;
 pub mod settings;
 pub mod signatures;

@@ -1,5 +1,6 @@
 //! The kernel side: what is mounted where, mkfs, mount and unmount, and reading a device's head.
 
+use crate::error::{Error, Result};
 use crate::signatures::{from_blkid, probe, Found, PROBE_BYTES};
 use nix::fcntl::{Flock, FlockArg};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -32,10 +33,13 @@ pub fn mounted_at(dir: &Path) -> Option<(u64, String)> {
 }
 
 /// The device number of a block device file.
-pub fn device_number(device: &Path) -> Result<u64, String> {
-    let meta = std::fs::metadata(device).map_err(|e| format!("{}: {e}", device.display()))?;
+pub fn device_number(device: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(device).map_err(Error::file(device))?;
     if !meta.file_type().is_block_device() {
-        return Err(format!("{} is not a block device", device.display()));
+        return Err(Error::Device(format!(
+            "{} is not a block device",
+            device.display()
+        )));
     }
     Ok(meta.rdev())
 }
@@ -62,21 +66,20 @@ pub fn mounted_fs_of(rdev: u64) -> Option<String> {
 /// touching a block device (systemd.io/BLOCK_DEVICE_LOCKING): held from before the probe until
 /// the filesystem is made and mounted, it keeps another `mountdevice` of this host (and udev's
 /// probing) away from a device that is being formatted. Waits up to `wait` for another holder.
-pub fn lock_device(device: &Path, wait: Duration) -> Result<Flock<File>, String> {
+pub fn lock_device(device: &Path, wait: Duration) -> Result<Flock<File>> {
     let deadline = Instant::now() + wait;
     loop {
-        let file =
-            File::open(device).map_err(|e| format!("cannot open {}: {e}", device.display()))?;
+        let file = File::open(device).map_err(Error::file(device))?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(lock),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err((_, e)) => {
-                return Err(format!(
+                return Err(Error::Kernel(format!(
                     "{} stays locked by another program ({e}); it is being set up elsewhere — kubelet retries",
                     device.display()
-                ))
+                )))
             }
         }
     }
@@ -84,7 +87,7 @@ pub fn lock_device(device: &Path, wait: Duration) -> Result<Flock<File>, String>
 
 /// Opens the device exclusively (`O_EXCL` on a block device: the kernel refuses while it is
 /// mounted or another program holds it so, and refuses them while we hold it). `None`: busy.
-pub fn open_exclusive(device: &Path) -> Result<Option<File>, String> {
+pub fn open_exclusive(device: &Path) -> Result<Option<File>> {
     match std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_EXCL)
@@ -92,20 +95,23 @@ pub fn open_exclusive(device: &Path) -> Result<Option<File>, String> {
     {
         Ok(f) => Ok(Some(f)),
         Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => Ok(None),
-        Err(e) => Err(format!("cannot open {}: {e}", device.display())),
+        Err(e) => Err(Error::file(device)(e)),
     }
 }
 
 /// What is on the device, by our own probe (through `f`, the device opened by the caller) and
-/// by `blkid -p` (when present): either finding something means "not blank".
-pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>, String> {
+/// by `blkid -p`: either finding something means "not blank". Our probe reads the first
+/// [`PROBE_BYTES`]; signatures elsewhere (RAID metadata at the end of the disk, backup
+/// superblocks) only blkid sees, so without blkid a device is never taken for blank: `Err`, and
+/// nothing is formatted (`doctor` reports blkid missing).
+pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>> {
     let mut buf = vec![0u8; PROBE_BYTES];
     let mut read = 0;
     while read < buf.len() {
         match f.read(&mut buf[read..]) {
             Ok(0) => break,
             Ok(n) => read += n,
-            Err(e) => return Err(format!("cannot read {}: {e}", device.display())),
+            Err(e) => return Err(Error::file(device)(e)),
         }
     }
     if let Some(found) = probe(&buf[..read]) {
@@ -119,19 +125,26 @@ pub fn inspect(f: &mut File, device: &Path) -> Result<Option<Found>, String> {
         Ok(out) if out.status.success() => Ok(from_blkid(&String::from_utf8_lossy(&out.stdout))),
         // 2: nothing found.
         Ok(out) if out.status.code() == Some(2) => Ok(None),
-        Ok(out) => Err(format!(
+        Ok(out) => Err(Error::Tool(format!(
             "blkid -p {} failed: {}",
             device.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        // Without blkid our own probe stands alone.
-        Err(_) => Ok(None),
+        ))),
+        Err(e) => Err(Error::Tool(format!(
+            "cannot run blkid ({e}): {} looks blank in its first {} KiB, but only blkid -p sees every \
+             signature (RAID metadata at the end of a disk, for one), so flexdisk does not format it; \
+             install util-linux's blkid on the node",
+            device.display(),
+            PROBE_BYTES / 1024
+        ))),
     }
 }
 
-/// Makes the filesystem with fast options. Never forced: mkfs itself refuses a device with a
-/// signature, a second guard behind ours.
-pub fn mkfs(device: &Path, fs_type: &str) -> Result<(), String> {
+/// Makes the filesystem with fast options. mkfs opens the device exclusively itself, so ours is
+/// closed before; the device's lock (`lock_device`) stays held. Nothing here is a second guard:
+/// `mkfs.ext4` reformats an existing filesystem without asking when stdin is not a terminal
+/// (`mkfs.xfs` and `mkfs.btrfs` refuse one without `-f`), so the probe before is the guard.
+pub fn mkfs(device: &Path, fs_type: &str) -> Result<()> {
     let mut cmd = match fs_type {
         "ext4" | "ext3" => {
             let mut c = Command::new(format!("mkfs.{fs_type}"));
@@ -148,19 +161,23 @@ pub fn mkfs(device: &Path, fs_type: &str) -> Result<(), String> {
             c.arg("-q");
             c
         }
-        other => return Err(format!("cannot make a {other} filesystem")),
+        other => return Err(Error::Tool(format!("cannot make a {other} filesystem"))),
     };
     let out = cmd
         .arg(device)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run mkfs.{fs_type} ({e}); install its package on the node"))?;
+        .map_err(|e| {
+            Error::Tool(format!(
+                "cannot run mkfs.{fs_type} ({e}); install its package on the node"
+            ))
+        })?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(Error::Tool(format!(
             "mkfs.{fs_type} {} failed: {}",
             device.display(),
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(())
 }
@@ -171,7 +188,7 @@ pub fn mount_device(
     fs_type: &str,
     read_only: bool,
     options: &[String],
-) -> Result<(), String> {
+) -> Result<()> {
     let mut flags = MsFlags::empty();
     if read_only {
         flags |= MsFlags::MS_RDONLY;
@@ -218,20 +235,20 @@ pub fn mount_device(
         (!data.is_empty()).then_some(data.as_str()),
     )
     .map_err(|e| {
-        format!(
+        Error::Kernel(format!(
             "mount {} on {} ({fs_type}): {e}",
             device.display(),
             dir.display()
-        )
+        ))
     })
 }
 
 /// Unmounts; "not mounted" is success.
-pub fn unmount(dir: &Path) -> Result<(), String> {
+pub fn unmount(dir: &Path) -> Result<()> {
     match umount2(dir, MntFlags::empty()) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(format!("unmount {}: {e}", dir.display())),
+        Err(e) => Err(Error::Kernel(format!("unmount {}: {e}", dir.display()))),
     }
 }
 
@@ -243,7 +260,7 @@ pub fn grow_filesystem(
     dir: &Path,
     fs_type: &str,
     new_bytes: u64,
-) -> Result<String, String> {
+) -> Result<String> {
     if let Some(name) = std::fs::canonicalize(device)
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
@@ -265,24 +282,24 @@ pub fn grow_filesystem(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while size().is_some_and(|b| b < new_bytes) {
         if std::time::Instant::now() > deadline {
-            return Err(format!(
+            return Err(Error::Device(format!(
                 "{} ({}) shows {} bytes, not yet the {new_bytes} the volume was grown to; tried again later",
                 device.display(),
                 std::fs::canonicalize(device)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|e| e.to_string()),
                 size().unwrap_or(0)
-            ));
+            )));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let found = match mounted_at(dir) {
         Some((_, fs)) => fs,
         None => {
-            return Err(format!(
+            return Err(Error::Kernel(format!(
                 "{} is not mounted; kubelet grows the filesystem of a mounted volume",
                 dir.display()
-            ))
+            )))
         }
     };
     let fs = if found.is_empty() {
@@ -302,13 +319,17 @@ pub fn grow_filesystem(
                 dir.display().to_string(),
             ],
         ),
-        other => return Err(format!("cannot grow a {other} filesystem")),
+        other => return Err(Error::Tool(format!("cannot grow a {other} filesystem"))),
     };
     let out = Command::new(program)
         .args(&args)
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run {program} ({e}); install it on the node"))?;
+        .map_err(|e| {
+            Error::Tool(format!(
+                "cannot run {program} ({e}); install it on the node"
+            ))
+        })?;
     if !out.status.success() {
         let why = String::from_utf8_lossy(&out.stderr).trim().to_string();
         let hint = if why.contains("Permission denied") {
@@ -316,7 +337,7 @@ pub fn grow_filesystem(
         } else {
             ""
         };
-        return Err(format!("{program} failed: {why}{hint}"));
+        return Err(Error::Tool(format!("{program} failed: {why}{hint}")));
     }
     Ok(format!("grew the {fs} filesystem"))
 }

@@ -1,6 +1,7 @@
 //! The JSON options kubelet passes: the PV's `flexVolume.options` merged over the `kubernetes.io/*`
 //! keys it adds.
 
+use crate::error::{Error, Result};
 use flexdisk_azure::naming::{parse_resource_id, ResourceId, ResourceKind};
 use flexdisk_azure::params::FS_TYPES;
 use flexdisk_azure::Caching;
@@ -30,28 +31,28 @@ fn get<'a>(m: &'a Map<String, Value>, keys: &[&str]) -> Option<&'a str> {
 }
 
 impl VolumeOptions {
-    pub fn parse(m: &Map<String, Value>) -> Result<VolumeOptions, String> {
-        let disk_uri = get(m, &["diskURI"]).ok_or(
-            "the volume's options lack diskURI (the managed disk's resource ID); set flexVolume.options.diskURI in the PV",
-        )?;
-        let disk =
-            parse_resource_id(disk_uri, ResourceKind::Disk).map_err(|e| format!("diskURI: {e}"))?;
+    pub fn parse(m: &Map<String, Value>) -> Result<VolumeOptions> {
+        let disk_uri = get(m, &["diskURI"]).ok_or_else(|| Error::Options(
+            "the volume's options lack diskURI (the managed disk's resource ID); set flexVolume.options.diskURI in the PV".into(),
+        ))?;
+        let disk = parse_resource_id(disk_uri, ResourceKind::Disk)
+            .map_err(|e| Error::Options(format!("diskURI: {e}")))?;
         let fs_type = get(m, &["kubernetes.io/fsType", "fsType"])
             .unwrap_or("ext4")
             .to_ascii_lowercase();
         if !FS_TYPES.contains(&fs_type.as_str()) {
-            return Err(format!(
+            return Err(Error::Options(format!(
                 "fsType {fs_type:?} is not supported; use one of {}",
                 FS_TYPES.join(", ")
-            ));
+            )));
         }
         let read_only = match get(m, &["kubernetes.io/readwrite"]).unwrap_or("rw") {
             "ro" => true,
             "rw" => false,
             other => {
-                return Err(format!(
+                return Err(Error::Options(format!(
                     "kubernetes.io/readwrite is {other:?}; expected ro or rw"
-                ))
+                )))
             }
         };
         let caching = match get(m, &["cachingMode", "cachingmode"]) {
@@ -61,15 +62,17 @@ impl VolumeOptions {
                     .into_iter()
                     .find(|x| x.as_str().eq_ignore_ascii_case(c))
                     .ok_or_else(|| {
-                        format!("cachingMode {c:?} is not None, ReadOnly or ReadWrite")
+                        Error::Options(format!(
+                            "cachingMode {c:?} is not None, ReadOnly or ReadWrite"
+                        ))
                     })?,
             ),
         };
         if let Some(kind) = get(m, &["kind"]) {
             if !kind.eq_ignore_ascii_case("managed") {
-                return Err(format!(
+                return Err(Error::Options(format!(
                     "kind {kind:?}: Azure retired unmanaged disks on 2025-09-30; only managed disks are supported"
-                ));
+                )));
             }
         }
         let mount_options: Vec<String> = get(m, &["mountOptions"])
@@ -99,8 +102,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn opts(v: Value) -> Result<VolumeOptions, String> {
-        VolumeOptions::parse(v.as_object().expect("object"))
+    fn opts(v: Value) -> std::result::Result<VolumeOptions, String> {
+        VolumeOptions::parse(v.as_object().expect("object")).map_err(|e| e.to_string())
     }
 
     #[test]

@@ -5,10 +5,11 @@
 //! `VolumesAreAttached`, one `isattached` process per volume, one after another — kubernetes
 //! `pkg/volume/flexvolume/attacher.go`, `pkg/controller/volume/attachdetach/reconciler`). Reading
 //! the VM in each would cost one ARM read per volume per minute; answered from one view, a round
-//! costs one read per VM. Only `isattached` answers from the view: attach and detach always read
-//! the VM fresh, and every fresh read (and every batch's result) refreshes the view. A wrong
-//! "attached" from the view only delays the controller's noticing; a wrong "not attached" makes
-//! it attach again, which finds the disk attached and answers its LUN.
+//! costs one read per VM. Only `isattached` answers from the view, and only "attached": a wrong
+//! "attached" only delays the controller's noticing, while a wrong "not attached" — the view
+//! predating another control-plane host's attach — makes kube-controller-manager forget an
+//! attachment, so "not attached" always comes from a read made for the call. Attach and detach
+//! read the VM fresh; every fresh read (and every batch's result) refreshes the view.
 
 use crate::settings::Settings;
 use flexdisk_azure::{VmDisks, VmRef};

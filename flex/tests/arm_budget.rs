@@ -215,3 +215,65 @@ fn a_throttled_batch_is_not_resent_one_by_one() {
     assert_eq!(count(&c, "writes"), 1, "{c}");
     assert_eq!(env.vm_disks(AS_A), Vec::<String>::new());
 }
+
+/// A throttling record far ahead (a `Retry-After` of a day, a clock stepped back since it was
+/// written) keeps processes away no longer than the longest `Retry-After` Azure sends (30 min).
+#[test]
+fn a_throttling_record_far_ahead_is_bounded() {
+    let env = Env::start();
+    let a = env.options(&env.disk("pvc-far", 1), "pvc-far", json!({}));
+    let dir = env.state_dir("controller").join("throttle");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let day_ahead = std::time::SystemTime::now() + Duration::from_secs(86_400);
+    let ms = day_ahead
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("epoch")
+        .as_millis();
+    std::fs::write(
+        dir.join(format!("{}.writes", env.arm.subscription)),
+        ms.to_string(),
+    )
+    .expect("record");
+    let out = env.controller(&["attach", &a, AS_A]);
+    assert_eq!(out.status, "Failure", "{}", out.raw);
+    let secs: u64 = out
+        .message()
+        .split("for another ")
+        .nth(1)
+        .and_then(|rest| rest.split('s').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no wait in {}", out.raw));
+    assert!(secs <= 1800, "refuses for {secs}s: {}", out.raw);
+}
+
+/// A lone attach and detach of a claimed disk, after a warm round (the poller has learnt how long
+/// the VM's operations take): at most 4 ARM reads each — the disk, the VM, one poll, and the
+/// disk's tag checked after the attach; the VM, the PV's disk, one poll for the detach.
+#[test]
+fn lone_attach_and_detach_read_at_most_four_times() {
+    let env = Env::start();
+    let o = env.options(&env.disk("pvc-lone", 1), "pvc-lone", json!({}));
+    for _ in 0..2 {
+        env.controller(&["attach", &o, AS_A]).ok();
+        env.controller(&["detach", "pvc-lone", AS_A]).ok();
+    }
+    reset(&env);
+    env.controller(&["attach", &o, AS_A]).ok();
+    let attach = counters(&env);
+    reset(&env);
+    env.controller(&["detach", "pvc-lone", AS_A]).ok();
+    let detach = counters(&env);
+    println!(
+        "lone attach {} ARM reads {attach}; lone detach {} ARM reads {detach}",
+        count(&attach, "reads"),
+        count(&detach, "reads")
+    );
+    assert!(count(&attach, "reads") <= 4, "{attach}");
+    assert!(count(&detach, "reads") <= 4, "{detach}");
+    assert_eq!(
+        count(&attach, "writes"),
+        1,
+        "the claim is fresh: no tag write"
+    );
+    assert_eq!(count(&detach, "writes"), 1);
+}

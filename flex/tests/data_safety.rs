@@ -158,3 +158,59 @@ fn nothing_with_a_signature_is_ever_formatted() {
     env.kubelet(AS_A, &["unmountdevice", mnt.to_str().expect("utf-8")])
         .ok();
 }
+
+/// A disk blank in its first 68 KiB but a RAID member by the metadata at its end (Intel Matrix
+/// Storage, which `blkid -p` finds there): on a node without blkid it is not formatted — our own
+/// probe cannot see that far — and `init` says blkid is missing.
+#[test]
+fn without_blkid_nothing_is_formatted() {
+    let env = Env::start();
+    let disk = env.disk("pvc-raid-member", 1);
+    let opts = env.options(&disk, "pvc-raid-member", json!({}));
+    let (_, dev) = env.attach_and_wait(AS_A, &opts);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dev)
+            .expect("device");
+        f.seek(SeekFrom::End(-1024)).expect("seek");
+        f.write_all(b"Intel Raid ISM Cfg Sig. 1.0.00")
+            .expect("signature");
+        f.sync_all().expect("sync");
+    }
+    // A PATH with the mkfs programs and without blkid.
+    let bin = env.dir("bin-without-blkid");
+    std::fs::create_dir_all(&bin).expect("bin");
+    for tool in ["mkfs.ext4", "mkfs.xfs", "mkfs.btrfs"] {
+        let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+            .map(|d| d.join(tool))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| panic!("{tool} is installed for this test"));
+        std::os::unix::fs::symlink(found, bin.join(tool)).expect("link");
+    }
+    let path = bin.to_str().expect("utf-8");
+    let init = env.kubelet_with(AS_A, &["init"], &[("PATH", path)]);
+    assert!(init.ok()["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("blkid is not installed"));
+    let before = checksum(&dev);
+    let mnt = env.dir("mnt-raid");
+    let out = env.kubelet_with(
+        AS_A,
+        &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &opts],
+        &[("PATH", path)],
+    );
+    assert_eq!(out.status, "Failure", "{}", out.raw);
+    assert!(out.message().contains("blkid"), "{}", out.raw);
+    assert_eq!(checksum(&dev), before, "the RAID member was formatted");
+    // With blkid, the RAID metadata is seen and named.
+    let out = env.kubelet(
+        AS_A,
+        &["mountdevice", mnt.to_str().expect("utf-8"), &dev, &opts],
+    );
+    assert_eq!(out.status, "Failure", "{}", out.raw);
+    assert!(out.message().contains("isw_raid_member"), "{}", out.raw);
+    assert_eq!(checksum(&dev), before);
+}

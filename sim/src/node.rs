@@ -2,15 +2,22 @@
 //! device over the disk's sparse file, with the device node, udev's `/dev/disk/azure/scsi1/lun<N>`
 //! link and a sysfs-like SCSI entry under the node's host root.
 //!
-//! Layout under a node root (host numbers as on Azure Gen1 VMs: OS disk on host 0, resource disk on
-//! host 1, data disks on host 3):
+//! Layout under a node root, as a Generation 2 VM shows it: the OS disk (LUN 0) and the resource
+//! disk (LUN 1) on the VMBus SCSI controller `{f8b3781a-…}`, probed first (host 0); data disks on
+//! the controller `{f8b3781b-…}` (host 1) — the `device_id`s Azure's udev rules match
+//! (WALinuxAgent `config/66-azure-storage.rules`: `scsi0` and `scsi1`). SCSI devices live under
+//! their controller's VMBus device in `sys/devices`, and `sys/bus/scsi/devices` links to them, as
+//! the kernel lays them out; the links are absolute so that the tree may be bind-mounted over a
+//! real `/sys/bus/scsi/devices` and still lead here.
 //!
 //! ```text
 //! dev/sda, dev/sdb                        OS and resource disks (placeholders, never data disks)
 //! dev/sd<x>                               block device node of an attached data disk
 //! dev/disk/azure/{root,resource}          -> ../../sda, ../../sdb
 //! dev/disk/azure/scsi1/lun<N>             -> ../../../sd<x>
-//! sys/bus/scsi/devices/H:C:T:L/{vendor,model,block/<name>/dev}
+//! sys/devices/…/VMBUS:00/<id>/device_id   "{<id>}"
+//! sys/devices/…/VMBUS:00/<id>/host<H>/target<H>:0:0/H:0:0:L/{vendor,model,block/<name>/dev}
+//! sys/bus/scsi/devices/H:0:0:L            -> the SCSI device above
 //! sys/class/scsi_host/host<H>/scan        written by the driver to ask for a rescan
 //! ```
 
@@ -21,7 +28,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-pub const DATA_DISK_HOST: u32 = 3;
+/// The SCSI host of data disks on the simulated (Generation 2) VMs.
+pub const DATA_DISK_HOST: u32 = 1;
+
+/// The VMBus devices of the SCSI controllers: OS and resource disks, data disks.
+const OS_CONTROLLER: &str = "f8b3781a-1e82-4818-a1c3-63d806ec15bb";
+const DATA_CONTROLLER: &str = "f8b3781b-1e82-4818-a1c3-63d806ec15bb";
+const VMBUS: &str = "sys/devices/LNXSYSTM:00/LNXSYBUS:00/ACPI0004:00/VMBUS:00";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -54,15 +67,32 @@ impl NodeBackend {
     pub fn prepare(&self, root: &Path) -> Result<(), NodeError> {
         let azure = root.join("dev/disk/azure");
         std::fs::create_dir_all(azure.join("scsi1")).map_err(io(azure.display().to_string()))?;
-        for (dev, hctl, link) in [("sda", "0:0:0:0", "root"), ("sdb", "1:0:1:0", "resource")] {
+        // The SCSI tree is rebuilt from what is attached (`plug` follows for each data disk).
+        for dir in ["sys/bus/scsi/devices", "sys/devices"] {
+            let _ = std::fs::remove_dir_all(root.join(dir));
+        }
+        for (id, host) in [(OS_CONTROLLER, 0), (DATA_CONTROLLER, DATA_DISK_HOST)] {
+            let dev = root.join(VMBUS).join(id);
+            std::fs::create_dir_all(dev.join(format!("host{host}")))
+                .map_err(io(dev.display().to_string()))?;
+            std::fs::write(dev.join("device_id"), format!("{{{id}}}\n"))
+                .map_err(io(dev.display().to_string()))?;
+            std::fs::write(
+                dev.join("class_id"),
+                "{ba6163d9-04a1-4d29-b605-72e2ffb1dc7f}\n",
+            )
+            .map_err(io(dev.display().to_string()))?;
+        }
+        for (dev, lun, link, majmin) in [("sda", 0, "root", "8:0"), ("sdb", 1, "resource", "8:16")]
+        {
             let node = root.join("dev").join(dev);
             if !node.exists() {
                 std::fs::write(&node, b"").map_err(io(node.display().to_string()))?;
             }
             relink(&azure.join(link), &format!("../../{dev}"))?;
-            write_scsi_entry(root, hctl, dev, "8:0")?;
+            write_scsi_entry(root, OS_CONTROLLER, 0, lun, dev, majmin)?;
         }
-        for host in 0..4 {
+        for host in 0..2 {
             let dir = root.join(format!("sys/class/scsi_host/host{host}"));
             std::fs::create_dir_all(&dir).map_err(io(dir.display().to_string()))?;
             let scan = dir.join("scan");
@@ -111,7 +141,9 @@ impl NodeBackend {
         );
         write_scsi_entry(
             root,
-            &format!("{DATA_DISK_HOST}:0:0:{lun}"),
+            DATA_CONTROLLER,
+            DATA_DISK_HOST,
+            lun,
             dev_name,
             &majmin,
         )?;
@@ -130,8 +162,10 @@ impl NodeBackend {
         dev_name: &str,
     ) -> Result<(), NodeError> {
         let _ = std::fs::remove_file(root.join(format!("dev/disk/azure/scsi1/lun{lun}")));
-        let entry = root.join(format!("sys/bus/scsi/devices/{DATA_DISK_HOST}:0:0:{lun}"));
-        let _ = std::fs::remove_dir_all(&entry);
+        let hctl = format!("{DATA_DISK_HOST}:0:0:{lun}");
+        let _ = std::fs::remove_file(root.join("sys/bus/scsi/devices").join(&hctl));
+        let _ =
+            std::fs::remove_dir_all(scsi_device_dir(root, DATA_CONTROLLER, DATA_DISK_HOST, lun));
         let _ = std::fs::remove_file(root.join("dev").join(dev_name));
         let taken = self
             .loops
@@ -199,8 +233,22 @@ fn relink(link: &Path, target: &str) -> Result<(), NodeError> {
     std::os::unix::fs::symlink(target, link).map_err(io(format!("symlink {}", link.display())))
 }
 
-fn write_scsi_entry(root: &Path, hctl: &str, dev: &str, majmin: &str) -> Result<(), NodeError> {
-    let dir = root.join("sys/bus/scsi/devices").join(hctl);
+/// Where the kernel puts SCSI device `H:0:0:L` of a VMBus controller.
+fn scsi_device_dir(root: &Path, controller: &str, host: u32, lun: i64) -> PathBuf {
+    root.join(VMBUS)
+        .join(controller)
+        .join(format!("host{host}/target{host}:0:0/{host}:0:0:{lun}"))
+}
+
+fn write_scsi_entry(
+    root: &Path,
+    controller: &str,
+    host: u32,
+    lun: i64,
+    dev: &str,
+    majmin: &str,
+) -> Result<(), NodeError> {
+    let dir = scsi_device_dir(root, controller, host, lun);
     let block = dir.join("block").join(dev);
     std::fs::create_dir_all(&block).map_err(io(block.display().to_string()))?;
     for (name, content) in [
@@ -210,7 +258,11 @@ fn write_scsi_entry(root: &Path, hctl: &str, dev: &str, majmin: &str) -> Result<
     ] {
         std::fs::write(&name, content).map_err(io(name.display().to_string()))?;
     }
-    Ok(())
+    let bus = root.join("sys/bus/scsi/devices");
+    std::fs::create_dir_all(&bus).map_err(io(bus.display().to_string()))?;
+    let link = bus.join(format!("{host}:0:0:{lun}"));
+    let target = std::fs::canonicalize(&dir).map_err(io(dir.display().to_string()))?;
+    relink(&link, &target.to_string_lossy())
 }
 
 fn losetup(args: &[&str]) -> Result<String, NodeError> {

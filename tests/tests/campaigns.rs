@@ -459,3 +459,228 @@ fn fault_campaigns() {
     }
     assert!(failed.is_empty(), "campaigns failed: {failed:?}");
 }
+
+/// What one driver call came to in the answers campaign.
+enum Called {
+    Answered(Value),
+    Killed,
+}
+
+/// A control-plane host of the answers campaign: its own state directory (views, spools).
+fn host_env(c: &system_tests::Cluster, host: &str) -> Vec<(String, String)> {
+    let dir = c.tmp.path();
+    vec![
+        ("SSL_CERT_FILE".into(), c.sim.field("caBundle")),
+        ("FLEXDISK_CONFIG".into(), c.sim.field("azureJson")),
+        (
+            "FLEXDISK_LOG".into(),
+            dir.join(format!("flexdisk-{host}.log"))
+                .to_string_lossy()
+                .into(),
+        ),
+        (
+            "FLEXDISK_STATE_DIR".into(),
+            dir.join(format!("state-{host}")).to_string_lossy().into(),
+        ),
+        // Views kept long: host 1's read is as old as it can be when host 2 acts.
+        ("FLEXDISK_VM_VIEW_SECS".into(), "600".into()),
+    ]
+}
+
+/// Runs `flexdisk args` as host `host` would; SIGKILLed after `kill_after` if still running.
+fn call(
+    c: &system_tests::Cluster,
+    host: &str,
+    args: &[&str],
+    kill_after: Option<Duration>,
+) -> Called {
+    let mut child = std::process::Command::new(system_tests::bin("flexdisk"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(host_env(c, host))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("flexdisk starts");
+    if let Some(after) = kill_after {
+        let deadline = Instant::now() + after;
+        while child.try_wait().expect("wait").is_none() {
+            if Instant::now() >= deadline {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(child.id() as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                )
+                .expect("kill");
+                let _ = child.wait();
+                return Called::Killed;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let out = child.wait_with_output().expect("flexdisk ends");
+    assert!(out.stderr.is_empty(), "flexdisk wrote to stderr");
+    Called::Answered(serde_json::from_slice(&out.stdout).expect("one JSON reply"))
+}
+
+/// The disk's LUN on the node's VM as Azure has it, and whether it is being detached.
+fn in_azure(c: &system_tests::Cluster, node: &str, disk: &str) -> Option<(i64, bool)> {
+    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
+    state["vms"][node]["dataDisks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| {
+            d["name"]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(disk))
+        })
+        .map(|d| {
+            (
+                d["lun"].as_i64().unwrap_or(-1),
+                d["toBeDetached"].as_bool().unwrap_or(false),
+            )
+        })
+}
+
+#[derive(Default)]
+struct Tally {
+    operations: AtomicU32,
+    answered: AtomicU32,
+    killed: AtomicU32,
+    failures: AtomicU32,
+    false_answers: AtomicU32,
+}
+
+/// Checks one answer against Azure's state of the disk (nobody else acts on that disk
+/// meanwhile: each disk has one worker); a false answer is counted and logged.
+fn check_answer(
+    c: &system_tests::Cluster,
+    t: &Tally,
+    what: &str,
+    node: &str,
+    disk: &str,
+    reply: &Value,
+) {
+    t.answered.fetch_add(1, Ordering::SeqCst);
+    if reply["status"] != "Success" {
+        t.failures.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let azure = in_azure(c, node, disk);
+    let truthful = match what {
+        "attach" => {
+            let lun: Option<i64> = reply["device"].as_str().and_then(|l| l.parse().ok());
+            lun.is_some() && azure.is_some_and(|(l, leaving)| Some(l) == lun && !leaving)
+        }
+        "isattached" => {
+            reply["attached"].as_bool() == Some(azure.is_some_and(|(_, leaving)| !leaving))
+        }
+        "detach" => azure.is_none(),
+        other => panic!("{other}"),
+    };
+    if !truthful {
+        t.false_answers.fetch_add(1, Ordering::SeqCst);
+        eprintln!("FALSE ANSWER: {what} of {disk} on {node}: {reply} while Azure has {azure:?}");
+    }
+}
+
+/// Two control-plane hosts (two state directories) drive attaches, `isattached` and detaches of
+/// six disks over two VMs, one worker per disk, each call on a host drawn by a seeded generator;
+/// ARM answers batches with 500 and 503 at times, and some attach and detach callers are
+/// SIGKILLed at seeded moments. Every answer is checked against Azure's state right away; none
+/// may be false. A table is printed.
+#[test]
+fn driver_answers_across_hosts_5xx_and_killed_callers() {
+    let started = Instant::now();
+    let seed = 0x7ea5_u64;
+    let c = system_tests::Cluster::start(&["--vm-op-ms", "300", "--disk-op-ms", "50"]);
+    let nodes = c.nodes(false);
+    assert!(nodes.len() >= 2, "two VMs: {nodes:?}");
+    let nodes = [nodes[0].clone(), nodes[1].clone()];
+    let disks: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            let name = format!("pvc-truth-{i}");
+            let id = c.create_disk(&name, "Premium_LRS", 1);
+            (name, id)
+        })
+        .collect();
+    let rules = [
+        json!({"operation": "VirtualMachines_AttachDetachDataDisks", "skip": 2, "times": 6,
+               "action": {"kind": "status", "status": 500}}),
+        json!({"operation": "VirtualMachines_AttachDetachDataDisks", "skip": 14, "times": 4,
+               "action": {"kind": "status", "status": 503, "retryAfter": 0}}),
+    ];
+    for r in &rules {
+        let (status, body) = c.sim.control("POST", "/faults", Some(r)).expect("fault");
+        assert_eq!(status, 201, "{body}");
+    }
+    let tally = Tally::default();
+    let hosts = ["cp-1", "cp-2"];
+    std::thread::scope(|scope| {
+        for (i, (name, id)) in disks.iter().enumerate() {
+            let (c, tally, nodes) = (&c, &tally, &nodes);
+            scope.spawn(move || {
+                let mut rng = Seeded(seed + i as u64 * 7919);
+                for round in 0..3 {
+                    let node = &nodes[(i + round) % 2];
+                    let opts = json!({"diskURI": id, "kubernetes.io/fsType": "ext4",
+                        "kubernetes.io/readwrite": "rw", "kubernetes.io/pvOrVolumeName": name})
+                    .to_string();
+                    let kill = |rng: &mut Seeded| {
+                        (rng.next(4) == 0).then(|| Duration::from_millis(20 + rng.next(600)))
+                    };
+                    let calls: [(&str, Vec<&str>, bool); 3] = [
+                        ("attach", vec!["attach", &opts, node], true),
+                        ("isattached", vec!["isattached", &opts, node], false),
+                        ("detach", vec!["detach", name, node], true),
+                    ];
+                    for (what, args, killable) in calls {
+                        let host = hosts[rng.next(2) as usize];
+                        let kill_after = if killable { kill(&mut rng) } else { None };
+                        tally.operations.fetch_add(1, Ordering::SeqCst);
+                        match call(c, host, &args, kill_after) {
+                            Called::Killed => {
+                                tally.killed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Called::Answered(reply) => {
+                                check_answer(c, tally, what, node, name, &reply)
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (_, left) = c.sim.control("GET", "/faults", None).expect("faults");
+    let fired = 10
+        - left
+            .as_array()
+            .map(|rules| {
+                rules
+                    .iter()
+                    .map(|r| r["times"].as_u64().unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .unwrap_or(0);
+    let doubles = c.attachments().values().filter(|vms| vms.len() > 1).count();
+    let count = |a: &AtomicU32| a.load(Ordering::SeqCst);
+    eprintln!(
+        "\n| driver answers campaign | seed | operations | answered | callers SIGKILLed | failures | ARM 5xx fired | false answers | disks on two VMs | secs |"
+    );
+    eprintln!("|{}|", "-".repeat(140));
+    eprintln!(
+        "| two hosts, 5xx, SIGKILL | {seed:>4x} | {:>10} | {:>8} | {:>17} | {:>8} | {fired:>13} | {:>13} | {doubles:>16} | {:>4.1} |",
+        count(&tally.operations),
+        count(&tally.answered),
+        count(&tally.killed),
+        count(&tally.failures),
+        count(&tally.false_answers),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(count(&tally.operations) >= 50);
+    assert!(count(&tally.killed) >= 3, "callers were killed");
+    assert!(fired >= 5, "ARM 5xx fired during batches ({fired})");
+    assert_eq!(count(&tally.false_answers), 0, "false answers (see above)");
+    assert_eq!(doubles, 0, "a disk on two VMs");
+}

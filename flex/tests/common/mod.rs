@@ -103,6 +103,110 @@ impl Env {
         )
     }
 
+    /// [`Env::controller_on`] with extra environment (e.g. a longer batch window).
+    pub fn controller_on_with(&self, host: &str, args: &[&str], env: &[(&str, &str)]) -> Out {
+        let mut all = vec![("FLEXDISK_CONFIG", self.sim.field("azureJson"))];
+        all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        self.flexdisk(args, &all, host)
+    }
+
+    /// A controller call on control-plane host `host`, started now and finished later.
+    pub fn controller_spawn_on(
+        &self,
+        host: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
+        let mut all = vec![("FLEXDISK_CONFIG", self.sim.field("azureJson"))];
+        all.extend(env.iter().map(|(k, v)| (*k, v.to_string())));
+        self.command(args, &all, host)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flexdisk starts")
+    }
+
+    /// The batching spool of `node`'s VM on control-plane host `host` (created).
+    pub fn spool(&self, host: &str, node: &str) -> PathBuf {
+        let dir = self.state_dir(host).join("spool").join(node);
+        std::fs::create_dir_all(&dir).expect("spool");
+        dir
+    }
+
+    /// Holds the VM's batching lock on `host` as an operation in flight would: requests of that
+    /// host wait in the spool, after their disk's claim and their VM read, until it is dropped.
+    pub fn hold_batches(&self, host: &str, node: &str) -> nix::fcntl::Flock<std::fs::File> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.spool(host, node).join(".lock"))
+            .expect("lock file");
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("lock")
+    }
+
+    /// A request announced on `host` for `node`'s VM and never posted while the returned lock
+    /// lives: the lock holder keeps its batch open for it (up to `FLEXDISK_BATCH_WINDOW_MS`).
+    pub fn announce_coming(&self, host: &str, node: &str) -> nix::fcntl::Flock<std::fs::File> {
+        let path = self.spool(host, node).join("999999-0.coming");
+        let file = std::fs::File::create(&path).expect("announcement");
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .expect("lock")
+    }
+
+    /// Waits until `n` requests are posted in the spool of `node`'s VM on `host`.
+    pub fn wait_for_requests(&self, host: &str, node: &str, n: usize) {
+        let spool = self.spool(host, node);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let posted = std::fs::read_dir(&spool)
+                .expect("spool")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".req"))
+                .count();
+            if posted >= n {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{posted} of {n} requests reached {}",
+                spool.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Adds a fault rule; its id.
+    pub fn fault(&self, rule: Value) -> u64 {
+        let (status, rule) = self
+            .sim
+            .control("POST", "/faults", Some(&rule))
+            .expect("fault");
+        assert_eq!(status, 201, "{rule}");
+        rule["id"].as_u64().expect("rule id")
+    }
+
+    pub fn remove_fault(&self, id: u64) {
+        let (status, _) = self
+            .sim
+            .control("DELETE", &format!("/faults/{id}"), None)
+            .expect("remove fault");
+        assert_eq!(status, 204);
+    }
+
+    /// ARM requests counted by the simulator (reads, writes, per operation).
+    pub fn counter(&self, key: &str) -> u64 {
+        self.sim
+            .control("GET", "/counters", None)
+            .expect("counters")
+            .1[key]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
     /// The controller host's state directory.
     pub fn state_dir(&self, host: &str) -> PathBuf {
         self.tmp.path().join(format!("state-{host}"))
@@ -140,6 +244,18 @@ impl Env {
             ],
             node,
         )
+    }
+
+    /// [`Env::kubelet`] with extra environment (e.g. another `PATH`).
+    pub fn kubelet_with(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Out {
+        let mut env = vec![
+            ("FLEXDISK_CONFIG", self.sim.node_field(node, "azureJson")),
+            ("FLEXDISK_HOST_ROOT", self.sim.node_field(node, "root")),
+            ("IMDS_ENDPOINT", self.sim.node_field(node, "imds")),
+            ("FLEXDISK_WAIT_SECS", "20".into()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        self.flexdisk(args, &env, node)
     }
 
     /// attach (controller) then waitforattach (kubelet on `node`), both expected to succeed:
