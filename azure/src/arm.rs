@@ -35,6 +35,8 @@ pub struct ArmOptions {
     /// Where processes share how long operations take (see [`crate::op_durations`]); `None`
     /// keeps it within this process.
     pub durations_dir: Option<std::path::PathBuf>,
+    /// Asked before every write attempt, retries included ([`crate::WriteGate`]).
+    pub write_gate: Option<crate::transport::WriteGate>,
 }
 
 impl Default for ArmOptions {
@@ -45,6 +47,7 @@ impl Default for ArmOptions {
             max_poll_interval: Duration::from_secs(15),
             throttle_dir: None,
             durations_dir: None,
+            write_gate: None,
         }
     }
 }
@@ -99,6 +102,7 @@ impl Arm {
                 options.throttle_dir.clone(),
                 &config.subscription_id,
             )),
+            write_gate: options.write_gate.clone(),
         });
         let client_options = || {
             ClientOptions::new(TransportOptions::new_custom_policy(transport.clone()))
@@ -369,6 +373,12 @@ pub(crate) fn from_core(e: azure_core::Error) -> AzureError {
         azure_core::error::ErrorKind::Credential => AzureError::Unauthorized {
             message: e.to_string(),
         },
-        _ => AzureError::other(e.to_string()),
+        _ => match e.downcast_ref::<crate::transport::Deferred>() {
+            Some(d) => AzureError::Deferred {
+                retry_after: d.wait,
+                message: d.to_string(),
+            },
+            None => AzureError::other(e.to_string()),
+        },
     }
 }

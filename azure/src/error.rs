@@ -62,6 +62,14 @@ pub enum AzureError {
     #[error("not sent: {message}")]
     Abandoned { message: String },
 
+    /// The caller's own write budget held the write back (nothing was sent); it may go after
+    /// `retry_after` ([`crate::WriteGate`]).
+    #[error("{message}")]
+    Deferred {
+        retry_after: Duration,
+        message: String,
+    },
+
     /// Anything else Azure said, with its status and code.
     #[error("Azure error{}{}: {message}", status.map(|s| format!(" {s}")).unwrap_or_default(), if code.is_empty() { String::new() } else { format!(" ({code})") })]
     Other {
@@ -86,6 +94,7 @@ impl AzureError {
             AzureError::Unauthorized { .. } => "unauthorized",
             AzureError::Transient { .. } => "transient",
             AzureError::Abandoned { .. } => "abandoned",
+            AzureError::Deferred { .. } => "deferred",
             AzureError::Other { .. } => "other",
         }
     }
@@ -94,6 +103,7 @@ impl AzureError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             AzureError::Throttled { retry_after, .. } => *retry_after,
+            AzureError::Deferred { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -114,6 +124,7 @@ impl AzureError {
                 | AzureError::Transient { .. }
                 | AzureError::BeingDetached { .. }
                 | AzureError::PreconditionFailed { .. }
+                | AzureError::Deferred { .. }
         )
     }
 

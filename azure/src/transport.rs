@@ -89,6 +89,30 @@ pub(crate) struct Unwanted {
     pub attempts: u32,
 }
 
+/// A caller's budget of ARM writes, asked right before every write attempt — the first and each
+/// retry — with the method and the path written: `Err(wait)` holds the attempt back (nothing is
+/// sent; the caller gets [`Deferred`] and may try again after `wait`). The provisioner bounds each
+/// disk's writes this way whatever fails and however often the transport retries.
+#[derive(Clone)]
+pub struct WriteGate(pub Arc<GateFn>);
+
+/// `(method, path)` → go, or wait this long.
+pub type GateFn = dyn Fn(&str, &str) -> Result<(), Duration> + Send + Sync;
+
+impl std::fmt::Debug for WriteGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteGate")
+    }
+}
+
+/// What the transport answers instead of sending a write the caller's [`WriteGate`] held back.
+#[derive(Debug, thiserror::Error)]
+#[error("not sent: {what} is over this client's write budget; the next write may go in {}s", wait.as_secs().max(1))]
+pub(crate) struct Deferred {
+    pub what: String,
+    pub wait: Duration,
+}
+
 /// Counts what the transport did, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct TransportStats {
@@ -114,6 +138,7 @@ pub(crate) struct ArmTransport {
     pub retry: RetryPolicy,
     pub stats: Arc<TransportStats>,
     pub throttle: Arc<ThrottleMemory>,
+    pub write_gate: Option<WriteGate>,
 }
 
 struct Answer {
@@ -179,6 +204,21 @@ impl Policy for ArmTransport {
                     azure_core::error::ErrorKind::Other,
                     Unwanted { attempts },
                 ));
+            }
+            if let Some(gate) = &self.write_gate {
+                let method = request.method().as_ref().to_ascii_uppercase();
+                if matches!(method.as_str(), "PUT" | "PATCH" | "POST" | "DELETE") {
+                    if let Err(wait) = (gate.0)(&method, request.url().path()) {
+                        info!(request = %what, attempts, wait_ms = wait.as_millis() as u64, "not sending: over the write budget");
+                        return Err(azure_core::Error::new(
+                            azure_core::error::ErrorKind::Other,
+                            Deferred {
+                                what: what.clone(),
+                                wait,
+                            },
+                        ));
+                    }
+                }
             }
             attempts += 1;
             let result = self.once(request).await;

@@ -483,7 +483,6 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         ),
     )
     .await;
-    ctx.spend_write(&plan.disk.name)?;
     let disk = match (ctx.arm.create_disk(&plan.disk).await, &selected) {
         (Ok(disk), _) => disk,
         (Err(e), Some(node)) if another_node_may_help(e.code()) => {

@@ -1,6 +1,5 @@
 //! What every reconcile shares: clients, watch caches, back-off, the ARM write budget, events.
 
-use crate::budget::WriteBudget;
 use crate::decide::Cluster;
 use crate::error::Error;
 use crate::events::Recorder;
@@ -120,8 +119,7 @@ pub struct Ctx {
     pub detach_waiters: std::sync::Mutex<HashMap<ObjectRef<PersistentVolumeClaim>, (String, u64)>>,
     /// Claims whose growth to a size Azure refused was last tried when (external-resizer's
     /// slowSet): tried again only on the slow resync or when the request changes.
-    pub refused_sizes: std::sync::Mutex<HashMap<String, (u64, Instant)>>,
-    pub budget: WriteBudget,
+    pub refused_sizes: std::sync::Mutex<HashMap<String, (u64, Instant, String)>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
     pub arm: Arm,
@@ -167,30 +165,21 @@ impl Ctx {
             .remove(claim);
     }
 
-    /// Whether growing the claim `uid` to `target` was refused less than [`RESYNC`] ago.
-    pub fn refused_recently(&self, uid: &str, target: u64) -> bool {
+    /// Why growing the claim `uid` to `target` was refused, if that was less than [`RESYNC`]
+    /// ago.
+    pub fn refused_recently(&self, uid: &str, target: u64) -> Option<String> {
         let mut all = self.refused_sizes.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|_, (_, at)| at.elapsed() < RESYNC);
-        all.get(uid).is_some_and(|(t, _)| *t == target)
+        all.retain(|_, (_, at, _)| at.elapsed() < RESYNC);
+        all.get(uid)
+            .filter(|(t, _, _)| *t == target)
+            .map(|(_, _, why)| why.clone())
     }
 
-    pub fn size_refused(&self, uid: &str, target: u64) {
+    pub fn size_refused(&self, uid: &str, target: u64, why: &str) {
         self.refused_sizes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_string(), (target, Instant::now()));
-    }
-
-    /// Takes one ARM write of `disk`'s budget ([`crate::budget`]); over it, an
-    /// [`Error::OverBudget`] and nothing is sent.
-    pub fn spend_write(&self, disk: &str) -> Result<(), Error> {
-        self.budget.spend(disk).map_err(|retry_in| {
-            self.metrics.over_budget();
-            Error::OverBudget {
-                disk: disk.to_string(),
-                retry_in,
-            }
-        })
+            .insert(uid.to_string(), (target, Instant::now(), why.to_string()));
     }
 
     /// [`Ctx::event`] from where nothing can be awaited (a controller's error policy).
@@ -242,10 +231,10 @@ mod tests {
             message: String::new(),
         });
         assert_eq!(b.next("c", &throttled).as_secs(), 40);
-        let spent = Error::OverBudget {
-            disk: "d".into(),
-            retry_in: Duration::from_secs(600),
-        };
-        assert_eq!(b.next("d", &spent).as_secs(), 600);
+        let deferred = Error::Azure(AzureError::Deferred {
+            retry_after: Duration::from_secs(600),
+            message: String::new(),
+        });
+        assert_eq!(b.next("d", &deferred).as_secs(), 600);
     }
 }

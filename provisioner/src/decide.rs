@@ -566,6 +566,21 @@ pub fn resize_to(z: &Sizes) -> Option<u64> {
     }
 }
 
+/// The size the disk must already have while the claim's node part is due: the volume's. Only
+/// Azure can say whether it has it: kube-controller-manager's expand controller hands every
+/// FlexVolume claim to the node itself, with a no-op "expansion" that only raises the PV's
+/// capacity and marks the claim `NodeResizePending` (kubernetes v1.37 `pkg/volume/plugins.go`
+/// FindExpandablePluginBySpec → `noopExpandableVolumePluginInstance` for `IsKubeletExpandable`
+/// specs; `operation_generator.go` expandAndRecoverFunction) — racing this provisioner's growth,
+/// and leaving [`resize_to`] nothing to do when it wins.
+pub fn node_needs(z: &Sizes) -> Option<u64> {
+    matches!(
+        z.status.as_deref(),
+        Some("NodeResizePending" | "NodeResizeInProgress")
+    )
+    .then_some(z.volume)
+}
+
 /// A VolumeAttributesClass as the provisioner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AttributesClass {
@@ -1232,6 +1247,27 @@ mod tests {
             None
         );
         assert_eq!(resize_to(&z(12, 8, 8, None, None)), Some(gi(12)));
+    }
+
+    #[test]
+    fn the_node_s_turn_needs_the_volume_s_size_on_the_disk() {
+        let gi = |n: u64| n << 30;
+        let z = |volume, status: Option<&str>| Sizes {
+            request: gi(8),
+            capacity: gi(5),
+            volume: gi(volume),
+            allocated: Some(gi(8)),
+            status: status.map(str::to_string),
+            ..Sizes::default()
+        };
+        // kube-controller-manager's no-op expansion: the PV says 8 GiB, the node is to finish.
+        for s in ["NodeResizePending", "NodeResizeInProgress"] {
+            assert_eq!(node_needs(&z(8, Some(s))), Some(gi(8)), "{s}");
+            assert_eq!(resize_to(&z(8, Some(s))), None, "{s}");
+        }
+        // The controller's part (this provisioner's) or nothing under way: nothing asked of it.
+        assert_eq!(node_needs(&z(5, Some("ControllerResizeInProgress"))), None);
+        assert_eq!(node_needs(&z(8, None)), None);
     }
 
     #[test]

@@ -18,18 +18,14 @@ pub enum Error {
     /// A write lost to a newer version of the object: tried again with back-off, no event.
     #[error("{0}")]
     Stale(String),
-    /// The disk's ARM writes of the last while are at their budget ([`crate::budget`]): tried
-    /// again once the budget allows, no event (the failures that spent it had theirs).
-    #[error("disk {disk}: its ARM write budget is spent; next try in {}s", retry_in.as_secs())]
-    OverBudget { disk: String, retry_in: Duration },
 }
 
 impl Error {
-    /// When to try again at the earliest, if the error says (Azure's Retry-After, the budget).
+    /// When to try again at the earliest, if the error says (Azure's Retry-After, the write
+    /// budget's wait).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Error::Azure(e) => e.retry_after(),
-            Error::OverBudget { retry_in, .. } => Some(*retry_in),
             _ => None,
         }
     }
@@ -42,12 +38,11 @@ impl Error {
             Error::Internal(_) => "internal",
             Error::Waiting(_) => "waiting",
             Error::Stale(_) => "stale",
-            Error::OverBudget { .. } => "over_budget",
         }
     }
 
     /// Whether the failure is worth an event on the object (the ones that say what to do).
     pub fn tells_the_user(&self) -> bool {
-        !matches!(self, Error::Stale(_) | Error::OverBudget { .. })
+        !matches!(self, Error::Stale(_))
     }
 }

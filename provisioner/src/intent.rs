@@ -203,7 +203,6 @@ async fn delete_made_disk(
         Some(disk) if pv_of_tags(&disk.tags) == Some(pv_name.as_str()) => {
             info!(claim = %format!("{ns}/{claim}"), disk = %id.name,
                 "{why}; deleting the disk made for it");
-            ctx.spend_write(&id.name)?;
             if let Err(e) = ctx.arm.delete_disk(&id.resource_group, &id.name).await {
                 ctx.event(
                     pvc,

@@ -226,7 +226,6 @@ pub async fn reconcile(
             ),
         )
         .await;
-        ctx.spend_write(&id.name)?;
         match ctx
             .arm
             .set_disk_performance(&id.resource_group, &id.name, &performance)

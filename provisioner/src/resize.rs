@@ -13,10 +13,15 @@
 //! (shared disks, growth across 4 TiB) the growth waits until no pod uses the claim
 //! (external-resizer's `inuse_pvc_store.go`) and its disk is detached; a read-only volume is
 //! refused up front.
+//!
+//! kube-controller-manager's expand controller is not idle meanwhile: lacking a plugin, it runs a
+//! no-op expansion of FlexVolume claims itself (the PV's capacity raised, the claim handed to the
+//! node, the disk untouched), often before this provisioner; a claim waiting for the node has its
+//! disk checked and grown to the volume's size ([`catch_up`]).
 
 use crate::claim_status;
 use crate::context::{Again, Ctx, RESYNC};
-use crate::decide::{resize_to, Sizes};
+use crate::decide::{node_needs, resize_to, Sizes};
 use crate::error::Error;
 use crate::keys::{PRE_RESIZE_CAPACITY, PROVISIONED_BY};
 use crate::quantity::bytes_of;
@@ -128,8 +133,10 @@ fn node_done(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
 /// Whether the resizer has something to do for `pvc` bound to `pv` (ours): grow, or tidy up after
 /// the node finished.
 pub fn needs_work(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
+    let z = sizes(pvc, pv);
     bound_to(ctx, pvc, pv)
-        && (resize_to(&sizes(pvc, pv)).is_some()
+        && (resize_to(&z).is_some()
+            || node_needs(&z).is_some()
             || (pv.annotations().contains_key(PRE_RESIZE_CAPACITY) && node_done(pvc, pv)))
 }
 
@@ -163,6 +170,14 @@ pub fn names_claim(pod: &Pod, claim: &str) -> bool {
                 .is_some_and(|c| c.claim_name == claim)
                 || (v.ephemeral.is_some() && format!("{}-{}", pod.name_any(), v.name) == claim)
         })
+}
+
+fn read_only_refusal(pv: &PersistentVolume) -> String {
+    format!(
+        "volume {} is read-only on every node, so no node can grow its filesystem (and kubelet's attempt would \
+         keep the claim's pods from starting): the disk is not grown; set the claim's request back to its capacity",
+        pv.name_any()
+    )
 }
 
 /// The pods of `ns` (not finished) that use the claim, by name.
@@ -212,12 +227,16 @@ pub async fn reconcile(
     let ns = pvc.namespace().unwrap_or_default();
     let uid = pvc.uid().unwrap_or_default();
     let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
-    let target = resize_to(&sizes(pvc, pv));
+    let z = sizes(pvc, pv);
+    let target = resize_to(&z);
     // Waiting for a detach holds only for the size Azure refused (a lowered request, or none,
     // starts afresh).
     let waiting = ctx.waits_for_detach(&key, &uid, target);
     let Some(target) = target else {
-        return Ok(None);
+        return match node_needs(&z) {
+            Some(bytes) => catch_up(ctx, pvc, pv, bytes).await,
+            None => Ok(None),
+        };
     };
     let Some(id) = claim_status::disk_of(pv) else {
         return Ok(None);
@@ -228,17 +247,13 @@ pub async fn reconcile(
     let status = sizes(pvc, pv).status;
 
     if read_only(pvc, pv) {
-        let why = format!(
-            "volume {} is read-only on every node, so no node can grow its filesystem (and kubelet's attempt would \
-             keep the claim's pods from starting): the disk is not grown; set the claim's request back to its capacity",
-            pv.name_any()
-        );
-        infeasible(ctx, pvc, &allocated, &why).await?;
+        infeasible(ctx, pvc, &allocated, &read_only_refusal(pv)).await?;
         return Ok(Some(Again::After(RESYNC)));
     }
     // A size Azure refused is tried again only on the slow resync or when the request changes
     // (external-resizer's slowSet).
-    if status.as_deref() == Some("ControllerResizeInfeasible") && ctx.refused_recently(&uid, target)
+    if status.as_deref() == Some("ControllerResizeInfeasible")
+        && ctx.refused_recently(&uid, target).is_some()
     {
         return Ok(Some(Again::After(RESYNC)));
     }
@@ -247,19 +262,9 @@ pub async fn reconcile(
     // once Azure shows the disk detached (kube-controller-manager detaches it a moment after the
     // last pod goes). The pod watch wakes the claim (run.rs).
     if waiting {
-        let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
-        if !users.is_empty() {
-            return Ok(Some(Again::After(RESYNC)));
+        if let Some(again) = still_attached(ctx, &key, pvc, &id).await? {
+            return Ok(Some(again));
         }
-        let disk = ctx.arm.get_disk(&id.resource_group, &id.name).await?;
-        if let Some(vms) = disk.map(|d| d.attached_to()).filter(|v| !v.is_empty()) {
-            return Err(Error::Waiting(format!(
-                "disk {} is still attached to {}; it grows once detached",
-                id.name,
-                vms.join(", ")
-            )));
-        }
-        ctx.stop_waiting_for_detach(&key);
     }
 
     // 1. The claim says what is being tried — once per size (a retry of the same size, as
@@ -344,11 +349,11 @@ pub async fn reconcile(
                 status: Some(400), ..
             }),
         ) => {
-            ctx.size_refused(&uid, target);
             let why = format!(
                 "disk {} cannot grow to {gib} GiB: {e}; lower the claim's request to a size Azure allows",
                 id.name
             );
+            ctx.size_refused(&uid, target, &why);
             infeasible(ctx, &pvc, &allocated, &why).await?;
             return Ok(Some(Again::After(RESYNC)));
         }
@@ -421,6 +426,198 @@ pub async fn reconcile(
     // The node's answer (kubelet found it infeasible) is looked at on the slow resync, as
     // external-resizer's resync does; a new request wakes the claim at once.
     Ok(Some(Again::After(RESYNC)))
+}
+
+/// Azure wanted the disk detached before growing it: whether that still holds — a pod uses the
+/// claim (looked at again when one goes), or Azure shows the disk attached (reads only,
+/// with back-off). `None`: the growth may be tried.
+async fn still_attached(
+    ctx: &Ctx,
+    key: &ObjectRef<PersistentVolumeClaim>,
+    pvc: &PersistentVolumeClaim,
+    id: &flexdisk_azure::naming::ResourceId,
+) -> Result<Option<Again>, Error> {
+    let ns = pvc.namespace().unwrap_or_default();
+    if !pods_using(&ctx.pods.state(), &ns, &pvc.name_any()).is_empty() {
+        return Ok(Some(Again::After(RESYNC)));
+    }
+    let disk = ctx.arm.get_disk(&id.resource_group, &id.name).await?;
+    if let Some(vms) = disk.map(|d| d.attached_to()).filter(|v| !v.is_empty()) {
+        return Err(Error::Waiting(format!(
+            "disk {} is still attached to {}; it grows once detached",
+            id.name,
+            vms.join(", ")
+        )));
+    }
+    ctx.stop_waiting_for_detach(key);
+    Ok(None)
+}
+
+/// The claim waits for the node to grow the filesystem to the volume's `bytes`: the disk must have
+/// them first. kube-controller-manager's expand controller hands every FlexVolume claim to the
+/// node itself, with a no-op "expansion" that raises the PV's capacity and leaves the disk as it
+/// is (see [`node_needs`]), and it often does so before this provisioner acts; the disk is grown
+/// here to what the volume says. Where Azure refuses that size, the volume is made to say what
+/// the disk is (a PV larger than its disk would have kubelet grow a filesystem past the device)
+/// and the claim is `ControllerResizeInfeasible`; where Azure wants the disk detached first, the
+/// claim waits for that as any growth does.
+async fn catch_up(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+    bytes: u64,
+) -> Result<Option<Again>, Error> {
+    let Some(id) = claim_status::disk_of(pv) else {
+        return Ok(None);
+    };
+    let id = id?;
+    let gib = gib_for_bytes(bytes);
+    let Some(disk) = ctx.arm.get_disk(&id.resource_group, &id.name).await? else {
+        return Ok(None);
+    };
+    // Looked at again on the slow resync: kubelet may find its part infeasible.
+    let later = Some(Again::After(RESYNC));
+    if disk.size_gib >= gib {
+        return Ok(later);
+    }
+    let ns = pvc.namespace().unwrap_or_default();
+    let uid = pvc.uid().unwrap_or_default();
+    let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
+    // Already told to wait for a detach (this provisioner's own growth met it first).
+    if ctx.waits_for_detach(&key, &uid, Some(bytes)) {
+        if let Some(again) = still_attached(ctx, &key, pvc, &id).await? {
+            return Ok(Some(again));
+        }
+    }
+    let allocated = quantity_for(pvc, bytes);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let back_to_the_disk =
+        json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}});
+    // Refused a moment ago (by this provisioner's own try, which kube-controller-manager's
+    // hand-over overtook): not asked again.
+    if let Some(why) = ctx.refused_recently(&uid, bytes) {
+        pvs.patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&back_to_the_disk),
+        )
+        .await?;
+        infeasible(ctx, pvc, &allocated, &why).await?;
+        return Ok(later);
+    }
+    if read_only(pvc, pv) {
+        // Handed to the node by kube-controller-manager: taken back before kubelet's attempt
+        // keeps a pod from starting (kubelet expands only a claim that says NodeResizePending).
+        pvs.patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&back_to_the_disk),
+        )
+        .await?;
+        infeasible(ctx, pvc, &allocated, &read_only_refusal(pv)).await?;
+        return Ok(later);
+    }
+    ctx.event(
+        pvc,
+        EventType::Normal,
+        "Resizing",
+        format!(
+            "growing disk {} to {gib} GiB for volume {}",
+            id.name,
+            pv.name_any()
+        ),
+    )
+    .await;
+    match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
+        Ok(grown) => {
+            ctx.metrics.resize("grown");
+            ctx.event(
+                pvc,
+                EventType::Normal,
+                "FileSystemResizeRequired",
+                format!(
+                    "disk {} is {} GiB, as volume {} says; the filesystem grows on the node",
+                    id.name,
+                    grown.size_gib,
+                    pv.name_any()
+                ),
+            )
+            .await;
+            info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name,
+                gib = grown.size_gib, "grown to the volume's size for the node");
+            Ok(later)
+        }
+        Err(AzureError::Other {
+            status: Some(409),
+            message,
+            ..
+        }) if needs_detach(&message) => {
+            // The controller's part again, waiting for the detach: the node cannot do its part
+            // on a disk that has not grown.
+            ctx.metrics.resize("needs_detach");
+            ctx.wait_for_detach(key, &uid, bytes);
+            let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
+            let why = format!(
+                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); it grows once no pod uses \
+                 the claim{}",
+                id.name,
+                if users.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (now: {})", users.join(", "))
+                }
+            );
+            ctx.event(pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
+                .await;
+            claim_status::patch(
+                ctx,
+                pvc,
+                json!({"conditions": conditions(pvc, &[], &[("ControllerResizeError", &why)]),
+                    "allocatedResources": {"storage": allocated},
+                    "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
+            )
+            .await?;
+            Ok(Some(Again::After(if users.is_empty() {
+                Duration::from_secs(10)
+            } else {
+                RESYNC
+            })))
+        }
+        Err(
+            e @ (AzureError::InvalidParameter { .. }
+            | AzureError::Other {
+                status: Some(400), ..
+            }),
+        ) => {
+            pvs.patch(
+                &pv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&back_to_the_disk),
+            )
+            .await?;
+            let why = format!(
+                "disk {} cannot grow to {gib} GiB: {e}; volume {} says {} GiB again, what the disk is — lower the \
+                 claim's request to a size Azure allows",
+                id.name,
+                pv.name_any(),
+                disk.size_gib
+            );
+            ctx.size_refused(&uid, bytes, &why);
+            infeasible(ctx, pvc, &allocated, &why).await?;
+            Ok(later)
+        }
+        Err(e) => {
+            ctx.metrics.resize("failed");
+            ctx.event(
+                pvc,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                format!("growing disk {} to {gib} GiB: {e} (retried)", id.name),
+            )
+            .await;
+            Err(e.into())
+        }
+    }
 }
 
 /// `ControllerResizeInfeasible` with the reason (a condition and an event) — written once per

@@ -1,12 +1,13 @@
 //! Wiring: clients, watch caches, the two controllers (claims, volumes), leader election,
 //! shutdown.
 
+use crate::budget::WriteBudget;
 use crate::cli::Cli;
 use crate::context::{Backoff, Ctx};
 use crate::decide::Cluster;
 use crate::events::Recorder;
 use crate::resize::names_claim;
-use flexdisk_azure::{Arm, ArmOptions, Config};
+use flexdisk_azure::{Arm, ArmOptions, Config, WriteGate};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -46,8 +47,25 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     for w in &config.warnings {
         warn!("{w}");
     }
-    let arm = Arm::connect(&config, ArmOptions::default()).await?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
+    // Every ARM write attempt, retries included, within its disk's budget (budget.rs).
+    let budget = Arc::new(WriteBudget::default());
+    let gate = {
+        let metrics = metrics.clone();
+        WriteGate(Arc::new(move |method: &str, path: &str| {
+            budget
+                .take(method, path)
+                .inspect_err(|_| metrics.over_budget())
+        }))
+    };
+    let arm = Arm::connect(
+        &config,
+        ArmOptions {
+            write_gate: Some(gate),
+            ..ArmOptions::default()
+        },
+    )
+    .await?;
     let identity = cli
         .identity
         .clone()
@@ -67,7 +85,6 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         slow_backoff: Backoff::new(Duration::from_secs(60), Duration::from_secs(3600)),
         detach_waiters: Default::default(),
         refused_sizes: Default::default(),
-        budget: Default::default(),
         metrics: metrics.clone(),
         client: client.clone(),
         cluster: Cluster {

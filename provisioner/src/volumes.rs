@@ -98,13 +98,11 @@ async fn attempt(pv: &Arc<PersistentVolume>, ctx: &Arc<Ctx>) -> Result<Action, E
         Deletion::NotOurs | Deletion::Wait | Deletion::Keep => Ok(Action::await_change()),
         Deletion::DeleteDisk(uri) => {
             let id = parse_resource_id(&uri, ResourceKind::Disk).map_err(Error::Internal)?;
-            ctx.spend_write(&id.name)?;
             match ctx.arm.delete_disk(&id.resource_group, &id.name).await {
                 Ok(_) => {}
                 Err(AzureError::OwnedByOtherVm { owner, .. }) => {
-                    // Found by a read before any write: the budget is given back, and the
-                    // volume is looked at again (reads only) until the disk is detached.
-                    ctx.budget.refund(&id.name);
+                    // Found by a read before any write: the volume is looked at again (reads
+                    // only) until the disk is detached.
                     ctx.metrics.deletion("refused");
                     return Err(Error::Waiting(format!(
                         "disk {} is still attached to VM {owner}; it is deleted once detached",

@@ -76,14 +76,18 @@ fn claims_become_disks_and_volumes_and_go_away_again() {
             .expect("metrics server");
         (r.status().as_u16(), r.text().expect("text"))
     };
-    let (status, text) = get("/metrics");
-    assert_eq!(status, 200);
-    assert!(
-        text.contains(
-            r#"flexdisk_provisioner_provisions_total{class="fast",outcome="succeeded"} 1"#
-        ),
-        "{text}"
-    );
+    // The claim is Bound (the PV controller's doing) a moment before the provisioner counts it.
+    let succeeded = r#"flexdisk_provisioner_provisions_total{class="fast",outcome="succeeded"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = get("/metrics");
+        assert_eq!(status, 200);
+        if text.contains(succeeded) || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains(succeeded), "{text}");
     assert!(
         text.contains("flexdisk_provisioner_arm_requests_total"),
         "{text}"
@@ -781,12 +785,15 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
         .filter_map(|c| c["type"].as_str())
         .collect();
     assert!(types.contains(&"FileSystemResizePending"), "{claim}");
-    assert_eq!(s.disk(&pv).expect("disk").size_gib, 8);
+    s.disk_reaches(&pv, 8);
     let (_, volume) = s.call("GET", &format!("/api/v1/persistentvolumes/{pv}"), None);
     assert_eq!(volume["spec"]["capacity"]["storage"], "8Gi");
-    let seen = reasons(&s, "big");
+    let deadline = Instant::now() + Duration::from_secs(10);
     for r in ["Resizing", "FileSystemResizeRequired"] {
-        assert!(seen.iter().any(|x| x == r), "{r} in {seen:?}");
+        while !reasons(&s, "big").iter().any(|x| x == r) {
+            assert!(Instant::now() < deadline, "{r} in {:?}", reasons(&s, "big"));
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     // The node finishes (as kubelet does after expandfs), then a request beyond what Azure allows.
@@ -817,7 +824,7 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
         o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
     });
     assert_eq!(claim["status"]["allocatedResources"]["storage"], "10Gi");
-    assert_eq!(s.disk(&pv).expect("disk").size_gib, 10);
+    s.disk_reaches(&pv, 10);
 }
 
 const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
@@ -853,7 +860,9 @@ fn a_gone_node_or_a_zonal_refusal_sends_the_claim_back_to_the_scheduler() {
         "selected-node removed",
         unselected,
     );
-    let said = notes(&s, "ghost", "ProvisioningFailed");
+    let said = note_soon(&s, "ghost", "ProvisioningFailed", |n| {
+        n.contains("vmss000099 selected for the claim's pod does not exist")
+    });
     assert!(
         said.iter().any(
             |n| n.contains("vmss000099 selected for the claim's pod does not exist")
@@ -891,7 +900,9 @@ fn a_gone_node_or_a_zonal_refusal_sends_the_claim_back_to_the_scheduler() {
         "the provisioning record is cleared: {after}"
     );
     assert!(s.disk(&full_pv).is_none(), "no disk left in the full zone");
-    let said = notes(&s, "full", "ProvisioningFailed");
+    let said = note_soon(&s, "full", "ProvisioningFailed", |n| {
+        n.contains("ZonalAllocationFailed")
+    });
     assert!(
         said.iter()
             .any(|n| n.contains("ZonalAllocationFailed") && n.contains("choose another node")),
@@ -1217,9 +1228,10 @@ fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
     );
     let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
     assert_eq!(counters["Disks_Update"], 1, "one PATCH: {counters}");
-    assert!(notes(&s, "tuned", "VolumeModifySuccessful")
-        .iter()
-        .any(|n| n.contains("8000 IOPS")));
+    assert!(note_soon(&s, "tuned", "VolumeModifySuccessful", |n| n
+        .contains("8000 IOPS"))
+    .iter()
+    .any(|n| n.contains("8000 IOPS")));
 
     // Azure refuses 500000 IOPS for 100 GiB: Infeasible with Azure's reason, one write only.
     s.sim.control("DELETE", "/counters", None).expect("reset");

@@ -267,6 +267,24 @@ impl Setup {
         (vm, spec)
     }
 
+    /// Waits until the disk `name` is `gib` GiB: kube-controller-manager's no-op expansion hands
+    /// a grown claim to the node at once, and the disk follows a moment later.
+    pub fn disk_reaches(&self, name: &str, gib: u64) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let size = self.disk(name).map(|d| d.size_gib);
+            if size == Some(gib) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "disk {name} is {size:?} GiB, not {gib}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn disk(&self, name: &str) -> Option<flexdisk_azure::DiskInfo> {
         self.rt
             .block_on(self.arm.get_disk(&self.arm.resource_group, name))
@@ -310,4 +328,17 @@ pub fn notes(s: &Setup, name: &str, reason: &str) -> Vec<String> {
         .filter(|(r, _)| r == reason)
         .map(|(_, note)| note)
         .collect()
+}
+
+/// Waits (10 s at most) for an event about `name` with `reason` whose note satisfies `f`; the
+/// notes of that reason either way (an event is published just after the write it tells of).
+pub fn note_soon(s: &Setup, name: &str, reason: &str, f: impl Fn(&str) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let said = notes(s, name, reason);
+        if said.iter().any(|n| f(n)) || Instant::now() > deadline {
+            return said;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
