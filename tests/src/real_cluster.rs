@@ -190,6 +190,8 @@ pub struct RealCluster {
     procs: std::sync::Mutex<Vec<Proc>>,
     /// Shell commands that undo what was set up on the host, run last to first.
     undo: Vec<String>,
+    /// Stops the thread that keeps copies of the provisioner pods' logs.
+    keeper: Option<std::sync::mpsc::Sender<()>>,
 }
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -218,7 +220,7 @@ impl RealCluster {
             &std::env::temp_dir().join(format!("flexdisk-real-cluster-ca-{}", std::process::id())),
         );
         let sim = SimProcess::start(
-            &bin("flexdisk-sim"),
+            &simulator(),
             &[
                 "--world",
                 world.to_str().expect("utf-8"),
@@ -242,6 +244,7 @@ impl RealCluster {
             nodes: Vec::new(),
             procs: std::sync::Mutex::new(Vec::new()),
             undo,
+            keeper: None,
             dir,
         };
         let pki = Pki::new(&c.dir.path().join("pki"));
@@ -249,6 +252,11 @@ impl RealCluster {
         for (i, name) in node_names.iter().enumerate() {
             c.start_node(&pki, &logs, i as u8, name);
         }
+        c.keeper = Some(keep_pod_logs(
+            c.nodes.iter().map(|n| n.dir.join("log/pods")).collect(),
+            "flexdisk-provisioner",
+            logs.join("pods"),
+        ));
         c.wait_until(
             "the default service account",
             Duration::from_secs(60),
@@ -805,6 +813,12 @@ state = \"/run/containerd\"
                 {"target": {"kind": "Deployment", "name": "flexdisk-provisioner"},
                  "patch": json!([{"op": "add", "path": "/spec/template/spec/containers/0/env/-",
                      "value": {"name": "SSL_CERT_FILE", "value": "/etc/flexdisk/ca.pem"}}]).to_string()},
+                // Every ARM request and decision of ours in the logs, for the diagnostics.
+                {"target": {"kind": "Deployment", "name": "flexdisk-provisioner"},
+                 "patch": json!([
+                     {"op": "test", "path": "/spec/template/spec/containers/0/env/2/name", "value": "LOG"},
+                     {"op": "replace", "path": "/spec/template/spec/containers/0/env/2/value",
+                      "value": "info,flexdisk_provisioner=debug,flexdisk_azure=debug"}]).to_string()},
             ],
         });
         std::fs::write(
@@ -926,26 +940,43 @@ state = \"/run/containerd\"
                 ));
             }
         }
-        // The provisioner runs as pods: their container logs on the nodes.
-        for node in &self.nodes {
-            let pods = node.dir.join("log/pods");
-            for dir in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-                if !dir
-                    .file_name()
-                    .to_string_lossy()
-                    .contains("flexdisk-provisioner")
-                {
-                    continue;
-                }
-                let log = dir.path().join("provisioner/0.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
+        // What the simulated Azure was asked about disks, and by whom (the last requests).
+        if let Ok((_, journal)) = self.sim.control("GET", "/requests?pathContains=disk", None) {
+            let entries = journal.as_array().cloned().unwrap_or_default();
+            out.push_str(&format!(
+                "--- ARM requests about disks ({} in all, the last 150)\n",
+                entries.len()
+            ));
+            for e in &entries[entries.len().saturating_sub(150)..] {
                 out.push_str(&format!(
-                    "--- {}\n{}\n",
-                    log.display(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
+                    "{} {} {} {} {} size {} state {}\n",
+                    e["at"],
+                    e["peer"],
+                    e["method"],
+                    e["path"],
+                    e["status"],
+                    e["diskSizeGb"],
+                    e["state"]
                 ));
             }
+        }
+        // The provisioner runs as pods: their container logs, kept as they were written (an
+        // evicted pod's logs go with it).
+        let mut kept: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("logs/pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        kept.sort();
+        for log in kept {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {} (the last 200 lines)\n{}\n",
+                log.display(),
+                lines[lines.len().saturating_sub(200)..].join("\n")
+            ));
         }
         // Who did what to the claims and volumes (the controllers' events).
         if let Ok(list) = self.kubectl_json(&["get", "events", "-A", "--sort-by=.lastTimestamp"]) {
@@ -1049,6 +1080,7 @@ state = \"/run/containerd\"
 
 impl Drop for RealCluster {
     fn drop(&mut self) {
+        drop(self.keeper.take());
         // Nodes first (kubelet, then containerd), then the control plane, last started first.
         let procs = self.procs.get_mut().unwrap_or_else(|e| e.into_inner());
         for p in procs.iter_mut().rev() {
@@ -1071,6 +1103,54 @@ impl Drop for RealCluster {
             let _ = Command::new("sh").args(["-c", cmd]).output();
         }
     }
+}
+
+/// A thread that keeps copies of the container logs of pods whose name contains `pod` (from
+/// the nodes' `/var/log/pods`, `pods_dirs`) in `into`, as they grow: kubelet deletes a pod's
+/// logs with the pod, and an evicted or restarted provisioner's log is what explains what it
+/// did. Stops when the sender it returns is dropped.
+fn keep_pod_logs(pods_dirs: Vec<PathBuf>, pod: &str, into: PathBuf) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let pod = pod.to_string();
+    std::thread::spawn(move || loop {
+        let _ = std::fs::create_dir_all(&into);
+        for pods in &pods_dirs {
+            for dir in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+                let name = dir.file_name().to_string_lossy().to_string();
+                if !name.contains(&pod) {
+                    continue;
+                }
+                for container in std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    for log in std::fs::read_dir(container.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        let to = into.join(format!(
+                            "{name}-{}-{}",
+                            container.file_name().to_string_lossy(),
+                            log.file_name().to_string_lossy()
+                        ));
+                        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+                        if len(&log.path()) != len(&to) {
+                            let _ = std::fs::copy(log.path(), &to);
+                        }
+                    }
+                }
+            }
+        }
+        if !matches!(
+            stopped.recv_timeout(Duration::from_millis(500)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        ) {
+            return;
+        }
+    });
+    stop
 }
 
 /// `to` as a path relative to the directory `from` (both absolute).
@@ -1220,6 +1300,34 @@ pub fn oci_archive(archive: &Path, image: &Image<'_>) {
         .arg(archive)
         .arg("."));
     let _ = std::fs::remove_dir_all(&work);
+}
+
+/// The simulator's binary, built now from this checkout where `cargo test --workspace` puts it
+/// (`target/<profile>/flexdisk-sim`, what [`crate::bin`] names): a `cargo test` of this package
+/// alone builds no other package's binaries, and one left from an older build would simulate old
+/// code. Call it before anything runs the simulator (the world file is made with it too).
+pub fn simulator() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = bin("flexdisk-sim");
+            // <target>/<profile dir>/flexdisk-sim; "debug" is the dev profile's directory.
+            let profile_dir = path.parent().expect("the profile directory");
+            let target = profile_dir.parent().expect("the target directory");
+            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_string(),
+                Some(other) => other.to_string(),
+            };
+            run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(env!("CARGO_MANIFEST_DIR"))
+                    .args(["build", "--quiet", "--profile", &profile])
+                    .args(["-p", "flexdisk-sim", "--bin", "flexdisk-sim"])
+                    .env("CARGO_TARGET_DIR", target),
+            );
+            path
+        })
+        .clone()
 }
 
 /// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as

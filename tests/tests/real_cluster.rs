@@ -62,6 +62,7 @@ fn exec(c: &RealCluster, pod: &str, script: &str) -> String {
 
 #[test]
 fn flexdisk_on_a_real_cluster() {
+    system_tests::real_cluster::simulator();
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
     let started = Instant::now();
