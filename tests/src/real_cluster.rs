@@ -327,10 +327,29 @@ impl RealCluster {
         let (sa_pub, sa_priv) = (d.join("pki/sa.pub"), d.join("pki/sa.key"));
         std::fs::write(&sa_pub, sa_key.public_key_pem()).expect("sa.pub");
         std::fs::write(&sa_priv, sa_key.serialize_pem()).expect("sa.key");
+        // Who wrote what to claims and volumes, for the diagnostics: the API server's audit log
+        // of those writes, with their bodies.
+        let audit_policy = d.join("audit-policy.json");
+        std::fs::write(
+            &audit_policy,
+            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [
+                    {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
+                     "resources": [{"group": "", "resources": [
+                        "persistentvolumes", "persistentvolumeclaims", "persistentvolumeclaims/status"]}]},
+                    {"level": "None"}]})
+            .to_string(),
+        )
+        .expect("audit policy");
         let apiserver = spawn(
             "kube-apiserver",
             logs,
             Command::new(self.bin.join("kube-apiserver"))
+                .arg("--audit-policy-file")
+                .arg(&audit_policy)
+                .arg("--audit-log-path")
+                .arg(logs.join("audit.log"))
                 .args(["--etcd-servers", &format!("http://{ip}:2379")])
                 .args(["--bind-address", &ip, "--advertise-address", &ip])
                 .args(["--secure-port", "6443"])
@@ -941,8 +960,18 @@ state = \"/run/containerd\"
             }
         }
         // What the simulated Azure was asked about disks, and by whom (the last requests).
-        if let Ok((_, journal)) = self.sim.control("GET", "/requests?pathContains=disk", None) {
-            let entries = journal.as_array().cloned().unwrap_or_default();
+        if let Ok((_, journal)) = self.sim.control("GET", "/requests", None) {
+            let entries: Vec<Value> = journal
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["path"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("/disks/") || p.contains("/DiskOperations/"))
+                })
+                .cloned()
+                .collect();
             out.push_str(&format!(
                 "--- ARM requests about disks ({} in all, the last 150)\n",
                 entries.len()
@@ -977,6 +1006,47 @@ state = \"/run/containerd\"
                 log.display(),
                 lines[lines.len().saturating_sub(200)..].join("\n")
             ));
+        }
+        // Who wrote to claims and volumes (the API server's audit log).
+        let audit =
+            std::fs::read_to_string(self.dir.path().join("logs/audit.log")).unwrap_or_default();
+        let writes: Vec<String> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .map(|e| {
+                let mut body = e["requestObject"].to_string();
+                body.truncate(400);
+                format!(
+                    "{} {} {} {} {}/{} {} {}: {}",
+                    e["requestReceivedTimestamp"],
+                    e["user"]["username"],
+                    e["userAgent"],
+                    e["verb"],
+                    e["objectRef"]["resource"],
+                    e["objectRef"]["subresource"],
+                    e["objectRef"]["name"],
+                    e["responseStatus"]["code"],
+                    body
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "--- writes to claims and volumes ({} in all, the last 80)\n{}\n",
+            writes.len(),
+            writes[writes.len().saturating_sub(80)..].join("\n")
+        ));
+        if let Ok(list) = self.kubectl_json(&["get", "pods", "-A"]) {
+            out.push_str("--- pods\n");
+            for p in list["items"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{}/{} on {} {} deleting {}\n",
+                    p["metadata"]["namespace"],
+                    p["metadata"]["name"],
+                    p["spec"]["nodeName"],
+                    p["status"]["phase"],
+                    p["metadata"]["deletionTimestamp"]
+                ));
+            }
         }
         // Who did what to the claims and volumes (the controllers' events).
         if let Ok(list) = self.kubectl_json(&["get", "events", "-A", "--sort-by=.lastTimestamp"]) {
