@@ -403,6 +403,21 @@ pub fn resize_to(z: &Sizes) -> Option<u64> {
     (target > z.volume || unfinished).then_some(target)
 }
 
+/// The size the disk must already have while the claim's node part is due: the volume's. Only
+/// Azure can say whether it has it: kube-controller-manager's expand controller hands every
+/// FlexVolume claim to the node itself, at once, with a no-op "expansion" that only raises the
+/// PV's capacity and marks the claim `NodeResizePending` (kubernetes v1.37 `pkg/volume/plugins.go`
+/// FindExpandablePluginBySpec → `noopExpandableVolumePluginInstance` for `IsKubeletExpandable`
+/// specs; `operationexecutor/operation_generator.go` expandAndRecoverFunction) — racing this
+/// provisioner's growth, and leaving [`resize_to`] nothing to do when it wins.
+pub fn node_needs(z: &Sizes) -> Option<u64> {
+    matches!(
+        z.status.as_deref(),
+        Some("NodeResizePending" | "NodeResizeInProgress" | "NodeResizeInfeasible")
+    )
+    .then_some(z.volume)
+}
+
 /// A VolumeAttributesClass as the provisioner sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct AttributesClass {
@@ -921,6 +936,30 @@ mod tests {
             resize_to(&z(12, 8, Some(8), Some("NodeResizePending"), false)),
             None
         );
+    }
+
+    #[test]
+    fn the_nodes_turn_needs_the_volumes_size_on_the_disk() {
+        let gi = |n: u64| n << 30;
+        let z = |volume, status: Option<&str>| Sizes {
+            request: gi(8),
+            volume: gi(volume),
+            allocated: Some(gi(8)),
+            status: status.map(str::to_string),
+            failed_for_good: false,
+        };
+        // kube-controller-manager's no-op expansion: the PV says 8 GiB, the node is to finish.
+        for s in [
+            "NodeResizePending",
+            "NodeResizeInProgress",
+            "NodeResizeInfeasible",
+        ] {
+            assert_eq!(node_needs(&z(8, Some(s))), Some(gi(8)), "{s}");
+            assert_eq!(resize_to(&z(8, Some(s))), None, "{s}");
+        }
+        // The controller's part (this provisioner's) or nothing under way: nothing asked of it.
+        assert_eq!(node_needs(&z(5, Some("ControllerResizeInProgress"))), None);
+        assert_eq!(node_needs(&z(8, None)), None);
     }
 
     #[test]

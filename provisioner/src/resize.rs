@@ -7,11 +7,14 @@
 //! `NodeResizePending` with `FileSystemResizePending`, which is what makes kubelet run the
 //! driver's `expandfs` on the node and finish the claim (`status.capacity`). Where Azure needs the
 //! disk detached first (shared disks, growth across 4 TiB), the claim says so and it is tried again
-//! until the pods are gone.
+//! until the pods are gone. The expand controller is not idle, though: lacking a plugin, it runs a
+//! no-op expansion of FlexVolume claims itself (PV capacity raised, claim handed to the node, disk
+//! untouched), often before this provisioner; a claim waiting for the node therefore has its disk
+//! checked, and grown to the volume's size if it is smaller ([`catch_up`]).
 
 use crate::claim_status;
 use crate::claims::PROVISIONED_BY;
-use crate::decide::{resize_to, Sizes};
+use crate::decide::{node_needs, resize_to, Sizes};
 use crate::run::{Ctx, Error};
 use flexdisk_azure::disks::gib_for_bytes;
 use flexdisk_azure::AzureError;
@@ -77,9 +80,11 @@ fn conditions(pvc: &PersistentVolumeClaim, keep: &[&str], add: &[(&str, &str)]) 
     claim_status::conditions(pvc, &RESIZE_CONDITIONS, keep, add)
 }
 
-/// Whether `pv` is ours and bound to the claim, and the claim asks for more than it has.
+/// Whether `pv` is ours and bound to the claim, and the claim asks for more than it has or waits
+/// for the node (whose growth needs the disk grown first).
 pub fn wanted(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    bound_to(ctx, pvc, pv) && resize_to(&sizes(pvc, pv)).is_some()
+    let z = sizes(pvc, pv);
+    bound_to(ctx, pvc, pv) && (resize_to(&z).is_some() || node_needs(&z).is_some())
 }
 
 pub fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
@@ -101,8 +106,12 @@ pub async fn reconcile(
     if !bound_to(ctx, pvc, pv) {
         return Ok(None);
     }
-    let Some(target) = resize_to(&sizes(pvc, pv)) else {
-        return Ok(None);
+    let z = sizes(pvc, pv);
+    let Some(target) = resize_to(&z) else {
+        return match node_needs(&z) {
+            Some(bytes) => catch_up(ctx, pvc, pv, bytes).await,
+            None => Ok(None),
+        };
     };
     let Some(id) = claim_status::disk_of(pv) else {
         return Ok(None);
@@ -234,4 +243,82 @@ pub async fn reconcile(
     ctx.metrics.resize("grown");
     info!(claim = %format!("{ns}/{}", pvc.name_any()), disk = %id.name, gib = disk.size_gib, "grown");
     Ok(Some(Action::await_change()))
+}
+
+/// The claim waits for the node to grow the filesystem to the volume's `bytes`: the disk must
+/// have them first. When kube-controller-manager handed the claim to the node before this
+/// provisioner grew the disk (see [`node_needs`]), the disk is grown here; the driver's `expandfs`
+/// waits for the device to show the size, and kubelet's next try goes through.
+async fn catch_up(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    pv: &PersistentVolume,
+    bytes: u64,
+) -> Result<Option<Action>, Error> {
+    let Some(id) = claim_status::disk_of(pv) else {
+        return Ok(None);
+    };
+    let id = id?;
+    let gib = gib_for_bytes(bytes);
+    let Some(disk) = ctx.arm.get_disk(&id.resource_group, &id.name).await? else {
+        return Ok(None);
+    };
+    if disk.size_gib >= gib {
+        return Ok(None);
+    }
+    ctx.event(
+        pvc,
+        EventType::Normal,
+        "Resizing",
+        format!(
+            "growing disk {} from {} to {gib} GiB: volume {} says {gib} GiB and the claim waits for the node",
+            id.name,
+            disk.size_gib,
+            pv.name_any()
+        ),
+    )
+    .await;
+    match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
+        Ok(d) => {
+            ctx.metrics.resize("grown");
+            ctx.event(
+                pvc,
+                EventType::Normal,
+                "FileSystemResizeRequired",
+                format!(
+                    "disk {} is {} GiB; the filesystem grows on the node",
+                    id.name, d.size_gib
+                ),
+            )
+            .await;
+            info!(claim = %format!("{}/{}", pvc.namespace().unwrap_or_default(), pvc.name_any()),
+                disk = %id.name, gib = d.size_gib, "grown for the node");
+            Ok(Some(Action::await_change()))
+        }
+        Err(e) => {
+            let (outcome, action) = match &e {
+                AzureError::Other {
+                    status: Some(409), ..
+                } => ("needs_detach", Some(Action::requeue(DETACH_RETRY))),
+                AzureError::InvalidParameter { .. } => ("infeasible", Some(Action::await_change())),
+                _ => ("failed", None),
+            };
+            ctx.metrics.resize(outcome);
+            ctx.event(
+                pvc,
+                EventType::Warning,
+                "VolumeResizeFailed",
+                format!(
+                    "growing disk {} to the {gib} GiB volume {} says: {e}",
+                    id.name,
+                    pv.name_any()
+                ),
+            )
+            .await;
+            match action {
+                Some(a) => Ok(Some(a)),
+                None => Err(e.into()),
+            }
+        }
+    }
 }

@@ -1033,7 +1033,7 @@ fn events(s: &Setup, name: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// kube-controller-manager never grows FlexVolume PVs: the provisioner does, as the external
+/// kube-controller-manager never grows FlexVolume disks: the provisioner does, as the external
 /// resizer would — disk, PV, then the claim's status handing the filesystem to the node. A request
 /// Azure refuses is Infeasible, and lowering it afterwards (recovery from expansion failure) is
 /// honoured.
@@ -1111,6 +1111,91 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
     });
     assert_eq!(claim["status"]["allocatedResources"]["storage"], "10Gi");
     assert_eq!(s.disk(&pv).expect("disk").size_gib, 10);
+}
+
+/// kube-controller-manager's expand controller does take FlexVolume claims — with a no-op
+/// "expansion" that only raises the PV's capacity and hands the claim to the node (kubernetes
+/// v1.37 `pkg/volume/plugins.go` FindExpandablePluginBySpec → `noopExpandableVolumePluginInstance`;
+/// `operationexecutor/operation_generator.go` expandAndRecoverFunction: MarkControllerReisizeInProgress,
+/// UpdatePVSize, MarkForFSResize), and on a real cluster it often gets there before the
+/// provisioner. Made deterministic: the provisioner is down while those writes land. The disk must
+/// still grow to what the volume says (else the node's expandfs waits for it forever), and the
+/// claim stays the node's.
+#[test]
+fn a_claim_the_controller_manager_handed_to_the_node_still_gets_its_disk_grown() {
+    let mut s = Setup::start();
+    s.class(
+        "grows",
+        json!({"skuName": "Premium_LRS"}),
+        json!({"allowVolumeExpansion": true}),
+    );
+    let c = s.claim("raced", "grows", "5Gi");
+    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    s.until(&format!("{PVCS}/raced"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let _ = s.provisioner.kill();
+    let _ = s.provisioner.wait();
+    let patch = |path: &str, body: Value| {
+        let (status, answer) = s.call("PATCH", path, Some(body));
+        assert_eq!(status, 200, "{path}: {answer}");
+    };
+    let claim = format!("{PVCS}/raced");
+    let volume = format!("/api/v1/persistentvolumes/{pv}");
+    patch(
+        &claim,
+        json!({"spec": {"resources": {"requests": {"storage": "8Gi"}}}}),
+    );
+    // What the expand controller writes, in its order.
+    patch(
+        &claim,
+        json!({"metadata": {"annotations": {"volume.kubernetes.io/storage-resizer": "flexdisk/azure-disk"}}}),
+    );
+    let resizing = json!({"type": "Resizing", "status": "True", "lastProbeTime": null,
+        "lastTransitionTime": "2026-01-01T00:00:00Z"});
+    patch(
+        &format!("{claim}/status"),
+        json!({"status": {"allocatedResources": {"storage": "8Gi"},
+            "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"},
+            "conditions": [resizing]}}),
+    );
+    patch(&volume, json!({"spec": {"capacity": {"storage": "8Gi"}}}));
+    patch(
+        &format!("{claim}/status"),
+        json!({"status": {"allocatedResourceStatuses": {"storage": "NodeResizePending"},
+            "conditions": [resizing, {"type": "FileSystemResizePending", "status": "True",
+                "lastProbeTime": null, "lastTransitionTime": "2026-01-01T00:00:00Z",
+                "message": "Waiting for user to (re-)start a pod to finish file system resize of volume on node."}]}}),
+    );
+    patch(
+        &volume,
+        json!({"metadata": {"annotations": {"volume.alpha.kubernetes.io/pre-resize-capacity": "5Gi"}}}),
+    );
+    assert_eq!(s.disk(&pv).expect("disk").size_gib, 5);
+
+    s.provisioner = spawn_provisioner(&s.sim, &s._tmp.path().join("provisioner.log"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s.disk(&pv).expect("disk").size_gib < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the disk never grew to the volume's 8 GiB\nprovisioner log:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, now) = s.call("GET", &claim, None);
+    assert_eq!(
+        now["status"]["allocatedResourceStatuses"]["storage"], "NodeResizePending",
+        "the claim stays the node's: {now}"
+    );
+    assert_eq!(now["status"]["allocatedResources"]["storage"], "8Gi");
+    assert!(
+        notes(&s, "raced", "Resizing")
+            .iter()
+            .any(|n| n.contains("waits for the node")),
+        "{:?}",
+        events(&s, "raced")
+    );
 }
 
 /// The notes of the events about `name` with `reason`.
