@@ -1008,11 +1008,9 @@ state = \"/run/containerd\"
             ));
         }
         // Who wrote to claims and volumes (the API server's audit log).
-        let audit =
-            std::fs::read_to_string(self.dir.path().join("logs/audit.log")).unwrap_or_default();
-        let writes: Vec<String> = audit
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        let writes: Vec<String> = self
+            .writes()
+            .iter()
             .map(|e| {
                 let mut body = e["requestObject"].to_string();
                 body.truncate(400);
@@ -1095,7 +1093,29 @@ state = \"/run/containerd\"
                 tail.join("\n")
             ));
         }
+        // The driver's own logs: kube-controller-manager's calls and each node's.
+        let mut drivers = vec![self.dir.path().join("logs/flexdisk-controller.log")];
+        drivers.extend(self.nodes.iter().map(|n| n.dir.join("log/flexdisk.log")));
+        for log in drivers {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {} (the last 80 lines)\n{}\n",
+                log.display(),
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            ));
+        }
         out
+    }
+
+    /// The API server's audit events of writes to claims and volumes, oldest first (user, verb,
+    /// object, answer and request body of each).
+    pub fn writes(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("logs/audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
     }
 
     /// SIGKILLs a component (`kube-controller-manager`, `kubelet-<node>`…), as a crash would.
@@ -1372,6 +1392,33 @@ pub fn oci_archive(archive: &Path, image: &Image<'_>) {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// Cargo, to build from within a test as from a shell: without the variables cargo sets for the
+/// test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`…), which build scripts such as ring's watch
+/// (`rerun-if-env-changed`) — with them, every build here and the next one outside would rebuild
+/// ring and all above it, each undoing the other.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        let set_by_cargo = n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_BIN_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || n.starts_with("CARGO_CRATE_")
+            || matches!(
+                n.as_ref(),
+                "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo {
+            c.env_remove(&name);
+        }
+    }
+    c
+}
+
 /// The simulator's binary, built now from this checkout where `cargo test --workspace` puts it
 /// (`target/<profile>/flexdisk-sim`, what [`crate::bin`] names): a `cargo test` of this package
 /// alone builds no other package's binaries, and one left from an older build would simulate old
@@ -1388,13 +1435,10 @@ pub fn simulator() -> PathBuf {
                 Some("debug") | None => "dev".to_string(),
                 Some(other) => other.to_string(),
             };
-            run(
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .current_dir(env!("CARGO_MANIFEST_DIR"))
-                    .args(["build", "--quiet", "--profile", &profile])
-                    .args(["-p", "flexdisk-sim", "--bin", "flexdisk-sim"])
-                    .env("CARGO_TARGET_DIR", target),
-            );
+            run(cargo()
+                .args(["build", "--quiet", "--profile", &profile])
+                .args(["-p", "flexdisk-sim", "--bin", "flexdisk-sim"])
+                .env("CARGO_TARGET_DIR", target));
             path
         })
         .clone()
@@ -1412,22 +1456,19 @@ pub fn static_binaries() -> PathBuf {
         .expect("the target directory")
         .to_path_buf();
     let triple = "x86_64-unknown-linux-gnu";
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "--target",
-                triple,
-                "-p",
-                "flexdisk",
-                "-p",
-                "flexdisk-provisioner",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    );
+    run(cargo()
+        .args([
+            "build",
+            "--quiet",
+            "--target",
+            triple,
+            "-p",
+            "flexdisk",
+            "-p",
+            "flexdisk-provisioner",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
     let dir = target.join(triple).join("debug");
     for b in ["flexdisk", "flexdisk-provisioner"] {
         let elf = std::fs::read(dir.join(b)).expect("binary");
