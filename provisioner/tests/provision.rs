@@ -827,6 +827,59 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
     s.disk_reaches(&pv, 10);
 }
 
+/// kube-controller-manager's expand controller does take FlexVolume claims — with a no-op
+/// "expansion" that only raises the PV's capacity and hands the claim to the node (kubernetes
+/// v1.37 `pkg/volume/plugins.go` FindExpandablePluginBySpec → `noopExpandableVolumePluginInstance`;
+/// `operationexecutor/operation_generator.go` expandAndRecoverFunction: MarkControllerReisizeInProgress,
+/// UpdatePVSize, MarkForFSResize), and on a real cluster it often gets there before the
+/// provisioner (the simulator plays it: sim/src/kube/expand.rs). Made deterministic: the
+/// provisioner is down while those writes land. The disk must still grow to what the volume says
+/// (else the node's expandfs waits for it forever), and the claim stays the node's.
+#[test]
+fn a_claim_the_controller_manager_handed_to_the_node_still_gets_its_disk_grown() {
+    let mut s = Setup::start();
+    s.class(
+        "grows",
+        json!({"skuName": "Premium_LRS"}),
+        json!({"allowVolumeExpansion": true}),
+    );
+    let c = s.claim("raced", "grows", "5Gi");
+    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    let claim = format!("{PVCS}/raced");
+    s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
+    let _ = s.provisioner.kill();
+    let _ = s.provisioner.wait();
+    let (status, body) = s.call(
+        "PATCH",
+        &claim,
+        Some(json!({"spec": {"resources": {"requests": {"storage": "8Gi"}}}})),
+    );
+    assert_eq!(status, 200, "{body}");
+    // kube-controller-manager's part, with nobody else acting.
+    s.until(&claim, "handed to the node", |o| {
+        o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
+    });
+    s.until(
+        &format!("/api/v1/persistentvolumes/{pv}"),
+        "the PV raised",
+        |o| o["spec"]["capacity"]["storage"] == "8Gi",
+    );
+    assert_eq!(s.disk(&pv).expect("disk").size_gib, 5, "the disk untouched");
+
+    s.provisioner = spawn_provisioner(&s.sim, &s._tmp.path().join("provisioner.log"));
+    s.disk_reaches(&pv, 8);
+    let (_, now) = s.call("GET", &claim, None);
+    assert_eq!(
+        now["status"]["allocatedResourceStatuses"]["storage"], "NodeResizePending",
+        "the claim stays the node's: {now}"
+    );
+    assert_eq!(now["status"]["allocatedResources"]["storage"], "8Gi");
+    let said = note_soon(&s, "raced", "FileSystemResizeRequired", |n| {
+        n.contains("as volume")
+    });
+    assert!(said.iter().any(|n| n.contains("as volume")), "{said:?}");
+}
+
 const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 
 fn select_node(s: &Setup, claim: &str, node: &str) {

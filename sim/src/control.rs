@@ -1,5 +1,6 @@
 //! The simulator's own control API under `{arm}/_sim/`: fault rules, call counters, throttling
-//! budgets, workload-identity assertions and a dump of the state. Documented in `sim/README.md`.
+//! budgets, workload-identity assertions, the journal of ARM requests and a dump of the state.
+//! Documented in `sim/README.md`.
 
 use crate::faults::FaultRule;
 use crate::http::{Outcome, Request, Response};
@@ -30,6 +31,13 @@ fn serve(sim: &Simulator, req: &Request) -> Response {
                 o.remove("signingKey");
             }
             Response::json(200, &dump)
+        }
+        ("GET", "/requests") => {
+            Response::json(200, &json!(sim.journal.snapshot(req.query("pathContains"))))
+        }
+        ("DELETE", "/requests") => {
+            sim.journal.clear();
+            Response::empty(204)
         }
         ("GET", "/counters") => Response::json(200, &json!(sim.counters.snapshot())),
         ("DELETE", "/counters") => {

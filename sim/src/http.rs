@@ -22,6 +22,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The client's address.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Request {
@@ -121,17 +123,18 @@ pub async fn serve(
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let handler = handler.clone();
-        tokio::spawn(connection(stream, handler, tls.clone()));
+        tokio::spawn(connection(stream, peer, handler, tls.clone()));
     }
 }
 
 async fn connection(
     stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
     handler: Handler,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
@@ -163,6 +166,7 @@ async fn connection(
                 query: parse_query(parts.uri.query().unwrap_or("")),
                 headers: parts.headers,
                 body,
+                peer: Some(peer),
             };
             match handler(request).await {
                 Outcome::Reply(r) => {

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod http;
 pub mod imds;
 pub mod inventory;
+pub mod journal;
 pub mod kube;
 pub mod kube_client;
 pub mod kubelet;

@@ -51,6 +51,8 @@ pub struct Simulator {
     pub specs: Specs,
     pub faults: Faults,
     pub counters: Counters,
+    /// The ARM requests answered (`/_sim/requests`).
+    pub journal: crate::journal::Journal,
     pub throttle: Throttler,
     timing: Mutex<Timing>,
     pub signer: Signer,
@@ -93,6 +95,7 @@ impl Simulator {
             specs: Specs::load(),
             faults: Faults::default(),
             counters: Counters::default(),
+            journal: Default::default(),
             timing: Mutex::new(timing),
             signer: Signer::new(key),
             urls: OnceLock::new(),

@@ -190,6 +190,8 @@ pub struct RealCluster {
     procs: std::sync::Mutex<Vec<Proc>>,
     /// Shell commands that undo what was set up on the host, run last to first.
     undo: Vec<String>,
+    /// Stops the thread that keeps copies of the provisioner pods' logs.
+    keeper: Option<std::sync::mpsc::Sender<()>>,
 }
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -218,7 +220,7 @@ impl RealCluster {
             &std::env::temp_dir().join(format!("flexdisk-real-cluster-ca-{}", std::process::id())),
         );
         let sim = SimProcess::start(
-            &bin("flexdisk-sim"),
+            &simulator(),
             &[
                 "--world",
                 world.to_str().expect("utf-8"),
@@ -242,6 +244,7 @@ impl RealCluster {
             nodes: Vec::new(),
             procs: std::sync::Mutex::new(Vec::new()),
             undo,
+            keeper: None,
             dir,
         };
         let pki = Pki::new(&c.dir.path().join("pki"));
@@ -249,6 +252,11 @@ impl RealCluster {
         for (i, name) in node_names.iter().enumerate() {
             c.start_node(&pki, &logs, i as u8, name);
         }
+        c.keeper = Some(keep_pod_logs(
+            c.nodes.iter().map(|n| n.dir.join("log/pods")).collect(),
+            "flexdisk-provisioner",
+            logs.join("pods"),
+        ));
         c.wait_until(
             "the default service account",
             Duration::from_secs(60),
@@ -319,10 +327,29 @@ impl RealCluster {
         let (sa_pub, sa_priv) = (d.join("pki/sa.pub"), d.join("pki/sa.key"));
         std::fs::write(&sa_pub, sa_key.public_key_pem()).expect("sa.pub");
         std::fs::write(&sa_priv, sa_key.serialize_pem()).expect("sa.key");
+        // Who wrote what to claims and volumes, for the diagnostics: the API server's audit log
+        // of those writes, with their bodies.
+        let audit_policy = d.join("audit-policy.json");
+        std::fs::write(
+            &audit_policy,
+            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [
+                    {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
+                     "resources": [{"group": "", "resources": [
+                        "persistentvolumes", "persistentvolumeclaims", "persistentvolumeclaims/status"]}]},
+                    {"level": "None"}]})
+            .to_string(),
+        )
+        .expect("audit policy");
         let apiserver = spawn(
             "kube-apiserver",
             logs,
             Command::new(self.bin.join("kube-apiserver"))
+                .arg("--audit-policy-file")
+                .arg(&audit_policy)
+                .arg("--audit-log-path")
+                .arg(logs.join("audit.log"))
                 .args(["--etcd-servers", &format!("http://{ip}:2379")])
                 .args(["--bind-address", &ip, "--advertise-address", &ip])
                 .args(["--secure-port", "6443"])
@@ -805,6 +832,12 @@ state = \"/run/containerd\"
                 {"target": {"kind": "Deployment", "name": "flexdisk-provisioner"},
                  "patch": json!([{"op": "add", "path": "/spec/template/spec/containers/0/env/-",
                      "value": {"name": "SSL_CERT_FILE", "value": "/etc/flexdisk/ca.pem"}}]).to_string()},
+                // Every ARM request and decision of ours in the logs, for the diagnostics.
+                {"target": {"kind": "Deployment", "name": "flexdisk-provisioner"},
+                 "patch": json!([
+                     {"op": "test", "path": "/spec/template/spec/containers/0/env/2/name", "value": "LOG"},
+                     {"op": "replace", "path": "/spec/template/spec/containers/0/env/2/value",
+                      "value": "info,flexdisk_provisioner=debug,flexdisk_azure=debug"}]).to_string()},
             ],
         });
         std::fs::write(
@@ -926,24 +959,90 @@ state = \"/run/containerd\"
                 ));
             }
         }
-        // The provisioner runs as pods: their container logs on the nodes.
-        for node in &self.nodes {
-            let pods = node.dir.join("log/pods");
-            for dir in std::fs::read_dir(&pods).into_iter().flatten().flatten() {
-                if !dir
-                    .file_name()
-                    .to_string_lossy()
-                    .contains("flexdisk-provisioner")
-                {
-                    continue;
-                }
-                let log = dir.path().join("provisioner/0.log");
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
+        // What the simulated Azure was asked about disks, and by whom (the last requests).
+        if let Ok((_, journal)) = self.sim.control("GET", "/requests", None) {
+            let entries: Vec<Value> = journal
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|e| {
+                    e["path"]
+                        .as_str()
+                        .is_some_and(|p| p.contains("/disks/") || p.contains("/DiskOperations/"))
+                })
+                .cloned()
+                .collect();
+            out.push_str(&format!(
+                "--- ARM requests about disks ({} in all, the last 150)\n",
+                entries.len()
+            ));
+            for e in &entries[entries.len().saturating_sub(150)..] {
                 out.push_str(&format!(
-                    "--- {}\n{}\n",
-                    log.display(),
-                    lines[lines.len().saturating_sub(40)..].join("\n")
+                    "{} {} {} {} {} size {} state {}\n",
+                    e["at"],
+                    e["peer"],
+                    e["method"],
+                    e["path"],
+                    e["status"],
+                    e["diskSizeGb"],
+                    e["state"]
+                ));
+            }
+        }
+        // The provisioner runs as pods: their container logs, kept as they were written (an
+        // evicted pod's logs go with it).
+        let mut kept: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("logs/pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        kept.sort();
+        for log in kept {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {} (the last 200 lines)\n{}\n",
+                log.display(),
+                lines[lines.len().saturating_sub(200)..].join("\n")
+            ));
+        }
+        // Who wrote to claims and volumes (the API server's audit log).
+        let writes: Vec<String> = self
+            .writes()
+            .iter()
+            .map(|e| {
+                let mut body = e["requestObject"].to_string();
+                body.truncate(400);
+                format!(
+                    "{} {} {} {} {}/{} {} {}: {}",
+                    e["requestReceivedTimestamp"],
+                    e["user"]["username"],
+                    e["userAgent"],
+                    e["verb"],
+                    e["objectRef"]["resource"],
+                    e["objectRef"]["subresource"],
+                    e["objectRef"]["name"],
+                    e["responseStatus"]["code"],
+                    body
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "--- writes to claims and volumes ({} in all, the last 80)\n{}\n",
+            writes.len(),
+            writes[writes.len().saturating_sub(80)..].join("\n")
+        ));
+        if let Ok(list) = self.kubectl_json(&["get", "pods", "-A"]) {
+            out.push_str("--- pods\n");
+            for p in list["items"].as_array().into_iter().flatten() {
+                out.push_str(&format!(
+                    "{}/{} on {} {} deleting {}\n",
+                    p["metadata"]["namespace"],
+                    p["metadata"]["name"],
+                    p["spec"]["nodeName"],
+                    p["status"]["phase"],
+                    p["metadata"]["deletionTimestamp"]
                 ));
             }
         }
@@ -994,7 +1093,29 @@ state = \"/run/containerd\"
                 tail.join("\n")
             ));
         }
+        // The driver's own logs: kube-controller-manager's calls and each node's.
+        let mut drivers = vec![self.dir.path().join("logs/flexdisk-controller.log")];
+        drivers.extend(self.nodes.iter().map(|n| n.dir.join("log/flexdisk.log")));
+        for log in drivers {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "--- {} (the last 80 lines)\n{}\n",
+                log.display(),
+                lines[lines.len().saturating_sub(80)..].join("\n")
+            ));
+        }
         out
+    }
+
+    /// The API server's audit events of writes to claims and volumes, oldest first (user, verb,
+    /// object, answer and request body of each).
+    pub fn writes(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("logs/audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .collect()
     }
 
     /// SIGKILLs a component (`kube-controller-manager`, `kubelet-<node>`…), as a crash would.
@@ -1020,24 +1141,63 @@ state = \"/run/containerd\"
         p.child = start_logged(&mut cmd, &p.log);
     }
 
-    /// The node loses power: kubelet, containerd and every process of the node are SIGKILLed, and
-    /// what its kernel had mounted is gone (on one machine, unmounted: a dead node writes
-    /// nothing more). Azure still shows its disks attached to its VM.
+    /// The node loses power: every process of the node is SIGKILLed — kubelet, containerd, and
+    /// the pods' containers, which live in network namespaces of their own but in the node's
+    /// cgroups (kubelet's `cgroupRoot`) — frozen first, so that none writes after the others are
+    /// gone. Azure still shows its disks attached to its VM. On one machine the kernel is shared:
+    /// a filesystem the node had mounted lives until its last process is gone, so a container left
+    /// running would keep it alive, and writing (XFS's log worker flushes and covers its log),
+    /// while another node mounts the same disk — two filesystems over one disk, which corrupts it
+    /// (seen: a moved StatefulSet pod found its volume without the bytes it had synced). Once all
+    /// are dead the kernel unmounts it, cleanly, which a real power cut does not do; what was
+    /// synced is on the disk either way.
     pub fn power_off(&self, node: &str) {
+        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        let freezer = format!("/sys/fs/cgroup/freezer/{}", n.netns);
+        let freeze = |state: &str| {
+            if Path::new(&freezer).exists() {
+                let _ = std::fs::write(format!("{freezer}/freezer.state"), state);
+            }
+        };
+        freeze("FROZEN");
         self.kill(&format!("kubelet-{node}"));
         self.kill(&format!("containerd-{node}"));
-        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
         sh(&format!(
             "for p in $(ip netns pids {}); do kill -9 $p; done",
             n.netns
         ));
-        let _ = n
-            .command("sh")
-            .args([
-                "-c",
-                "sync; awk '$2 ~ \"^/var/lib/kubelet/\" {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
-            ])
-            .output();
+        // Every process in the node's cgroups, every hierarchy.
+        let survivors = || -> Vec<i32> {
+            sh(&format!(
+                "for h in /sys/fs/cgroup/*/; do find \"${{h}}{}\" -name cgroup.procs -exec cat {{}} + 2>/dev/null; done | sort -u",
+                n.netns
+            ))
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+        };
+        eprintln!(
+            "{node} powers off: {} processes of its pods killed with it",
+            survivors().len()
+        );
+        self.wait_until(
+            &format!("every process of {node} dead"),
+            Duration::from_secs(30),
+            |_| {
+                let left = survivors();
+                freeze("FROZEN");
+                for pid in &left {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(*pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                // A frozen task takes its SIGKILL when thawed (cgroup v1 freezer).
+                freeze("THAWED");
+                left.is_empty()
+            },
+        );
+        freeze("THAWED");
     }
 
     /// The log of one component (e.g. `kubelet-<node>`), whole.
@@ -1049,6 +1209,7 @@ state = \"/run/containerd\"
 
 impl Drop for RealCluster {
     fn drop(&mut self) {
+        drop(self.keeper.take());
         // Nodes first (kubelet, then containerd), then the control plane, last started first.
         let procs = self.procs.get_mut().unwrap_or_else(|e| e.into_inner());
         for p in procs.iter_mut().rev() {
@@ -1071,6 +1232,54 @@ impl Drop for RealCluster {
             let _ = Command::new("sh").args(["-c", cmd]).output();
         }
     }
+}
+
+/// A thread that keeps copies of the container logs of pods whose name contains `pod` (from
+/// the nodes' `/var/log/pods`, `pods_dirs`) in `into`, as they grow: kubelet deletes a pod's
+/// logs with the pod, and an evicted or restarted provisioner's log is what explains what it
+/// did. Stops when the sender it returns is dropped.
+fn keep_pod_logs(pods_dirs: Vec<PathBuf>, pod: &str, into: PathBuf) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let pod = pod.to_string();
+    std::thread::spawn(move || loop {
+        let _ = std::fs::create_dir_all(&into);
+        for pods in &pods_dirs {
+            for dir in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+                let name = dir.file_name().to_string_lossy().to_string();
+                if !name.contains(&pod) {
+                    continue;
+                }
+                for container in std::fs::read_dir(dir.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    for log in std::fs::read_dir(container.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        let to = into.join(format!(
+                            "{name}-{}-{}",
+                            container.file_name().to_string_lossy(),
+                            log.file_name().to_string_lossy()
+                        ));
+                        let len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).ok();
+                        if len(&log.path()) != len(&to) {
+                            let _ = std::fs::copy(log.path(), &to);
+                        }
+                    }
+                }
+            }
+        }
+        if !matches!(
+            stopped.recv_timeout(Duration::from_millis(500)),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+        ) {
+            return;
+        }
+    });
+    stop
 }
 
 /// `to` as a path relative to the directory `from` (both absolute).
@@ -1222,6 +1431,58 @@ pub fn oci_archive(archive: &Path, image: &Image<'_>) {
     let _ = std::fs::remove_dir_all(&work);
 }
 
+/// Cargo, to build from within a test as from a shell: without the variables cargo sets for the
+/// test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`…), which build scripts such as ring's watch
+/// (`rerun-if-env-changed`) — with them, every build here and the next one outside would rebuild
+/// ring and all above it, each undoing the other.
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (name, _) in std::env::vars_os() {
+        let n = name.to_string_lossy();
+        let set_by_cargo = n.starts_with("CARGO_PKG_")
+            || n.starts_with("CARGO_BIN_")
+            || n.starts_with("CARGO_MANIFEST_")
+            || n.starts_with("CARGO_CRATE_")
+            || matches!(
+                n.as_ref(),
+                "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_RUSTC_CURRENT_DIR"
+                    | "OUT_DIR"
+            );
+        if set_by_cargo {
+            c.env_remove(&name);
+        }
+    }
+    c
+}
+
+/// The simulator's binary, built now from this checkout where `cargo test --workspace` puts it
+/// (`target/<profile>/flexdisk-sim`, what [`crate::bin`] names): a `cargo test` of this package
+/// alone builds no other package's binaries, and one left from an older build would simulate old
+/// code. Call it before anything runs the simulator (the world file is made with it too).
+pub fn simulator() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let path = bin("flexdisk-sim");
+            // <target>/<profile dir>/flexdisk-sim; "debug" is the dev profile's directory.
+            let profile_dir = path.parent().expect("the profile directory");
+            let target = profile_dir.parent().expect("the target directory");
+            let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_string(),
+                Some(other) => other.to_string(),
+            };
+            run(cargo()
+                .args(["build", "--quiet", "--profile", &profile])
+                .args(["-p", "flexdisk-sim", "--bin", "flexdisk-sim"])
+                .env("CARGO_TARGET_DIR", target));
+            path
+        })
+        .clone()
+}
+
 /// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
 /// they ship: the driver runs on any node OS and in the distroless controller-manager image),
 /// built now so they are never stale; their directory.
@@ -1234,22 +1495,19 @@ pub fn static_binaries() -> PathBuf {
         .expect("the target directory")
         .to_path_buf();
     let triple = "x86_64-unknown-linux-gnu";
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args([
-                "build",
-                "--quiet",
-                "--target",
-                triple,
-                "-p",
-                "flexdisk",
-                "-p",
-                "flexdisk-provisioner",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
-    );
+    run(cargo()
+        .args([
+            "build",
+            "--quiet",
+            "--target",
+            triple,
+            "-p",
+            "flexdisk",
+            "-p",
+            "flexdisk-provisioner",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
     let dir = target.join(triple).join("debug");
     for b in ["flexdisk", "flexdisk-provisioner"] {
         let elf = std::fs::read(dir.join(b)).expect("binary");

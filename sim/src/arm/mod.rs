@@ -34,6 +34,7 @@ pub async fn handle(sim: Arc<Simulator>, req: Request) -> Outcome {
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut outcome = front_door(&sim, &req).await;
+    journal(&sim, &req, &outcome);
     if let Outcome::Reply(r) = &mut outcome {
         r.headers.push((
             http::HeaderName::from_static("x-ms-request-id"),
@@ -51,6 +52,28 @@ pub async fn handle(sim: Arc<Simulator>, req: Request) -> Outcome {
         }
     }
     outcome
+}
+
+/// Notes the request and its answer in the simulator's journal.
+fn journal(sim: &Simulator, req: &Request, outcome: &Outcome) {
+    let (status, body, reset) = match outcome {
+        Outcome::Reply(r) => (r.status.as_u16(), r.body.as_slice(), false),
+        Outcome::Stream(r, _) => (r.status.as_u16(), &[][..], false),
+        Outcome::Reset => (0, &[][..], true),
+    };
+    let (disk_size_gb, state) = crate::journal::Entry::describe(body);
+    sim.journal.record(crate::journal::Entry {
+        at: Simulator::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        peer: req.peer.map(|p| p.to_string()),
+        method: req.method.to_string(),
+        path: req.path.clone(),
+        status,
+        client_request_id: req.header("x-ms-client-request-id").map(str::to_string),
+        user_agent: req.header("user-agent").map(str::to_string),
+        disk_size_gb,
+        state,
+        reset,
+    });
 }
 
 async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
