@@ -96,6 +96,10 @@ fn flexdisk_on_a_real_cluster() {
             "a claim's VolumeAttributesClass shapes and changes its disk",
             volume_attributes_classes,
         ),
+        (
+            "the provisioner on adversarial and failure paths",
+            provisioner_adversarial_paths,
+        ),
         // Last: it leaves a node dead.
         (
             "a dead node's volume moves after out-of-service",
@@ -935,4 +939,278 @@ fn out_of_service_node(c: &RealCluster) {
     assert_ne!(moved_to, node);
     let after = exec(c, "solo-0", "cat /data/sum");
     assert_eq!(after, sum, "its bytes came along\n{}", c.diagnostics());
+}
+
+/// Events of `reason` about `object` in namespace `ns`, their messages.
+fn events_in(c: &RealCluster, ns: &str, object: &str, reason: &str) -> Vec<String> {
+    c.kubectl_json(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={object},reason={reason}"),
+    ])
+    .ok()
+    .and_then(|l| l["items"].as_array().cloned())
+    .unwrap_or_default()
+    .iter()
+    .filter_map(|e| e["message"].as_str().map(str::to_string))
+    .collect()
+}
+
+/// ARM writes the simulated Azure counted to a disk.
+fn disk_writes(c: &RealCluster, disk: &str) -> u64 {
+    let (_, counters) = c.sim.control("GET", "/counters", None).expect("counters");
+    counters[format!("writes to disks/{}", disk.to_ascii_lowercase())]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+fn uid_of(c: &RealCluster, ns: &str, claim: &str) -> String {
+    c.kubectl_json(&["get", "pvc", "-n", ns, claim])
+        .ok()
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("uid")
+}
+
+/// Issue 24 on upstream Kubernetes. A claim naming another namespace's volume in
+/// `spec.volumeName` lends nothing to a clone of it (the real PV controller leaves it Pending), and
+/// a `dataSourceRef` naming another
+/// namespace is dropped by kube-apiserver (an empty volume). A size Azure refuses costs one ARM
+/// write — with kube-controller-manager's no-op expansion racing the provisioner — and the PV
+/// says what the disk holds again. A ReadOnlyMany claim's growth is refused and its readers still
+/// start; a read-write-once-or-read-only-many claim on a shared disk grows once its pods are gone,
+/// a read-only pod still starts (kubelet skips a read-only mount's growth) and the next writer's
+/// filesystem is the new size.
+fn provisioner_adversarial_paths(c: &RealCluster) {
+    c.apply(&[
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "flexdisk-now"}, "provisioner": "flexdisk/azure-disk",
+            "allowVolumeExpansion": true, "parameters": {"skuName": "Premium_LRS"}}),
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": "flexdisk-shared-now"}, "provisioner": "flexdisk/azure-disk",
+            "allowVolumeExpansion": true, "parameters": {"skuName": "Premium_LRS", "maxShares": "2"}}),
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "attacker"}}),
+        claim("wide", "flexdisk-now", &["ReadWriteOnce"], "1Gi"),
+    ]);
+    let victim = bound_volume(c, "wide");
+    let mut x = claim("x", "flexdisk-now", &["ReadWriteOnce"], "1Gi");
+    x["metadata"]["namespace"] = json!("attacker");
+    x["spec"]["volumeName"] = json!(victim);
+    let mut y = claim("y", "flexdisk-now", &["ReadWriteOnce"], "1Gi");
+    y["metadata"]["namespace"] = json!("attacker");
+    y["spec"]["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "x"});
+    let mut z = claim("z", "flexdisk-now", &["ReadWriteOnce"], "1Gi");
+    z["metadata"]["namespace"] = json!("attacker");
+    z["spec"]["dataSourceRef"] =
+        json!({"kind": "PersistentVolumeClaim", "name": "wide", "namespace": "default"});
+    c.apply(&[x, y, z]);
+    c.wait_until("y told it waits for x", LONG, |c| {
+        events_in(c, "attacker", "y", "ProvisioningFailed")
+            .iter()
+            .any(|m| m.contains("not bound"))
+    });
+    let y_uid = uid_of(c, "attacker", "y");
+    assert!(
+        !disks(c).iter().any(|(n, _)| n.contains(&y_uid)),
+        "no copy of wide's disk for y"
+    );
+    // (A status forged to say x is Bound would not help either: the real PV controller makes a
+    // claim whose volume names another claim Lost at once — syncBoundClaim, ClaimMisbound — and
+    // the provisioner checks the volume's claimRef anyway; decide.rs's unit tests.)
+    // z: kube-apiserver dropped the cross-namespace reference; an empty volume.
+    let z_now = c
+        .kubectl_json(&["get", "pvc", "-n", "attacker", "z"])
+        .expect("z");
+    assert!(z_now["spec"].get("dataSourceRef").is_none(), "{z_now}");
+    c.wait_until("z Bound", LONG, |c| {
+        c.kubectl_json(&["get", "pvc", "-n", "attacker", "z"])
+            .ok()
+            .is_some_and(|p| p["status"]["phase"] == "Bound")
+    });
+    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
+    let z_uid = uid_of(c, "attacker", "z");
+    let z_disk = state["disks"]
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .find(|d| d["name"].as_str().is_some_and(|n| n.contains(&z_uid)))
+        .cloned()
+        .expect("z's disk");
+    assert!(
+        !z_disk.to_string().contains(&victim),
+        "z is not a copy of wide: {z_disk}"
+    );
+
+    // A size Azure refuses: one write, whoever of kube-controller-manager and the provisioner
+    // gets there first; the PV back at the disk's size.
+    let writes_before = disk_writes(c, &victim);
+    c.kubectl(&[
+        "patch",
+        "pvc",
+        "wide",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"40000Gi"}}}}"#,
+    ])
+    .expect("grow");
+    c.wait_until("wide ControllerResizeInfeasible", LONG, |c| {
+        c.kubectl_json(&["get", "pvc", "wide"])
+            .ok()
+            .is_some_and(|p| {
+                p["status"]["allocatedResourceStatuses"]["storage"] == "ControllerResizeInfeasible"
+            })
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    let writes = disk_writes(c, &victim) - writes_before;
+    eprintln!("figure: a size Azure refuses, on the real cluster: {writes} ARM write(s) in 10 s");
+    assert_eq!(writes, 1, "one try, no loop");
+    let pv = c.kubectl_json(&["get", "pv", &victim]).expect("pv");
+    assert_eq!(pv["spec"]["capacity"]["storage"], "1Gi", "{pv}");
+    assert!(
+        !event_messages(c, "wide", "VolumeResizeFailed").is_empty(),
+        "told why"
+    );
+
+    // ReadOnlyMany: a copy of a written claim, read-only everywhere. Its growth is refused up
+    // front; a reader still starts.
+    c.apply(&[claim(
+        "shelf",
+        "flexdisk-shared-now",
+        &["ReadWriteOnce", "ReadOnlyMany"],
+        "1Gi",
+    )]);
+    bound_volume(c, "shelf");
+    c.apply(&[pod(
+        "shelver",
+        NODES[0],
+        "shelf",
+        "echo on the shelf > /data/book && sync",
+    )]);
+    c.wait_until("shelved", LONG, |c| phase(c, "shelver") == "Succeeded");
+    c.kubectl(&["delete", "pod", "shelver", "--wait=true"])
+        .expect("delete");
+    let mut catalog = claim("catalog", "flexdisk-shared-now", &["ReadOnlyMany"], "1Gi");
+    catalog["spec"]["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "shelf"});
+    c.apply(&[catalog]);
+    let catalog_pv = bound_volume(c, "catalog");
+    c.kubectl(&[
+        "patch",
+        "pvc",
+        "catalog",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+    ])
+    .expect("grow");
+    c.wait_until("catalog's growth refused", LONG, |c| {
+        event_messages(c, "catalog", "VolumeResizeFailed")
+            .iter()
+            .any(|m| m.contains("read-only"))
+    });
+    let reader = |name: &str, claim: &str, read_only: bool| {
+        let mut p = pod(
+            name,
+            NODES[1],
+            claim,
+            "cat /data/book && df -k /data | tail -1",
+        );
+        p["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] = json!(read_only);
+        p
+    };
+    c.apply(&[reader("browser", "catalog", false)]);
+    c.wait_until("the catalog's reader ran", LONG, |c| {
+        phase(c, "browser") == "Succeeded"
+    });
+    assert!(c
+        .kubectl(&["logs", "browser"])
+        .expect("logs")
+        .contains("on the shelf"));
+    let catalog_now = c.kubectl_json(&["get", "pv", &catalog_pv]).expect("pv");
+    assert_eq!(
+        catalog_now["spec"]["capacity"]["storage"], "1Gi",
+        "{catalog_now}"
+    );
+
+    // The shared disk the pods have left grows; a read-only pod starts on the new size without
+    // growing anything; the next writer's filesystem is the new size.
+    c.kubectl(&[
+        "patch",
+        "pvc",
+        "shelf",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
+    ])
+    .expect("grow");
+    let shelf_pv = bound_volume(c, "shelf");
+    c.wait_until("shelf's disk grown", LONG, |c| {
+        c.sim
+            .control("GET", "/state", None)
+            .ok()
+            .and_then(|(_, s)| {
+                s["disks"]
+                    .as_object()?
+                    .values()
+                    .find(|d| d["name"] == shelf_pv.as_str())
+                    .and_then(|d| d["sizeGb"].as_i64())
+            })
+            .is_some_and(|gb| gb >= 2)
+    });
+    c.apply(&[reader("glancer", "shelf", true)]);
+    c.wait_until("the read-only reader ran", LONG, |c| {
+        phase(c, "glancer") == "Succeeded"
+    });
+    assert!(c
+        .kubectl(&["logs", "glancer"])
+        .expect("logs")
+        .contains("on the shelf"));
+    // One writer per filesystem: the writer mounts read-write only once the disk is on its node
+    // alone.
+    c.kubectl(&["delete", "pod", "glancer", "--wait=true"])
+        .expect("delete");
+    c.wait_until("shelf detached from the reader's node", LONG, |c| {
+        disks(c)
+            .iter()
+            .any(|(n, vms)| *n == shelf_pv && !vms.iter().any(|v| v == NODES[1]))
+    });
+    c.apply(&[pod("writer", NODES[0], "shelf", "df -k /data | tail -1")]);
+    c.wait_until("the writer ran", LONG, |c| {
+        phase(c, "writer") == "Succeeded"
+    });
+    let kib: u64 = c
+        .kubectl(&["logs", "writer"])
+        .expect("logs")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("df");
+    assert!(kib > 1_900_000, "the writer's filesystem grew: {kib} KiB");
+
+    for p in ["browser", "writer"] {
+        c.kubectl(&["delete", "pod", p, "--wait=true"])
+            .expect("delete");
+    }
+    let gone: Vec<String> = ["wide", "shelf", "catalog"]
+        .iter()
+        .filter_map(|n| {
+            c.kubectl_json(&["get", "pvc", n])
+                .ok()
+                .and_then(|p| p["spec"]["volumeName"].as_str().map(str::to_string))
+        })
+        .chain(
+            ["y", "z"]
+                .iter()
+                .map(|n| format!("pvc-{}", uid_of(c, "attacker", n))),
+        )
+        .collect();
+    c.kubectl(&["delete", "pvc", "wide", "shelf", "catalog", "--wait=true"])
+        .expect("delete claims");
+    c.kubectl(&["delete", "namespace", "attacker", "--wait=true"])
+        .expect("delete namespace");
+    c.wait_until("their disks deleted", LONG, |c| {
+        let d = disks(c);
+        gone.iter().all(|v| !d.iter().any(|(n, _)| n == v))
+    });
 }

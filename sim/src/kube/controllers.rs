@@ -241,7 +241,14 @@ pub fn plan(claims: &[Value], volumes: &[Value], classes: &[Value], pods: &[Valu
         }
         let uid = s(pvc, "/metadata/uid").unwrap_or_default();
         if phase(pvc) == "Bound" {
-            let gone = s(pvc, "/spec/volumeName").is_none_or(|v| volume_named(v).is_none());
+            // Its volume gone, or bound to another claim (syncBoundClaim: "Two claims are bound
+            // to the same volume, this one is bound incorrectly", ClaimMisbound): Lost, a
+            // terminal phase.
+            let gone = s(pvc, "/spec/volumeName").is_none_or(|v| {
+                volume_named(v).is_none_or(|pv| {
+                    s(pv, "/spec/claimRef/uid").is_some_and(|u| !u.is_empty() && u != uid)
+                })
+            });
             if gone {
                 out.push(act(
                     "persistentvolumeclaims",
