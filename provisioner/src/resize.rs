@@ -311,37 +311,7 @@ pub async fn reconcile(
             message,
             ..
         }) if needs_detach(&message) => {
-            ctx.metrics.resize("needs_detach");
-            ctx.wait_for_detach(key, &uid, target);
-            let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
-            let why = format!(
-                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); it grows once no pod uses \
-                 the claim{}",
-                id.name,
-                if users.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (now: {})", users.join(", "))
-                }
-            );
-            ctx.event(&pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
-                .await;
-            if !condition_says(&pvc, "ControllerResizeError", &why) {
-                claim_status::patch(
-                    ctx,
-                    &pvc,
-                    json!({"conditions": conditions(&pvc, &["Resizing"], &[("ControllerResizeError", &why)])}),
-                )
-                .await?;
-            }
-            // No pod to wait for (it went meanwhile, or an attachment without one): the disk's
-            // state is looked at again soon, by reads only.
-            let again = if users.is_empty() {
-                Duration::from_secs(10)
-            } else {
-                RESYNC
-            };
-            return Ok(Some(Again::After(again)));
+            return told_to_detach(ctx, &pvc, key, &id, target, &message).await;
         }
         Err(
             e @ (AzureError::InvalidParameter { .. }
@@ -426,6 +396,60 @@ pub async fn reconcile(
     // The node's answer (kubelet found it infeasible) is looked at on the slow resync, as
     // external-resizer's resync does; a new request wakes the claim at once.
     Ok(Some(Again::After(RESYNC)))
+}
+
+/// Azure wants the disk detached before it grows to `target` bytes: the claim says so — once — with
+/// the pods that use it (`ControllerResizeInProgress` and a `ControllerResizeError` condition),
+/// and waits: for those pods to go (the pod watch wakes it), or, with none, for Azure to show the
+/// disk detached (reads only, soon).
+async fn told_to_detach(
+    ctx: &Ctx,
+    pvc: &PersistentVolumeClaim,
+    key: ObjectRef<PersistentVolumeClaim>,
+    id: &flexdisk_azure::naming::ResourceId,
+    target: u64,
+    message: &str,
+) -> Result<Option<Again>, Error> {
+    ctx.metrics.resize("needs_detach");
+    let ns = pvc.namespace().unwrap_or_default();
+    ctx.wait_for_detach(key, &pvc.uid().unwrap_or_default(), target);
+    let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
+    let why = format!(
+        "Azure grows disk {} to {} GiB only while it is detached ({message}); it grows once no pod uses \
+         the claim{}",
+        id.name,
+        gib_for_bytes(target),
+        if users.is_empty() {
+            String::new()
+        } else {
+            format!(" (now: {})", users.join(", "))
+        }
+    );
+    ctx.event(pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
+        .await;
+    let allocated = quantity_for(pvc, target);
+    let status = pvc.status.as_ref();
+    let said = condition_says(pvc, "ControllerResizeError", &why)
+        && storage(status.and_then(|s| s.allocated_resources.as_ref())) == Some(allocated.as_str())
+        && status
+            .and_then(|s| s.allocated_resource_statuses.as_ref())
+            .and_then(|s| s.get("storage"))
+            .is_some_and(|s| s == "ControllerResizeInProgress");
+    if !said {
+        claim_status::patch(
+            ctx,
+            pvc,
+            json!({"conditions": conditions(pvc, &["Resizing"], &[("ControllerResizeError", &why)]),
+                "allocatedResources": {"storage": allocated},
+                "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
+        )
+        .await?;
+    }
+    Ok(Some(Again::After(if users.is_empty() {
+        Duration::from_secs(10)
+    } else {
+        RESYNC
+    })))
 }
 
 /// Azure wanted the disk detached before growing it: whether that still holds — a pod uses the
@@ -554,34 +578,7 @@ async fn catch_up(
         }) if needs_detach(&message) => {
             // The controller's part again, waiting for the detach: the node cannot do its part
             // on a disk that has not grown.
-            ctx.metrics.resize("needs_detach");
-            ctx.wait_for_detach(key, &uid, bytes);
-            let users = pods_using(&ctx.pods.state(), &ns, &pvc.name_any());
-            let why = format!(
-                "Azure grows disk {} to {gib} GiB only while it is detached ({message}); it grows once no pod uses \
-                 the claim{}",
-                id.name,
-                if users.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (now: {})", users.join(", "))
-                }
-            );
-            ctx.event(pvc, EventType::Warning, "VolumeResizeFailed", why.clone())
-                .await;
-            claim_status::patch(
-                ctx,
-                pvc,
-                json!({"conditions": conditions(pvc, &[], &[("ControllerResizeError", &why)]),
-                    "allocatedResources": {"storage": allocated},
-                    "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"}}),
-            )
-            .await?;
-            Ok(Some(Again::After(if users.is_empty() {
-                Duration::from_secs(10)
-            } else {
-                RESYNC
-            })))
+            told_to_detach(ctx, pvc, key, &id, bytes, &message).await
         }
         Err(
             e @ (AzureError::InvalidParameter { .. }

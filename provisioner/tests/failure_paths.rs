@@ -103,24 +103,6 @@ fn eventually(s: &Setup, what: &str, within: Duration, f: impl Fn() -> bool) {
     }
 }
 
-fn events_in(s: &Setup, ns: &str, name: &str) -> Vec<(String, String)> {
-    let (_, list) = s.call(
-        "GET",
-        &format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
-        None,
-    );
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["regarding"]["name"] == name)
-        .map(|e| {
-            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-            (text("reason"), text("note"))
-        })
-        .collect()
-}
-
 fn provisioned_disk(s: &Setup, claim_uid: &str) -> Option<flexdisk_azure::DiskInfo> {
     s.disk(&format!("pvc-{claim_uid}"))
 }
@@ -243,15 +225,8 @@ fn a_cross_namespace_data_source_ref_is_an_empty_volume() {
 #[test]
 fn a_size_azure_refuses_is_written_once_not_in_a_loop() {
     let s = Setup::start();
-    s.class(
-        "grows",
-        json!({"skuName": "Premium_LRS"}),
-        json!({"allowVolumeExpansion": true}),
-    );
-    let c = s.claim("big", "grows", "5Gi");
-    let disk = format!("pvc-{}", uid(&c));
+    let (_, disk) = s.expandable_claim("big", "5Gi");
     let claim = format!("{PVCS}/big");
-    s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
     let (arm0, kube0) = counters(&s);
     grow(&s, "default", "big", "40000Gi");
     s.until(&claim, "Infeasible", |o| {
@@ -367,15 +342,8 @@ fn growth_that_needs_a_detached_disk_waits_for_the_pods_to_go() {
 #[test]
 fn a_claim_the_node_could_not_grow_goes_back_to_the_node_when_asked_for_more() {
     let s = Setup::start();
-    s.class(
-        "grows",
-        json!({"skuName": "Premium_LRS"}),
-        json!({"allowVolumeExpansion": true}),
-    );
-    let c = s.claim("logs", "grows", "5Gi");
-    let disk = format!("pvc-{}", uid(&c));
+    let (_, disk) = s.expandable_claim("logs", "5Gi");
     let claim = format!("{PVCS}/logs");
-    s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
     grow(&s, "default", "logs", "8Gi");
     s.until(&claim, "the node's turn", |o| {
         o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"
@@ -464,14 +432,8 @@ fn a_claim_the_node_could_not_grow_goes_back_to_the_node_when_asked_for_more() {
 #[test]
 fn the_allocated_size_is_the_request_exactly() {
     let s = Setup::start();
-    s.class(
-        "grows",
-        json!({"skuName": "Premium_LRS"}),
-        json!({"allowVolumeExpansion": true}),
-    );
-    let c = s.claim("odd", "grows", "1Gi");
+    let (c, _disk) = s.expandable_claim("odd", "1Gi");
     let claim = format!("{PVCS}/odd");
-    s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
     grow(&s, "default", "odd", "2500Mi");
     let grown = s.until(&claim, "grown", |o| {
         o["status"]["allocatedResourceStatuses"]["storage"] == "NodeResizePending"

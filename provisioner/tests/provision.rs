@@ -751,16 +751,7 @@ fn crashes_while_claims_come_and_go_leave_nothing_behind() {
 #[test]
 fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
     let s = Setup::start();
-    s.class(
-        "grows",
-        json!({"skuName": "Premium_LRS"}),
-        json!({"allowVolumeExpansion": true}),
-    );
-    let c = s.claim("big", "grows", "5Gi");
-    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
-    s.until(&format!("{PVCS}/big"), "Bound", |o| {
-        o["status"]["phase"] == "Bound"
-    });
+    let (_, pv) = s.expandable_claim("big", "5Gi");
     let grow = |size: &str| {
         let (status, body) = s.call(
             "PATCH",
@@ -838,15 +829,8 @@ fn a_grown_claim_grows_its_disk_and_volume_and_waits_for_the_node() {
 #[test]
 fn a_claim_the_controller_manager_handed_to_the_node_still_gets_its_disk_grown() {
     let mut s = Setup::start();
-    s.class(
-        "grows",
-        json!({"skuName": "Premium_LRS"}),
-        json!({"allowVolumeExpansion": true}),
-    );
-    let c = s.claim("raced", "grows", "5Gi");
-    let pv = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+    let (_, pv) = s.expandable_claim("raced", "5Gi");
     let claim = format!("{PVCS}/raced");
-    s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
     let _ = s.provisioner.kill();
     let _ = s.provisioner.wait();
     let (status, body) = s.call(

@@ -481,18 +481,7 @@ fn retain_keeps_the_disk(c: &RealCluster) {
 
 /// The events of `object` with `reason`, as `kubectl describe` shows them.
 fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
-    c.kubectl_json(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={object},reason={reason}"),
-    ])
-    .ok()
-    .and_then(|l| l["items"].as_array().cloned())
-    .unwrap_or_default()
-    .iter()
-    .filter_map(|e| e["message"].as_str().map(str::to_string))
-    .collect()
+    events_in(c, "default", object, reason)
 }
 
 /// A disk's provisioned performance in the simulated Azure: (IOPS, MB/s).

@@ -157,6 +157,25 @@ impl Setup {
         std::fs::read_to_string(self._tmp.path().join("provisioner.log")).unwrap_or_default()
     }
 
+    /// The Premium class `grows` (`allowVolumeExpansion: true`), made once.
+    pub fn expandable_class(&self) {
+        let sc = json!({"metadata": {"name": "grows"}, "provisioner": "flexdisk/azure-disk",
+            "parameters": {"skuName": "Premium_LRS"}, "allowVolumeExpansion": true});
+        let (status, body) = self.call("POST", "/apis/storage.k8s.io/v1/storageclasses", Some(sc));
+        assert!(status == 201 || status == 409, "{body}");
+    }
+
+    /// A claim of the `grows` class, Bound: the claim and its disk's name.
+    pub fn expandable_claim(&self, name: &str, size: &str) -> (Value, String) {
+        self.expandable_class();
+        let c = self.claim(name, "grows", size);
+        self.until(&format!("{PVCS}/{name}"), "Bound", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+        let disk = format!("pvc-{}", c["metadata"]["uid"].as_str().expect("uid"));
+        (c, disk)
+    }
+
     pub fn class(&self, name: &str, params: Value, extra: Value) {
         let mut sc = json!({"metadata": {"name": name}, "provisioner": "flexdisk/azure-disk", "parameters": params});
         if let (Some(m), Some(e)) = (sc.as_object_mut(), extra.as_object()) {
@@ -304,9 +323,14 @@ pub fn reasons(s: &Setup, name: &str) -> Vec<String> {
 
 /// The events about one object: reason and note of each.
 pub fn events(s: &Setup, name: &str) -> Vec<(String, String)> {
+    events_in(s, "default", name)
+}
+
+/// The events about one object of namespace `ns`: reason and note of each.
+pub fn events_in(s: &Setup, ns: &str, name: &str) -> Vec<(String, String)> {
     let (_, list) = s.call(
         "GET",
-        "/apis/events.k8s.io/v1/namespaces/default/events",
+        &format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
         None,
     );
     list["items"]
