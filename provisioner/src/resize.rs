@@ -340,22 +340,6 @@ pub async fn reconcile(
         }
     };
 
-    // The volume says only what Azure shows: a fresh read of the disk confirms the growth.
-    let shown = ctx
-        .arm
-        .get_disk(&id.resource_group, &id.name)
-        .await?
-        .map(|d| d.size_gib)
-        .unwrap_or(0);
-    if shown < gib {
-        tracing::warn!(disk = %id.name, returned_gib = disk.size_gib, shown_gib = shown, gib,
-            "the disk does not show the growth Azure reported; tried again");
-        return Err(Error::Internal(format!(
-            "disk {} shows {shown} GiB after growing to {gib} GiB; tried again",
-            id.name
-        )));
-    }
-
     // 3. The volume, with the claim's capacity before (the PV controller gives it to a claim
     // bound to the volume later, so that kubelet still grows the filesystem), then 4. the
     // node's part.

@@ -172,8 +172,16 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
                 .await?;
         let (mut leader, task) = manager.watch().await;
         info!(%identity, "waiting to lead");
+        // A standby goes at once when told to (an evicted standby would otherwise wait out the
+        // pod's grace period, and a drain with it).
         while !*leader.borrow_and_update() {
-            leader.changed().await?;
+            tokio::select! {
+                changed = leader.changed() => changed?,
+                _ = term.recv() => {
+                    info!("SIGTERM while waiting to lead: stopping");
+                    return Ok(());
+                }
+            }
         }
         info!(%identity, "leading");
         metrics.leader.set(1);
