@@ -16,6 +16,14 @@ fn has_cap_sys_resource() -> bool {
     eff >> 24 & 1 == 1
 }
 
+/// The size of the block device as the node's kernel shows it now.
+fn device_bytes(dev: &str) -> u64 {
+    use std::io::Seek;
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("{dev}: {e}"))
+}
+
 fn size_of(dir: &std::path::Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
     st.blocks() as u64 * st.fragment_size() as u64
@@ -45,7 +53,16 @@ fn a_mounted_volume_grows_online_for_each_filesystem() {
         // Repeated: still Success, nothing to do.
         env.controller(&["expandvolume", &opts, m, &two_gib, &one_gib])
             .ok();
+        // Azure grew the disk; the node's device keeps its size until the guest rescans it.
+        assert_eq!(device_bytes(&dev), 1 << 30, "{fs}: before the rescan");
         let fsr = env.kubelet(AS_A, &["expandfs", &opts, &dev, m, &two_gib, &one_gib]);
+        // The driver's rescan, through the node's sysfs, made the device take the new size.
+        assert_eq!(
+            device_bytes(&dev),
+            2 << 30,
+            "{fs}: after expandfs: {}",
+            fsr.raw
+        );
         if fs == "ext4" && !has_cap_sys_resource() {
             // ext4's online resize needs CAP_SYS_RESOURCE, which this sandbox withholds even from
             // root: the driver must say so clearly; the grow itself cannot be checked here.

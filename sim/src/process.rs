@@ -81,6 +81,14 @@ impl SimProcess {
                 "the simulator's ready line {line:?} is not JSON: {e}"
             ))
         })?;
+        if ready["nodeBackend"]["kind"] != "fuse" {
+            // Tests whose world just got gentler must say so where their output is read.
+            eprintln!(
+                "WARNING: the simulator's nodes are gentler than Azure's ({}): {}",
+                ready["nodeBackend"]["why"].as_str().unwrap_or("unknown"),
+                ready["nodeBackend"]["gentler"].as_str().unwrap_or("")
+            );
+        }
         Ok(SimProcess {
             child: Some(child),
             ready,
