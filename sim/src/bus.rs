@@ -18,6 +18,7 @@
 //! Ports are opened with `FOPEN_DIRECT_IO`: nothing the node wrote lingers in a page cache of the
 //! bus, so a cut is seen by the very next I/O.
 
+use crate::bus_guard::{Guard, GuardError};
 use crate::loopdev;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
@@ -41,6 +42,8 @@ pub enum BusError {
         what: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BusError {
@@ -478,19 +481,17 @@ pub struct Bus {
     shared: Arc<Shared>,
     next: AtomicU64,
     session: Mutex<Option<fuser::BackgroundSession>>,
+    /// Clears the bus after this process, however it ends (`bus_guard`).
+    guard: Mutex<Option<Guard>>,
 }
 
 impl Bus {
-    /// Mounts the bus at `mountpoint`, first clearing what a previous run left there: its loop
-    /// devices (freed, or autoclear where still mounted) and its mount, dead with its process.
+    /// Mounts the bus at `mountpoint`, once its guard (this executable's `bus-guard`) has cleared
+    /// what a previous run left there: loop devices (freed, or autoclear where still mounted)
+    /// and the mount, dead with its process.
     pub fn mount(mountpoint: &Path) -> Result<Bus, BusError> {
-        for dev in loopdev::under_dir(mountpoint) {
-            if let Err(e) = loopdev::detach(&dev) {
-                tracing::warn!("a previous run's {}: {e}", dev.display());
-            }
-        }
-        // Stacked mounts too; EINVAL once it is no mount point.
-        while nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        let exe = std::env::current_exe().map_err(io("finding this executable"))?;
+        let guard = Guard::start(&exe, mountpoint)?;
         std::fs::create_dir_all(mountpoint).map_err(io(mountpoint.display().to_string()))?;
         let shared = Arc::new(Shared {
             mountpoint: mountpoint.to_path_buf(),
@@ -513,6 +514,7 @@ impl Bus {
             shared,
             next: AtomicU64::new(1),
             session: Mutex::new(Some(session)),
+            guard: Mutex::new(Some(guard)),
         })
     }
 
@@ -563,15 +565,25 @@ impl Bus {
         }
     }
 
-    /// Unmounts (lazily: loop devices still mounted on the nodes keep the connection until this
-    /// process ends, and their I/O fails from then on).
+    /// Unmounts, lazily: a loop device a node still has mounted keeps the connection until this
+    /// process ends (its ports are cut: its I/O fails), and is freed by the kernel at its last
+    /// unmount. Then the guard is told, and waited for: nothing of the bus is left once this
+    /// returns.
     pub fn shutdown(&self) {
+        crate::bus_guard::release_leftovers(&self.shared.mountpoint);
         drop(
             self.session
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .take(),
         );
+        drop(self.guard.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod arm;
 pub mod bus;
+pub mod bus_guard;
 pub mod cli;
 pub mod control;
 pub mod demo;

@@ -157,6 +157,16 @@ impl SimProcess {
     }
 }
 
+impl SimProcess {
+    /// SIGKILL and wait, as a crash: none of the simulator's own shutdown runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for SimProcess {
     fn drop(&mut self) {
         self.stop();

@@ -4,7 +4,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -88,6 +88,7 @@ fn a_disk_detached_under_its_mounted_filesystem_gives_it_io_errors() {
         let dev = std::fs::canonicalize(sim.lun_link(AS_A, lun)).expect("device");
         let dir = tmp.path().join(format!("mnt-{i}"));
         let mounted = Mounted::new(&dev, &dir, fs);
+        let old_rdev = std::fs::metadata(&dev).expect("device").rdev();
         write_synced(&dir, "before", b"synced before the detach").expect("write while attached");
         assert_eq!(
             read_direct(&dir.join("before")).expect("read while attached"),
@@ -114,6 +115,11 @@ fn a_disk_detached_under_its_mounted_filesystem_gives_it_io_errors() {
         sim.done(sim.attach(AS_A, &[&disk]));
         let again = std::fs::canonicalize(sim.lun_link(AS_A, sim.lun_of(AS_A, &disk)))
             .expect("device again");
+        assert_ne!(
+            std::fs::metadata(&again).expect("device again").rdev(),
+            old_rdev,
+            "{fs}: a fresh block device, not the one the stale mount holds"
+        );
         assert_eq!(
             read_direct(&dir.join("before")),
             Err(EIO),
@@ -210,4 +216,91 @@ fn a_grown_disk_shows_its_new_size_on_a_node_only_after_that_node_rescans_it() {
     assert_eq!(block_size_bytes(&on_b), 3 << 30);
     assert_eq!(read_at(&on_b, (2 << 30) - 4096, 16), b"in the new space");
     sim.check_schemas();
+}
+
+/// Polls `done` for up to 20 s; whether it came true.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    true
+}
+
+#[test]
+fn a_killed_simulator_leaves_no_bus_mount_nor_loop_device_and_a_restart_serves_the_same_bytes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let state = tmp.path().join("state");
+    let mut sim = Sim::start_at(&state, &[]);
+    sim.empty_disk("held", 1, None);
+    sim.empty_disk("idle", 1, None);
+    sim.done(sim.attach(AS_A, &["held", "idle"]));
+    let dev = std::fs::canonicalize(sim.lun_link(AS_A, sim.lun_of(AS_A, "held"))).expect("dev");
+    let dir = tmp.path().join("mnt");
+    let mounted = Mounted::new(&dev, &dir, "ext4");
+    write_synced(&dir, "kept", b"synced before the crash").expect("write");
+    assert!(sim.bus_mounted());
+    assert_eq!(
+        sim.loops_over_state().len(),
+        2,
+        "{:?}",
+        sim.loops_over_state()
+    );
+
+    // A crash: nothing of the simulator's own shutdown runs. Its guard frees the loop device
+    // nobody uses and unmounts the bus; the node's filesystem on the other fails from now on.
+    sim.kill();
+    assert!(
+        eventually(|| !sim.bus_mounted() && sim.loops_over_state().len() <= 1),
+        "left behind: bus mounted {}, {:?}",
+        sim.bus_mounted(),
+        sim.loops_over_state()
+    );
+    assert_eq!(write_synced(&dir, "after", b"lost"), Err(EIO));
+    // The node's last unmount frees the last loop device (autoclear).
+    drop(mounted);
+    let loops = || {
+        Command::new("losetup")
+            .arg("-a")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let bus = Path::new(&sim.s("state")).join("bus");
+    assert!(
+        eventually(|| sim.loops_over_state().is_empty()),
+        "{}",
+        loops()
+    );
+
+    // Restarted on the same state: both disks are attached again, through a new bus.
+    let sim = Sim::start_at(&state, &[]);
+    assert!(sim.bus_mounted());
+    assert_eq!(
+        sim.loops_over_state().len(),
+        2,
+        "{:?}",
+        sim.loops_over_state()
+    );
+    let dev = std::fs::canonicalize(sim.lun_link(AS_A, sim.lun_of(AS_A, "held"))).expect("dev");
+    let out = Command::new("mount")
+        .arg(&dev)
+        .arg(&dir)
+        .output()
+        .expect("mount");
+    assert!(out.status.success(), "{out:?}");
+    let remounted = Mounted(dir.clone());
+    assert_eq!(
+        std::fs::read(dir.join("kept")).expect("kept"),
+        b"synced before the crash"
+    );
+    drop(remounted);
+    // A clean stop leaves nothing either, by the time it returns.
+    let mut sim = sim;
+    sim.stop();
+    assert!(!sim.bus_mounted(), "{}", bus.display());
+    assert_eq!(sim.loops_over_state(), Vec::<String>::new(), "{}", loops());
 }
