@@ -287,3 +287,97 @@ fn installer_stays_until_terminated_and_reports_a_missing_cloud_config() {
     );
     assert!(!other.join("flexdisk~azure-disk/azure-disk").exists());
 }
+
+/// The driver's rescan goes to the node's own sysfs (`FLEXDISK_HOST_ROOT`), never the host's:
+/// run in a mount namespace whose `/sys` is a decoy laid out as a host holding this very device
+/// would show it (a SCSI device whose block device has its number, `class/block/<name>/device`,
+/// the SCSI hosts' `scan`), `expandfs` grows the volume and the decoy's attributes stay
+/// unwritten.
+#[test]
+fn the_rescan_goes_to_the_nodes_sysfs_never_the_hosts() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::start();
+    let name = "pvc-decoy";
+    let disk = env.disk(name, 1);
+    let opts = env.options(&disk, name, json!({"kubernetes.io/fsType": "xfs"}));
+    let (_, dev) = env.attach_and_wait(AS_A, &opts);
+    let mnt = env.dir("decoy-mnt");
+    let m = mnt.to_str().expect("utf-8");
+    env.kubelet(AS_A, &["mountdevice", m, &dev, &opts]).ok();
+    let (two_gib, one_gib) = ((2u64 << 30).to_string(), (1u64 << 30).to_string());
+    env.controller(&["expandvolume", &opts, m, &two_gib, &one_gib])
+        .ok();
+    assert_eq!(device_bytes(&dev), 1 << 30, "before the rescan");
+
+    let rdev = std::fs::metadata(&dev).expect("device").rdev();
+    let majmin = format!(
+        "{}:{}\n",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let block = std::fs::canonicalize(&dev).expect("device");
+    let block = block.file_name().expect("name").to_string_lossy();
+    let decoy = env.dir("host-sys");
+    let scsi = "devices/VMBUS:00/host1/target1:0:0/1:0:0:0";
+    for (file, content) in [
+        (format!("{scsi}/block/{block}/dev"), majmin.as_str()),
+        (format!("{scsi}/vendor"), "Msft    \n"),
+        (format!("{scsi}/model"), "Virtual Disk    \n"),
+        (format!("{scsi}/rescan"), ""),
+        (format!("class/block/{block}/device/rescan"), ""),
+        ("class/scsi_host/host0/scan".into(), ""),
+        ("class/scsi_host/host1/scan".into(), ""),
+    ] {
+        let path = decoy.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("decoy dir");
+        std::fs::write(&path, content).expect("decoy file");
+    }
+    std::fs::create_dir_all(decoy.join("bus/scsi/devices")).expect("decoy bus");
+    // Absolute, as the kernel's links resolve: into the decoy once it is the namespace's /sys.
+    std::os::unix::fs::symlink(
+        format!("/sys/{scsi}"),
+        decoy.join("bus/scsi/devices/1:0:0:0"),
+    )
+    .expect("decoy link");
+
+    let script = "mount --bind \"$0\" /sys && exec \"$@\"";
+    let decoy_arg = decoy.to_str().expect("utf-8");
+    let fsr = env.kubelet_under(
+        AS_A,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            decoy_arg,
+        ],
+        &["expandfs", &opts, &dev, m, &two_gib, &one_gib],
+    );
+    assert!(
+        fsr.ok()["message"]
+            .as_str()
+            .expect("m")
+            .contains("grew the xfs"),
+        "{}",
+        fsr.raw
+    );
+    assert_eq!(device_bytes(&dev), 2 << 30, "after expandfs");
+    for attr in [
+        format!("{scsi}/rescan"),
+        format!("class/block/{block}/device/rescan"),
+        "class/scsi_host/host0/scan".into(),
+        "class/scsi_host/host1/scan".into(),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(decoy.join(&attr)).expect("decoy attr"),
+            "",
+            "the driver wrote to the host's /sys/{attr}"
+        );
+    }
+    env.kubelet(AS_A, &["unmountdevice", m]).ok();
+    env.controller(&["detach", name, AS_A]).ok();
+}
