@@ -587,10 +587,6 @@ impl RealCluster {
         let binds = [
             (dev.clone(), PathBuf::from("/dev")),
             (
-                sim_root.join("sys/bus/scsi/devices"),
-                PathBuf::from("/sys/bus/scsi/devices"),
-            ),
-            (
                 sim_root.join("sys/class/scsi_host"),
                 PathBuf::from("/sys/class/scsi_host"),
             ),
@@ -625,6 +621,24 @@ impl RealCluster {
                 to = to.display()
             ));
         }
+        // The node's SCSI bus is its VM's (the simulator's tree, whose devices' `rescan` leads to
+        // the simulator's storage bus): the driver finds data disks and rescans grown ones there,
+        // never in the host's sysfs. The host's other buses stay in view (cAdvisor reads
+        // `/sys/bus/cpu`): a tmpfs over `/sys/bus` holds a bind of each.
+        let host_bus = d.join("host-sys-bus");
+        std::fs::create_dir_all(&host_bus).expect("host bus dir");
+        script.push_str(&format!(
+            "mount --bind /sys/bus {host}
+             mount -t tmpfs -o mode=0755 sysbus /sys/bus
+             for b in {host}/*; do
+               n=${{b##*/}}; [ \"$n\" = scsi ] && continue
+               mkdir /sys/bus/$n && mount --bind $b /sys/bus/$n
+             done
+             mkdir /sys/bus/scsi && mount --bind {scsi} /sys/bus/scsi
+             umount {host}\n",
+            host = host_bus.display(),
+            scsi = sim_root.join("sys/bus/scsi").display()
+        ));
         script.push_str(
             "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
              mount -t tmpfs shm /dev/shm
