@@ -5,15 +5,22 @@
 //! the state directory) whose reads and writes go to the disk's sparse file, and over which the
 //! node's loop device is made. When Azure detaches the disk the port is cut: from then on every
 //! read, write and flush of it answers EIO, so a filesystem still mounted on the node gets I/O
-//! errors, as a guest whose SCSI disk was hot-removed does (a loop device over the sparse file
-//! itself would only be marked autoclear, and its filesystem would go on working). A new
-//! attachment is a new port, so a stale mount never reaches a disk attached again.
+//! errors, as a Linux guest does when Hyper-V takes the LUN away (storvsc answers the I/O with
+//! `DID_NO_CONNECT` and removes the SCSI device: `storvsc_remove_lun` for
+//! `SRB_STATUS_INVALID_LUN`, drivers/scsi/storvsc_drv.c). A loop device over the sparse file
+//! itself would only be marked autoclear, and its filesystem would go on working. A new
+//! attachment is a new port and a new loop device, so a stale mount never reaches a disk attached
+//! again.
 //!
 //! A disk grown by Azure keeps its old size on the node until the guest rescans it (Microsoft
 //! Learn, "Expand virtual hard disks on a Linux VM": after a live resize the guest writes `1` to
-//! the SCSI device's `rescan` attribute in sysfs). Each port has a control file `rescan-<serial>`
-//! that the node's sysfs entry of that SCSI device links to; a write to it makes the loop device
-//! take the disk's current size, and returns once it has, as the kernel's rescan does.
+//! the SCSI device's `rescan` attribute in sysfs, whose handler, `store_rescan_field` in
+//! drivers/scsi/scsi_sysfs.c, re-reads the capacity before the write returns). Each port has a
+//! control file `rescan-<serial>` that the node's sysfs entry of that SCSI device links to; a
+//! write to it makes the loop device take the disk's current size, and returns once it has. A
+//! Linux guest also rescans by itself when an I/O meets Hyper-V's "capacity data has changed"
+//! unit attention (`storvsc_device_scan`, same file); the bus never does, the stricter case: a
+//! driver that forgot the rescan is caught.
 //!
 //! Ports are opened with `FOPEN_DIRECT_IO`: nothing the node wrote lingers in a page cache of the
 //! bus, so a cut is seen by the very next I/O.

@@ -13,6 +13,7 @@ use std::process::Command;
 struct Mounted(PathBuf);
 
 impl Mounted {
+    /// A fresh `fs` made on `dev`, mounted at `dir`.
     fn new(dev: &Path, dir: &Path, fs: &str) -> Mounted {
         let out = Command::new(format!("mkfs.{fs}"))
             .arg(if fs == "xfs" { "-f" } else { "-F" })
@@ -21,14 +22,18 @@ impl Mounted {
             .output()
             .expect("mkfs");
         assert!(out.status.success(), "mkfs.{fs}: {out:?}");
+        Mounted::existing(dev, dir)
+    }
+
+    /// The filesystem on `dev`, mounted at `dir`.
+    fn existing(dev: &Path, dir: &Path) -> Mounted {
         std::fs::create_dir_all(dir).expect("mount dir");
         let out = Command::new("mount")
-            .args(["-t", fs])
             .arg(dev)
             .arg(dir)
             .output()
             .expect("mount");
-        assert!(out.status.success(), "mount: {out:?}");
+        assert!(out.status.success(), "mount {}: {out:?}", dev.display());
         Mounted(dir.to_path_buf())
     }
 }
@@ -127,15 +132,7 @@ fn a_disk_detached_under_its_mounted_filesystem_gives_it_io_errors() {
         );
         drop(mounted);
         let dir2 = tmp.path().join(format!("again-{i}"));
-        std::fs::create_dir_all(&dir2).expect("dir");
-        let out = Command::new("mount")
-            .args(["-t", fs])
-            .arg(&again)
-            .arg(&dir2)
-            .output()
-            .expect("mount");
-        assert!(out.status.success(), "{fs}: mount again: {out:?}");
-        let remounted = Mounted(dir2.clone());
+        let remounted = Mounted::existing(&again, &dir2);
         assert_eq!(
             std::fs::read(dir2.join("before")).expect("synced bytes kept"),
             b"synced before the detach"
@@ -286,13 +283,7 @@ fn a_killed_simulator_leaves_no_bus_mount_nor_loop_device_and_a_restart_serves_t
         sim.loops_over_state()
     );
     let dev = std::fs::canonicalize(sim.lun_link(AS_A, sim.lun_of(AS_A, "held"))).expect("dev");
-    let out = Command::new("mount")
-        .arg(&dev)
-        .arg(&dir)
-        .output()
-        .expect("mount");
-    assert!(out.status.success(), "{out:?}");
-    let remounted = Mounted(dir.clone());
+    let remounted = Mounted::existing(&dev, &dir);
     assert_eq!(
         std::fs::read(dir.join("kept")).expect("kept"),
         b"synced before the crash"
