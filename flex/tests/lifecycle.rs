@@ -256,12 +256,15 @@ fn limits_static_volumes_sysfs_fallback_and_big_growth() {
         .ok();
 }
 
-/// kubelet reports a volume unmounted, and kube-controller-manager may detach it, as soon as
-/// `unmountdevice` answers (kubernetes `pkg/volume/util/operationexecutor`, UnmountDevice marks
-/// the device unmounted on success; the attach/detach controller detaches once the node no
-/// longer lists the volume in use). The unmount's flush is what puts a pod's unsynced writes on
-/// the disk, so the answer must come after it: on the simulator's nodes, as on Azure, a detach
-/// takes the disk from under a filesystem still mounted, and what it had not written is lost.
+/// kubelet reports a volume unmounted, and kube-controller-manager may detach it, once
+/// `unmountdevice` answers (kubernetes `pkg/volume/util/operationexecutor/operation_generator.go`:
+/// UnmountDevice marks the device unmounted on success — after its own check that a device path
+/// is no longer open, `isDeviceOpened`, which sees a mount still there only while the path it
+/// holds is the block device — and `GetVolumesInUse` stops listing it; the attach/detach
+/// controller's reconciler then detaches). The unmount's flush is what puts a pod's unsynced
+/// writes on the disk, so the answer must come after it: on the simulator's nodes, as on Azure,
+/// a detach takes the disk from under a filesystem still mounted, and what it had not written
+/// is lost.
 #[test]
 fn unsynced_writes_reach_the_disk_before_unmountdevice_answers() {
     let env = Env::start();
