@@ -55,6 +55,21 @@ impl VolumeOptions {
                 )))
             }
         };
+        // The PV's own way to be read-only in every call: kube-apiserver refuses PV options in
+        // the kubernetes.io namespace (validateFlexPersistentVolumeSource), and kubelet's
+        // `kubernetes.io/readwrite` follows the pod's claim, not the PV (getReadOnly, kubernetes
+        // `pkg/volume/flexvolume/util.go`).
+        let pinned = match get(m, &["readOnly"]) {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(other) => {
+                return Err(Error::Options(format!(
+                    "readOnly is {other:?}; expected \"true\" or \"false\""
+                )))
+            }
+        };
+        let read_only = read_only || pinned;
         let caching = match get(m, &["cachingMode", "cachingmode"]) {
             None => None,
             Some(c) => Some(
@@ -127,6 +142,18 @@ mod tests {
         assert!(opts(json!({"diskURI": uri, "kubernetes.io/fsType": "zfs"}))
             .expect_err("fs")
             .contains("not supported"));
+        // A read-only PV is read-only whatever the pod's claim says; a bad value is refused.
+        let pinned =
+            opts(json!({"diskURI": uri, "readOnly": "true", "kubernetes.io/readwrite": "rw"}))
+                .expect("valid");
+        assert!(pinned.read_only);
+        let open =
+            opts(json!({"diskURI": uri, "readOnly": "False", "kubernetes.io/readwrite": "rw"}))
+                .expect("valid");
+        assert!(!open.read_only);
+        assert!(opts(json!({"diskURI": uri, "readOnly": "yes"}))
+            .expect_err("readOnly")
+            .contains("expected \"true\" or \"false\""));
         assert!(opts(json!({"diskURI": uri, "kind": "dedicated"}))
             .expect_err("kind")
             .contains("retired"));

@@ -12,6 +12,7 @@ use crate::keys::{
     SELECTED_NODE_KEY,
 };
 use crate::quantity::bytes_of;
+use flexdisk_azure::{DiskInfo, DiskSpec};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -237,11 +238,13 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
             "options": {"diskURI": plan.disk_uri, "cachingMode": plan.caching.as_str(), "kind": "managed"}},
     });
     if plan.read_only {
-        // The PV's options are merged over the keys kubelet and kube-controller-manager add
-        // (kubernetes `pkg/volume/flexvolume/driver-call.go`, NewOptionsForDriver), so every call
-        // sees the volume read-only, whatever the pod says.
+        // Every driver call sees the volume read-only, whatever the pod says: the driver's own
+        // `readOnly` option. Not `kubernetes.io/readwrite` (which kubelet derives from the pod's
+        // claim, `pkg/volume/flexvolume/util.go` getReadOnly): kube-apiserver refuses PV options
+        // in the kubernetes.io namespace (validateFlexPersistentVolumeSource) — seen on the real
+        // cluster. `flexVolume.readOnly` makes kubelet's bind into the container read-only too.
         spec["flexVolume"]["readOnly"] = json!(true);
-        spec["flexVolume"]["options"]["kubernetes.io/readwrite"] = json!("ro");
+        spec["flexVolume"]["options"]["readOnly"] = json!("true");
     }
     if !plan.mount_options.is_empty() {
         // Not spec.mountOptions: kubelet refuses those for FlexVolume ("Mount options are not
@@ -460,6 +463,7 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     // The intent first: whatever happens from here (a crash, the claim deleted), the disk is
     // found again from the claim and either gets its PV or is deleted.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
+    let retried = intent::recorded_for(pvc, &ctx.name, &plan.pv.disk_uri);
     if !intent::record(&claims, pvc, &ctx.name, &plan.pv.disk_uri).await? {
         // The claim changed since read: its newer version comes with the watch; until then,
         // back-off (a stale watch cache must not make this a loop).
@@ -473,23 +477,23 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
     if let Some((_, source)) = &copying {
         crate::clone::protect(ctx, source, &claim.uid).await?;
     }
-    ctx.event(
-        &**pvc,
-        EventType::Normal,
-        "Provisioning",
-        format!(
-            "creating disk {} ({} GiB, {})",
-            plan.disk.name, plan.disk.size_gib, plan.disk.sku
-        ),
-    )
-    .await;
-    let disk = match (ctx.arm.create_disk(&plan.disk).await, &selected) {
-        (Ok(disk), _) => disk,
-        (Err(e), Some(node)) if another_node_may_help(e.code()) => {
-            let why = format!("Azure cannot make the disk in the zone of node {node}: {e}");
-            return reschedule(ctx, pvc, node, why).await;
-        }
-        (Err(e), _) => return Err(e.into()),
+    // An attempt after one that made the disk (and then failed, e.g. at the PV) reads it rather
+    // than writing it again: a retry costs no ARM write (seen on the real cluster: a PV
+    // kube-apiserver refused made one disk PUT per back-off step).
+    let made = if retried {
+        ctx.arm
+            .get_disk(&plan.disk.resource_group, &plan.disk.name)
+            .await?
+            .filter(|d| d.provisioning_state == "Succeeded")
+    } else {
+        None
+    };
+    let disk = match made {
+        Some(disk) => disk,
+        None => match create_disk(ctx, pvc, &plan.disk, selected.as_deref()).await? {
+            Ok(disk) => disk,
+            Err(action) => return Ok(action),
+        },
     };
     // The claim may be going while the disk was made: then the disk is deleted, by the intent.
     let same = |c: &PersistentVolumeClaim| c.uid().as_deref() == Some(claim.uid.as_str());
@@ -525,6 +529,34 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         .provision(&class_name, "succeeded", Some(started.elapsed()));
     info!(claim = %format!("{ns}/{}", claim.name), pv = %plan.pv.name, "provisioned");
     Ok(Action::await_change())
+}
+
+/// Creates the claim's disk (an event says so). `Err(action)`: Azure cannot make it in the
+/// selected node's zone, and the claim went back to the scheduler.
+async fn create_disk(
+    ctx: &Ctx,
+    pvc: &Arc<PersistentVolumeClaim>,
+    spec: &DiskSpec,
+    selected: Option<&str>,
+) -> Result<Result<DiskInfo, Action>, Error> {
+    ctx.event(
+        &**pvc,
+        EventType::Normal,
+        "Provisioning",
+        format!(
+            "creating disk {} ({} GiB, {})",
+            spec.name, spec.size_gib, spec.sku
+        ),
+    )
+    .await;
+    match (ctx.arm.create_disk(spec).await, selected) {
+        (Ok(disk), _) => Ok(Ok(disk)),
+        (Err(e), Some(node)) if another_node_may_help(e.code()) => {
+            let why = format!("Azure cannot make the disk in the zone of node {node}: {e}");
+            reschedule(ctx, pvc, node, why).await.map(Err)
+        }
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
 /// Binds a claim that names a VolumeAttributesClass to its new PV from the claim's side too, as

@@ -32,6 +32,11 @@ pub fn recorded(pvc: &PersistentVolumeClaim, name: &str) -> bool {
     pvc.finalizers().contains(&f)
 }
 
+/// Whether an earlier attempt of `name` recorded `disk_uri` as the claim's disk in the making.
+pub fn recorded_for(pvc: &PersistentVolumeClaim, name: &str, disk_uri: &str) -> bool {
+    recorded(pvc, name) && pvc.annotations().get(ANNOTATION).map(String::as_str) == Some(disk_uri)
+}
+
 /// Whether the claim asks this provisioner (`name`) for its volume.
 fn addressed_to(pvc: &PersistentVolumeClaim, name: &str) -> bool {
     let a = pvc.annotations();
@@ -49,9 +54,7 @@ pub async fn record(
     disk_uri: &str,
 ) -> Result<bool, Error> {
     let ours = finalizer(name);
-    if pvc.finalizers().contains(&ours)
-        && pvc.annotations().get(ANNOTATION).map(String::as_str) == Some(disk_uri)
-    {
+    if recorded_for(pvc, name, disk_uri) {
         // Recorded by an earlier attempt: nothing to write.
         return Ok(true);
     }

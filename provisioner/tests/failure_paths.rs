@@ -464,6 +464,14 @@ fn a_read_only_many_claim_is_refused_growth_up_front() {
     let claim = format!("{PVCS}/published");
     s.until(&claim, "Bound", |o| o["status"]["phase"] == "Bound");
     let disk = format!("pvc-{}", uid(&c));
+    // Read-only in every driver call through the driver's own option: kube-apiserver refuses
+    // PV options in the kubernetes.io namespace (the simulator as validation.go does).
+    let (_, pv) = s.call("GET", &format!("/api/v1/persistentvolumes/{disk}"), None);
+    assert_eq!(
+        pv["spec"]["flexVolume"]["options"]["readOnly"], "true",
+        "{pv}"
+    );
+    assert_eq!(pv["spec"]["flexVolume"]["readOnly"], true, "{pv}");
     let (arm0, _) = counters(&s);
     grow(&s, "default", "published", "4Gi");
     let refused = s.until(&claim, "refused", |o| {
@@ -839,4 +847,34 @@ fn a_failure_ledger_bounds_every_permanent_failure() {
     assert_eq!(claim_state("tuned"), "Bound, modify InProgress");
     assert_eq!(claim_state("copy"), "Bound");
     assert_eq!(claim_state("origin"), "gone");
+}
+
+/// A claim whose disk was made but whose PV the API server refused (here three times): each
+/// retry reads the disk it made rather than writing it again — one ARM write in all, however long
+/// the API server keeps refusing.
+#[test]
+fn retries_after_the_disk_was_made_read_it_rather_than_write_it_again() {
+    let s = Setup::start();
+    s.class("std", json!({}), json!({}));
+    let (status, rule) = s.call(
+        "POST",
+        "/_sim/faults",
+        Some(json!({"operation": "create persistentvolumes", "times": 3,
+            "action": {"kind": "status", "status": 500}})),
+    );
+    assert_eq!(status, 201, "{rule}");
+    let c = s.claim("again", "std", "1Gi");
+    let disk = format!("pvc-{}", uid(&c));
+    s.until(&format!("{PVCS}/again"), "Bound", |o| {
+        o["status"]["phase"] == "Bound"
+    });
+    let (arm, _) = counters(&s);
+    assert_eq!(
+        writes_to(&arm, &format!("disks/{disk}")),
+        1,
+        "one disk PUT across four attempts: {arm:?}\n{}",
+        s.log()
+    );
+    let told = note_soon(&s, "again", "ProvisioningFailed", |_| true);
+    assert!(!told.is_empty(), "the refusals were told");
 }

@@ -33,6 +33,13 @@ pub enum Command {
         /// How long disk and snapshot operations (create, grow, delete) take, in milliseconds.
         #[arg(long, default_value_t = 500)]
         disk_op_ms: u64,
+        /// Spread of each VM operation's time around --vm-op-ms: the σ of a log-normal (0: all
+        /// take --vm-op-ms; Azure's attach/detach times are matched by 12000 ms with σ 1).
+        #[arg(long, default_value_t = 0.0)]
+        vm_op_sigma: f64,
+        /// Spread of each disk operation's time around --disk-op-ms, as --vm-op-sigma.
+        #[arg(long, default_value_t = 0.0)]
+        disk_op_sigma: f64,
         /// ARM (and control API) port; 0 picks a free one.
         #[arg(long, default_value_t = 0)]
         arm_port: u16,
@@ -115,6 +122,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             world,
             vm_op_ms,
             disk_op_ms,
+            vm_op_sigma,
+            disk_op_sigma,
             arm_port,
             login_port,
             imds_port,
@@ -130,9 +139,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.block_on(serve(ServeOptions {
                 state,
                 world,
-                timing: Timing {
-                    vm_op: Duration::from_millis(vm_op_ms),
-                    disk_op: Duration::from_millis(disk_op_ms),
+                timing: {
+                    let t = Timing {
+                        vm_op_sigma,
+                        disk_op_sigma,
+                        ..Timing::fixed(
+                            Duration::from_millis(vm_op_ms),
+                            Duration::from_millis(disk_op_ms),
+                        )
+                    };
+                    t.check().map_err(anyhow::Error::msg)?;
+                    t
                 },
                 arm_port,
                 login_port,

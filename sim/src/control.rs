@@ -63,12 +63,15 @@ fn serve(sim: &Simulator, req: &Request) -> Response {
         },
         ("GET", "/timing") => Response::json(200, &json!(sim.timing())),
         ("PUT", "/timing") => match serde_json::from_slice::<crate::simulator::Timing>(&req.body) {
-            Ok(t) => {
-                sim.set_timing(t);
-                Response::json(200, &json!(t))
-            }
+            Ok(t) => match t.check() {
+                Ok(()) => {
+                    sim.set_timing(t);
+                    Response::json(200, &json!(t))
+                }
+                Err(e) => bad(e),
+            },
             Err(e) => bad(format!(
-                "not a timing (vmOpMs and diskOpMs, milliseconds): {e}"
+                "not a timing (vmOpMs and diskOpMs, milliseconds; vmOpSigma and diskOpSigma, optional): {e}"
             )),
         },
         ("POST", "/federated-token") => {

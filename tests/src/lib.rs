@@ -276,13 +276,10 @@ impl Cluster {
     }
 }
 
-/// A managed disk made in `sim`'s Azure with the control plane's cloud config; its ID.
-pub fn create_disk(
+/// `sim`'s Azure as the control plane's cloud config reaches it, with a runtime to call it on.
+fn arm_of(
     sim: &flexdisk_sim::process::SimProcess,
-    name: &str,
-    sku: &str,
-    gib: u64,
-) -> String {
+) -> (tokio::runtime::Runtime, flexdisk_azure::Arm) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -291,6 +288,24 @@ pub fn create_disk(
     let arm = rt
         .block_on(flexdisk_azure::Arm::connect(&config, Default::default()))
         .expect("arm");
+    (rt, arm)
+}
+
+/// Deletes a detached managed disk of `sim`'s Azure, as an admin would.
+pub fn delete_disk(sim: &flexdisk_sim::process::SimProcess, name: &str) {
+    let (rt, arm) = arm_of(sim);
+    rt.block_on(arm.delete_disk(&arm.resource_group, name))
+        .expect("delete disk");
+}
+
+/// A managed disk made in `sim`'s Azure with the control plane's cloud config; its ID.
+pub fn create_disk(
+    sim: &flexdisk_sim::process::SimProcess,
+    name: &str,
+    sku: &str,
+    gib: u64,
+) -> String {
+    let (rt, arm) = arm_of(sim);
     let params = flexdisk_azure::DiskParams::parse([("skuName", sku)]).expect("params");
     let spec = flexdisk_azure::DiskSpec::from_params(
         &params,

@@ -18,6 +18,7 @@ use crate::bin;
 use flexdisk_sim::process::SimProcess;
 use serde_json::{json, Value};
 use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -130,9 +131,13 @@ fn start_logged(cmd: &mut Command, log: &Path) -> Child {
         .append(true)
         .open(log)
         .expect("log");
+    // Its own process group: a component killed "as a crash would" takes the processes it
+    // started with it (kube-controller-manager's and kubelet's driver calls), as a container's
+    // end does.
     cmd.stdin(Stdio::null())
         .stdout(file.try_clone().expect("log"))
         .stderr(file)
+        .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e}", log.display()))
 }
@@ -150,6 +155,53 @@ fn spawn(name: &str, log_dir: &Path, cmd: &mut Command) -> Proc {
             .get_envs()
             .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
             .collect(),
+    }
+}
+
+/// How long the simulated Azure's operations take in this run: `FLEXDISK_REAL_CLUSTER_TIMING=azure`
+/// spreads them as Azure's are (the simulator's `Timing`: VM operations 12 s median with a tail
+/// past two minutes, disk operations 2.5 s), so that kube-controller-manager's and kubelet's
+/// timeouts and retries are reached; unset, fast fixed times (300 ms, 200 ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterTiming {
+    Fast,
+    AzureLike,
+}
+
+impl ClusterTiming {
+    fn sim_args(self) -> &'static [&'static str] {
+        match self {
+            ClusterTiming::Fast => &["--vm-op-ms", "300", "--disk-op-ms", "200"],
+            ClusterTiming::AzureLike => &[
+                "--vm-op-ms",
+                "12000",
+                "--vm-op-sigma",
+                "1.0",
+                "--disk-op-ms",
+                "2500",
+                "--disk-op-sigma",
+                "0.5",
+            ],
+        }
+    }
+
+    /// How long a test waits for what a few Azure operations and Kubernetes' reactions take.
+    pub fn long_wait(self) -> Duration {
+        match self {
+            ClusterTiming::Fast => Duration::from_secs(180),
+            ClusterTiming::AzureLike => Duration::from_secs(900),
+        }
+    }
+}
+
+/// This run's timing (see [`ClusterTiming`]); anything but `azure` or unset is refused.
+pub fn timing() -> ClusterTiming {
+    match std::env::var("FLEXDISK_REAL_CLUSTER_TIMING").as_deref() {
+        Err(_) | Ok("") | Ok("fast") => ClusterTiming::Fast,
+        Ok("azure") => ClusterTiming::AzureLike,
+        Ok(other) => {
+            panic!("FLEXDISK_REAL_CLUSTER_TIMING={other:?}: use azure, fast or leave it unset")
+        }
     }
 }
 
@@ -228,11 +280,10 @@ impl RealCluster {
                 &host_ip.to_string(),
                 "--tls-dir",
                 tls.to_str().expect("utf-8"),
-                "--vm-op-ms",
-                "300",
-                "--disk-op-ms",
-                "200",
-            ],
+            ]
+            .into_iter()
+            .chain(timing().sim_args().iter().copied())
+            .collect::<Vec<_>>(),
         )
         .expect("the simulator starts");
         let mut c = RealCluster {
@@ -266,20 +317,23 @@ impl RealCluster {
             c.wait_until(
                 &format!("node {name} Ready"),
                 Duration::from_secs(120),
-                |c| {
-                    c.kubectl_json(&["get", "node", name])
-                        .ok()
-                        .is_some_and(|n| {
-                            n["status"]["conditions"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .any(|x| x["type"] == "Ready" && x["status"] == "True")
-                        })
-                },
+                |c| c.node_ready(name),
             );
         }
         c
+    }
+
+    /// Whether the node's Ready condition is True.
+    pub fn node_ready(&self, name: &str) -> bool {
+        self.kubectl_json(&["get", "node", name])
+            .ok()
+            .is_some_and(|n| {
+                n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|x| x["type"] == "Ready" && x["status"] == "True")
+            })
     }
 
     fn api(&self) -> String {
@@ -701,17 +755,7 @@ state = \"/run/containerd\"
             |_| d.join("run-containerd/containerd.sock").exists(),
         );
         for image in images(&self.dir.path().join("images")) {
-            run(node
-                .command(self.bin.join("ctr").to_str().expect("utf-8"))
-                .args([
-                    "-n",
-                    "k8s.io",
-                    "images",
-                    "import",
-                    "--platform",
-                    "linux/amd64",
-                ])
-                .arg(&image));
+            import_into(&node, &self.bin, &image);
         }
 
         // kubelet.
@@ -783,18 +827,7 @@ state = \"/run/containerd\"
     pub fn install_flexdisk(&self) {
         let bins = static_binaries();
         let images = self.dir.path().join("images");
-        let driver = images.join("flexdisk.tar");
-        oci_archive(
-            &driver,
-            &Image {
-                name: "ghcr.io/flexdisk/flexdisk:0.1.0",
-                files: vec![(bins.join("flexdisk"), "flexdisk".into())],
-                applets: &[],
-                entrypoint: &["/flexdisk"],
-                cmd: &["install", "--plugin-dir=/flexvolume", "--stay"],
-                user: None,
-            },
-        );
+        let driver = driver_image(&images, "0.1.0", &bins.join("flexdisk"));
         let provisioner = images.join("flexdisk-provisioner.tar");
         oci_archive(
             &provisioner,
@@ -810,20 +843,8 @@ state = \"/run/containerd\"
                 user: Some("65532:65532"),
             },
         );
-        for node in &self.nodes {
-            for image in [&driver, &provisioner] {
-                run(node
-                    .command(self.bin.join("ctr").to_str().expect("utf-8"))
-                    .args([
-                        "-n",
-                        "k8s.io",
-                        "images",
-                        "import",
-                        "--platform",
-                        "linux/amd64",
-                    ])
-                    .arg(image));
-            }
+        for image in [&driver, &provisioner] {
+            self.import_image(image);
         }
         let overlay = self.dir.path().join("install-overlay");
         std::fs::create_dir_all(&overlay).expect("overlay");
@@ -881,6 +902,26 @@ state = \"/run/containerd\"
             .ok()
             .is_some_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
         });
+    }
+
+    /// An OCI archive imported into every node's containerd (no registry: pods never pull).
+    fn import_image(&self, archive: &Path) {
+        for node in &self.nodes {
+            import_into(node, &self.bin, archive);
+        }
+    }
+
+    /// Imports into every node the driver image `ghcr.io/flexdisk/flexdisk:<tag>`, its binary
+    /// this checkout's with `marker` appended: another file, as an upgrade's is, and a test can
+    /// tell from a node's plugin dir which of the two it has. The path of that binary.
+    pub fn import_driver_image(&self, tag: &str, marker: &str) -> PathBuf {
+        let images = self.dir.path().join("images");
+        let binary = images.join(format!("flexdisk-{tag}"));
+        let mut elf = std::fs::read(static_binaries().join("flexdisk")).expect("driver");
+        elf.extend_from_slice(marker.as_bytes());
+        std::fs::write(&binary, elf).expect("driver");
+        self.import_image(&driver_image(&images, tag, &binary));
+        binary
     }
 
     /// kubectl as the cluster's admin; stdout, or what went wrong.
@@ -1132,13 +1173,18 @@ state = \"/run/containerd\"
             .collect()
     }
 
-    /// SIGKILLs a component (`kube-controller-manager`, `kubelet-<node>`…), as a crash would.
+    /// SIGKILLs a component (`kube-controller-manager`, `kubelet-<node>`…) with every process it
+    /// started (its process group: the driver calls it is waiting for), as a crash would.
     pub fn kill(&self, name: &str) {
         let mut procs = self.procs.lock().expect("procs");
         let p = procs
             .iter_mut()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no component {name}"));
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(p.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = p.child.kill();
         let _ = p.child.wait();
     }
@@ -1500,6 +1546,39 @@ pub fn simulator() -> PathBuf {
 /// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
 /// they ship: the driver runs on any node OS and in the distroless controller-manager image),
 /// built now so they are never stale; their directory.
+/// An OCI archive imported into `node`'s containerd with the cluster's `ctr` (in `bin`).
+fn import_into(node: &Node, bin: &Path, archive: &Path) {
+    run(node
+        .command(bin.join("ctr").to_str().expect("utf-8"))
+        .args([
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            "--platform",
+            "linux/amd64",
+        ])
+        .arg(archive));
+}
+
+/// The driver's image as `install/Dockerfile` makes it (the installer that copies itself into
+/// the node's plugin dir, then stays), tagged `tag`, with `binary` as its driver; the archive.
+fn driver_image(images: &Path, tag: &str, binary: &Path) -> PathBuf {
+    let archive = images.join(format!("flexdisk-{tag}.tar"));
+    oci_archive(
+        &archive,
+        &Image {
+            name: &format!("ghcr.io/flexdisk/flexdisk:{tag}"),
+            files: vec![(binary.to_path_buf(), "flexdisk".into())],
+            applets: &[],
+            entrypoint: &["/flexdisk"],
+            cmd: &["install", "--plugin-dir=/flexvolume", "--stay"],
+            user: None,
+        },
+    );
+    archive
+}
+
 pub fn static_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     // <target>/debug/deps/<test> → <target>

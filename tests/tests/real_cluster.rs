@@ -5,16 +5,27 @@
 //! does with flexdisk, not what our emulators think it does.
 //!
 //! One cluster serves every scenario, one after the other (starting one takes a while, and the
-//! simulator's login certificate names the cluster's address: one cluster per test process).
+//! simulator's login certificate names the cluster's address: one cluster per test process); each
+//! scenario is its own test (libtest-mimic, so that the cluster is torn down after the last), and
+//! each must leave the cluster as it found it (`Footprint`).
 
+use libtest_mimic::{Arguments, Failed, Trial};
 use serde_json::{json, Value};
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use system_tests::real_cluster::{RealCluster, TOOLS_IMAGE};
 use system_tests::scene::world;
 
 const NODES: [&str; 2] = ["k8s-pool-0", "k8s-pool-1"];
-const LONG: Duration = Duration::from_secs(180);
+
+/// How long to wait for what a few Azure operations and Kubernetes' reactions take (longer with
+/// Azure-like timing, `FLEXDISK_REAL_CLUSTER_TIMING=azure`).
+fn long() -> Duration {
+    system_tests::real_cluster::timing().long_wait()
+}
 
 /// A pod on `node` that runs `script` with the claim mounted at /data.
 fn pod(name: &str, node: &str, claim: &str, script: &str) -> Value {
@@ -60,60 +71,244 @@ fn exec(c: &RealCluster, pod: &str, script: &str) -> String {
         .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()))
 }
 
-#[test]
-fn flexdisk_on_a_real_cluster() {
+/// A scenario: what it does to the shared cluster, asserting as it goes.
+type Scenario = fn(&RealCluster);
+
+/// Each scenario under its function's name.
+macro_rules! scenarios {
+    ($($f:ident),* $(,)?) => { &[$((stringify!($f), $f as Scenario)),*] };
+}
+
+/// The scenarios, in the order they run (each is its own test: `cargo test --test real_cluster
+/// -- NAME` runs the ones whose name contains NAME).
+const SCENARIOS: &[(&str, Scenario)] = scenarios![
+    static_volume_moves,
+    statefulset_drain_resize_delete,
+    retain_keeps_the_disk,
+    access_modes,
+    two_pods_of_one_claim_on_one_node,
+    kubelet_restarted_with_volumes_mounted,
+    driver_upgraded_with_volumes_mounted,
+    a_non_root_pod_and_a_block_claim,
+    controller_restart_mid_detach,
+    provisioner_leader_killed,
+    provisioner_failure_paths,
+    volume_attributes_classes,
+    provisioner_adversarial_paths,
+    // Last: it leaves a node dead.
+    out_of_service_node,
+];
+
+/// What a scenario must leave as it found it: Azure's disks and their attachments, the claims,
+/// volumes, namespaces and workload pods, and the simulator's loop devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Footprint {
+    disks: BTreeSet<String>,
+    attachments: BTreeSet<String>,
+    claims: BTreeSet<String>,
+    volumes: BTreeSet<String>,
+    namespaces: BTreeSet<String>,
+    pods: BTreeSet<String>,
+    loop_devices: BTreeSet<String>,
+}
+
+/// The namespaces whose pods are the cluster's own (flexdisk's included), not a scenario's.
+const SYSTEM_NAMESPACES: &[&str] = &[
+    "kube-system",
+    "kube-public",
+    "kube-node-lease",
+    "flexdisk-system",
+];
+
+impl Footprint {
+    fn of(c: &RealCluster) -> Result<Footprint, String> {
+        let names = |kind: &str| -> Result<BTreeSet<String>, String> {
+            let list = c.kubectl_json(&["get", kind, "--all-namespaces"])?;
+            Ok(list["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|o| {
+                    !SYSTEM_NAMESPACES.contains(&o["metadata"]["namespace"].as_str().unwrap_or(""))
+                })
+                .map(|o| {
+                    let name = o["metadata"]["name"].as_str().unwrap_or_default();
+                    match o["metadata"]["namespace"].as_str() {
+                        Some(ns) => format!("{ns}/{name}"),
+                        None => name.to_string(),
+                    }
+                })
+                .collect())
+        };
+        let state = c.sim.field("state");
+        let loops = Command::new("losetup")
+            .arg("--list")
+            .arg("--noheadings")
+            .args(["--output", "NAME,BACK-FILE"])
+            .output()
+            .map_err(|e| format!("losetup: {e}"))?;
+        let disks = disks(c);
+        Ok(Footprint {
+            attachments: disks
+                .iter()
+                .flat_map(|(d, vms)| vms.iter().map(move |vm| format!("{d} on {vm}")))
+                .collect(),
+            disks: disks.into_iter().map(|(d, _)| d).collect(),
+            claims: names("persistentvolumeclaims")?,
+            volumes: names("persistentvolumes")?,
+            namespaces: names("namespaces")?,
+            pods: names("pods")?,
+            loop_devices: String::from_utf8_lossy(&loops.stdout)
+                .lines()
+                .filter(|l| !state.is_empty() && l.contains(&state))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect(),
+        })
+    }
+
+    /// What `self` has that `before` had not, and what it lost, field by field.
+    fn differences(&self, before: &Footprint) -> Vec<String> {
+        let fields = [
+            ("disk", &before.disks, &self.disks),
+            ("attachment", &before.attachments, &self.attachments),
+            ("claim", &before.claims, &self.claims),
+            ("volume", &before.volumes, &self.volumes),
+            ("namespace", &before.namespaces, &self.namespaces),
+            ("pod", &before.pods, &self.pods),
+            ("loop device", &before.loop_devices, &self.loop_devices),
+        ];
+        let mut out = Vec::new();
+        for (what, was, now) in fields {
+            out.extend(
+                now.difference(was)
+                    .map(|x| format!("{what} left behind: {x}")),
+            );
+            out.extend(was.difference(now).map(|x| format!("{what} gone: {x}")));
+        }
+        out
+    }
+}
+
+/// One cluster for every scenario (starting one takes a while, and the simulator's login
+/// certificate names the cluster's address), made by the first scenario that runs.
+struct Shared {
+    cluster: RealCluster,
+    /// The footprint of the cluster as installed: every scenario leaves it so.
+    baseline: Footprint,
+    started: Instant,
+    _tmp: tempfile::TempDir,
+}
+
+fn start() -> Shared {
     system_tests::real_cluster::simulator();
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
     let started = Instant::now();
-    let c = RealCluster::start(&world_file, &NODES);
-    c.install_flexdisk();
+    let cluster = RealCluster::start(&world_file, &NODES);
+    cluster.install_flexdisk();
     eprintln!(
         "[{:>6.1}s] cluster up, flexdisk installed",
         started.elapsed().as_secs_f64()
     );
-    for (name, scenario) in [
-        (
-            "a static volume moves between nodes",
-            static_volume_moves as fn(&RealCluster),
-        ),
-        (
-            "a StatefulSet's volumes survive a drain, grow, and go",
-            statefulset_drain_resize_delete,
-        ),
-        ("Retain keeps the disk", retain_keeps_the_disk),
-        (
-            "ReadWriteMany is refused, ReadOnlyMany is read-only everywhere",
-            access_modes,
-        ),
-        (
-            "kube-controller-manager restarted mid-detach with no state",
-            controller_restart_mid_detach,
-        ),
-        ("the provisioner's leader killed", provisioner_leader_killed),
-        ("the provisioner's failure paths", provisioner_failure_paths),
-        (
-            "a claim's VolumeAttributesClass shapes and changes its disk",
-            volume_attributes_classes,
-        ),
-        (
-            "the provisioner on adversarial and failure paths",
-            provisioner_adversarial_paths,
-        ),
-        // Last: it leaves a node dead.
-        (
-            "a dead node's volume moves after out-of-service",
-            out_of_service_node,
-        ),
-    ] {
-        let t = Instant::now();
-        scenario(&c);
-        eprintln!(
-            "[{:>6.1}s] {name}: {:.1}s",
-            started.elapsed().as_secs_f64(),
-            t.elapsed().as_secs_f64()
-        );
+    let baseline = Footprint::of(&cluster).expect("the installed cluster's footprint");
+    Shared {
+        cluster,
+        baseline,
+        started,
+        _tmp: tmp,
     }
+}
+
+/// Runs one scenario on the shared cluster, then checks it left nothing behind (polling: disks
+/// and loop devices go a while after their claims). A scenario that fails is cleaned up after
+/// as far as deleting its workloads goes, so that the next ones start from the baseline.
+fn run_scenario(
+    shared: &Mutex<Option<Shared>>,
+    name: &str,
+    scenario: Scenario,
+) -> Result<(), Failed> {
+    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let s = guard.get_or_insert_with(start);
+    let t = Instant::now();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&s.cluster)));
+    eprintln!(
+        "[{:>6.1}s] {name}: {:.1}s",
+        s.started.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    if let Err(panic) = outcome {
+        clean_up(&s.cluster);
+        std::panic::resume_unwind(panic);
+    }
+    let deadline = Instant::now() + long();
+    loop {
+        let now = Footprint::of(&s.cluster)?;
+        let left = now.differences(&s.baseline);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let message = format!(
+                "{name} left the cluster otherwise than it found it:\n{}\n{}",
+                left.join("\n"),
+                s.cluster.diagnostics()
+            );
+            clean_up(&s.cluster);
+            // The next scenario compares with what is left now.
+            s.baseline = Footprint::of(&s.cluster)?;
+            return Err(message.into());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Deletes what a failed scenario may have left: its pods, claims and namespaces (their disks
+/// go with them, by their reclaim policy).
+fn clean_up(c: &RealCluster) {
+    let namespaces = c
+        .kubectl_json(&["get", "namespaces"])
+        .map(|l| {
+            l["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n["metadata"]["name"].as_str().map(str::to_string))
+                .filter(|n| !SYSTEM_NAMESPACES.contains(&n.as_str()) && n != "default")
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for ns in namespaces.iter().map(String::as_str).chain(["default"]) {
+        let _ = c.kubectl(&[
+            "delete",
+            "statefulsets,pods,pvc",
+            "--all",
+            "-n",
+            ns,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
+    }
+    for ns in &namespaces {
+        let _ = c.kubectl(&["delete", "namespace", ns, "--wait=true", "--timeout=120s"]);
+    }
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One cluster, one scenario at a time.
+    args.test_threads = Some(1);
+    let shared: Arc<Mutex<Option<Shared>>> = Arc::new(Mutex::new(None));
+    let trials = SCENARIOS
+        .iter()
+        .map(|&(name, scenario)| {
+            let shared = shared.clone();
+            Trial::test(name, move || run_scenario(&shared, name, scenario))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The cluster goes before the process ends (a static would never be dropped).
+    drop(shared.lock().unwrap_or_else(|e| e.into_inner()).take());
+    conclusion.exit();
 }
 
 /// A static PV of an existing disk: the real controller attaches it through the driver, the real
@@ -138,13 +333,13 @@ fn static_volume_moves(c: &RealCluster) {
             "dd if=/dev/urandom of=/data/blob bs=1k count=512 && md5sum /data/blob > /data/blob.md5 && sync && cat /data/blob.md5",
         ),
     ]);
-    c.wait_until("the writer done", LONG, |c| {
+    c.wait_until("the writer done", long(), |c| {
         phase(c, "writer") == "Succeeded"
     });
     let written = c.kubectl(&["logs", "writer"]).expect("logs");
     c.kubectl(&["delete", "pod", "writer", "--wait=true"])
         .expect("delete");
-    c.wait_until("the disk detached from node 0", LONG, |c| {
+    c.wait_until("the disk detached from node 0", long(), |c| {
         disks(c)
             .iter()
             .any(|(n, vms)| n == "existing-data" && vms.is_empty())
@@ -155,7 +350,7 @@ fn static_volume_moves(c: &RealCluster) {
         "existing-data",
         "md5sum /data/blob && cat /data/blob.md5",
     )]);
-    c.wait_until("the reader done", LONG, |c| {
+    c.wait_until("the reader done", long(), |c| {
         phase(c, "reader") == "Succeeded"
     });
     let read = c.kubectl(&["logs", "reader"]).expect("logs");
@@ -181,6 +376,17 @@ fn static_volume_moves(c: &RealCluster) {
     );
     c.kubectl(&["delete", "pod", "reader", "--wait=true"])
         .expect("delete");
+    // A Retain volume: the admin deletes the claim, the volume and then the disk.
+    c.kubectl(&["delete", "pvc", "existing-data", "--wait=true"])
+        .expect("delete claim");
+    c.kubectl(&["delete", "pv", "existing-data", "--wait=true"])
+        .expect("delete volume");
+    c.wait_until("existing-data detached", long(), |c| {
+        disks(c)
+            .iter()
+            .any(|(n, vms)| n == "existing-data" && vms.is_empty())
+    });
+    system_tests::delete_disk(&c.sim, "existing-data");
 }
 
 /// The project's own example StorageClass; a StatefulSet of three writes a checksummed file per
@@ -205,7 +411,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
             .ok()
             .is_some_and(|s| s["status"]["readyReplicas"] == 3)
     };
-    c.wait_until("the StatefulSet ready", LONG, ready);
+    c.wait_until("the StatefulSet ready", long(), ready);
     eprintln!(
         "figure: 3 StatefulSet pods with new volumes, created to ready (one after the other): {:.1}s",
         created.elapsed().as_secs_f64()
@@ -236,7 +442,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         "--timeout=170s",
     ])
     .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
-    c.wait_until("the StatefulSet ready again", LONG, ready);
+    c.wait_until("the StatefulSet ready again", long(), ready);
     eprintln!(
         "figure: kubectl drain of a node with {moving} of the pods, to all ready elsewhere: {:.1}s",
         drain_started.elapsed().as_secs_f64()
@@ -271,7 +477,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         r#"{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}"#,
     ])
     .expect("grow");
-    c.wait_until("the claim grown to 3Gi", LONG, |c| {
+    c.wait_until("the claim grown to 3Gi", long(), |c| {
         c.kubectl_json(&["get", "pvc", "data-db-1"])
             .ok()
             .is_some_and(|p| p["status"]["capacity"]["storage"] == "3Gi")
@@ -363,7 +569,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         "--wait=true",
     ])
     .expect("delete claims");
-    c.wait_until("the disks deleted", LONG, |c| {
+    c.wait_until("the disks deleted", long(), |c| {
         let d = disks(c);
         volumes.iter().all(|v| !d.iter().any(|(n, _)| n == v))
     });
@@ -396,7 +602,7 @@ fn claim(name: &str, class: &str, modes: &[&str], size: &str) -> Value {
 }
 
 fn bound_volume(c: &RealCluster, claim: &str) -> String {
-    c.wait_until(&format!("claim {claim} Bound"), LONG, |c| {
+    c.wait_until(&format!("claim {claim} Bound"), long(), |c| {
         c.kubectl_json(&["get", "pvc", claim])
             .ok()
             .is_some_and(|p| p["status"]["phase"] == "Bound")
@@ -429,18 +635,17 @@ fn retain_keeps_the_disk(c: &RealCluster) {
     let pv = bound_volume(c, "kept");
     c.kubectl(&["delete", "pvc", "kept", "--wait=true"])
         .expect("delete claim");
-    c.wait_until("the volume Released", LONG, |c| {
+    c.wait_until("the volume Released", long(), |c| {
         c.kubectl_json(&["get", "pv", &pv])
             .ok()
             .is_some_and(|p| p["status"]["phase"] == "Released")
     });
     c.kubectl(&["delete", "pv", &pv, "--wait=true"])
         .unwrap_or_else(|e| panic!("the admin deletes the Released PV: {e}"));
-    std::thread::sleep(Duration::from_secs(5));
-    assert!(
-        disks(c).iter().any(|(n, _)| *n == pv),
-        "the kept disk is gone"
-    );
+    holds(c, "the kept disk stays", Duration::from_secs(5), |c| {
+        disks(c).iter().any(|(n, _)| *n == pv)
+    });
+    let kept = pv;
 
     // A Delete volume switched to Retain: its claim goes, the admin deletes the PV at once (no
     // finalizer holds it) and the disk stays.
@@ -459,7 +664,7 @@ fn retain_keeps_the_disk(c: &RealCluster) {
         r#"{"spec":{"persistentVolumeReclaimPolicy":"Retain"}}"#,
     ])
     .expect("switch to Retain");
-    c.wait_until("the provisioner's finalizer gone", LONG, |c| {
+    c.wait_until("the provisioner's finalizer gone", long(), |c| {
         c.kubectl_json(&["get", "pv", &pv]).ok().is_some_and(|p| {
             p["metadata"]["finalizers"]
                 .as_array()
@@ -472,11 +677,29 @@ fn retain_keeps_the_disk(c: &RealCluster) {
         .expect("delete claim");
     c.kubectl(&["delete", "pv", &pv, "--wait=true", "--timeout=30s"])
         .unwrap_or_else(|e| panic!("the switched PV is deleted at once: {e}"));
-    std::thread::sleep(Duration::from_secs(5));
-    assert!(
-        disks(c).iter().any(|(n, _)| *n == pv),
-        "the disk of the volume switched to Retain is gone"
+    holds(
+        c,
+        "the disk of the volume switched to Retain stays",
+        Duration::from_secs(5),
+        |c| disks(c).iter().any(|(n, _)| *n == pv),
     );
+    // The admin deletes the kept disks once their data is no longer wanted.
+    for disk in [kept, pv] {
+        c.wait_until(&format!("{disk} detached"), long(), |c| {
+            disks(c).iter().any(|(n, vms)| *n == disk && vms.is_empty())
+        });
+        system_tests::delete_disk(&c.sim, &disk);
+    }
+}
+
+/// Asserts `f` at every look for `window`: what must stay so (nothing deletes a kept disk) is
+/// watched for the whole window, not looked at once after a sleep.
+fn holds(c: &RealCluster, what: &str, window: Duration, f: impl Fn(&RealCluster) -> bool) {
+    let end = Instant::now() + window;
+    while Instant::now() < end {
+        assert!(f(c), "no longer so: {what}\n{}", c.diagnostics());
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 /// The events of `object` with `reason`, as `kubectl describe` shows them.
@@ -533,7 +756,7 @@ fn volume_attributes_classes(c: &RealCluster) {
             .map(|p| p["status"].clone())
             .unwrap_or_default()
     };
-    c.wait_until("silver current", LONG, |c| {
+    c.wait_until("silver current", long(), |c| {
         current(c)["currentVolumeAttributesClassName"] == "silver"
     });
     assert_eq!(performance(c, &pv), (Some(6000), Some(300)));
@@ -555,7 +778,7 @@ fn volume_attributes_classes(c: &RealCluster) {
         .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()))
     };
     switch("gold");
-    c.wait_until("gold current", LONG, |c| {
+    c.wait_until("gold current", long(), |c| {
         let s = current(c);
         s["currentVolumeAttributesClassName"] == "gold" && s["modifyVolumeStatus"].is_null()
     });
@@ -563,7 +786,7 @@ fn volume_attributes_classes(c: &RealCluster) {
 
     c.sim.control("DELETE", "/counters", None).expect("reset");
     switch("too-fast");
-    c.wait_until("too-fast Infeasible", LONG, |c| {
+    c.wait_until("too-fast Infeasible", long(), |c| {
         current(c)["modifyVolumeStatus"]["status"] == "Infeasible"
     });
     assert_eq!(current(c)["currentVolumeAttributesClassName"], "gold");
@@ -589,16 +812,20 @@ fn volume_attributes_classes(c: &RealCluster) {
             .is_err_and(|e| e.contains("currentVolumeAttributesClassName")),
         "{dropped:?}"
     );
-    std::thread::sleep(Duration::from_secs(3));
-    let (_, counters) = c.sim.control("GET", "/counters", None).expect("counters");
-    assert_eq!(
-        counters["Disks_Update"], 1,
-        "Infeasible is sent once: {counters}"
-    );
+    let updates = |c: &RealCluster| {
+        c.sim
+            .control("GET", "/counters", None)
+            .map(|(_, counters)| counters["Disks_Update"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    };
+    holds(c, "Infeasible is sent once", Duration::from_secs(3), |c| {
+        updates(c) <= 1
+    });
+    assert_eq!(updates(c), 1, "Infeasible is sent once");
     assert_eq!(performance(c, &pv), (Some(8000), Some(400)));
     c.kubectl(&["delete", "pvc", "tuned", "--wait=true"])
         .expect("delete");
-    c.wait_until("the disk deleted", LONG, |c| {
+    c.wait_until("the disk deleted", long(), |c| {
         disks(c).iter().all(|(name, _)| *name != pv)
     });
 }
@@ -610,10 +837,14 @@ fn volume_attributes_classes(c: &RealCluster) {
 /// disk writes is an event with Azure's code.
 fn provisioner_failure_paths(c: &RealCluster) {
     c.apply(&[claim("early", "arrives-later", &["ReadWriteOnce"], "1Gi")]);
-    std::thread::sleep(Duration::from_secs(5));
-    assert_eq!(
-        c.kubectl_json(&["get", "pvc", "early"]).expect("claim")["status"]["phase"],
-        "Pending"
+    holds(
+        c,
+        "a claim without its class Pending",
+        Duration::from_secs(5),
+        |c| {
+            c.kubectl_json(&["get", "pvc", "early"])
+                .is_ok_and(|p| p["status"]["phase"] == "Pending")
+        },
     );
     c.apply(&[
         json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
@@ -641,7 +872,7 @@ fn provisioner_failure_paths(c: &RealCluster) {
         "volume.kubernetes.io/selected-node=k8s-pool-deleted",
     ])
     .expect("annotate");
-    c.wait_until("selected-node removed", LONG, |c| {
+    c.wait_until("selected-node removed", long(), |c| {
         c.kubectl_json(&["get", "pvc", "wanderer"])
             .ok()
             .is_some_and(|p| {
@@ -663,9 +894,11 @@ fn provisioner_failure_paths(c: &RealCluster) {
                 "command": ["/bin/sh", "-c", "echo here > /data/f && sync && exec sleep 100000"],
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "wanderer"}}]}})]);
-    c.wait_until("the pod Running on a node the scheduler chose", LONG, |c| {
-        phase(c, "wanderer") == "Running"
-    });
+    c.wait_until(
+        "the pod Running on a node the scheduler chose",
+        long(),
+        |c| phase(c, "wanderer") == "Running",
+    );
     c.kubectl(&["delete", "pod", "wanderer", "--wait=true"])
         .expect("delete pod");
 
@@ -686,11 +919,15 @@ fn provisioner_failure_paths(c: &RealCluster) {
         &["ReadWriteOnce"],
         "1Gi",
     )]);
-    c.wait_until("a ProvisioningFailed event with Azure's code", LONG, |c| {
-        event_messages(c, "denied", "ProvisioningFailed")
-            .iter()
-            .any(|m| m.contains("AuthorizationFailed"))
-    });
+    c.wait_until(
+        "a ProvisioningFailed event with Azure's code",
+        long(),
+        |c| {
+            event_messages(c, "denied", "ProvisioningFailed")
+                .iter()
+                .any(|m| m.contains("AuthorizationFailed"))
+        },
+    );
     c.sim
         .control("DELETE", &format!("/faults/{}", rule["id"]), None)
         .expect("fault removed");
@@ -720,7 +957,7 @@ fn access_modes(c: &RealCluster) {
             "1Gi",
         ),
     ]);
-    c.wait_until("the ReadWriteMany refusal", LONG, |c| {
+    c.wait_until("the ReadWriteMany refusal", long(), |c| {
         c.kubectl_json(&[
             "get",
             "events",
@@ -745,39 +982,372 @@ fn access_modes(c: &RealCluster) {
     assert!(!disks(c).iter().any(|(n, _)| n.contains(&uid)), "no disk");
     c.kubectl(&["delete", "pvc", "everyone"]).expect("delete");
 
-    bound_volume(c, "published");
     c.apply(&[pod(
         "publisher",
         NODES[0],
         "published",
         "echo the same everywhere > /data/page && sync",
     )]);
-    c.wait_until("published", LONG, |c| phase(c, "publisher") == "Succeeded");
+    c.wait_until("published", long(), |c| {
+        phase(c, "publisher") == "Succeeded"
+    });
     c.kubectl(&["delete", "pod", "publisher", "--wait=true"])
         .expect("delete");
+    let pv = bound_volume(c, "published");
+    // Readers that stay: both hold the disk open at the same moment.
     let reader = |name: &str, node: &str| {
         let mut p = pod(
             name,
             node,
             "published",
-            "cat /data/page && ! touch /data/mine 2>/dev/null",
+            "cat /data/page > /tmp/read && exec sleep 100000",
         );
         p["spec"]["volumes"][0]["persistentVolumeClaim"]["readOnly"] = json!(true);
         p
     };
     c.apply(&[reader("reader-0", NODES[0]), reader("reader-1", NODES[1])]);
     for r in ["reader-0", "reader-1"] {
-        c.wait_until(&format!("{r} read"), LONG, |c| phase(c, r) == "Succeeded");
-        assert_eq!(
-            c.kubectl(&["logs", r]).expect("logs").trim(),
-            "the same everywhere"
+        c.wait_until(&format!("{r} read"), long(), |c| {
+            c.kubectl(&["exec", r, "--", "/bin/cat", "/tmp/read"])
+                .is_ok_and(|t| t.trim() == "the same everywhere")
+        });
+    }
+    // Both at once: both pods running, the disk on both VMs as Azure has it, and on each node
+    // the driver's own mount of the device is read-only (the node's mount table: kubelet's
+    // read-only bind into the container would hide a read-write mount underneath).
+    for r in ["reader-0", "reader-1"] {
+        assert_eq!(phase(c, r), "Running", "{r} still holds the disk");
+    }
+    let on = disks(c)
+        .into_iter()
+        .find(|(n, _)| *n == pv)
+        .map(|(_, vms)| vms)
+        .unwrap_or_default();
+    assert!(
+        NODES.iter().all(|n| on.iter().any(|v| v == n)),
+        "attached to both VMs at once: {on:?}"
+    );
+    let global = format!(
+        "/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flexdisk/azure-disk/mounts/{pv}"
+    );
+    for node in &c.nodes {
+        let options = system_tests::real_cluster::run(
+            node.command("findmnt")
+                .args(["--noheadings", "--output", "OPTIONS", "--mountpoint"])
+                .arg(&global),
         );
+        assert!(
+            options.trim().split(',').any(|o| o == "ro"),
+            "the driver's mount on {} is read-only: {options}",
+            node.name
+        );
+    }
+    for r in ["reader-0", "reader-1"] {
+        let write = c.kubectl(&["exec", r, "--", "/bin/sh", "-c", "touch /data/mine"]);
+        assert!(write.is_err(), "{r} cannot write: {write:?}");
     }
     for r in ["reader-0", "reader-1"] {
         c.kubectl(&["delete", "pod", r, "--wait=true"])
             .expect("delete");
     }
     c.kubectl(&["delete", "pvc", "published", "--wait=true"])
+        .expect("delete");
+}
+
+/// The driver's log on `node` (its calls, one line each).
+fn driver_log(c: &RealCluster, node: &str) -> String {
+    let n = c.nodes.iter().find(|n| n.name == node).expect("node");
+    std::fs::read_to_string(n.dir.join("log/flexdisk.log")).unwrap_or_default()
+}
+
+/// How many `call` lines of the driver's log on `node` name `pv`.
+fn calls_for(c: &RealCluster, node: &str, call: &str, pv: &str) -> usize {
+    driver_log(c, node)
+        .lines()
+        .filter(|l| l.contains(&format!("call={call} ")) && l.contains(pv))
+        .count()
+}
+
+/// Two pods of one claim on one node share its one device mount (kubelet counts the pods that
+/// use it): the first going leaves the mount and the attachment to the second, which still reads
+/// and writes; `unmountdevice` and the detach come only after the second is gone.
+fn two_pods_of_one_claim_on_one_node(c: &RealCluster) {
+    c.apply(&[claim("pair", "flexdisk-premium", &["ReadWriteOnce"], "1Gi")]);
+    let pv = bound_volume(c, "pair");
+    let stay = |name: &str, script: &str| {
+        pod(
+            name,
+            NODES[0],
+            "pair",
+            &format!("{script} && exec sleep 100000"),
+        )
+    };
+    c.apply(&[stay("first", "echo one > /data/one && sync")]);
+    c.wait_until("first running", long(), |c| phase(c, "first") == "Running");
+    c.apply(&[stay("second", "true")]);
+    c.wait_until("second running", long(), |c| {
+        phase(c, "second") == "Running"
+    });
+    let unmounts = calls_for(c, NODES[0], "unmountdevice", &pv);
+    c.kubectl(&["delete", "pod", "first", "--wait=true"])
+        .expect("delete");
+    holds(
+        c,
+        "the device mount and the attachment stay while the second pod uses them",
+        Duration::from_secs(5),
+        |c| {
+            calls_for(c, NODES[0], "unmountdevice", &pv) == unmounts
+                && disks(c)
+                    .iter()
+                    .any(|(n, vms)| *n == pv && vms.iter().any(|v| v == NODES[0]))
+        },
+    );
+    assert_eq!(
+        exec(
+            c,
+            "second",
+            "cat /data/one && echo two > /data/two && sync && cat /data/two"
+        ),
+        "one\ntwo\n"
+    );
+    c.kubectl(&["delete", "pod", "second", "--wait=true"])
+        .expect("delete");
+    c.wait_until("unmountdevice after the last pod", long(), |c| {
+        calls_for(c, NODES[0], "unmountdevice", &pv) > unmounts
+    });
+    c.wait_until("the disk detached", long(), |c| {
+        disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
+    });
+    c.kubectl(&["delete", "pvc", "pair", "--wait=true"])
+        .expect("delete");
+}
+
+/// The pod `pod` of `claim` (volume `pv`) on the first node goes: the driver there unmounts the
+/// device, the disk is detached, and a pod on the other node finds `/data/log` holding `log`.
+fn moves_on(c: &RealCluster, pod_name: &str, claim: &str, pv: &str, log: &str) {
+    let unmounts = calls_for(c, NODES[0], "unmountdevice", pv);
+    c.kubectl(&["delete", "pod", pod_name, "--wait=true"])
+        .expect("delete");
+    c.wait_until(&format!("{pod_name}'s unmountdevice"), long(), |c| {
+        calls_for(c, NODES[0], "unmountdevice", pv) > unmounts
+    });
+    c.wait_until("the disk detached", long(), |c| {
+        disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
+    });
+    c.apply(&[pod("successor", NODES[1], claim, "cat /data/log")]);
+    c.wait_until("read on the other node", long(), |c| {
+        phase(c, "successor") == "Succeeded"
+    });
+    assert_eq!(c.kubectl(&["logs", "successor"]).expect("logs"), log);
+    c.kubectl(&["delete", "pod", "successor", "--wait=true"])
+        .expect("delete");
+}
+
+/// kubelet dies (SIGKILL, with the driver calls it had running) and comes back while a pod's
+/// volume is mounted: the pod keeps running and writing (its container is containerd's), kubelet
+/// rebuilds its view of the volume from the node (reconstruction, kubernetes
+/// `pkg/kubelet/volumemanager/reconciler/reconstruct.go`), and when the pod goes the device is
+/// unmounted by the driver and the disk detached as if nothing had happened.
+fn kubelet_restarted_with_volumes_mounted(c: &RealCluster) {
+    c.apply(&[claim(
+        "steady",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "steady");
+    c.apply(&[pod(
+        "keeper",
+        NODES[0],
+        "steady",
+        "echo before > /data/log && sync && exec sleep 100000",
+    )]);
+    c.wait_until("keeper running", long(), |c| {
+        phase(c, "keeper") == "Running"
+    });
+    c.wait_until("keeper wrote", long(), |c| {
+        c.kubectl(&["exec", "keeper", "--", "/bin/cat", "/data/log"])
+            .is_ok_and(|t| t.trim() == "before")
+    });
+    let kubelet = format!("kubelet-{}", NODES[0]);
+    c.kill(&kubelet);
+    // The container does not need kubelet to go on writing to its volume.
+    exec(
+        c,
+        "keeper",
+        "echo while kubelet was down >> /data/log && sync",
+    );
+    c.restart(&kubelet);
+    c.wait_until("the node Ready again", long(), |c| c.node_ready(NODES[0]));
+    holds(c, "the pod keeps running", Duration::from_secs(5), |c| {
+        phase(c, "keeper") == "Running"
+    });
+    assert_eq!(
+        exec(
+            c,
+            "keeper",
+            "echo after >> /data/log && sync && cat /data/log"
+        ),
+        "before\nwhile kubelet was down\nafter\n"
+    );
+    moves_on(
+        c,
+        "keeper",
+        "steady",
+        &pv,
+        "before\nwhile kubelet was down\nafter\n",
+    );
+    c.kubectl(&["delete", "pvc", "steady", "--wait=true"])
+        .expect("delete");
+}
+
+/// Whether `node`'s installed driver is `binary` (byte for byte).
+fn installed_driver_is(c: &RealCluster, node: &str, binary: &Path) -> bool {
+    let n = c.nodes.iter().find(|n| n.name == node).expect("node");
+    let installed = std::fs::read(n.dir.join("plugins/flexdisk~azure-disk/azure-disk"));
+    installed.is_ok_and(|i| std::fs::read(binary).is_ok_and(|b| b == i))
+}
+
+/// The node DaemonSet rolled to a new driver image while a pod's volume is mounted: the pod goes
+/// on, every node gets the new driver, and the new driver unmounts and detaches what the old one
+/// mounted and attached; then rolled back the same way.
+fn driver_upgraded_with_volumes_mounted(c: &RealCluster) {
+    c.apply(&[claim(
+        "carried",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "carried");
+    c.apply(&[pod(
+        "resident",
+        NODES[0],
+        "carried",
+        "echo old driver > /data/log && sync && exec sleep 100000",
+    )]);
+    c.wait_until("resident running", long(), |c| {
+        phase(c, "resident") == "Running"
+    });
+    let roll = |c: &RealCluster, tag: &str, binary: &Path| {
+        c.kubectl(&[
+            "-n",
+            "flexdisk-system",
+            "set",
+            "image",
+            "daemonset/flexdisk-node",
+            &format!("install=ghcr.io/flexdisk/flexdisk:{tag}"),
+        ])
+        .expect("set image");
+        c.kubectl(&[
+            "-n",
+            "flexdisk-system",
+            "rollout",
+            "status",
+            "daemonset/flexdisk-node",
+            "--timeout=170s",
+        ])
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()));
+        for node in NODES {
+            c.wait_until(&format!("{tag} installed on {node}"), long(), |c| {
+                installed_driver_is(c, node, binary)
+            });
+        }
+    };
+    let old = system_tests::real_cluster::static_binaries().join("flexdisk");
+    assert!(
+        installed_driver_is(c, NODES[0], &old),
+        "0.1.0 installed first"
+    );
+    let new = c.import_driver_image("0.1.1", "\nflexdisk 0.1.1 (upgrade test)\n");
+    roll(c, "0.1.1", &new);
+    assert_eq!(
+        exec(
+            c,
+            "resident",
+            "echo new driver >> /data/log && sync && cat /data/log"
+        ),
+        "old driver\nnew driver\n"
+    );
+    moves_on(c, "resident", "carried", &pv, "old driver\nnew driver\n");
+    roll(c, "0.1.0", &old);
+    c.kubectl(&["delete", "pvc", "carried", "--wait=true"])
+        .expect("delete");
+}
+
+/// A pod that runs as a user without root, with an `fsGroup`, mounting a `subPath` of the claim:
+/// kubelet gives the volume to the group (the driver leaves ownership to kubelet, its `fsGroup`
+/// capability, kubernetes `pkg/volume/flexvolume/mounter.go`) and the subdirectory is where the
+/// pod wrote. A `volumeMode: Block` claim is refused with one clear event and no disk.
+fn a_non_root_pod_and_a_block_claim(c: &RealCluster) {
+    c.apply(&[claim(
+        "owned",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    bound_volume(c, "owned");
+    let mut p = pod(
+        "tenant",
+        NODES[0],
+        "owned",
+        "id -u && touch /data/f && stat -c %g /data/f",
+    );
+    p["spec"]["securityContext"] = json!({"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 2000});
+    p["spec"]["containers"][0]["volumeMounts"][0]["subPath"] = json!("app");
+    c.apply(&[p]);
+    c.wait_until("the tenant wrote", long(), |c| {
+        phase(c, "tenant") == "Succeeded"
+    });
+    assert_eq!(
+        c.kubectl(&["logs", "tenant"])
+            .expect("logs")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["1000", "2000"],
+        "runs as 1000, its file in group 2000"
+    );
+    c.kubectl(&["delete", "pod", "tenant", "--wait=true"])
+        .expect("delete");
+    c.apply(&[pod(
+        "auditor",
+        NODES[1],
+        "owned",
+        "stat -c '%u %g' /data/app/f",
+    )]);
+    c.wait_until("the auditor looked", long(), |c| {
+        phase(c, "auditor") == "Succeeded"
+    });
+    assert_eq!(
+        c.kubectl(&["logs", "auditor"]).expect("logs").trim(),
+        "1000 2000",
+        "the subPath is the volume's app/"
+    );
+    c.kubectl(&["delete", "pod", "auditor", "--wait=true"])
+        .expect("delete");
+    c.kubectl(&["delete", "pvc", "owned", "--wait=true"])
+        .expect("delete");
+
+    let mut raw = claim("raw", "flexdisk-premium", &["ReadWriteOnce"], "1Gi");
+    raw["spec"]["volumeMode"] = json!("Block");
+    c.apply(&[raw]);
+    c.wait_until("the Block claim refused", long(), |c| {
+        event_messages(c, "raw", "ProvisioningFailed")
+            .iter()
+            .any(|m| m.contains("volumeMode Block is not supported"))
+    });
+    let uid = uid_of(c, "default", "raw");
+    holds(
+        c,
+        "no disk for the Block claim",
+        Duration::from_secs(3),
+        |c| !disks(c).iter().any(|(n, _)| n.contains(&uid)),
+    );
+    assert_eq!(
+        event_messages(c, "raw", "ProvisioningFailed").len(),
+        1,
+        "one event"
+    );
+    c.kubectl(&["delete", "pvc", "raw", "--wait=true"])
         .expect("delete");
 }
 
@@ -798,24 +1368,59 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         "moving",
         "echo kept across a restart > /data/note && sync && exec sleep 100000",
     )]);
-    c.wait_until("the pod running", LONG, |c| phase(c, "before") == "Running");
-    c.wait_until("the note written", LONG, |c| {
+    c.wait_until("the pod running", long(), |c| {
+        phase(c, "before") == "Running"
+    });
+    c.wait_until("the note written", long(), |c| {
         c.kubectl(&["exec", "before", "--", "/bin/cat", "/data/note"])
             .is_ok()
     });
+    // The detach is held in Azure (its request answered only after 20 s), so that the
+    // controller dies with the driver's detach in flight.
+    let (status, rule) = c
+        .sim
+        .control(
+            "POST",
+            "/faults",
+            Some(&json!({"method": "POST", "pathContains": format!("virtualMachines/{}/attachDetachDataDisks", NODES[0]),
+                "times": 1, "action": {"kind": "latency", "ms": 20000}})),
+        )
+        .expect("fault");
+    assert_eq!(status, 201, "{rule}");
     c.kubectl(&["delete", "pod", "before", "--wait=false"])
         .expect("delete");
-    std::thread::sleep(Duration::from_secs(2));
+    let held = |c: &RealCluster| {
+        c.sim
+            .control("GET", "/faults", None)
+            .is_ok_and(|(_, rules)| {
+                !rules
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|r| r["id"] == rule["id"])
+            })
+    };
+    c.wait_until("the driver's detach reaching Azure", long(), held);
+    let calls = |c: &RealCluster| c.log("flexdisk-controller").matches("call=detach").count();
+    let detaches_before = calls(c);
     c.kill("kube-controller-manager");
     let state = c.dir.path().join("kcm-state");
     let _ = std::fs::remove_dir_all(&state);
-    std::thread::sleep(Duration::from_secs(2));
+    // The driver's detach died with its caller: no answer was logged for it.
+    assert_eq!(
+        calls(c),
+        detaches_before,
+        "the detach in flight was killed with the controller"
+    );
     c.restart("kube-controller-manager");
-    c.wait_until("the disk detached after the restart", LONG, |c| {
+    c.wait_until("the disk detached after the restart", long(), |c| {
         disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
     });
+    c.wait_until("the restarted controller's detach", long(), |c| {
+        calls(c) > detaches_before
+    });
     c.apply(&[pod("after", NODES[1], "moving", "cat /data/note")]);
-    c.wait_until("read on the other node", LONG, |c| {
+    c.wait_until("read on the other node", long(), |c| {
         phase(c, "after") == "Succeeded"
     });
     assert_eq!(
@@ -887,7 +1492,7 @@ fn out_of_service_node(c: &RealCluster) {
             .ok()
             .is_some_and(|s| s["status"]["readyReplicas"] == 1)
     };
-    c.wait_until("the pod ready", LONG, ready);
+    c.wait_until("the pod ready", long(), ready);
     let sum = exec(c, "solo-0", "cat /data/sum");
     let node = c
         .kubectl_json(&["get", "pod", "solo-0"])
@@ -896,17 +1501,7 @@ fn out_of_service_node(c: &RealCluster) {
         .expect("node");
     let pv = bound_volume(c, "data-solo-0");
     c.power_off(&node);
-    c.wait_until("the node NotReady", LONG, |c| {
-        c.kubectl_json(&["get", "node", &node])
-            .ok()
-            .is_some_and(|n| {
-                n["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|x| x["type"] == "Ready" && x["status"] != "True")
-            })
-    });
+    c.wait_until("the node NotReady", long(), |c| !c.node_ready(&node));
     c.kubectl(&[
         "taint",
         "node",
@@ -914,12 +1509,16 @@ fn out_of_service_node(c: &RealCluster) {
         "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
     ])
     .expect("taint");
-    c.wait_until("the volume force-detached from the dead node", LONG, |c| {
-        disks(c)
-            .iter()
-            .any(|(n, vms)| *n == pv && !vms.contains(&node))
-    });
-    c.wait_until("the pod ready on the other node", LONG, ready);
+    c.wait_until(
+        "the volume force-detached from the dead node",
+        long(),
+        |c| {
+            disks(c)
+                .iter()
+                .any(|(n, vms)| *n == pv && !vms.contains(&node))
+        },
+    );
+    c.wait_until("the pod ready on the other node", long(), ready);
     let moved_to = c
         .kubectl_json(&["get", "pod", "solo-0"])
         .ok()
@@ -928,6 +1527,13 @@ fn out_of_service_node(c: &RealCluster) {
     assert_ne!(moved_to, node);
     let after = exec(c, "solo-0", "cat /data/sum");
     assert_eq!(after, sum, "its bytes came along\n{}", c.diagnostics());
+    c.kubectl(&["delete", "statefulset", "solo", "--wait=true"])
+        .expect("delete");
+    c.wait_until("solo-0 gone", long(), |c| {
+        c.kubectl(&["get", "pod", "solo-0"]).is_err()
+    });
+    c.kubectl(&["delete", "pvc", "data-solo-0", "--wait=true"])
+        .expect("delete");
 }
 
 /// Events of `reason` about `object` in namespace `ns`, their messages.
@@ -979,7 +1585,9 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
             "allowVolumeExpansion": true, "parameters": {"skuName": "Premium_LRS"}}),
         json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
             "metadata": {"name": "flexdisk-shared-now"}, "provisioner": "flexdisk/azure-disk",
-            "allowVolumeExpansion": true, "parameters": {"skuName": "Premium_LRS", "maxShares": "2"}}),
+            // XFS: this machine withholds CAP_SYS_RESOURCE even from root, and ext4's online
+            // resize needs it (ext4_resize_begin); the node's growth would fail with EPERM.
+            "allowVolumeExpansion": true, "parameters": {"skuName": "Premium_LRS", "maxShares": "2", "fsType": "xfs"}}),
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "attacker"}}),
         claim("wide", "flexdisk-now", &["ReadWriteOnce"], "1Gi"),
     ]);
@@ -995,7 +1603,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     z["spec"]["dataSourceRef"] =
         json!({"kind": "PersistentVolumeClaim", "name": "wide", "namespace": "default"});
     c.apply(&[x, y, z]);
-    c.wait_until("y told it waits for x", LONG, |c| {
+    c.wait_until("y told it waits for x", long(), |c| {
         events_in(c, "attacker", "y", "ProvisioningFailed")
             .iter()
             .any(|m| m.contains("not bound"))
@@ -1013,7 +1621,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         .kubectl_json(&["get", "pvc", "-n", "attacker", "z"])
         .expect("z");
     assert!(z_now["spec"].get("dataSourceRef").is_none(), "{z_now}");
-    c.wait_until("z Bound", LONG, |c| {
+    c.wait_until("z Bound", long(), |c| {
         c.kubectl_json(&["get", "pvc", "-n", "attacker", "z"])
             .ok()
             .is_some_and(|p| p["status"]["phase"] == "Bound")
@@ -1044,7 +1652,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         r#"{"spec":{"resources":{"requests":{"storage":"40000Gi"}}}}"#,
     ])
     .expect("grow");
-    c.wait_until("wide ControllerResizeInfeasible", LONG, |c| {
+    c.wait_until("wide ControllerResizeInfeasible", long(), |c| {
         c.kubectl_json(&["get", "pvc", "wide"])
             .ok()
             .is_some_and(|p| {
@@ -1077,7 +1685,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         "shelf",
         "echo on the shelf > /data/book && sync",
     )]);
-    c.wait_until("shelved", LONG, |c| phase(c, "shelver") == "Succeeded");
+    c.wait_until("shelved", long(), |c| phase(c, "shelver") == "Succeeded");
     c.kubectl(&["delete", "pod", "shelver", "--wait=true"])
         .expect("delete");
     let mut catalog = claim("catalog", "flexdisk-shared-now", &["ReadOnlyMany"], "1Gi");
@@ -1093,7 +1701,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
     ])
     .expect("grow");
-    c.wait_until("catalog's growth refused", LONG, |c| {
+    c.wait_until("catalog's growth refused", long(), |c| {
         event_messages(c, "catalog", "VolumeResizeFailed")
             .iter()
             .any(|m| m.contains("read-only"))
@@ -1109,7 +1717,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         p
     };
     c.apply(&[reader("browser", "catalog", false)]);
-    c.wait_until("the catalog's reader ran", LONG, |c| {
+    c.wait_until("the catalog's reader ran", long(), |c| {
         phase(c, "browser") == "Succeeded"
     });
     assert!(c
@@ -1134,7 +1742,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     ])
     .expect("grow");
     let shelf_pv = bound_volume(c, "shelf");
-    c.wait_until("shelf's disk grown", LONG, |c| {
+    c.wait_until("shelf's disk grown", long(), |c| {
         c.sim
             .control("GET", "/state", None)
             .ok()
@@ -1148,7 +1756,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
             .is_some_and(|gb| gb >= 2)
     });
     c.apply(&[reader("glancer", "shelf", true)]);
-    c.wait_until("the read-only reader ran", LONG, |c| {
+    c.wait_until("the read-only reader ran", long(), |c| {
         phase(c, "glancer") == "Succeeded"
     });
     assert!(c
@@ -1159,13 +1767,13 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     // alone.
     c.kubectl(&["delete", "pod", "glancer", "--wait=true"])
         .expect("delete");
-    c.wait_until("shelf detached from the reader's node", LONG, |c| {
+    c.wait_until("shelf detached from the reader's node", long(), |c| {
         disks(c)
             .iter()
             .any(|(n, vms)| *n == shelf_pv && !vms.iter().any(|v| v == NODES[1]))
     });
     c.apply(&[pod("writer", NODES[0], "shelf", "df -k /data | tail -1")]);
-    c.wait_until("the writer ran", LONG, |c| {
+    c.wait_until("the writer ran", long(), |c| {
         phase(c, "writer") == "Succeeded"
     });
     let kib: u64 = c
@@ -1198,7 +1806,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         .expect("delete claims");
     c.kubectl(&["delete", "namespace", "attacker", "--wait=true"])
         .expect("delete namespace");
-    c.wait_until("their disks deleted", LONG, |c| {
+    c.wait_until("their disks deleted", long(), |c| {
         let d = disks(c);
         gone.iter().all(|v| !d.iter().any(|(n, _)| n == v))
     });

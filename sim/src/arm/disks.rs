@@ -404,7 +404,7 @@ pub fn put(
         sim,
         &mut state,
         OpKind::DiskCreate { disk: k.clone() },
-        sim.timing().disk_op,
+        sim.timing().draw_disk_op(),
         planted,
     )?;
     sim.commit(&state)?;
@@ -682,7 +682,7 @@ fn update_existing(
         disk: k.to_string(),
         old_size_gb: disk.size_gb,
     };
-    let began = lro::begin(sim, state, kind, sim.timing().disk_op, planted)?;
+    let began = lro::begin(sim, state, kind, sim.timing().draw_disk_op(), planted)?;
     sim.commit(state)?;
     Ok(respond_with_disk(sim, state, k, began))
 }
@@ -717,7 +717,7 @@ pub fn delete(
         sim,
         &mut state,
         OpKind::DiskDelete { disk: k },
-        sim.timing().disk_op,
+        sim.timing().draw_disk_op(),
         planted,
     )?;
     sim.commit(&state)?;

@@ -129,7 +129,7 @@ pub fn put(
         OpKind::SnapshotCreate {
             snapshot: k.clone(),
         },
-        sim.timing().disk_op,
+        sim.timing().draw_disk_op(),
         planted,
     )?;
     sim.commit(&state)?;
@@ -166,7 +166,7 @@ pub fn delete(
         sim,
         &mut state,
         OpKind::SnapshotDelete { snapshot: k },
-        sim.timing().disk_op,
+        sim.timing().draw_disk_op(),
         planted,
     )?;
     sim.commit(&state)?;

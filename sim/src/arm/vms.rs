@@ -586,7 +586,7 @@ fn start_change(
         final_body,
     };
     state.vms.insert(node.to_string(), vm);
-    let began = lro::begin(sim, state, kind, sim.timing().vm_op, planted)?;
+    let began = lro::begin(sim, state, kind, sim.timing().draw_vm_op(), planted)?;
     if let Began::Pending(op) = &began {
         if let Some(vm) = state.vms.get_mut(node) {
             vm.busy = Some(op.id.clone());

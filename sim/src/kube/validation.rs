@@ -154,6 +154,7 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
                     "Required value: must specify exactly one volume type",
                 ));
             }
+            flex_volume(rt.kind, &name, "spec.flexVolume", &o["spec"]["flexVolume"])?;
             volume_attributes_class(rt.kind, &name, o)?;
             default(o, "/spec/persistentVolumeReclaimPolicy", json!("Retain"));
             default(o, "/spec/volumeMode", json!("Filesystem"));
@@ -203,6 +204,11 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
                     "Required value",
                 ));
             }
+            let volumes = o.pointer("/spec/volumes").and_then(Value::as_array);
+            for (i, v) in volumes.into_iter().flatten().enumerate() {
+                let field = format!("spec.volumes[{i}].flexVolume");
+                flex_volume(rt.kind, &name, &field, &v["flexVolume"])?;
+            }
             default(o, "/status", json!({}));
             default(o, "/status/phase", json!("Pending"));
         }
@@ -213,6 +219,45 @@ pub fn on_create(rt: &ResourceType, o: &mut Value, defaults: &Defaults) -> ApiRe
             default(o, "/type", json!("Opaque"));
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// A FlexVolume source (of a PV or a pod's inline volume) as validateFlexVolumeSource and
+/// validateFlexPersistentVolumeSource check it (kubernetes `pkg/apis/core/validation/
+/// validation.go`): a driver, and no option key in the `kubernetes.io` or `k8s.io` namespaces —
+/// those are the keys kubelet and kube-controller-manager add themselves (NewOptionsForDriver).
+/// `Null` (no FlexVolume source) passes.
+fn flex_volume(kind: &str, name: &str, field: &str, source: &Value) -> ApiResult<()> {
+    if source.is_null() {
+        return Ok(());
+    }
+    if source
+        .get("driver")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(ApiError::invalid(
+            kind,
+            name,
+            &format!("{field}.driver"),
+            "Required value",
+        ));
+    }
+    let options = source.get("options").and_then(Value::as_object);
+    for key in options.into_iter().flat_map(|m| m.keys()) {
+        let namespace = key.split_once('/').map_or(key.as_str(), |(ns, _)| ns);
+        let normalized = format!(".{}", namespace.to_lowercase());
+        if normalized.ends_with(".kubernetes.io") || normalized.ends_with(".k8s.io") {
+            return Err(ApiError::invalid(
+                kind,
+                name,
+                &format!("{field}.options[{key}]"),
+                &format!(
+                    "Invalid value: \"{key}\": kubernetes.io and k8s.io namespaces are reserved"
+                ),
+            ));
+        }
     }
     Ok(())
 }
@@ -656,6 +701,37 @@ mod tests {
         let mut ok = json!({"metadata": {"name": "pv1"}, "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}, "flexVolume": {"driver": "flexdisk/azure-disk"}}});
         on_create(pv, &mut ok, &defaults()).expect("valid");
         assert_eq!(ok["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+        // The keys kubelet adds are not the PV's to set (validateFlexPersistentVolumeSource).
+        for key in [
+            "kubernetes.io/readwrite",
+            "Kubernetes.IO/fsType",
+            "foo.k8s.io/x",
+            "k8s.io",
+        ] {
+            let mut reserved = json!({"metadata": {"name": "pv2"}, "spec": {"accessModes": ["ReadWriteOnce"],
+                "capacity": {"storage": "1Gi"}, "flexVolume": {"driver": "flexdisk/azure-disk",
+                    "options": {"diskURI": "d", key: "ro"}}}});
+            let e = on_create(pv, &mut reserved, &defaults()).expect_err(key);
+            assert!(
+                e.message.contains("namespaces are reserved"),
+                "{}",
+                e.message
+            );
+        }
+        let mut own = json!({"metadata": {"name": "pv3"}, "spec": {"accessModes": ["ReadWriteOnce"],
+            "capacity": {"storage": "1Gi"}, "flexVolume": {"driver": "flexdisk/azure-disk",
+                "options": {"readOnly": "true", "flexdisk.example.com/x": "y", "notkubernetes.io/y": "z"}}}});
+        on_create(pv, &mut own, &defaults()).expect("keys outside the reserved namespaces");
+        let pod = find("", "v1", "pods").expect("pod");
+        let mut inline = json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}],
+            "volumes": [{"name": "v", "flexVolume": {"driver": "flexdisk/azure-disk",
+                "options": {"kubernetes.io/readwrite": "ro"}}}]}});
+        let e = on_create(pod, &mut inline, &defaults()).expect_err("reserved");
+        assert!(
+            e.message.contains("spec.volumes[0].flexVolume.options"),
+            "{}",
+            e.message
+        );
         let sc = find("storage.k8s.io", "v1", "storageclasses").expect("sc");
         let mut class = json!({"metadata": {"name": "fast"}, "provisioner": "flexdisk/azure-disk", "parameters": {"skuName": "Premium_LRS"}});
         on_create(sc, &mut class, &defaults()).expect("valid");
