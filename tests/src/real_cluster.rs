@@ -1187,6 +1187,22 @@ state = \"/run/containerd\"
         p.child = start_logged(&mut cmd, &p.log);
     }
 
+    /// Starts again every component that is not running (killed by a scenario that then failed
+    /// before restarting it); their names.
+    pub fn revive(&self) -> Vec<String> {
+        let dead: Vec<String> = {
+            let mut procs = self.procs.lock().expect("procs");
+            procs
+                .iter_mut()
+                .filter_map(|p| (!matches!(p.child.try_wait(), Ok(None))).then(|| p.name.clone()))
+                .collect()
+        };
+        for name in &dead {
+            self.restart(name);
+        }
+        dead
+    }
+
     /// The node loses power: every process of the node is SIGKILLed — kubelet, containerd, and
     /// the pods' containers, which live in network namespaces of their own but in the node's
     /// cgroups (kubelet's `cgroupRoot`) — frozen first, so that none writes after the others are

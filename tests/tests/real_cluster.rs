@@ -262,9 +262,13 @@ fn run_scenario(
     }
 }
 
-/// Deletes what a failed scenario may have left: its pods, claims and namespaces (their disks
-/// go with them, by their reclaim policy).
+/// Undoes what a failed scenario may have left: components it killed are started again, its
+/// pods, claims and namespaces deleted (their disks go with them, by their reclaim policy).
 fn clean_up(c: &RealCluster) {
+    let revived = c.revive();
+    if !revived.is_empty() {
+        eprintln!("started again after a failed scenario: {revived:?}");
+    }
     let namespaces = c
         .kubectl_json(&["get", "namespaces"])
         .map(|l| {
@@ -1169,13 +1173,26 @@ fn kubelet_restarted_with_volumes_mounted(c: &RealCluster) {
         c.kubectl(&["exec", "keeper", "--", "/bin/cat", "/data/log"])
             .is_ok_and(|t| t.trim() == "before")
     });
+    // kubectl exec goes through kubelet: while it is down, containerd runs the command.
+    let container = c.kubectl_json(&["get", "pod", "keeper"]).expect("pod")["status"]
+        ["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .map(str::to_string)
+        .expect("the container's id");
+    let node = c.nodes.iter().find(|n| n.name == NODES[0]).expect("node");
     let kubelet = format!("kubelet-{}", NODES[0]);
     c.kill(&kubelet);
     // The container does not need kubelet to go on writing to its volume.
-    exec(
-        c,
-        "keeper",
-        "echo while kubelet was down >> /data/log && sync",
+    system_tests::real_cluster::run(
+        node.command(c.bin.join("ctr").to_str().expect("utf-8"))
+            .args(["-n", "k8s.io", "tasks", "exec", "--exec-id", "while-down"])
+            .arg(&container)
+            .args([
+                "/bin/sh",
+                "-c",
+                "echo while kubelet was down >> /data/log && sync",
+            ]),
     );
     c.restart(&kubelet);
     c.wait_until("the node Ready again", long(), |c| c.node_ready(NODES[0]));
@@ -1202,10 +1219,14 @@ fn kubelet_restarted_with_volumes_mounted(c: &RealCluster) {
 }
 
 /// Whether `node`'s installed driver is `binary` (byte for byte).
-fn installed_driver_is(c: &RealCluster, node: &str, binary: &Path) -> bool {
+fn installed_driver_is(c: &RealCluster, node: &str, binary: &[u8]) -> bool {
+    installed_driver(c, node).is_some_and(|i| i == binary)
+}
+
+/// The driver installed in `node`'s plugin dir.
+fn installed_driver(c: &RealCluster, node: &str) -> Option<Vec<u8>> {
     let n = c.nodes.iter().find(|n| n.name == node).expect("node");
-    let installed = std::fs::read(n.dir.join("plugins/flexdisk~azure-disk/azure-disk"));
-    installed.is_ok_and(|i| std::fs::read(binary).is_ok_and(|b| b == i))
+    std::fs::read(n.dir.join("plugins/flexdisk~azure-disk/azure-disk")).ok()
 }
 
 /// The node DaemonSet rolled to a new driver image while a pod's volume is mounted: the pod goes
@@ -1228,7 +1249,7 @@ fn driver_upgraded_with_volumes_mounted(c: &RealCluster) {
     c.wait_until("resident running", long(), |c| {
         phase(c, "resident") == "Running"
     });
-    let roll = |c: &RealCluster, tag: &str, binary: &Path| {
+    let roll = |c: &RealCluster, tag: &str, binary: &[u8]| {
         c.kubectl(&[
             "-n",
             "flexdisk-system",
@@ -1253,12 +1274,10 @@ fn driver_upgraded_with_volumes_mounted(c: &RealCluster) {
             });
         }
     };
-    let old = system_tests::real_cluster::static_binaries().join("flexdisk");
-    assert!(
-        installed_driver_is(c, NODES[0], &old),
-        "0.1.0 installed first"
-    );
+    let old = installed_driver(c, NODES[0]).expect("0.1.0 installed");
     let new = c.import_driver_image("0.1.1", "\nflexdisk 0.1.1 (upgrade test)\n");
+    let new = std::fs::read(new).expect("0.1.1's driver");
+    assert_ne!(old, new, "another driver");
     roll(c, "0.1.1", &new);
     assert_eq!(
         exec(
