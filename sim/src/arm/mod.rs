@@ -96,9 +96,10 @@ async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
             sim.counters.count_write_to(&object);
         }
     }
-    if let Err(e) = check_api_version(req, &route) {
-        return e.response().into();
-    }
+    let api_version = match check_api_version(req, &route) {
+        Ok(v) => v,
+        Err(e) => return e.response().into(),
+    };
     let mut planted = None;
     let mut lose_response = false;
     for action in sim
@@ -138,7 +139,12 @@ async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
         ),
     ];
     let mut response = if verdict.allowed {
-        dispatch(sim, req, &route, planted).unwrap_or_else(|e| e.response())
+        let call = Call {
+            req,
+            route: &route,
+            api_version,
+        };
+        dispatch(sim, &call, planted).unwrap_or_else(|e| e.response())
     } else {
         let kind = if route.write { "write" } else { "read" };
         error(
@@ -247,28 +253,47 @@ fn authenticate(sim: &Simulator, req: &Request) -> ArmResult<Claims> {
     Ok(claims)
 }
 
-fn check_api_version(req: &Request, route: &Route) -> ArmResult<()> {
+/// One request on its way through the handlers: what it asks, and at which api-version (the
+/// version picks the specification its body and answer are checked against, and the version
+/// the operation URLs it is given carry).
+pub struct Call<'a> {
+    pub req: &'a Request,
+    pub route: &'a Route,
+    pub api_version: &'static str,
+}
+
+/// The api-version the request names, if the operation is served at it (ARM matches it exactly).
+fn check_api_version(req: &Request, route: &Route) -> ArmResult<&'static str> {
     match req.query("api-version") {
         None => Err(error(
             400,
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )),
-        Some(v) if v == route.api_version => Ok(()),
-        Some(v) => Err(error(
-            400,
-            "NoRegisteredProviderFound",
-            format!(
-                "No registered resource provider found for API version '{v}' of operation '{}'. \
-                 The supported api-versions are '{}'.",
-                route.operation, route.api_version
-            ),
-        )),
+        Some(v) => route
+            .api_versions
+            .iter()
+            .find(|served| **served == v)
+            .copied()
+            .ok_or_else(|| {
+                error(
+                    400,
+                    "NoRegisteredProviderFound",
+                    format!(
+                        "No registered resource provider found for API version '{v}' of operation '{}'. \
+                         The supported api-versions are '{}'.",
+                        route.operation,
+                        route.api_versions.join(", ")
+                    ),
+                )
+            }),
     }
 }
 
-/// The request body as JSON, checked against the operation's model in the specification.
-pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value> {
+/// The request body as JSON, checked against the operation's model in the specification of the
+/// request's api-version.
+pub fn body(sim: &Simulator, call: &Call) -> ArmResult<Value> {
+    let (req, operation) = (call.req, call.route.operation);
     if req.body.is_empty() {
         return Err(error(
             400,
@@ -283,7 +308,7 @@ pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value>
             format!("The request content was invalid and could not be deserialized: {e}"),
         )
     })?;
-    let problems = sim.specs.check_request(operation, &value);
+    let problems = sim.specs.check_request(call.api_version, operation, &value);
     if let Some(first) = problems.first() {
         let field = first.split(':').next().unwrap_or_default().to_string();
         return Err(error(
@@ -296,12 +321,8 @@ pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value>
     Ok(value)
 }
 
-fn dispatch(
-    sim: &Arc<Simulator>,
-    req: &Request,
-    route: &Route,
-    planted: Option<ErrorBody>,
-) -> ArmResult<Response> {
+fn dispatch(sim: &Arc<Simulator>, call: &Call, planted: Option<ErrorBody>) -> ArmResult<Response> {
+    let route = call.route;
     if let Some(rg) = route.target.resource_group() {
         if !sim.world.resource_group_exists(rg) {
             return Err(error(
@@ -311,47 +332,40 @@ fn dispatch(
             ));
         }
     }
-    let m = req.method.as_str();
-    match (&route.target, m) {
-        (Target::Disks { rg }, _) => disks::list(sim, rg),
-        (Target::Disk { rg, name }, "GET") => disks::get(sim, rg, name),
+    let api = call.api_version;
+    match (&route.target, call.req.method.as_str()) {
+        (Target::Disks { rg }, _) => disks::list(sim, api, Some(rg)),
+        (Target::Disk { rg, name }, "GET") => disks::get(sim, api, rg, name),
         (Target::Disk { rg, name }, "PUT") => {
-            disks::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+            disks::put(sim, api, rg, name, body(sim, call)?, planted)
         }
         (Target::Disk { rg, name }, "PATCH") => {
-            disks::patch(sim, rg, name, body(sim, req, route.operation)?, planted)
+            disks::patch(sim, api, rg, name, body(sim, call)?, planted)
         }
-        (Target::Disk { rg, name }, _) => disks::delete(sim, rg, name, planted),
+        (Target::Disk { rg, name }, _) => disks::delete(sim, api, rg, name, planted),
         (Target::Snapshots { rg }, _) => snapshots::list(sim, rg),
         (Target::Snapshot { rg, name }, "GET") => snapshots::get(sim, rg, name),
         (Target::Snapshot { rg, name }, "PUT") => {
-            snapshots::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+            snapshots::put(sim, api, rg, name, body(sim, call)?, planted)
         }
-        (Target::Snapshot { rg, name }, _) => snapshots::delete(sim, rg, name, planted),
+        (Target::Snapshot { rg, name }, _) => snapshots::delete(sim, api, rg, name, planted),
         (Target::Vms { rg }, _) => vms::list(sim, rg, None),
         (Target::ScaleSetVms { rg, scale_set }, _) => vms::list(sim, rg, Some(scale_set)),
         (Target::Vm { .. } | Target::ScaleSetVm { .. }, "GET") => vms::get(sim, &route.target),
-        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => vms::update(
-            sim,
-            req,
-            &route.target,
-            body(sim, req, route.operation)?,
-            planted,
-        ),
+        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => {
+            vms::update(sim, call, body(sim, call)?, planted)
+        }
         (Target::VmAttachDetach { .. } | Target::ScaleSetVmAttachDetach { .. }, _) => {
-            vms::attach_detach(
-                sim,
-                &route.target,
-                body(sim, req, route.operation)?,
-                planted,
-            )
+            vms::attach_detach(sim, call, body(sim, call)?, planted)
         }
         (Target::Operation { location, id, disk }, _) => lro::poll(
             sim,
+            api,
             location,
             id,
             *disk,
-            req.query("monitor")
+            call.req
+                .query("monitor")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         ),
     }

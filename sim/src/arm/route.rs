@@ -4,8 +4,12 @@ use super::errors::{error, ArmResult};
 use crate::http::percent_decode;
 use http::Method;
 
-pub const DISK_API: &str = "2024-03-02";
-pub const COMPUTE_API: &str = "2024-07-01";
+/// The api-versions served for disks and snapshots, oldest first: the one flexdisk's own client
+/// speaks and the one `armcompute/v7` (Kubernetes' Azure code) speaks. Each request and answer is
+/// checked against its own version's specification (`crate::schema`).
+pub const DISK_APIS: &[&str] = &["2024-03-02", "2025-01-02"];
+/// The api-versions served for VMs and scale sets, oldest first (as [`DISK_APIS`]).
+pub const COMPUTE_APIS: &[&str] = &["2024-07-01", "2025-04-01"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
@@ -60,7 +64,8 @@ pub struct Route {
     pub target: Target,
     /// The specification's operationId (`OperationStatus` for long-running operation polls).
     pub operation: &'static str,
-    pub api_version: &'static str,
+    /// The api-versions this operation is served at ([`DISK_APIS`] or [`COMPUTE_APIS`]).
+    pub api_versions: &'static [&'static str],
     pub write: bool,
 }
 
@@ -181,7 +186,9 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
         _ => return Err(unknown()),
     };
     let m = method.as_str();
-    let (operation, api_version) = match (&target, m) {
+    const DISK_API: &[&str] = DISK_APIS;
+    const COMPUTE_API: &[&str] = COMPUTE_APIS;
+    let (operation, api_versions) = match (&target, m) {
         (Target::Disks { .. }, "GET") => ("Disks_ListByResourceGroup", DISK_API),
         (Target::Disk { .. }, "GET") => ("Disks_Get", DISK_API),
         (Target::Disk { .. }, "PUT") => ("Disks_CreateOrUpdate", DISK_API),
@@ -218,7 +225,7 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
     Ok(Route {
         target,
         operation,
-        api_version,
+        api_versions,
         write: m != "GET",
     })
 }
