@@ -99,3 +99,118 @@ fn both_versions_are_served_each_against_its_own_specification() {
     assert_eq!(crossed.code(), "NoRegisteredProviderFound");
     sim.check_schemas();
 }
+
+/// The requests Kubernetes' Azure code (cloud-provider-azure over `armcompute/v7`) sends, in its
+/// own shapes: pkg/provider/azure_controller_standard.go and azure_controller_vmss.go.
+#[test]
+fn cloud_provider_azure_request_shapes_are_taken() {
+    let sim = Sim::start(&[]).at(DISK_API_2025, VM_API_2025);
+    sim.empty_disk("cpa-a", 2, None);
+    sim.empty_disk("cpa-s", 2, Some("1"));
+    let other_rg = sim
+        .disk_id("cpa-x")
+        .replace(&sim.s("resourceGroup"), "flexdisk-volumes");
+    let put = sim.arm(
+        "PUT",
+        &other_rg,
+        Some(&json!({"location": "westus2", "properties": {"creationData": {"createOption": "Empty"}, "diskSizeGB": 1}})),
+    );
+    sim.done(put);
+
+    // Disks_List: the whole subscription, every resource group.
+    let sub = format!(
+        "/subscriptions/{}/providers/Microsoft.Compute/disks",
+        sim.s("subscription")
+    );
+    let all = sim.arm("GET", &sub, None);
+    assert_eq!(all.status, 200, "{:?}", all.body);
+    let mut names: Vec<&str> = all.body["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .filter_map(|d| d["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cpa-a", "cpa-s", "cpa-x"]);
+
+    // Scale sets: list and get, 404 for one that is not there.
+    let rg_path = format!(
+        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Compute/virtualMachineScaleSets",
+        sim.s("subscription"),
+        sim.s("resourceGroup")
+    );
+    let list = sim.arm("GET", &rg_path, None);
+    assert_eq!(list.status, 200, "{:?}", list.body);
+    let sets = list.body["value"].as_array().expect("value");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0]["name"], "aks-nodepool1-31415926-vmss");
+    assert_eq!(sets[0]["sku"]["capacity"], 2);
+    assert_eq!(sets[0]["properties"]["orchestrationMode"], "Uniform");
+    assert_eq!(sets[0]["zones"], json!(["1", "2"]));
+    let one = sim.arm("GET", &format!("{rg_path}/aks-nodepool1-31415926-vmss"), None);
+    assert_eq!(one.status, 200);
+    assert_eq!(one.body, sets[0]);
+    let old = sim.arm("GET", &format!("{rg_path}?api-version={VM_API}"), None);
+    assert_eq!(old.body["value"], list.body["value"]);
+    let none = sim.arm("GET", &format!("{rg_path}/no-such-pool"), None);
+    assert_eq!((none.status, none.code()), (404, "ResourceNotFound"));
+
+    // The `{}` refresh of an availability-set VM: taken, nothing changes.
+    let vm_path = sim.vm_path(AS_A);
+    let before = sim.arm("GET", &vm_path, None);
+    let refresh = sim.arm("PUT", &vm_path, Some(&json!({})));
+    assert_eq!(refresh.status, 200, "{:?}", refresh.body);
+    assert_eq!(refresh.body["properties"]["provisioningState"], "Succeeded");
+    assert_eq!(sim.arm("GET", &vm_path, None).header("etag"), before.header("etag"));
+
+    // Attach by a PUT of location and the whole data-disk list, guarded by the etag.
+    let etag = before.header("etag").expect("etag").to_string();
+    let mut disks = before.body["properties"]["storageProfile"]["dataDisks"]
+        .as_array()
+        .expect("dataDisks")
+        .clone();
+    disks.push(json!({"name": "cpa-a", "lun": 4, "caching": "ReadOnly", "createOption": "Attach",
+        "managedDisk": {"id": sim.disk_id("cpa-a")}, "writeAcceleratorEnabled": false}));
+    let body = json!({"location": "westus2", "properties": {"storageProfile": {"dataDisks": disks}}});
+    let token = sim.secret_token();
+    let attach = sim.arm_with("PUT", &vm_path, Some(&body), &[("if-match", &etag)], Some(&token));
+    assert_eq!(attach.status, 200, "{:?}", attach.body);
+    // One operation per VM: the refresh too waits its turn.
+    let busy = sim.arm("PUT", &vm_path, Some(&json!({})));
+    assert_eq!((busy.status, busy.code()), (409, "OperationNotAllowed"));
+    sim.done(attach);
+    assert_eq!(sim.lun_of(AS_A, "cpa-a"), 4);
+    assert!(sim.lun_link(AS_A, 4).exists());
+    let stale = sim.arm_with("PUT", &vm_path, Some(&body), &[("if-match", &etag)], Some(&token));
+    assert_eq!((stale.status, stale.code()), (412, "PreconditionFailed"));
+
+    // Detach: the list read back, the entry marked toBeDetached.
+    let now = sim.arm("GET", &vm_path, None).body;
+    let mut disks = now["properties"]["storageProfile"]["dataDisks"].clone();
+    for d in disks.as_array_mut().expect("dataDisks") {
+        if d["name"] == "cpa-a" {
+            d["toBeDetached"] = json!(true);
+        }
+    }
+    let detach = json!({"location": now["location"], "properties": {"storageProfile": {"dataDisks": disks}}});
+    sim.done(sim.arm("PUT", &vm_path, Some(&detach)));
+    assert!(!sim.lun_link(AS_A, 4).exists());
+
+    // A scale-set instance: the update carries only properties.storageProfile (no location).
+    let ss_path = sim.vm_path(SS_0);
+    let only_disks = json!({"properties": {"storageProfile": {"dataDisks": [
+        {"name": "cpa-s", "lun": 0, "caching": "None", "createOption": "Attach",
+         "managedDisk": {"id": sim.disk_id("cpa-s")}, "writeAcceleratorEnabled": false}]}}});
+    let put = sim.arm("PUT", &ss_path, Some(&only_disks));
+    assert_eq!(put.status, 200, "{:?}", put.body);
+    sim.done(put);
+    assert!(sim.lun_link(SS_0, 0).exists());
+    let refresh = sim.arm("PUT", &ss_path, Some(&json!({})));
+    assert_eq!(refresh.status, 200, "{:?}", refresh.body);
+    assert!(sim.lun_link(SS_0, 0).exists(), "an empty PUT detaches nothing");
+    // Other requirements still hold: an update naming a wrong field is refused by name.
+    let wrong = json!({"properties": {"storageProfile": {"dataDisks": [{"lun": "zero"}]}}});
+    let bad = sim.arm("PUT", &ss_path, Some(&wrong));
+    assert_eq!((bad.status, bad.code()), (400, "InvalidRequestContent"));
+    sim.check_schemas();
+}

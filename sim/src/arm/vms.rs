@@ -250,11 +250,16 @@ pub fn update(
             ));
         }
     }
+    // Every write to a VM is an operation on it, a no-op too: Azure runs one at a time.
+    if vm.busy.is_some() {
+        return Err(busy("VM", &vm.name));
+    }
     let Some(wanted) = body
         .pointer("/properties/storageProfile/dataDisks")
         .and_then(Value::as_array)
     else {
-        // Nothing the simulator models changes: the update succeeds as it is.
+        // Nothing the simulator models changes (cloud-provider-azure's `{}` refresh among
+        // them): the update succeeds as it is.
         return Ok(
             Response::json(200, &vm_json(sim, &state, &vm)).with_header("etag", vm.etag_header())
         );
