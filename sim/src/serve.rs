@@ -111,12 +111,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .get(&name)
             .map(|v| v.id.clone())
             .unwrap_or_default();
+        let identity_header = crate::imds::identity_header(&sim, &name);
         nodes.insert(
             name,
             json!({
                 "vm": vm,
                 "root": root,
                 "imds": imds,
+                "identityEndpoint": format!("{imds}{}", crate::imds::APP_SERVICE_TOKEN_PATH),
+                "identityHeader": identity_header,
                 "azureJson": config,
                 "zone": spec.zone,
                 "vmSize": spec.vm_size,
@@ -257,7 +260,7 @@ fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
 fn common_config(sim: &Simulator, urls: &Urls) -> Value {
     let w = &sim.world;
     json!({
-        "cloud": "AzureStackCloud",
+        "cloud": crate::arm::CLOUD_NAME,
         "resourceManagerEndpoint": format!("{}/", urls.arm),
         "tenantId": w.tenant,
         "subscriptionId": w.subscription,

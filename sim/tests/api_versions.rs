@@ -214,3 +214,115 @@ fn cloud_provider_azure_request_shapes_are_taken() {
     assert_eq!((bad.status, bad.code()), (400, "InvalidRequestContent"));
     sim.check_schemas();
 }
+
+/// `{arm}/metadata/endpoints` in both of Resource Manager's forms: the object without an
+/// api-version (Azure Stack Hub's 2015-01-01), the array of clouds from 2019-05-01 on, whose entry
+/// cloud-provider-azure's azclient picks by the cloud config's `cloud`.
+#[test]
+fn cloud_metadata_in_both_forms() {
+    let sim = Sim::start(&[]);
+    let arm = sim.s("arm");
+    let login = format!("{}/", sim.s("login"));
+    let old = sim.get(&format!("{arm}/metadata/endpoints"), &[]);
+    assert_eq!(old.status, 200);
+    assert_eq!(old.body["authentication"]["loginEndpoint"], login);
+    let dated = sim.get(&format!("{arm}/metadata/endpoints?api-version=2015-01-01"), &[]);
+    assert_eq!(dated.body, old.body);
+    let config: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(sim.s("azureJson")).expect("control-plane azure.json"),
+    )
+    .expect("json");
+    for v in ["2019-05-01", "2022-09-01"] {
+        let clouds = sim.get(&format!("{arm}/metadata/endpoints?api-version={v}"), &[]);
+        assert_eq!(clouds.status, 200, "{v}: {:?}", clouds.body);
+        let list = clouds.body.as_array().expect("an array of clouds");
+        let ours = list
+            .iter()
+            .find(|c| c["name"] == config["cloud"])
+            .expect("an entry named as the cloud config's cloud");
+        assert_eq!(ours["resourceManager"], format!("{arm}/"));
+        assert_eq!(ours["authentication"]["loginEndpoint"], login);
+        assert_eq!(
+            ours["authentication"]["audiences"][0],
+            "https://management.core.windows.net/"
+        );
+    }
+    let bad = sim.get(&format!("{arm}/metadata/endpoints?api-version=2099-01-01"), &[]);
+    assert_eq!((bad.status, bad.code()), (400, "InvalidApiVersionParameter"));
+}
+
+/// Managed identity through the App Service protocol on each node: `X-IDENTITY-HEADER` checked,
+/// api-version 2019-08-01 only, `client_id` / `principal_id` / `mi_res_id` name the
+/// user-assigned identity, and the token is one ARM takes.
+#[test]
+fn app_service_identity_protocol() {
+    let sim = Sim::start(&[]);
+    let endpoint = sim.node(AS_A, "identityEndpoint");
+    let header = sim.node(AS_A, "identityHeader");
+    let resource = "https%3A%2F%2Fmanagement.azure.com%2F";
+    let url = |q: &str| format!("{endpoint}?api-version=2019-08-01&resource={resource}{q}");
+    let h = [("X-IDENTITY-HEADER", header.as_str())];
+
+    let system = sim.get(&url(""), &h);
+    assert_eq!(system.status, 200, "{:?}", system.body);
+    assert_eq!(system.body["token_type"], "Bearer");
+    assert_eq!(system.body["resource"], "https://management.azure.com/");
+    let expires: i64 = system.body["expires_on"]
+        .as_str()
+        .expect("expires_on is a string")
+        .parse()
+        .expect("seconds");
+    assert!(expires > chrono::Utc::now().timestamp());
+    let kubelet_client = {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(sim.node(AS_A, "azureJson")).expect("read"))
+                .expect("json");
+        c["userAssignedIdentityID"].as_str().expect("id").to_string()
+    };
+    assert_ne!(system.body["client_id"], kubelet_client.as_str());
+    let by_client = sim.get(&url(&format!("&client_id={kubelet_client}")), &h);
+    assert_eq!(by_client.body["client_id"], kubelet_client.as_str());
+    let res_id = format!(
+        "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/",
+        sim.s("subscription"),
+        sim.s("resourceGroup")
+    );
+    let rg_identities = sim.arm("GET", &sim.vm_path(AS_A), None).body["identity"]
+        ["userAssignedIdentities"]
+        .as_object()
+        .expect("identities")
+        .keys()
+        .next()
+        .expect("one")
+        .clone();
+    assert!(rg_identities.to_lowercase().starts_with(&res_id.to_lowercase()));
+    let by_res = sim.get(&url(&format!("&mi_res_id={rg_identities}")), &h);
+    assert_eq!(by_res.body["client_id"], kubelet_client.as_str());
+    let unknown = sim.get(&url("&client_id=00000000-0000-0000-0000-000000000000"), &h);
+    assert_eq!(unknown.status, 400);
+
+    // The token works at ARM.
+    let token = by_client.body["access_token"].as_str().expect("token");
+    let vm = sim.arm_with("GET", &sim.vm_path(AS_A), None, &[], Some(token));
+    assert_eq!(vm.status, 200, "{:?}", vm.body);
+
+    // Strict where the protocol is: the header, its value, the api-version, the resource.
+    assert_eq!(sim.get(&url(""), &[]).status, 400);
+    assert_eq!(sim.get(&url(""), &[("X-IDENTITY-HEADER", "guess")]).status, 401);
+    let other_node = sim.node(AS_B, "identityHeader");
+    assert_ne!(other_node, header);
+    assert_eq!(
+        sim.get(&url(""), &[("X-IDENTITY-HEADER", &other_node)]).status,
+        401
+    );
+    let old = format!("{endpoint}?api-version=2017-09-01&resource={resource}");
+    assert_eq!(sim.get(&old, &h).status, 400);
+    assert_eq!(
+        sim.get(&format!("{endpoint}?api-version=2019-08-01"), &h).status,
+        400
+    );
+    // IMDS itself still asks for its own header.
+    let imds = sim.node(AS_A, "imds");
+    let plain = format!("{imds}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}");
+    assert_eq!(sim.get(&plain, &h).status, 400);
+}

@@ -31,7 +31,7 @@ const AUDIENCES: &[&str] = &[
 
 pub async fn handle(sim: Arc<Simulator>, req: Request) -> Outcome {
     if req.method == Method::GET && req.path.eq_ignore_ascii_case("/metadata/endpoints") {
-        return metadata_endpoints(&sim).into();
+        return metadata_endpoints(&sim, req.query("api-version")).into();
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut outcome = front_door(&sim, &req).await;
@@ -390,21 +390,66 @@ fn dispatch(sim: &Arc<Simulator>, call: &Call, planted: Option<ErrorBody>) -> Ar
     }
 }
 
-/// Cloud metadata as Azure Stack Hub serves it: how custom-cloud clients discover the login
-/// endpoint and audience from the resource manager URL alone.
-fn metadata_endpoints(sim: &Simulator) -> Response {
-    Response::json(
-        200,
-        &json!({
-            "galleryEndpoint": "",
-            "graphEndpoint": "https://graph.windows.net/",
-            "portalEndpoint": "",
-            "authentication": {
-                "loginEndpoint": format!("{}/", sim.login_url()),
-                "audiences": ["https://management.azure.com/", "https://management.core.windows.net/"],
-            },
-        }),
-    )
+/// The name of the simulated cloud in its metadata: the `cloud` its cloud configs give
+/// (`crate::serve`), as clients pick their entry of the array form by that name.
+pub const CLOUD_NAME: &str = "AzureStackCloud";
+
+/// `GET {arm}/metadata/endpoints`: how clients of a custom cloud learn its login endpoint and
+/// token audience from the resource manager URL alone. Resource Manager answers two forms, by
+/// api-version: without one, or at `2015-01-01` (the version Azure Stack Hub's documentation
+/// uses), one object `{galleryEndpoint, graphEndpoint, portalEndpoint, authentication:
+/// {loginEndpoint, audiences}}`; from `2019-05-01` on, an array of clouds, each `{name,
+/// resourceManager, authentication: {loginEndpoint, audiences, tenant, identityProvider},
+/// suffixes, …}`. cloud-provider-azure's azclient asks `2019-05-01` and decodes the array only,
+/// taking the entry whose `name` is the cloud config's `cloud` and `audiences[0]` as the token
+/// audience (pkg/azclient/cloud.go, `OverrideAzureCloudConfigAndEnvConfigFromMetadataService`);
+/// azure-cli's `az cloud register --endpoint-resource-manager` asks `2022-09-01`. Other versions
+/// are refused, so that a client asking something else is noticed here and not in production.
+fn metadata_endpoints(sim: &Simulator, api_version: Option<&str>) -> Response {
+    const ARRAY_FORM: &[&str] = &["2019-05-01", "2020-06-01", "2022-09-01"];
+    let login = format!("{}/", sim.login_url());
+    let audiences = json!([
+        "https://management.core.windows.net/",
+        "https://management.azure.com/"
+    ]);
+    match api_version {
+        None | Some("2015-01-01") => Response::json(
+            200,
+            &json!({
+                "galleryEndpoint": "",
+                "graphEndpoint": "https://graph.windows.net/",
+                "portalEndpoint": "",
+                "authentication": {"loginEndpoint": login, "audiences": audiences},
+            }),
+        ),
+        Some(v) if ARRAY_FORM.contains(&v) => Response::json(
+            200,
+            &json!([{
+                "name": CLOUD_NAME,
+                "resourceManager": format!("{}/", sim.arm_url()),
+                "authentication": {
+                    "loginEndpoint": login,
+                    "audiences": audiences,
+                    "tenant": "common",
+                    "identityProvider": "AAD",
+                },
+                "portal": "",
+                "gallery": "",
+                "graph": "https://graph.windows.net/",
+                "graphAudience": "https://graph.windows.net/",
+                "suffixes": {},
+            }]),
+        ),
+        Some(v) => error(
+            400,
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{v}' is invalid. The supported versions are '2015-01-01, {}'.",
+                ARRAY_FORM.join(", ")
+            ),
+        )
+        .response(),
+    }
 }
 
 /// The resource an ARM write is to, as `<type>/<name>` in lower case (`disks/pvc-1`,

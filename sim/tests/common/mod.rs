@@ -222,6 +222,15 @@ impl Sim {
         r
     }
 
+    /// A plain GET outside ARM's front door (cloud metadata, IMDS, the identity endpoint).
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self.client.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        to_resp(req.send().expect("answers"))
+    }
+
     pub fn try_arm(&self, method: &str, path: &str) -> Result<Resp, reqwest::Error> {
         let url = format!("{}{path}", self.s("arm"));
         let r = self
