@@ -262,6 +262,11 @@ fn common_config(sim: &Simulator, urls: &Urls) -> Value {
     json!({
         "cloud": crate::arm::CLOUD_NAME,
         "resourceManagerEndpoint": format!("{}/", urls.arm),
+        // A private cloud that speaks Azure's current api-versions: without this,
+        // cloud-provider-azure's clients would speak Azure Stack Hub's (disks 2019-03-01, VMs
+        // 2017-12-01; azclient's `AzureStackCloudAPIVersion` of each client), which the
+        // simulator does not serve.
+        "disableAzureStackCloud": true,
         "tenantId": w.tenant,
         "subscriptionId": w.subscription,
         "resourceGroup": w.resource_group,
