@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn client_credentials_scopes() {
         let arm = "https://management.azure.com/";
-        assert_eq!(r("https://management.azure.com/.default").as_deref(), Some(arm));
+        assert_eq!(
+            r("https://management.azure.com/.default").as_deref(),
+            Some(arm)
+        );
         assert_eq!(
             r("https://management.core.windows.net//.default openid offline_access profile")
                 .as_deref(),

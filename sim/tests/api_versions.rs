@@ -147,7 +147,11 @@ fn cloud_provider_azure_request_shapes_are_taken() {
     assert_eq!(sets[0]["sku"]["capacity"], 2);
     assert_eq!(sets[0]["properties"]["orchestrationMode"], "Uniform");
     assert_eq!(sets[0]["zones"], json!(["1", "2"]));
-    let one = sim.arm("GET", &format!("{rg_path}/aks-nodepool1-31415926-vmss"), None);
+    let one = sim.arm(
+        "GET",
+        &format!("{rg_path}/aks-nodepool1-31415926-vmss"),
+        None,
+    );
     assert_eq!(one.status, 200);
     assert_eq!(one.body, sets[0]);
     let old = sim.arm("GET", &format!("{rg_path}?api-version={VM_API}"), None);
@@ -161,7 +165,10 @@ fn cloud_provider_azure_request_shapes_are_taken() {
     let refresh = sim.arm("PUT", &vm_path, Some(&json!({})));
     assert_eq!(refresh.status, 200, "{:?}", refresh.body);
     assert_eq!(refresh.body["properties"]["provisioningState"], "Succeeded");
-    assert_eq!(sim.arm("GET", &vm_path, None).header("etag"), before.header("etag"));
+    assert_eq!(
+        sim.arm("GET", &vm_path, None).header("etag"),
+        before.header("etag")
+    );
 
     // Attach by a PUT of location and the whole data-disk list, guarded by the etag.
     let etag = before.header("etag").expect("etag").to_string();
@@ -169,11 +176,20 @@ fn cloud_provider_azure_request_shapes_are_taken() {
         .as_array()
         .expect("dataDisks")
         .clone();
-    disks.push(json!({"name": "cpa-a", "lun": 4, "caching": "ReadOnly", "createOption": "Attach",
-        "managedDisk": {"id": sim.disk_id("cpa-a")}, "writeAcceleratorEnabled": false}));
-    let body = json!({"location": "westus2", "properties": {"storageProfile": {"dataDisks": disks}}});
+    disks.push(
+        json!({"name": "cpa-a", "lun": 4, "caching": "ReadOnly", "createOption": "Attach",
+        "managedDisk": {"id": sim.disk_id("cpa-a")}, "writeAcceleratorEnabled": false}),
+    );
+    let body =
+        json!({"location": "westus2", "properties": {"storageProfile": {"dataDisks": disks}}});
     let token = sim.secret_token();
-    let attach = sim.arm_with("PUT", &vm_path, Some(&body), &[("if-match", &etag)], Some(&token));
+    let attach = sim.arm_with(
+        "PUT",
+        &vm_path,
+        Some(&body),
+        &[("if-match", &etag)],
+        Some(&token),
+    );
     assert_eq!(attach.status, 200, "{:?}", attach.body);
     // One operation per VM: the refresh too waits its turn.
     let busy = sim.arm("PUT", &vm_path, Some(&json!({})));
@@ -181,7 +197,13 @@ fn cloud_provider_azure_request_shapes_are_taken() {
     sim.done(attach);
     assert_eq!(sim.lun_of(AS_A, "cpa-a"), 4);
     assert!(sim.lun_link(AS_A, 4).exists());
-    let stale = sim.arm_with("PUT", &vm_path, Some(&body), &[("if-match", &etag)], Some(&token));
+    let stale = sim.arm_with(
+        "PUT",
+        &vm_path,
+        Some(&body),
+        &[("if-match", &etag)],
+        Some(&token),
+    );
     assert_eq!((stale.status, stale.code()), (412, "PreconditionFailed"));
 
     // Detach: the list read back, the entry marked toBeDetached.
@@ -207,7 +229,10 @@ fn cloud_provider_azure_request_shapes_are_taken() {
     assert!(sim.lun_link(SS_0, 0).exists());
     let refresh = sim.arm("PUT", &ss_path, Some(&json!({})));
     assert_eq!(refresh.status, 200, "{:?}", refresh.body);
-    assert!(sim.lun_link(SS_0, 0).exists(), "an empty PUT detaches nothing");
+    assert!(
+        sim.lun_link(SS_0, 0).exists(),
+        "an empty PUT detaches nothing"
+    );
     // Other requirements still hold: an update naming a wrong field is refused by name.
     let wrong = json!({"properties": {"storageProfile": {"dataDisks": [{"lun": "zero"}]}}});
     let bad = sim.arm("PUT", &ss_path, Some(&wrong));
@@ -226,7 +251,10 @@ fn cloud_metadata_in_both_forms() {
     let old = sim.get(&format!("{arm}/metadata/endpoints"), &[]);
     assert_eq!(old.status, 200);
     assert_eq!(old.body["authentication"]["loginEndpoint"], login);
-    let dated = sim.get(&format!("{arm}/metadata/endpoints?api-version=2015-01-01"), &[]);
+    let dated = sim.get(
+        &format!("{arm}/metadata/endpoints?api-version=2015-01-01"),
+        &[],
+    );
     assert_eq!(dated.body, old.body);
     let config: serde_json::Value = serde_json::from_slice(
         &std::fs::read(sim.s("azureJson")).expect("control-plane azure.json"),
@@ -247,8 +275,14 @@ fn cloud_metadata_in_both_forms() {
             "https://management.core.windows.net/"
         );
     }
-    let bad = sim.get(&format!("{arm}/metadata/endpoints?api-version=2099-01-01"), &[]);
-    assert_eq!((bad.status, bad.code()), (400, "InvalidApiVersionParameter"));
+    let bad = sim.get(
+        &format!("{arm}/metadata/endpoints?api-version=2099-01-01"),
+        &[],
+    );
+    assert_eq!(
+        (bad.status, bad.code()),
+        (400, "InvalidApiVersionParameter")
+    );
 }
 
 /// Managed identity through the App Service protocol on each node: `X-IDENTITY-HEADER` checked,
@@ -277,7 +311,10 @@ fn app_service_identity_protocol() {
         let c: serde_json::Value =
             serde_json::from_slice(&std::fs::read(sim.node(AS_A, "azureJson")).expect("read"))
                 .expect("json");
-        c["userAssignedIdentityID"].as_str().expect("id").to_string()
+        c["userAssignedIdentityID"]
+            .as_str()
+            .expect("id")
+            .to_string()
     };
     assert_ne!(system.body["client_id"], kubelet_client.as_str());
     let by_client = sim.get(&url(&format!("&client_id={kubelet_client}")), &h);
@@ -295,7 +332,9 @@ fn app_service_identity_protocol() {
         .next()
         .expect("one")
         .clone();
-    assert!(rg_identities.to_lowercase().starts_with(&res_id.to_lowercase()));
+    assert!(rg_identities
+        .to_lowercase()
+        .starts_with(&res_id.to_lowercase()));
     let by_res = sim.get(&url(&format!("&mi_res_id={rg_identities}")), &h);
     assert_eq!(by_res.body["client_id"], kubelet_client.as_str());
     let unknown = sim.get(&url("&client_id=00000000-0000-0000-0000-000000000000"), &h);
@@ -308,21 +347,27 @@ fn app_service_identity_protocol() {
 
     // Strict where the protocol is: the header, its value, the api-version, the resource.
     assert_eq!(sim.get(&url(""), &[]).status, 400);
-    assert_eq!(sim.get(&url(""), &[("X-IDENTITY-HEADER", "guess")]).status, 401);
+    assert_eq!(
+        sim.get(&url(""), &[("X-IDENTITY-HEADER", "guess")]).status,
+        401
+    );
     let other_node = sim.node(AS_B, "identityHeader");
     assert_ne!(other_node, header);
     assert_eq!(
-        sim.get(&url(""), &[("X-IDENTITY-HEADER", &other_node)]).status,
+        sim.get(&url(""), &[("X-IDENTITY-HEADER", &other_node)])
+            .status,
         401
     );
     let old = format!("{endpoint}?api-version=2017-09-01&resource={resource}");
     assert_eq!(sim.get(&old, &h).status, 400);
     assert_eq!(
-        sim.get(&format!("{endpoint}?api-version=2019-08-01"), &h).status,
+        sim.get(&format!("{endpoint}?api-version=2019-08-01"), &h)
+            .status,
         400
     );
     // IMDS itself still asks for its own header.
     let imds = sim.node(AS_A, "imds");
-    let plain = format!("{imds}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}");
+    let plain =
+        format!("{imds}/metadata/identity/oauth2/token?api-version=2018-02-01&resource={resource}");
     assert_eq!(sim.get(&plain, &h).status, 400);
 }

@@ -294,7 +294,10 @@ mod tests {
             SUB,
         )
         .expect("routes");
-        assert_eq!((all.target, all.operation), (Target::AllDisks, "Disks_List"));
+        assert_eq!(
+            (all.target, all.operation),
+            (Target::AllDisks, "Disks_List")
+        );
         let ss = route(
             &Method::GET,
             "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool",
