@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/runtime"
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	armcompute "github.com/Azure/azure-sdk-for-go/sdk/resourcemanager/compute/armcompute/v7"
@@ -297,18 +298,45 @@ func (w *world) cloudProviderDetach(ctx context.Context) error {
 	return nil
 }
 
+// attachOne / detachOne: an attachDetachDataDisks request for one disk (LUN chosen by Azure).
+func (w *world) attachOne(disk string) armcompute.AttachDetachDataDisksRequest {
+	return armcompute.AttachDetachDataDisksRequest{
+		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(disk))}},
+	}
+}
+
+func (w *world) detachOne(disk string) armcompute.AttachDetachDataDisksRequest {
+	return armcompute.AttachDetachDataDisksRequest{
+		DataDisksToDetach: []*armcompute.DataDisksToDetach{{DiskID: to.Ptr(w.diskID(disk))}},
+	}
+}
+
+// beginOn starts attachDetachDataDisks on an availability-set VM.
+func (w *world) beginOn(ctx context.Context, vm string, req armcompute.AttachDetachDataDisksRequest) (
+	*runtime.Poller[armcompute.VirtualMachinesClientAttachDetachDataDisksResponse], error) {
+	return w.sdk.NewVirtualMachinesClient().BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, vm, req, nil)
+}
+
+// on runs attachDetachDataDisks on an availability-set VM to its end: the VM's storage profile.
+func (w *world) on(ctx context.Context, vm string, req armcompute.AttachDetachDataDisksRequest) (*armcompute.StorageProfile, error) {
+	p, err := w.beginOn(ctx, vm, req)
+	if err != nil {
+		return nil, err
+	}
+	res, err := p.PollUntilDone(ctx, pollEvery)
+	if err != nil {
+		return nil, err
+	}
+	return &res.StorageProfile, nil
+}
+
 func (w *world) vmAttachDetach(ctx context.Context) error {
-	vms := w.sdk.NewVirtualMachinesClient()
-	p, err := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
+	p, err := w.beginOn(ctx, w.asVM, w.attachOne(asDisk))
 	if err != nil {
 		return err
 	}
 	// Azure runs one operation per VM: a second one while the first runs is refused.
-	_, busy := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToDetach: []*armcompute.DataDisksToDetach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
+	_, busy := w.beginOn(ctx, w.asVM, w.detachOne(asDisk))
 	if err := expectCode(busy, "OperationNotAllowed", 409); err != nil {
 		return fmt.Errorf("while attaching: %w", err)
 	}
@@ -320,23 +348,15 @@ func (w *world) vmAttachDetach(ctx context.Context) error {
 		return errors.New("the answer's storage profile lacks the disk")
 	}
 	// Attached elsewhere: Azure names the owner.
-	_, err = vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM2, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
+	_, err = w.beginOn(ctx, w.asVM2, w.attachOne(asDisk))
 	if err := expectCode(err, "ConflictingUserInput", 409); err != nil {
 		return err
 	}
-	d, err := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToDetach: []*armcompute.DataDisksToDetach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
+	sp, err := w.on(ctx, w.asVM, w.detachOne(asDisk))
 	if err != nil {
 		return err
 	}
-	res, err = d.PollUntilDone(ctx, pollEvery)
-	if err != nil {
-		return err
-	}
-	if lunOf(&res.StorageProfile, asDisk) >= 0 {
+	if lunOf(sp, asDisk) >= 0 {
 		return errors.New("still attached after the detach")
 	}
 	return nil
@@ -430,14 +450,7 @@ func (w *world) scaleSetAttachDetach(ctx context.Context) error {
 
 // grow: a disk grown online while attached (Disks_Update), as the provisioner's resizer does.
 func (w *world) grow(ctx context.Context) error {
-	vms := w.sdk.NewVirtualMachinesClient()
-	p, err := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
-	if err != nil {
-		return err
-	}
-	if _, err := p.PollUntilDone(ctx, pollEvery); err != nil {
+	if _, err := w.on(ctx, w.asVM, w.attachOne(asDisk)); err != nil {
 		return err
 	}
 	g, err := w.sdk.NewDisksClient().BeginUpdate(ctx, w.ready.ResourceGroup, asDisk, armcompute.DiskUpdate{
@@ -460,13 +473,7 @@ func (w *world) grow(ctx context.Context) error {
 	if err == nil {
 		return errors.New("a disk was shrunk")
 	}
-	d, err := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToDetach: []*armcompute.DataDisksToDetach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
-	if err != nil {
-		return err
-	}
-	_, err = d.PollUntilDone(ctx, pollEvery)
+	_, err = w.on(ctx, w.asVM, w.detachOne(asDisk))
 	return err
 }
 
@@ -606,16 +613,10 @@ func (w *world) failed(ctx context.Context) error {
 		"kind": "lroFail", "code": "InternalExecutionError"}}); err != nil {
 		return err
 	}
-	vms := w.sdk.NewVirtualMachinesClient()
-	p, err := vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(asDisk))}},
-	}, nil)
-	if err != nil {
-		return err
-	}
-	if _, err := p.PollUntilDone(ctx, pollEvery); code(err) != "InternalExecutionError" {
+	if _, err := w.on(ctx, w.asVM, w.attachOne(asDisk)); code(err) != "InternalExecutionError" {
 		return fmt.Errorf("a failed attach: %v", err)
 	}
+	vms := w.sdk.NewVirtualMachinesClient()
 	vm, err := vms.Get(ctx, w.ready.ResourceGroup, w.asVM, nil)
 	if err != nil {
 		return err
@@ -625,15 +626,13 @@ func (w *world) failed(ctx context.Context) error {
 	}
 
 	// Refusals: a LUN out of range, a disk that does not exist, a VM that does not exist.
-	_, err = vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID(asDisk)), Lun: to.Ptr[int32](64)}},
-	}, nil)
+	lun64 := w.attachOne(asDisk)
+	lun64.DataDisksToAttach[0].Lun = to.Ptr[int32](64)
+	_, err = w.beginOn(ctx, w.asVM, lun64)
 	if status(err) != 400 || code(err) == "" {
 		return fmt.Errorf("LUN 64: %v", err)
 	}
-	_, err = vms.BeginAttachDetachDataDisks(ctx, w.ready.ResourceGroup, w.asVM, armcompute.AttachDetachDataDisksRequest{
-		DataDisksToAttach: []*armcompute.DataDisksToAttach{{DiskID: to.Ptr(w.diskID("go-sdk-none"))}},
-	}, nil)
+	_, err = w.beginOn(ctx, w.asVM, w.attachOne("go-sdk-none"))
 	if status(err) != 404 {
 		return fmt.Errorf("a missing disk: %v", err)
 	}
