@@ -278,9 +278,13 @@ pub const APP_SERVICE_TOKEN_PATH: &str = "/MSI/token";
 /// since the epoch, as a string), `resource`, `token_type` and `client_id` — the REST endpoint
 /// reference of learn.microsoft.com/azure/app-service/overview-managed-identity. azidentity
 /// (through MSAL Go's `managedidentity`, `createAppServiceAuthRequest`) picks this protocol when
-/// both `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set. Parameters the protocol does not define
-/// (IMDS's `msi_res_id`, `object_id`) are not selectors here: the request is for the
-/// system-assigned identity, as App Service treats them.
+/// both `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set. A user-assigned identity is named by
+/// `client_id`, `mi_res_id`, or its object ID as `principal_id` or `object_id` — the spelling
+/// Microsoft's own clients send (MSAL Go `createAppServiceAuthRequest` and MSAL Python
+/// `_obtain_token_on_app_service` map an object ID to `object_id`); answering such a request with
+/// the system-assigned identity would hand the caller another identity's token. Each parameter
+/// "can't be used on a request that includes" another, so a request naming two is refused.
+/// IMDS's `msi_res_id` is no selector here: the request is for the system-assigned identity.
 fn app_service_token(sim: &Simulator, node: &str, req: &Request) -> Response {
     let refuse = |status: u16, message: String| {
         Response::json(status, &json!({"statusCode": status, "message": message}))
@@ -310,9 +314,16 @@ fn app_service_token(sim: &Simulator, node: &str, req: &Request) -> Response {
     let Some(resource) = req.query("resource").filter(|r| !r.is_empty()) else {
         return refuse(400, "The resource parameter is required.".into());
     };
+    let named = ["client_id", "principal_id", "object_id", "mi_res_id"];
+    if named.iter().filter(|p| req.query(p).is_some()).count() > 1 {
+        return refuse(
+            400,
+            format!("Only one of {} may name the identity.", named.join(", ")),
+        );
+    }
     let wanted = Selectors {
         client_id: req.query("client_id"),
-        object_id: req.query("principal_id"),
+        object_id: req.query("principal_id").or(req.query("object_id")),
         resource_id: req.query("mi_res_id"),
     };
     let identity = match select_identity(sim, node, &wanted) {

@@ -286,8 +286,8 @@ fn cloud_metadata_in_both_forms() {
 }
 
 /// Managed identity through the App Service protocol on each node: `X-IDENTITY-HEADER` checked,
-/// api-version 2019-08-01 only, `client_id` / `principal_id` / `mi_res_id` name the
-/// user-assigned identity, and the token is one ARM takes.
+/// api-version 2019-08-01 only, `client_id` / `principal_id` (or `object_id`) / `mi_res_id` name
+/// the user-assigned identity, one at most, and the token is one ARM takes.
 #[test]
 fn app_service_identity_protocol() {
     let sim = Sim::start(&[]);
@@ -324,19 +324,39 @@ fn app_service_identity_protocol() {
         sim.s("subscription"),
         sim.s("resourceGroup")
     );
-    let rg_identities = sim.arm("GET", &sim.vm_path(AS_A), None).body["identity"]
-        ["userAssignedIdentities"]
+    let identities =
+        sim.arm("GET", &sim.vm_path(AS_A), None).body["identity"]["userAssignedIdentities"].clone();
+    let (rg_identities, values) = identities
         .as_object()
         .expect("identities")
-        .keys()
+        .iter()
         .next()
-        .expect("one")
-        .clone();
+        .expect("one");
     assert!(rg_identities
         .to_lowercase()
         .starts_with(&res_id.to_lowercase()));
+    // The VM names the identity's client and principal IDs (read-only in the answer).
+    assert_eq!(values["clientId"], kubelet_client.as_str(), "{identities}");
+    let principal = values["principalId"].as_str().expect("principalId");
     let by_res = sim.get(&url(&format!("&mi_res_id={rg_identities}")), &h);
     assert_eq!(by_res.body["client_id"], kubelet_client.as_str());
+    // By its object ID, under either name clients send it: never the system identity instead.
+    for name in ["principal_id", "object_id"] {
+        let by_object = sim.get(&url(&format!("&{name}={principal}")), &h);
+        assert_eq!(by_object.status, 200, "{name}: {:?}", by_object.body);
+        assert_eq!(
+            by_object.body["client_id"],
+            kubelet_client.as_str(),
+            "{name}"
+        );
+    }
+    let two = sim.get(
+        &url(&format!(
+            "&client_id={kubelet_client}&object_id={principal}"
+        )),
+        &h,
+    );
+    assert_eq!(two.status, 400, "{:?}", two.body);
     let unknown = sim.get(&url("&client_id=00000000-0000-0000-0000-000000000000"), &h);
     assert_eq!(unknown.status, 400);
 

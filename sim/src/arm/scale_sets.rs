@@ -72,10 +72,6 @@ fn render(sim: &Simulator, name: &str) -> Option<Value> {
         .map(|v| v.time_created)
         .min()
         .unwrap_or(first.time_created);
-    let identity_id = format!(
-        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-        w.subscription, w.resource_group, w.kubelet_identity.name
-    );
     // The instances' image and OS disk are the scale set's model (Vm::storage_profile).
     let instance_profile = first.storage_profile(&state.disks);
     let mut os_disk = json!({
@@ -97,7 +93,7 @@ fn render(sim: &Simulator, name: &str) -> Option<Value> {
         "sku": {"name": first.vm_size, "tier": "Standard", "capacity": instances.len()},
         "identity": {
             "type": "UserAssigned",
-            "userAssignedIdentities": { identity_id: {} },
+            "userAssignedIdentities": w.user_assigned_identities(),
         },
         "properties": {
             "singlePlacementGroup": false,

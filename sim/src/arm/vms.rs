@@ -81,15 +81,8 @@ fn find_node(sim: &Simulator, state: &State, target: &Target) -> ArmResult<Strin
     })
 }
 
-fn identity_id(sim: &Simulator) -> String {
-    format!(
-        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-        sim.world.subscription, sim.world.resource_group, sim.world.kubelet_identity.name
-    )
-}
-
 fn vm_json(sim: &Simulator, state: &State, vm: &Vm) -> Value {
-    vm.to_json(&sim.world.location, &state.disks, &identity_id(sim))
+    vm.to_json(&sim.world, &state.disks)
 }
 
 pub fn list(sim: &Simulator, rg: &str, scale_set: Option<&str>) -> ArmResult<Response> {
