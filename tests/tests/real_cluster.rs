@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use system_tests::real_cluster::{RealCluster, TOOLS_IMAGE};
 use system_tests::scene::world;
@@ -192,7 +192,7 @@ impl Footprint {
 /// One cluster for every scenario (starting one takes a while, and the simulator's login
 /// certificate names the cluster's address), made by the first scenario that runs.
 struct Shared {
-    cluster: RealCluster,
+    cluster: Arc<RealCluster>,
     /// The footprint of the cluster as installed: every scenario leaves it so.
     baseline: Footprint,
     started: Instant,
@@ -204,7 +204,8 @@ fn start() -> Shared {
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
     let started = Instant::now();
-    let cluster = RealCluster::start(&world_file, &NODES);
+    let cluster = Arc::new(RealCluster::start(&world_file, &NODES));
+    let _ = LIVE.set(Arc::downgrade(&cluster));
     cluster.install_flexdisk();
     eprintln!(
         "[{:>6.1}s] cluster up, flexdisk installed",
@@ -297,7 +298,33 @@ fn clean_up(c: &RealCluster) {
     }
 }
 
+/// The cluster while it runs, for [`tear_down_on_signals`].
+static LIVE: OnceLock<Weak<RealCluster>> = OnceLock::new();
+
+/// A test interrupted (CI's timeout, Ctrl-C) tears its cluster down before it goes: its
+/// components, bridge, namespaces, mounts and the simulator's loop devices would otherwise
+/// outlive it. The signals are blocked in every thread (children start with a clean mask:
+/// std's spawn resets it) and taken by one thread.
+fn tear_down_on_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().expect("block the signals");
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            eprintln!("{signal}: tearing the cluster down");
+            if let Some(cluster) = LIVE.get().and_then(Weak::upgrade) {
+                cluster.teardown();
+            }
+            std::process::exit(128 + signal as i32);
+        }
+    });
+}
+
 fn main() {
+    tear_down_on_signals();
     let mut args = Arguments::from_args();
     // One cluster, one scenario at a time.
     args.test_threads = Some(1);
@@ -306,7 +333,10 @@ fn main() {
         .iter()
         .map(|&(name, scenario)| {
             let shared = shared.clone();
-            Trial::test(name, move || run_scenario(&shared, name, scenario))
+            // Named under `real_cluster::`, so that `--skip real_cluster` leaves them all out.
+            Trial::test(format!("real_cluster::{name}"), move || {
+                run_scenario(&shared, name, scenario)
+            })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
