@@ -95,10 +95,25 @@ impl CloudEndpoints {
         Self::from_metadata(rm, &body).map_err(|why| AzureError::other(format!("{url}: {why}")))
     }
 
-    /// Reads the metadata document (sans I/O, for tests).
+    /// Reads the metadata document (sans I/O, for tests). At the api-version asked (2019-05-01)
+    /// Resource Manager answers an array of clouds, each with its `name` and `resourceManager`
+    /// (cloud-provider-azure's pkg/azclient/cloud.go reads the same); the entry for `rm` is the
+    /// one naming it, else the only one. The older single-object form (Azure Stack Hub's
+    /// `2015-01-01`, and servers that ignore the api-version) is read too.
     pub fn from_metadata(rm: &Url, body: &[u8]) -> Result<Self, String> {
         #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Document {
+            Clouds(Vec<Metadata>),
+            One(Metadata),
+        }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
         struct Metadata {
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            resource_manager: Option<String>,
             authentication: Authentication,
         }
         #[derive(Deserialize)]
@@ -108,8 +123,33 @@ impl CloudEndpoints {
             #[serde(default)]
             audiences: Vec<String>,
         }
-        let m: Metadata = serde_json::from_slice(body)
+        let doc: Document = serde_json::from_slice(body)
             .map_err(|e| format!("not a cloud metadata document ({e})"))?;
+        let m = match doc {
+            Document::One(m) => m,
+            Document::Clouds(mut clouds) => {
+                let same = |u: &str| {
+                    u.trim_end_matches('/')
+                        .eq_ignore_ascii_case(rm.as_str().trim_end_matches('/'))
+                };
+                match clouds
+                    .iter()
+                    .position(|c| c.resource_manager.as_deref().is_some_and(same))
+                {
+                    Some(i) => clouds.swap_remove(i),
+                    None if clouds.len() == 1 => clouds.remove(0),
+                    None => {
+                        let names: Vec<&str> =
+                            clouds.iter().filter_map(|c| c.name.as_deref()).collect();
+                        return Err(format!(
+                            "none of its {} clouds ({}) names {rm} as its resourceManager",
+                            clouds.len(),
+                            names.join(", ")
+                        ));
+                    }
+                }
+            }
+        };
         let login = &m.authentication.login_endpoint;
         let mut authority_host =
             Url::parse(login).map_err(|e| format!("loginEndpoint {login:?} is not a URL ({e})"))?;
@@ -167,5 +207,32 @@ mod tests {
             br#"{"authentication":{"loginEndpoint":"x","audiences":[]}}"#,
         );
         assert!(bad.expect_err("bad").contains("loginEndpoint"));
+    }
+
+    #[test]
+    fn array_form_picks_the_cloud_of_the_endpoint() {
+        let rm = Url::parse("https://management.azure.com/").expect("url");
+        let body = br#"[{"name":"AzureChinaCloud","resourceManager":"https://management.chinacloudapi.cn/",
+            "authentication":{"loginEndpoint":"https://login.chinacloudapi.cn","audiences":["https://management.core.chinacloudapi.cn/"]}},
+            {"name":"AzureCloud","resourceManager":"https://management.azure.com",
+            "authentication":{"loginEndpoint":"https://login.microsoftonline.com","tenant":"common",
+            "audiences":["https://management.core.windows.net/","https://management.azure.com/"]}}]"#;
+        let e = CloudEndpoints::from_metadata(&rm, body).expect("parses");
+        assert_eq!(
+            e.authority_host.as_str(),
+            "https://login.microsoftonline.com/"
+        );
+        assert_eq!(e.scope(), "https://management.core.windows.net/.default");
+        let other = Url::parse("https://management.contoso.example/").expect("url");
+        let err = CloudEndpoints::from_metadata(&other, body).expect_err("no match");
+        assert!(err.contains("AzureChinaCloud, AzureCloud"), "{err}");
+        // One cloud that does not name its resource manager (Azure Stack Hub) is taken.
+        let one = br#"[{"name":"AzureStackCloud","authentication":{"loginEndpoint":"https://adfs.local.azurestack.external/adfs",
+            "audiences":["https://management.adfs.azurestack.local/x"]}}]"#;
+        let e = CloudEndpoints::from_metadata(&other, one).expect("parses");
+        assert_eq!(
+            e.authority_host.as_str(),
+            "https://adfs.local.azurestack.external/"
+        );
     }
 }

@@ -114,7 +114,7 @@ fn token(sim: &Simulator, req: &Request) -> Response {
             "The request body must contain the following parameter: 'scope'.",
         );
     };
-    let Some(resource) = scope.strip_suffix(".default") else {
+    let Some(resource) = client_credentials_resource(scope) else {
         return oauth_error(
             400,
             "invalid_scope",
@@ -122,6 +122,7 @@ fn token(sim: &Simulator, req: &Request) -> Response {
             &format!("The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."),
         );
     };
+    let resource = resource.as_str();
     let now = Simulator::now().timestamp();
     let secret = sim.lock().client_secret.clone();
     match (field("client_secret"), field("client_assertion_type"), field("client_assertion")) {
@@ -203,4 +204,55 @@ pub fn federated_assertion(sim: &Simulator, lifetime_secs: i64) -> Option<String
         iat: now,
         exp: now + lifetime_secs,
     }))
+}
+
+/// The resource a client-credentials `scope` asks for: one `<resource>/.default` among
+/// space-separated scopes, beside which Entra ID takes the OpenID Connect scopes MSAL adds to
+/// every request (`openid`, `profile`, `offline_access`; MSAL Go's confidential client sends them).
+/// A resource whose ID ends in a slash is asked with a double one
+/// (`https://management.core.windows.net//.default`, what azcore's ARM pipeline sends for that
+/// audience): its token's audience keeps the one slash. (Microsoft identity platform: "Scopes for
+/// a web API accepting v1.0 tokens".)
+fn client_credentials_resource(scope: &str) -> Option<String> {
+    let mut resources = scope
+        .split(' ')
+        .filter(|s| !s.is_empty() && !matches!(*s, "openid" | "profile" | "offline_access"));
+    let one = resources.next()?;
+    if resources.next().is_some() {
+        return None;
+    }
+    let resource = one.strip_suffix(".default")?;
+    if resource.is_empty() {
+        return None;
+    }
+    Some(match resource.strip_suffix("//") {
+        Some(base) => format!("{base}/"),
+        None => resource.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_credentials_resource as r;
+
+    #[test]
+    fn client_credentials_scopes() {
+        let arm = "https://management.azure.com/";
+        assert_eq!(
+            r("https://management.azure.com/.default").as_deref(),
+            Some(arm)
+        );
+        assert_eq!(
+            r("https://management.core.windows.net//.default openid offline_access profile")
+                .as_deref(),
+            Some("https://management.core.windows.net/")
+        );
+        assert_eq!(r("openid profile"), None);
+        assert_eq!(r("https://management.azure.com/user_impersonation"), None);
+        assert_eq!(
+            r("https://management.azure.com/.default https://graph.microsoft.com/.default"),
+            None
+        );
+        assert_eq!(r(".default"), None);
+    }
 }

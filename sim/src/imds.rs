@@ -1,5 +1,6 @@
 //! The Instance Metadata Service of one node: `/metadata/instance` and the managed-identity token
-//! endpoint, each demanding `Metadata: true`, every scalar a string as IMDS writes them.
+//! endpoint, each demanding `Metadata: true`, every scalar a string as IMDS writes them; beside
+//! them, the same identities through the App Service protocol (`IDENTITY_ENDPOINT`).
 
 use crate::http::{Outcome, Request, Response};
 use crate::model::VmKind;
@@ -60,6 +61,13 @@ pub async fn handle(sim: Arc<Simulator>, node: String, req: Request) -> Outcome 
 }
 
 fn serve(sim: &Simulator, node: &str, req: &Request) -> Response {
+    if req
+        .path
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(APP_SERVICE_TOKEN_PATH)
+    {
+        return app_service_token(sim, node, req);
+    }
     if req.header("x-forwarded-for").is_some() {
         return bad_request(
             "Bad request. Requests through a proxy (X-Forwarded-For) are not accepted.",
@@ -161,64 +169,90 @@ fn instance(sim: &Simulator, node: &str) -> Response {
     )
 }
 
-fn token(sim: &Simulator, node: &str, req: &Request) -> Response {
-    let Some(resource) = req.query("resource").filter(|r| !r.is_empty()) else {
-        return identity_error("Required audience parameter not specified");
-    };
+/// The identity a token request names, by the query parameters its protocol spells them with.
+struct Selectors<'a> {
+    client_id: Option<&'a str>,
+    object_id: Option<&'a str>,
+    resource_id: Option<&'a str>,
+}
+
+/// An identity of the node: (client id, object id, resource ID of a user-assigned one).
+type NodeIdentity = (String, String, Option<String>);
+
+/// The identity of `node` that `wanted` names — the system-assigned one when it names none (or,
+/// without one, the only user-assigned identity) — or the error IMDS gives.
+fn select_identity(
+    sim: &Simulator,
+    node: &str,
+    wanted: &Selectors,
+) -> Result<NodeIdentity, &'static str> {
     let state = sim.lock();
-    let Some(vm) = state.vms.get(node) else {
-        return identity_error("Identity not found");
-    };
+    let vm = state.vms.get(node).ok_or("Identity not found")?;
     let user = &sim.world.kubelet_identity;
     let user_res = format!(
         "/subscriptions/{}/resourcegroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
         sim.world.subscription, sim.world.resource_group, user.name
     );
-    let wants_user = req
-        .query("client_id")
-        .is_some_and(|c| c.eq_ignore_ascii_case(&user.client_id))
-        || req
-            .query("object_id")
-            .is_some_and(|o| o.eq_ignore_ascii_case(&user.principal_id))
-        || req
-            .query("msi_res_id")
-            .is_some_and(|r| r.eq_ignore_ascii_case(&user_res));
-    let names_any = ["client_id", "object_id", "msi_res_id"]
-        .iter()
-        .any(|k| req.query(k).is_some());
-    let (client_id, object_id, res_id) = if wants_user {
-        (
+    let is = |v: Option<&str>, want: &str| v.is_some_and(|v| v.eq_ignore_ascii_case(want));
+    let wants_user = is(wanted.client_id, &user.client_id)
+        || is(wanted.object_id, &user.principal_id)
+        || is(wanted.resource_id, &user_res);
+    let names_any =
+        wanted.client_id.is_some() || wanted.object_id.is_some() || wanted.resource_id.is_some();
+    if wants_user {
+        Ok((
             user.client_id.clone(),
             user.principal_id.clone(),
             Some(user_res),
-        )
+        ))
     } else if names_any {
-        return identity_error("Identity not found");
+        Err("Identity not found")
     } else if let Some(p) = &vm.system_principal_id {
-        (p.clone(), p.clone(), None)
+        Ok((p.clone(), p.clone(), None))
     } else {
         // Without a system-assigned identity, IMDS uses the only user-assigned one.
-        (
+        Ok((
             user.client_id.clone(),
             user.principal_id.clone(),
             Some(user_res),
-        )
-    };
+        ))
+    }
+}
+
+/// A signed token for `resource` in the identity's name: (token, issued at, lifetime).
+fn issue(sim: &Simulator, resource: &str, identity: &NodeIdentity) -> (String, i64, i64) {
     let now = Simulator::now().timestamp();
     let lifetime = sim.world.token_lifetime_secs as i64;
     let claims = Claims {
         aud: resource.to_string(),
         iss: format!("https://sts.windows.net/{}/", sim.world.tenant),
         tid: sim.world.tenant.clone(),
-        appid: client_id.clone(),
-        oid: object_id,
+        appid: identity.0.clone(),
+        oid: identity.1.clone(),
         iat: now,
         nbf: now,
         exp: now + lifetime,
     };
+    (sim.signer.sign(&claims), now, lifetime)
+}
+
+fn token(sim: &Simulator, node: &str, req: &Request) -> Response {
+    let Some(resource) = req.query("resource").filter(|r| !r.is_empty()) else {
+        return identity_error("Required audience parameter not specified");
+    };
+    let wanted = Selectors {
+        client_id: req.query("client_id"),
+        object_id: req.query("object_id"),
+        resource_id: req.query("msi_res_id"),
+    };
+    let identity = match select_identity(sim, node, &wanted) {
+        Ok(i) => i,
+        Err(e) => return identity_error(e),
+    };
+    let (token, now, lifetime) = issue(sim, resource, &identity);
     let mut body = json!({
-        "access_token": sim.signer.sign(&claims),
-        "client_id": client_id,
+        "access_token": token,
+        "client_id": identity.0,
         "expires_in": lifetime.to_string(),
         "expires_on": (now + lifetime).to_string(),
         "ext_expires_in": lifetime.to_string(),
@@ -226,8 +260,95 @@ fn token(sim: &Simulator, node: &str, req: &Request) -> Response {
         "resource": resource,
         "token_type": "Bearer",
     });
-    if let Some(r) = res_id {
+    if let Some(r) = identity.2 {
         body["msi_res_id"] = json!(r);
     }
     Response::json(200, &body)
+}
+
+/// The path of the App Service managed-identity protocol's token endpoint on a node's listener
+/// (App Service's own `IDENTITY_ENDPOINT` is such a local URL, e.g. `http://127.0.0.1:41741/MSI/token/`).
+pub const APP_SERVICE_TOKEN_PATH: &str = "/MSI/token";
+
+/// The App Service managed-identity protocol, as a host that is not a VM (or a client that is
+/// not told about IMDS) reaches a managed identity: `GET $IDENTITY_ENDPOINT?api-version=2019-08-01
+/// &resource=…[&client_id=|principal_id=|mi_res_id=]` with header `X-IDENTITY-HEADER:
+/// $IDENTITY_HEADER` (the header guards against server-side request forgery, so it is checked
+/// and no `Metadata` header is asked). The answer carries `access_token`, `expires_on` (seconds
+/// since the epoch, as a string), `resource`, `token_type` and `client_id` — the REST endpoint
+/// reference of learn.microsoft.com/azure/app-service/overview-managed-identity. azidentity
+/// (through MSAL Go's `managedidentity`, `createAppServiceAuthRequest`) picks this protocol when
+/// both `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` are set. A user-assigned identity is named by
+/// `client_id`, `mi_res_id`, or its object ID as `principal_id` or `object_id` — the spelling
+/// Microsoft's own clients send (MSAL Go `createAppServiceAuthRequest` and MSAL Python
+/// `_obtain_token_on_app_service` map an object ID to `object_id`); answering such a request with
+/// the system-assigned identity would hand the caller another identity's token. Each parameter
+/// "can't be used on a request that includes" another, so a request naming two is refused.
+/// IMDS's `msi_res_id` is no selector here: the request is for the system-assigned identity.
+fn app_service_token(sim: &Simulator, node: &str, req: &Request) -> Response {
+    let refuse = |status: u16, message: String| {
+        Response::json(status, &json!({"statusCode": status, "message": message}))
+    };
+    if req.method != http::Method::GET {
+        return refuse(405, "Method not allowed.".into());
+    }
+    match req.header("x-identity-header") {
+        None => return refuse(400, "The X-IDENTITY-HEADER header is required.".into()),
+        Some(h) if h != identity_header(sim, node) => {
+            return refuse(401, "The X-IDENTITY-HEADER header is not valid.".into())
+        }
+        Some(_) => {}
+    }
+    match req.query("api-version") {
+        Some(APP_SERVICE_API) => {}
+        other => {
+            return refuse(
+                400,
+                format!(
+                    "api-version {:?} is not supported: use {APP_SERVICE_API}.",
+                    other.unwrap_or("")
+                ),
+            )
+        }
+    }
+    let Some(resource) = req.query("resource").filter(|r| !r.is_empty()) else {
+        return refuse(400, "The resource parameter is required.".into());
+    };
+    let named = ["client_id", "principal_id", "object_id", "mi_res_id"];
+    if named.iter().filter(|p| req.query(p).is_some()).count() > 1 {
+        return refuse(
+            400,
+            format!("Only one of {} may name the identity.", named.join(", ")),
+        );
+    }
+    let wanted = Selectors {
+        client_id: req.query("client_id"),
+        object_id: req.query("principal_id").or(req.query("object_id")),
+        resource_id: req.query("mi_res_id"),
+    };
+    let identity = match select_identity(sim, node, &wanted) {
+        Ok(i) => i,
+        Err(e) => return refuse(400, e.into()),
+    };
+    let (token, now, lifetime) = issue(sim, resource, &identity);
+    Response::json(
+        200,
+        &json!({
+            "access_token": token,
+            "expires_on": (now + lifetime).to_string(),
+            "resource": resource,
+            "token_type": "Bearer",
+            "client_id": identity.0,
+        }),
+    )
+}
+
+/// The only api-version of the App Service protocol that takes `X-IDENTITY-HEADER` (2017-09-01
+/// took a `secret` header and is not served).
+const APP_SERVICE_API: &str = "2019-08-01";
+
+/// The node's `IDENTITY_HEADER`: derived from the simulator's signing key, so it stays the same
+/// across restarts and no other simulator's value works.
+pub fn identity_header(sim: &Simulator, node: &str) -> String {
+    sim.signer.derive(&format!("identity-header/{node}"))
 }

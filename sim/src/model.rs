@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 
+use crate::world::World;
+
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, false)
 }
@@ -316,18 +318,16 @@ impl Vm {
         })
     }
 
-    pub fn to_json(
-        &self,
-        world_location: &str,
-        disks: &BTreeMap<String, Disk>,
-        identity_id: &str,
-    ) -> Value {
+    pub fn to_json(&self, world: &World, disks: &BTreeMap<String, Disk>) -> Value {
         let mut identity = json!({
             "type": if self.system_principal_id.is_some() { "SystemAssigned, UserAssigned" } else { "UserAssigned" },
-            "userAssignedIdentities": { identity_id: {} },
+            "userAssignedIdentities": world.user_assigned_identities(),
         });
+        // The system-assigned identity's principal and tenant (VirtualMachineIdentity: "only
+        // provided for a system assigned identity").
         if let Some(p) = &self.system_principal_id {
             identity["principalId"] = json!(p);
+            identity["tenantId"] = json!(world.tenant);
         }
         let mut props = json!({
             "vmId": self.vm_id,
@@ -344,7 +344,7 @@ impl Vm {
         let mut vm = json!({
             "id": self.id,
             "name": self.name,
-            "location": world_location,
+            "location": world.location,
             "etag": self.etag_header(),
             "identity": identity,
         });

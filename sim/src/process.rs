@@ -145,6 +145,11 @@ impl SimProcess {
     }
 
     /// SIGTERM and wait; `true` when it exited cleanly. The state directory stays.
+    /// The simulator's process id while it runs under this handle.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) -> bool {
         match self.child.take() {
             Some(mut child) => {

@@ -8,9 +8,13 @@
 //! Responses: the simulator's answers are checked the same way, strictly (read-only properties
 //! included, undeclared properties, wrong types and missing required fields reported), so that
 //! what our clients are tested against is what Azure's specification says Azure sends.
+//!
+//! Several api-versions of one resource provider are vendored side by side (disks 2024-03-02 and
+//! 2025-01-02, compute 2024-07-01 and 2025-04-01): a request or answer is checked against the
+//! files of the api-version it names, as ARM hands each api-version to its own model.
 
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 macro_rules! spec {
     ($path:literal) => {
@@ -25,13 +29,38 @@ const FILES: &[(&str, &str)] = &[
     spec!("Microsoft.Compute/ComputeRP/stable/2024-07-01/virtualMachine.json"),
     spec!("Microsoft.Compute/ComputeRP/stable/2024-07-01/virtualMachineScaleSet.json"),
     spec!("Microsoft.Compute/ComputeRP/stable/2024-07-01/computeRPCommon.json"),
+    spec!("Microsoft.Compute/DiskRP/stable/2025-01-02/disk.json"),
+    spec!("Microsoft.Compute/DiskRP/stable/2025-01-02/snapshot.json"),
+    spec!("Microsoft.Compute/DiskRP/stable/2025-01-02/diskRPCommon.json"),
+    spec!("Microsoft.Compute/ComputeRP/stable/2025-04-01/virtualMachine.json"),
+    spec!("Microsoft.Compute/ComputeRP/stable/2025-04-01/virtualMachineScaleSet.json"),
+    spec!("Microsoft.Compute/ComputeRP/stable/2025-04-01/computeRPCommon.json"),
     spec!("Microsoft.Compute/common-types/v1/common.json"),
     spec!("Microsoft.InstanceMetadataService/stable/2023-07-01/imds.json"),
 ];
 
 /// The loaded specification documents, keyed by their path below `sim/specs/`.
 pub struct Specs {
-    docs: HashMap<String, Value>,
+    docs: BTreeMap<String, Value>,
+}
+
+/// The api-version a request path names in its query (`?api-version=…`), if any.
+pub fn api_version_of(path: &str) -> Option<&str> {
+    let query = path.split_once('?')?.1;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("api-version="))
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether the document at `path` belongs to `api_version`: versioned documents live under
+/// `…/stable/<api-version>/`; the others (common types, IMDS) belong to every version.
+fn of_version(path: &str, api_version: Option<&str>) -> bool {
+    let versioned = path.contains("/stable/") && !path.contains("InstanceMetadataService");
+    match api_version {
+        Some(v) if versioned => path.contains(&format!("/stable/{v}/")),
+        _ => true,
+    }
 }
 
 impl Specs {
@@ -46,9 +75,26 @@ impl Specs {
         Specs { docs }
     }
 
-    /// The body schema of the operation with this `operationId`, and the document it lives in.
-    fn request_schema(&self, operation_id: &str) -> Option<(&Value, String)> {
-        for (path, doc) in &self.docs {
+    /// The documents of `api_version` (every document when none is named), newest first.
+    fn docs_of(&self, api_version: Option<&str>) -> impl Iterator<Item = (&String, &Value)> + '_ {
+        let version = api_version.map(str::to_string);
+        self.docs
+            .iter()
+            .rev()
+            .filter(move |(path, _)| of_version(path, version.as_deref()))
+    }
+
+    /// Whether any vendored document describes this api-version.
+    pub fn knows_version(&self, api_version: &str) -> bool {
+        self.docs
+            .keys()
+            .any(|p| p.contains(&format!("/stable/{api_version}/")))
+    }
+
+    /// The body schema of the operation with this `operationId` at `api_version`, and the
+    /// document it lives in.
+    fn request_schema(&self, api_version: &str, operation_id: &str) -> Option<(&Value, String)> {
+        for (path, doc) in self.docs_of(Some(api_version)) {
             let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
                 continue;
             };
@@ -97,28 +143,35 @@ impl Specs {
         (schema, doc)
     }
 
-    /// Every problem with `body` as the request of `operation_id`, each naming the field in the
-    /// dotted form ARM uses (`properties.diskSizeGB`).
-    pub fn check_request(&self, operation_id: &str, body: &Value) -> Vec<String> {
-        let Some((schema, doc)) = self.request_schema(operation_id) else {
-            panic!("no request body declared for {operation_id}");
+    /// Every problem with `body` as the request of `operation_id` at `api_version`, each naming
+    /// the field in the dotted form ARM uses (`properties.diskSizeGB`).
+    pub fn check_request(
+        &self,
+        api_version: &str,
+        operation_id: &str,
+        body: &Value,
+    ) -> Vec<String> {
+        let Some((schema, doc)) = self.request_schema(api_version, operation_id) else {
+            panic!("no request body declared for {operation_id} at {api_version}");
         };
         let mut problems = Vec::new();
         self.check(body, schema, &doc, "", Mode::Request, &mut problems);
         problems
     }
 
-    /// The operation a request path (query and trailing `/` ignored) and method belong to:
-    /// `(operationId, operation, its document)`. Path templates match case-insensitively, as
-    /// ARM routes them.
+    /// The operation a request path and method belong to: `(operationId, operation, its
+    /// document)`, from the files of the api-version the path's query names (the newest that
+    /// describes it when it names none; trailing `/` ignored). Path templates match
+    /// case-insensitively, as ARM routes them.
     pub fn operation(&self, method: &str, path: &str) -> Option<(String, &Value, String)> {
+        let version = api_version_of(path);
         let path = path
             .split('?')
             .next()
             .unwrap_or_default()
             .trim_end_matches('/');
         let want: Vec<&str> = path.split('/').collect();
-        for (doc_path, doc) in &self.docs {
+        for (doc_path, doc) in self.docs_of(version) {
             let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
                 continue;
             };
@@ -193,9 +246,9 @@ impl Specs {
     }
 
     /// Every problem with `body` as an instance of the named definition (e.g. `CloudError`),
-    /// checked strictly.
+    /// checked strictly (the newest file that defines it).
     pub fn check_definition(&self, name: &str, body: &Value) -> Vec<String> {
-        let found = self.docs.iter().find_map(|(path, doc)| {
+        let found = self.docs_of(None).find_map(|(path, doc)| {
             doc.pointer(&format!("/definitions/{name}"))
                 .map(|d| (d, path.clone()))
         });
@@ -205,6 +258,18 @@ impl Specs {
         let mut problems = Vec::new();
         self.check(body, schema, &doc, "", Mode::Response, &mut problems);
         problems
+    }
+
+    /// The property names the named definition declares at `api_version` (its `allOf` parents'
+    /// included); empty when the version does not define it.
+    pub fn declared_properties(&self, api_version: &str, definition: &str) -> Vec<String> {
+        let found = self.docs_of(Some(api_version)).find_map(|(path, doc)| {
+            doc.pointer(&format!("/definitions/{definition}"))
+                .map(|d| (d, path.clone()))
+        });
+        found
+            .map(|(schema, doc)| self.properties(schema, &doc).props.into_keys().collect())
+            .unwrap_or_default()
     }
 
     fn properties(&self, schema: &Value, doc: &str) -> Merged {
@@ -433,7 +498,7 @@ mod tests {
         let body = json!({"location": "westus", "properties": {"creationData": {"createOption": "Empty"},
             "diskSizeGB": 200, "provisioningState": "Succeeded"}, "sku": {"name": "Premium_LRS"}});
         assert_eq!(
-            specs.check_request("Disks_CreateOrUpdate", &body),
+            specs.check_request("2024-03-02", "Disks_CreateOrUpdate", &body),
             Vec::<String>::new()
         );
     }
@@ -443,7 +508,7 @@ mod tests {
         let specs = Specs::load();
         let body = json!({"location": "westus", "properties": {"creationData": {"createOption": "Sideways"},
             "diskSizeGB": "big", "colour": 1}});
-        let problems = specs.check_request("Disks_CreateOrUpdate", &body);
+        let problems = specs.check_request("2024-03-02", "Disks_CreateOrUpdate", &body);
         assert!(
             problems
                 .iter()
@@ -461,7 +526,11 @@ mod tests {
             !problems.iter().any(|p| p.contains("createOption")),
             "{problems:?}"
         );
-        let missing = specs.check_request("Disks_CreateOrUpdate", &json!({"properties": {}}));
+        let missing = specs.check_request(
+            "2025-01-02",
+            "Disks_CreateOrUpdate",
+            &json!({"properties": {}}),
+        );
         assert!(
             missing
                 .iter()
@@ -524,12 +593,55 @@ mod tests {
         let specs = Specs::load();
         let ok = json!({"dataDisksToAttach": [{"diskId": "/x", "lun": 3, "caching": "ReadOnly"}]});
         assert!(specs
-            .check_request("VirtualMachines_AttachDetachDataDisks", &ok)
+            .check_request("2024-07-01", "VirtualMachines_AttachDetachDataDisks", &ok)
             .is_empty());
         let bad = json!({"dataDisksToAttach": [{"lun": 3}]});
         assert_eq!(
-            specs.check_request("VirtualMachineScaleSetVMs_AttachDetachDataDisks", &bad),
+            specs.check_request(
+                "2025-04-01",
+                "VirtualMachineScaleSetVMs_AttachDetachDataDisks",
+                &bad
+            ),
             vec!["dataDisksToAttach[0].diskId: required but missing".to_string()]
+        );
+    }
+
+    #[test]
+    fn each_api_version_is_checked_against_its_own_files() {
+        let specs = Specs::load();
+        assert!(specs.knows_version("2025-01-02") && specs.knows_version("2024-07-01"));
+        assert!(!specs.knows_version("2023-01-02"));
+        // availabilityPolicy is new in 2025-01-02: ARM's 2024-03-02 model has no such property.
+        let body = json!({"location": "westus2", "properties": {"creationData": {"createOption": "Empty"},
+            "diskSizeGB": 4, "availabilityPolicy": {"actionOnDiskDelay": "AutomaticReattach"}}});
+        assert!(specs
+            .check_request("2025-01-02", "Disks_CreateOrUpdate", &body)
+            .is_empty());
+        let old = specs.check_request("2024-03-02", "Disks_CreateOrUpdate", &body);
+        assert!(
+            old.iter()
+                .any(|p| p.starts_with("properties.availabilityPolicy: not a property")),
+            "{old:?}"
+        );
+        // Answers: the path's api-version picks the files.
+        let disk = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/d";
+        let answer = json!({"location": "westus2", "properties": {"creationData": {"createOption": "Empty"},
+            "availabilityPolicy": {"actionOnDiskDelay": "None"}}});
+        let new = format!("{disk}?api-version=2025-01-02");
+        assert!(specs.check_response("GET", &new, 200, &answer).is_empty());
+        let old = format!("{disk}?api-version=2024-03-02");
+        assert_eq!(specs.check_response("GET", &old, 200, &answer).len(), 1);
+        assert!(specs
+            .declared_properties("2025-01-02", "DiskProperties")
+            .contains(&"availabilityPolicy".to_string()));
+        assert!(!specs
+            .declared_properties("2024-03-02", "DiskProperties")
+            .contains(&"availabilityPolicy".to_string()));
+        assert_eq!(api_version_of(&new), Some("2025-01-02"));
+        assert_eq!(api_version_of(disk), None);
+        assert_eq!(
+            api_version_of("/x?monitor=true&api-version=2024-07-01"),
+            Some("2024-07-01")
         );
     }
 }

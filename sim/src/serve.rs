@@ -111,12 +111,15 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .get(&name)
             .map(|v| v.id.clone())
             .unwrap_or_default();
+        let identity_header = crate::imds::identity_header(&sim, &name);
         nodes.insert(
             name,
             json!({
                 "vm": vm,
                 "root": root,
                 "imds": imds,
+                "identityEndpoint": format!("{imds}{}", crate::imds::APP_SERVICE_TOKEN_PATH),
+                "identityHeader": identity_header,
                 "azureJson": config,
                 "zone": spec.zone,
                 "vmSize": spec.vm_size,
@@ -258,8 +261,13 @@ fn write_json(path: &Path, value: &Value) -> anyhow::Result<()> {
 fn common_config(sim: &Simulator, urls: &Urls) -> Value {
     let w = &sim.world;
     json!({
-        "cloud": "AzureStackCloud",
+        "cloud": crate::arm::CLOUD_NAME,
         "resourceManagerEndpoint": format!("{}/", urls.arm),
+        // A private cloud that speaks Azure's current api-versions: without this,
+        // cloud-provider-azure's clients would speak Azure Stack Hub's (disks 2019-03-01, VMs
+        // 2017-12-01; azclient's `AzureStackCloudAPIVersion` of each client), which the
+        // simulator does not serve.
+        "disableAzureStackCloud": true,
         "tenantId": w.tenant,
         "subscriptionId": w.subscription,
         "resourceGroup": w.resource_group,

@@ -45,6 +45,16 @@ impl Signer {
         Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length")
     }
 
+    /// A secret for `label`, derived from the signing key (hex, 128 bits).
+    pub fn derive(&self, label: &str) -> String {
+        let mut mac = self.mac();
+        mac.update(label.as_bytes());
+        mac.finalize().into_bytes()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Signs any claims set as a compact JWT.
     pub fn sign<T: Serialize>(&self, claims: &T) -> String {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);

@@ -220,6 +220,27 @@ pub fn base36_6(mut n: u32) -> String {
 }
 
 impl World {
+    /// The ARM resource ID of the kubelet identity.
+    pub fn kubelet_identity_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
+            self.subscription, self.resource_group, self.kubelet_identity.name
+        )
+    }
+
+    /// `identity.userAssignedIdentities` of a VM or scale set as Resource Manager answers it: each
+    /// identity with its `principalId` and `clientId` (read-only, so a request's `{}` values come
+    /// back filled: common-types v1 `UserAssignedIdentities`), which clients read to ask the
+    /// node's identity endpoint for that identity's token.
+    pub fn user_assigned_identities(&self) -> serde_json::Value {
+        serde_json::json!({
+            self.kubelet_identity_id(): {
+                "principalId": self.kubelet_identity.principal_id,
+                "clientId": self.kubelet_identity.client_id,
+            }
+        })
+    }
+
     pub fn load(path: Option<&Path>) -> Result<World, WorldError> {
         let world = match path {
             None => World::default_world(),

@@ -244,6 +244,7 @@ pub struct RealCluster {
     undo: Vec<String>,
     /// Stops the thread that keeps copies of the provisioner pods' logs.
     keeper: Option<std::sync::mpsc::Sender<()>>,
+    torn_down: std::sync::atomic::AtomicBool,
 }
 
 const SERVICE_CIDR: &str = "10.96.0.0/16";
@@ -296,6 +297,7 @@ impl RealCluster {
             procs: std::sync::Mutex::new(Vec::new()),
             undo,
             keeper: None,
+            torn_down: std::sync::atomic::AtomicBool::new(false),
             dir,
         };
         let pki = Pki::new(&c.dir.path().join("pki"));
@@ -1201,6 +1203,22 @@ state = \"/run/containerd\"
         p.child = start_logged(&mut cmd, &p.log);
     }
 
+    /// Starts again every component that is not running (killed by a scenario that then failed
+    /// before restarting it); their names.
+    pub fn revive(&self) -> Vec<String> {
+        let dead: Vec<String> = {
+            let mut procs = self.procs.lock().expect("procs");
+            procs
+                .iter_mut()
+                .filter_map(|p| (!matches!(p.child.try_wait(), Ok(None))).then(|| p.name.clone()))
+                .collect()
+        };
+        for name in &dead {
+            self.restart(name);
+        }
+        dead
+    }
+
     /// The node loses power: every process of the node is SIGKILLed — kubelet, containerd, and
     /// the pods' containers, which live in network namespaces of their own but in the node's
     /// cgroups (kubelet's `cgroupRoot`) — frozen first, so that none writes after the others are
@@ -1267,11 +1285,19 @@ state = \"/run/containerd\"
     }
 }
 
-impl Drop for RealCluster {
-    fn drop(&mut self) {
-        drop(self.keeper.take());
-        // Nodes first (kubelet, then containerd), then the control plane, last started first.
-        let procs = self.procs.get_mut().unwrap_or_else(|e| e.into_inner());
+impl RealCluster {
+    /// Stops every component — nodes first (kubelet, then containerd), then the control plane,
+    /// last started first — and the simulator, and undoes what was set up on the host. Once:
+    /// on drop, or earlier from a signal handler (so that a test interrupted by a timeout or
+    /// Ctrl-C leaves no cluster, bridge, mount or loop device behind).
+    pub fn teardown(&self) {
+        if self
+            .torn_down
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
         for p in procs.iter_mut().rev() {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(p.child.id() as i32),
@@ -1287,10 +1313,32 @@ impl Drop for RealCluster {
             let _ = p.child.kill();
             let _ = p.child.wait();
         }
+        drop(procs);
         // Whatever the nodes left running (container shims) and mounted goes with them.
         for cmd in self.undo.iter().rev() {
             let _ = Command::new("sh").args(["-c", cmd]).output();
         }
+        if let Some(pid) = self.sim.pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            // Its handle reaps it; here it is only waited for, so that its disks are let go.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.contains(") Z "))
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for RealCluster {
+    fn drop(&mut self) {
+        drop(self.keeper.take());
+        self.teardown();
     }
 }
 

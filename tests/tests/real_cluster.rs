@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use system_tests::real_cluster::{RealCluster, TOOLS_IMAGE};
 use system_tests::scene::world;
@@ -192,7 +192,7 @@ impl Footprint {
 /// One cluster for every scenario (starting one takes a while, and the simulator's login
 /// certificate names the cluster's address), made by the first scenario that runs.
 struct Shared {
-    cluster: RealCluster,
+    cluster: Arc<RealCluster>,
     /// The footprint of the cluster as installed: every scenario leaves it so.
     baseline: Footprint,
     started: Instant,
@@ -204,7 +204,8 @@ fn start() -> Shared {
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
     let started = Instant::now();
-    let cluster = RealCluster::start(&world_file, &NODES);
+    let cluster = Arc::new(RealCluster::start(&world_file, &NODES));
+    let _ = LIVE.set(Arc::downgrade(&cluster));
     cluster.install_flexdisk();
     eprintln!(
         "[{:>6.1}s] cluster up, flexdisk installed",
@@ -262,9 +263,13 @@ fn run_scenario(
     }
 }
 
-/// Deletes what a failed scenario may have left: its pods, claims and namespaces (their disks
-/// go with them, by their reclaim policy).
+/// Undoes what a failed scenario may have left: components it killed are started again, its
+/// pods, claims and namespaces deleted (their disks go with them, by their reclaim policy).
 fn clean_up(c: &RealCluster) {
+    let revived = c.revive();
+    if !revived.is_empty() {
+        eprintln!("started again after a failed scenario: {revived:?}");
+    }
     let namespaces = c
         .kubectl_json(&["get", "namespaces"])
         .map(|l| {
@@ -293,7 +298,33 @@ fn clean_up(c: &RealCluster) {
     }
 }
 
+/// The cluster while it runs, for [`tear_down_on_signals`].
+static LIVE: OnceLock<Weak<RealCluster>> = OnceLock::new();
+
+/// A test interrupted (CI's timeout, Ctrl-C) tears its cluster down before it goes: its
+/// components, bridge, namespaces, mounts and the simulator's loop devices would otherwise
+/// outlive it. The signals are blocked in every thread (children start with a clean mask:
+/// std's spawn resets it) and taken by one thread.
+fn tear_down_on_signals() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        signals.add(s);
+    }
+    signals.thread_block().expect("block the signals");
+    std::thread::spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            eprintln!("{signal}: tearing the cluster down");
+            if let Some(cluster) = LIVE.get().and_then(Weak::upgrade) {
+                cluster.teardown();
+            }
+            std::process::exit(128 + signal as i32);
+        }
+    });
+}
+
 fn main() {
+    tear_down_on_signals();
     let mut args = Arguments::from_args();
     // One cluster, one scenario at a time.
     args.test_threads = Some(1);
@@ -302,7 +333,10 @@ fn main() {
         .iter()
         .map(|&(name, scenario)| {
             let shared = shared.clone();
-            Trial::test(name, move || run_scenario(&shared, name, scenario))
+            // Named under `real_cluster::`, so that `--skip real_cluster` leaves them all out.
+            Trial::test(format!("real_cluster::{name}"), move || {
+                run_scenario(&shared, name, scenario)
+            })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
@@ -1169,13 +1203,26 @@ fn kubelet_restarted_with_volumes_mounted(c: &RealCluster) {
         c.kubectl(&["exec", "keeper", "--", "/bin/cat", "/data/log"])
             .is_ok_and(|t| t.trim() == "before")
     });
+    // kubectl exec goes through kubelet: while it is down, containerd runs the command.
+    let container = c.kubectl_json(&["get", "pod", "keeper"]).expect("pod")["status"]
+        ["containerStatuses"][0]["containerID"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("containerd://"))
+        .map(str::to_string)
+        .expect("the container's id");
+    let node = c.nodes.iter().find(|n| n.name == NODES[0]).expect("node");
     let kubelet = format!("kubelet-{}", NODES[0]);
     c.kill(&kubelet);
     // The container does not need kubelet to go on writing to its volume.
-    exec(
-        c,
-        "keeper",
-        "echo while kubelet was down >> /data/log && sync",
+    system_tests::real_cluster::run(
+        node.command(c.bin.join("ctr").to_str().expect("utf-8"))
+            .args(["-n", "k8s.io", "tasks", "exec", "--exec-id", "while-down"])
+            .arg(&container)
+            .args([
+                "/bin/sh",
+                "-c",
+                "echo while kubelet was down >> /data/log && sync",
+            ]),
     );
     c.restart(&kubelet);
     c.wait_until("the node Ready again", long(), |c| c.node_ready(NODES[0]));
@@ -1202,10 +1249,14 @@ fn kubelet_restarted_with_volumes_mounted(c: &RealCluster) {
 }
 
 /// Whether `node`'s installed driver is `binary` (byte for byte).
-fn installed_driver_is(c: &RealCluster, node: &str, binary: &Path) -> bool {
+fn installed_driver_is(c: &RealCluster, node: &str, binary: &[u8]) -> bool {
+    installed_driver(c, node).is_some_and(|i| i == binary)
+}
+
+/// The driver installed in `node`'s plugin dir.
+fn installed_driver(c: &RealCluster, node: &str) -> Option<Vec<u8>> {
     let n = c.nodes.iter().find(|n| n.name == node).expect("node");
-    let installed = std::fs::read(n.dir.join("plugins/flexdisk~azure-disk/azure-disk"));
-    installed.is_ok_and(|i| std::fs::read(binary).is_ok_and(|b| b == i))
+    std::fs::read(n.dir.join("plugins/flexdisk~azure-disk/azure-disk")).ok()
 }
 
 /// The node DaemonSet rolled to a new driver image while a pod's volume is mounted: the pod goes
@@ -1228,7 +1279,7 @@ fn driver_upgraded_with_volumes_mounted(c: &RealCluster) {
     c.wait_until("resident running", long(), |c| {
         phase(c, "resident") == "Running"
     });
-    let roll = |c: &RealCluster, tag: &str, binary: &Path| {
+    let roll = |c: &RealCluster, tag: &str, binary: &[u8]| {
         c.kubectl(&[
             "-n",
             "flexdisk-system",
@@ -1253,12 +1304,10 @@ fn driver_upgraded_with_volumes_mounted(c: &RealCluster) {
             });
         }
     };
-    let old = system_tests::real_cluster::static_binaries().join("flexdisk");
-    assert!(
-        installed_driver_is(c, NODES[0], &old),
-        "0.1.0 installed first"
-    );
+    let old = installed_driver(c, NODES[0]).expect("0.1.0 installed");
     let new = c.import_driver_image("0.1.1", "\nflexdisk 0.1.1 (upgrade test)\n");
+    let new = std::fs::read(new).expect("0.1.1's driver");
+    assert_ne!(old, new, "another driver");
     roll(c, "0.1.1", &new);
     assert_eq!(
         exec(

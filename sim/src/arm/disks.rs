@@ -41,25 +41,43 @@ const OWN_PROPERTIES: &[&str] = &[
 /// Azure's "4 TiB" line for expand-without-downtime and for host caching.
 pub const CACHING_LIMIT_GB: i64 = 4096;
 
-pub fn list(sim: &Simulator, rg: &str) -> ArmResult<Response> {
+/// A disk as ARM renders it at `api`: a writable property a newer api-version's request stored
+/// (kept as sent) is left out of an older version's answer, as ARM's per-version model has no
+/// place for it.
+pub fn render(sim: &Simulator, api: &str, disk: &Disk) -> Value {
+    let mut v = disk.to_json();
+    retain_declared(sim, api, &mut v);
+    v
+}
+
+/// Drops the disk properties `api`'s specification does not declare (see [`render`]).
+pub fn retain_declared(sim: &Simulator, api: &str, disk: &mut Value) {
+    let declared = sim.specs.declared_properties(api, "DiskProperties");
+    if let Some(props) = disk.get_mut("properties").and_then(Value::as_object_mut) {
+        props.retain(|k, _| declared.iter().any(|d| d == k));
+    }
+}
+
+/// The disks of one resource group, or of the whole subscription (`Disks_List`).
+pub fn list(sim: &Simulator, api: &str, rg: Option<&str>) -> ArmResult<Response> {
     let state = sim.lock();
-    let prefix = format!("{}/", rg.to_lowercase());
+    let prefix = rg.map(|rg| format!("{}/", rg.to_lowercase()));
     let value: Vec<Value> = state
         .disks
         .iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .map(|(_, d)| d.to_json())
+        .filter(|(k, _)| prefix.as_ref().is_none_or(|p| k.starts_with(p)))
+        .map(|(_, d)| render(sim, api, d))
         .collect();
     Ok(Response::json(200, &json!({ "value": value })))
 }
 
-pub fn get(sim: &Simulator, rg: &str, name: &str) -> ArmResult<Response> {
+pub fn get(sim: &Simulator, api: &str, rg: &str, name: &str) -> ArmResult<Response> {
     let state = sim.lock();
     let disk = state
         .disks
         .get(&key(rg, name))
         .ok_or_else(|| not_found("disks", rg, name))?;
-    Ok(Response::json(200, &disk.to_json()))
+    Ok(Response::json(200, &render(sim, api, disk)))
 }
 
 fn canonical_sku(sku: &str) -> ArmResult<String> {
@@ -256,6 +274,7 @@ pub fn check_resize(disk: &Disk, new_gb: i64) -> ArmResult<()> {
 
 pub fn put(
     sim: &Arc<Simulator>,
+    api: &str,
     rg: &str,
     name: &str,
     body: Value,
@@ -264,7 +283,7 @@ pub fn put(
     let mut state = sim.lock();
     let k = key(rg, name);
     if state.disks.contains_key(&k) {
-        return update_existing(sim, &mut state, &k, &body, true, planted);
+        return update_existing(sim, api, &mut state, &k, &body, true, planted);
     }
     let world = &sim.world;
     let location = body["location"].as_str().unwrap_or_default();
@@ -408,16 +427,20 @@ pub fn put(
         planted,
     )?;
     sim.commit(&state)?;
-    Ok(respond_with_disk(sim, &state, &k, began))
+    Ok(respond_with_disk(sim, api, &state, &k, began))
 }
 
-fn respond_with_disk(sim: &Simulator, state: &State, k: &str, began: Began) -> Response {
-    let body = state.disks.get(k).map(Disk::to_json).unwrap_or(Value::Null);
+fn respond_with_disk(sim: &Simulator, api: &str, state: &State, k: &str, began: Began) -> Response {
+    let body = state
+        .disks
+        .get(k)
+        .map(|d| render(sim, api, d))
+        .unwrap_or(Value::Null);
     match began {
         Began::Done(_) => Response::json(200, &body),
         Began::Pending(op) => lro::with_headers(
             Response::json(202, &body),
-            lro::accepted_headers(sim, &op, true),
+            lro::accepted_headers(sim, &op, true, api),
         ),
     }
 }
@@ -504,6 +527,7 @@ pub fn make_backing_file(file: &Path, source: Option<&Path>, size_gb: i64) -> Ar
 
 pub fn patch(
     sim: &Arc<Simulator>,
+    api: &str,
     rg: &str,
     name: &str,
     body: Value,
@@ -514,13 +538,14 @@ pub fn patch(
     if !state.disks.contains_key(&k) {
         return Err(not_found("disks", rg, name));
     }
-    update_existing(sim, &mut state, &k, &body, false, planted)
+    update_existing(sim, api, &mut state, &k, &body, false, planted)
 }
 
 /// PUT on an existing disk and PATCH: the same rules, except that PUT replaces tags and may not
 /// change what the disk was created as.
 fn update_existing(
     sim: &Arc<Simulator>,
+    api: &str,
     state: &mut State,
     k: &str,
     body: &Value,
@@ -675,7 +700,11 @@ fn update_existing(
     state.disks.insert(k.to_string(), updated);
     if !grows {
         sim.commit(state)?;
-        let body = state.disks.get(k).map(Disk::to_json).unwrap_or(Value::Null);
+        let body = state
+            .disks
+            .get(k)
+            .map(|d| render(sim, api, d))
+            .unwrap_or(Value::Null);
         return Ok(Response::json(200, &body));
     }
     let kind = OpKind::DiskUpdate {
@@ -684,11 +713,12 @@ fn update_existing(
     };
     let began = lro::begin(sim, state, kind, sim.timing().draw_disk_op(), planted)?;
     sim.commit(state)?;
-    Ok(respond_with_disk(sim, state, k, began))
+    Ok(respond_with_disk(sim, api, state, k, began))
 }
 
 pub fn delete(
     sim: &Arc<Simulator>,
+    api: &str,
     rg: &str,
     name: &str,
     planted: Option<ErrorBody>,
@@ -723,9 +753,10 @@ pub fn delete(
     sim.commit(&state)?;
     Ok(match began {
         Began::Done(_) => Response::empty(200),
-        Began::Pending(op) => {
-            lro::with_headers(Response::empty(202), lro::accepted_headers(sim, &op, true))
-        }
+        Began::Pending(op) => lro::with_headers(
+            Response::empty(202),
+            lro::accepted_headers(sim, &op, true, api),
+        ),
     })
 }
 

@@ -3,7 +3,6 @@
 //! and a failure may show only in the polled status.
 
 use super::errors::{error, ArmResult};
-use super::route::{COMPUTE_API, DISK_API};
 use super::{disks, snapshots, vms};
 use crate::http::Response;
 use crate::model::{rfc3339, ErrorBody, OpKind, OpStatus, Operation};
@@ -135,17 +134,15 @@ fn finish(sim: &Simulator, state: &mut State, op: &Operation) -> Result<Option<V
     }
 }
 
-/// Headers of an accepted long-running write.
+/// Headers of an accepted long-running write; the operation's URLs carry the api-version the
+/// write was made at, as ARM's do.
 pub fn accepted_headers(
     sim: &Simulator,
     op: &Operation,
     disk: bool,
+    api: &str,
 ) -> Vec<(&'static str, String)> {
-    let (segment, api) = if disk {
-        ("DiskOperations", DISK_API)
-    } else {
-        ("operations", COMPUTE_API)
-    };
+    let segment = if disk { "DiskOperations" } else { "operations" };
     let base = format!(
         "{}/subscriptions/{}/providers/Microsoft.Compute/locations/{}/{segment}/{}",
         sim.arm_url(),
@@ -174,6 +171,7 @@ pub fn with_headers(mut r: Response, headers: Vec<(&'static str, String)>) -> Re
 
 pub fn poll(
     sim: &Simulator,
+    api: &str,
     location: &str,
     id: &str,
     disk: bool,
@@ -192,13 +190,24 @@ pub fn poll(
                 format!("The operation '{id}' was not found."),
             )
         })?;
+    // A disk's result was rendered when its operation ended; the poll answers at its own
+    // api-version (see disks::render).
+    let result = op.result.clone().map(|mut body| {
+        if matches!(
+            op.kind,
+            OpKind::DiskCreate { .. } | OpKind::DiskUpdate { .. }
+        ) {
+            disks::retain_declared(sim, api, &mut body);
+        }
+        body
+    });
     if monitor {
         return Ok(match op.status {
             OpStatus::InProgress => with_headers(
                 Response::empty(202),
-                accepted_headers(sim, op, disk)[1..].to_vec(),
+                accepted_headers(sim, op, disk, api)[1..].to_vec(),
             ),
-            OpStatus::Succeeded => match &op.result {
+            OpStatus::Succeeded => match &result {
                 Some(body) => Response::json(200, body),
                 None => Response::empty(200),
             },
@@ -225,7 +234,7 @@ pub fn poll(
         status["error"] = e.to_json()["error"].clone();
     }
     if disk && op.status == OpStatus::Succeeded {
-        if let Some(body) = &op.result {
+        if let Some(body) = &result {
             status["properties"] = json!({ "output": body });
         }
     }

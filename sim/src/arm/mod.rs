@@ -5,6 +5,7 @@ pub mod disks;
 pub mod errors;
 pub mod lro;
 pub mod route;
+pub mod scale_sets;
 pub mod snapshots;
 pub mod vms;
 
@@ -30,7 +31,7 @@ const AUDIENCES: &[&str] = &[
 
 pub async fn handle(sim: Arc<Simulator>, req: Request) -> Outcome {
     if req.method == Method::GET && req.path.eq_ignore_ascii_case("/metadata/endpoints") {
-        return metadata_endpoints(&sim).into();
+        return metadata_endpoints(&sim, req.query("api-version")).into();
     }
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut outcome = front_door(&sim, &req).await;
@@ -96,9 +97,10 @@ async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
             sim.counters.count_write_to(&object);
         }
     }
-    if let Err(e) = check_api_version(req, &route) {
-        return e.response().into();
-    }
+    let api_version = match check_api_version(req, &route) {
+        Ok(v) => v,
+        Err(e) => return e.response().into(),
+    };
     let mut planted = None;
     let mut lose_response = false;
     for action in sim
@@ -138,7 +140,12 @@ async fn front_door(sim: &Arc<Simulator>, req: &Request) -> Outcome {
         ),
     ];
     let mut response = if verdict.allowed {
-        dispatch(sim, req, &route, planted).unwrap_or_else(|e| e.response())
+        let call = Call {
+            req,
+            route: &route,
+            api_version,
+        };
+        dispatch(sim, &call, planted).unwrap_or_else(|e| e.response())
     } else {
         let kind = if route.write { "write" } else { "read" };
         error(
@@ -247,28 +254,47 @@ fn authenticate(sim: &Simulator, req: &Request) -> ArmResult<Claims> {
     Ok(claims)
 }
 
-fn check_api_version(req: &Request, route: &Route) -> ArmResult<()> {
+/// One request on its way through the handlers: what it asks, and at which api-version (the
+/// version picks the specification its body and answer are checked against, and the version
+/// the operation URLs it is given carry).
+pub struct Call<'a> {
+    pub req: &'a Request,
+    pub route: &'a Route,
+    pub api_version: &'static str,
+}
+
+/// The api-version the request names, if the operation is served at it (ARM matches it exactly).
+fn check_api_version(req: &Request, route: &Route) -> ArmResult<&'static str> {
     match req.query("api-version") {
         None => Err(error(
             400,
             "MissingApiVersionParameter",
             "The api-version query parameter (?api-version=) is required for all requests.",
         )),
-        Some(v) if v == route.api_version => Ok(()),
-        Some(v) => Err(error(
-            400,
-            "NoRegisteredProviderFound",
-            format!(
-                "No registered resource provider found for API version '{v}' of operation '{}'. \
-                 The supported api-versions are '{}'.",
-                route.operation, route.api_version
-            ),
-        )),
+        Some(v) => route
+            .api_versions
+            .iter()
+            .find(|served| **served == v)
+            .copied()
+            .ok_or_else(|| {
+                error(
+                    400,
+                    "NoRegisteredProviderFound",
+                    format!(
+                        "No registered resource provider found for API version '{v}' of operation '{}'. \
+                         The supported api-versions are '{}'.",
+                        route.operation,
+                        route.api_versions.join(", ")
+                    ),
+                )
+            }),
     }
 }
 
-/// The request body as JSON, checked against the operation's model in the specification.
-pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value> {
+/// The request body as JSON, checked against the operation's model in the specification of the
+/// request's api-version.
+pub fn body(sim: &Simulator, call: &Call) -> ArmResult<Value> {
+    let (req, operation) = (call.req, call.route.operation);
     if req.body.is_empty() {
         return Err(error(
             400,
@@ -283,7 +309,8 @@ pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value>
             format!("The request content was invalid and could not be deserialized: {e}"),
         )
     })?;
-    let problems = sim.specs.check_request(operation, &value);
+    let mut problems = sim.specs.check_request(call.api_version, operation, &value);
+    problems.retain(|p| !waived(operation, p));
     if let Some(first) = problems.first() {
         let field = first.split(':').next().unwrap_or_default().to_string();
         return Err(error(
@@ -296,12 +323,22 @@ pub fn body(sim: &Simulator, req: &Request, operation: &str) -> ArmResult<Value>
     Ok(value)
 }
 
-fn dispatch(
-    sim: &Arc<Simulator>,
-    req: &Request,
-    route: &Route,
-    planted: Option<ErrorBody>,
-) -> ArmResult<Response> {
+/// Requirements of the specification ARM does not enforce. `location` is required by the VM and
+/// scale-set VM models, yet an update of an existing VM without it is taken: cloud-provider-azure
+/// refreshes a VM with an empty PUT (`UpdateVM`: `CreateOrUpdate(…, armcompute.VirtualMachine{})`
+/// and `VirtualMachineScaleSetVMsClient.Update(…, VirtualMachineScaleSetVM{})`) and attaches and
+/// detaches on a scale-set instance with a PUT of only `properties.storageProfile.dataDisks`
+/// (pkg/provider/azure_controller_standard.go and azure_controller_vmss.go), in production. The
+/// simulator creates no VMs, so every such PUT is an update.
+fn waived(operation: &str, problem: &str) -> bool {
+    matches!(
+        operation,
+        "VirtualMachines_CreateOrUpdate" | "VirtualMachineScaleSetVMs_Update"
+    ) && problem == "location: required but missing"
+}
+
+fn dispatch(sim: &Arc<Simulator>, call: &Call, planted: Option<ErrorBody>) -> ArmResult<Response> {
+    let route = call.route;
     if let Some(rg) = route.target.resource_group() {
         if !sim.world.resource_group_exists(rg) {
             return Err(error(
@@ -311,67 +348,108 @@ fn dispatch(
             ));
         }
     }
-    let m = req.method.as_str();
-    match (&route.target, m) {
-        (Target::Disks { rg }, _) => disks::list(sim, rg),
-        (Target::Disk { rg, name }, "GET") => disks::get(sim, rg, name),
+    let api = call.api_version;
+    match (&route.target, call.req.method.as_str()) {
+        (Target::AllDisks, _) => disks::list(sim, api, None),
+        (Target::Disks { rg }, _) => disks::list(sim, api, Some(rg)),
+        (Target::Disk { rg, name }, "GET") => disks::get(sim, api, rg, name),
         (Target::Disk { rg, name }, "PUT") => {
-            disks::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+            disks::put(sim, api, rg, name, body(sim, call)?, planted)
         }
         (Target::Disk { rg, name }, "PATCH") => {
-            disks::patch(sim, rg, name, body(sim, req, route.operation)?, planted)
+            disks::patch(sim, api, rg, name, body(sim, call)?, planted)
         }
-        (Target::Disk { rg, name }, _) => disks::delete(sim, rg, name, planted),
+        (Target::Disk { rg, name }, _) => disks::delete(sim, api, rg, name, planted),
         (Target::Snapshots { rg }, _) => snapshots::list(sim, rg),
         (Target::Snapshot { rg, name }, "GET") => snapshots::get(sim, rg, name),
         (Target::Snapshot { rg, name }, "PUT") => {
-            snapshots::put(sim, rg, name, body(sim, req, route.operation)?, planted)
+            snapshots::put(sim, api, rg, name, body(sim, call)?, planted)
         }
-        (Target::Snapshot { rg, name }, _) => snapshots::delete(sim, rg, name, planted),
+        (Target::Snapshot { rg, name }, _) => snapshots::delete(sim, api, rg, name, planted),
         (Target::Vms { rg }, _) => vms::list(sim, rg, None),
+        (Target::ScaleSets { rg }, _) => scale_sets::list(sim, rg),
+        (Target::ScaleSet { rg, name }, _) => scale_sets::get(sim, rg, name),
         (Target::ScaleSetVms { rg, scale_set }, _) => vms::list(sim, rg, Some(scale_set)),
         (Target::Vm { .. } | Target::ScaleSetVm { .. }, "GET") => vms::get(sim, &route.target),
-        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => vms::update(
-            sim,
-            req,
-            &route.target,
-            body(sim, req, route.operation)?,
-            planted,
-        ),
+        (Target::Vm { .. } | Target::ScaleSetVm { .. }, _) => {
+            vms::update(sim, call, body(sim, call)?, planted)
+        }
         (Target::VmAttachDetach { .. } | Target::ScaleSetVmAttachDetach { .. }, _) => {
-            vms::attach_detach(
-                sim,
-                &route.target,
-                body(sim, req, route.operation)?,
-                planted,
-            )
+            vms::attach_detach(sim, call, body(sim, call)?, planted)
         }
         (Target::Operation { location, id, disk }, _) => lro::poll(
             sim,
+            api,
             location,
             id,
             *disk,
-            req.query("monitor")
+            call.req
+                .query("monitor")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         ),
     }
 }
 
-/// Cloud metadata as Azure Stack Hub serves it: how custom-cloud clients discover the login
-/// endpoint and audience from the resource manager URL alone.
-fn metadata_endpoints(sim: &Simulator) -> Response {
-    Response::json(
-        200,
-        &json!({
-            "galleryEndpoint": "",
-            "graphEndpoint": "https://graph.windows.net/",
-            "portalEndpoint": "",
-            "authentication": {
-                "loginEndpoint": format!("{}/", sim.login_url()),
-                "audiences": ["https://management.azure.com/", "https://management.core.windows.net/"],
-            },
-        }),
-    )
+/// The name of the simulated cloud in its metadata: the `cloud` its cloud configs give
+/// (`crate::serve`), as clients pick their entry of the array form by that name.
+pub const CLOUD_NAME: &str = "AzureStackCloud";
+
+/// `GET {arm}/metadata/endpoints`: how clients of a custom cloud learn its login endpoint and
+/// token audience from the resource manager URL alone. Resource Manager answers two forms, by
+/// api-version: without one, or at `2015-01-01` (the version Azure Stack Hub's documentation
+/// uses), one object `{galleryEndpoint, graphEndpoint, portalEndpoint, authentication:
+/// {loginEndpoint, audiences}}`; from `2019-05-01` on, an array of clouds, each `{name,
+/// resourceManager, authentication: {loginEndpoint, audiences, tenant, identityProvider},
+/// suffixes, …}`. cloud-provider-azure's azclient asks `2019-05-01` and decodes the array only,
+/// taking the entry whose `name` is the cloud config's `cloud` and `audiences[0]` as the token
+/// audience (pkg/azclient/cloud.go, `OverrideAzureCloudConfigAndEnvConfigFromMetadataService`);
+/// azure-cli's `az cloud register --endpoint-resource-manager` asks `2022-09-01`. Other versions
+/// are refused, so that a client asking something else is noticed here and not in production.
+fn metadata_endpoints(sim: &Simulator, api_version: Option<&str>) -> Response {
+    const ARRAY_FORM: &[&str] = &["2019-05-01", "2020-06-01", "2022-09-01"];
+    let login = format!("{}/", sim.login_url());
+    let audiences = json!([
+        "https://management.core.windows.net/",
+        "https://management.azure.com/"
+    ]);
+    match api_version {
+        None | Some("2015-01-01") => Response::json(
+            200,
+            &json!({
+                "galleryEndpoint": "",
+                "graphEndpoint": "https://graph.windows.net/",
+                "portalEndpoint": "",
+                "authentication": {"loginEndpoint": login, "audiences": audiences},
+            }),
+        ),
+        Some(v) if ARRAY_FORM.contains(&v) => Response::json(
+            200,
+            &json!([{
+                "name": CLOUD_NAME,
+                "resourceManager": format!("{}/", sim.arm_url()),
+                "authentication": {
+                    "loginEndpoint": login,
+                    "audiences": audiences,
+                    "tenant": "common",
+                    "identityProvider": "AAD",
+                },
+                "portal": "",
+                "gallery": "",
+                "graph": "https://graph.windows.net/",
+                "graphAudience": "https://graph.windows.net/",
+                "suffixes": {},
+            }]),
+        ),
+        Some(v) => error(
+            400,
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{v}' is invalid. The supported versions are '2015-01-01, {}'.",
+                ARRAY_FORM.join(", ")
+            ),
+        )
+        .response(),
+    }
 }
 
 /// The resource an ARM write is to, as `<type>/<name>` in lower case (`disks/pvc-1`,

@@ -4,11 +4,17 @@ use super::errors::{error, ArmResult};
 use crate::http::percent_decode;
 use http::Method;
 
-pub const DISK_API: &str = "2024-03-02";
-pub const COMPUTE_API: &str = "2024-07-01";
+/// The api-versions served for disks and snapshots, oldest first: the one flexdisk's own client
+/// speaks and the one `armcompute/v7` (Kubernetes' Azure code) speaks. Each request and answer is
+/// checked against its own version's specification (`crate::schema`).
+pub const DISK_APIS: &[&str] = &["2024-03-02", "2025-01-02"];
+/// The api-versions served for VMs and scale sets, oldest first (as [`DISK_APIS`]).
+pub const COMPUTE_APIS: &[&str] = &["2024-07-01", "2025-04-01"];
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
+    /// Every disk of the subscription (`Disks_List`).
+    AllDisks,
     Disks {
         rg: String,
     },
@@ -31,6 +37,13 @@ pub enum Target {
         name: String,
     },
     VmAttachDetach {
+        rg: String,
+        name: String,
+    },
+    ScaleSets {
+        rg: String,
+    },
+    ScaleSet {
         rg: String,
         name: String,
     },
@@ -60,7 +73,8 @@ pub struct Route {
     pub target: Target,
     /// The specification's operationId (`OperationStatus` for long-running operation polls).
     pub operation: &'static str,
-    pub api_version: &'static str,
+    /// The api-versions this operation is served at ([`DISK_APIS`] or [`COMPUTE_APIS`]).
+    pub api_versions: &'static [&'static str],
     pub write: bool,
 }
 
@@ -74,10 +88,12 @@ impl Target {
             | Target::Vms { rg }
             | Target::Vm { rg, .. }
             | Target::VmAttachDetach { rg, .. }
+            | Target::ScaleSets { rg }
+            | Target::ScaleSet { rg, .. }
             | Target::ScaleSetVms { rg, .. }
             | Target::ScaleSetVm { rg, .. }
             | Target::ScaleSetVmAttachDetach { rg, .. } => Some(rg),
-            Target::Operation { .. } => None,
+            Target::Operation { .. } | Target::AllDisks => None,
         }
     }
 }
@@ -109,6 +125,9 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
         ));
     }
     let target = match &s[2..] {
+        [p, ns, t] if eq(p, "providers") && eq(ns, "Microsoft.Compute") && eq(t, "disks") => {
+            Target::AllDisks
+        }
         [p, ns, l, loc, o, id]
             if eq(p, "providers") && eq(ns, "Microsoft.Compute") && eq(l, "locations") =>
         {
@@ -151,6 +170,11 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
                         name: n.to_string(),
                     }
                 }
+                [t] if eq(t, "virtualMachineScaleSets") => Target::ScaleSets { rg },
+                [t, n] if eq(t, "virtualMachineScaleSets") => Target::ScaleSet {
+                    rg,
+                    name: n.to_string(),
+                },
                 [t, ss, v] if eq(t, "virtualMachineScaleSets") && eq(v, "virtualMachines") => {
                     Target::ScaleSetVms {
                         rg,
@@ -181,7 +205,10 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
         _ => return Err(unknown()),
     };
     let m = method.as_str();
-    let (operation, api_version) = match (&target, m) {
+    const DISK_API: &[&str] = DISK_APIS;
+    const COMPUTE_API: &[&str] = COMPUTE_APIS;
+    let (operation, api_versions) = match (&target, m) {
+        (Target::AllDisks, "GET") => ("Disks_List", DISK_API),
         (Target::Disks { .. }, "GET") => ("Disks_ListByResourceGroup", DISK_API),
         (Target::Disk { .. }, "GET") => ("Disks_Get", DISK_API),
         (Target::Disk { .. }, "PUT") => ("Disks_CreateOrUpdate", DISK_API),
@@ -198,6 +225,8 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
         (Target::VmAttachDetach { .. }, "POST") => {
             ("VirtualMachines_AttachDetachDataDisks", COMPUTE_API)
         }
+        (Target::ScaleSets { .. }, "GET") => ("VirtualMachineScaleSets_List", COMPUTE_API),
+        (Target::ScaleSet { .. }, "GET") => ("VirtualMachineScaleSets_Get", COMPUTE_API),
         (Target::ScaleSetVms { .. }, "GET") => ("VirtualMachineScaleSetVMs_List", COMPUTE_API),
         (Target::ScaleSetVm { .. }, "GET") => ("VirtualMachineScaleSetVMs_Get", COMPUTE_API),
         (Target::ScaleSetVm { .. }, "PUT") => ("VirtualMachineScaleSetVMs_Update", COMPUTE_API),
@@ -218,7 +247,7 @@ pub fn route(method: &Method, path: &str, subscription: &str) -> ArmResult<Route
     Ok(Route {
         target,
         operation,
-        api_version,
+        api_versions,
         write: m != "GET",
     })
 }
@@ -255,6 +284,38 @@ mod tests {
                 name: "a b".into()
             }
         );
+    }
+
+    #[test]
+    fn subscription_wide_disks_and_scale_sets() {
+        let all = route(
+            &Method::GET,
+            "/subscriptions/sub-1/providers/Microsoft.Compute/disks",
+            SUB,
+        )
+        .expect("routes");
+        assert_eq!(
+            (all.target, all.operation),
+            (Target::AllDisks, "Disks_List")
+        );
+        let ss = route(
+            &Method::GET,
+            "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool",
+            SUB,
+        )
+        .expect("routes");
+        assert_eq!(ss.operation, "VirtualMachineScaleSets_Get");
+        let list = route(
+            &Method::GET,
+            "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets",
+            SUB,
+        )
+        .expect("routes");
+        assert_eq!(list.operation, "VirtualMachineScaleSets_List");
+        let p = "/subscriptions/sub-1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/pool";
+        assert_eq!(route(&Method::DELETE, p, SUB).unwrap_err().status, 405);
+        let p = "/subscriptions/sub-1/providers/Microsoft.Compute/disks";
+        assert_eq!(route(&Method::PUT, p, SUB).unwrap_err().status, 405);
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub fn get(sim: &Simulator, rg: &str, name: &str) -> ArmResult<Response> {
 
 pub fn put(
     sim: &Arc<Simulator>,
+    api: &str,
     rg: &str,
     name: &str,
     body: Value,
@@ -142,13 +143,14 @@ pub fn put(
         Began::Done(_) => Response::json(200, &body),
         Began::Pending(op) => lro::with_headers(
             Response::json(202, &body),
-            lro::accepted_headers(sim, &op, true),
+            lro::accepted_headers(sim, &op, true, api),
         ),
     })
 }
 
 pub fn delete(
     sim: &Arc<Simulator>,
+    api: &str,
     rg: &str,
     name: &str,
     planted: Option<ErrorBody>,
@@ -172,9 +174,10 @@ pub fn delete(
     sim.commit(&state)?;
     Ok(match began {
         Began::Done(_) => Response::empty(200),
-        Began::Pending(op) => {
-            lro::with_headers(Response::empty(202), lro::accepted_headers(sim, &op, true))
-        }
+        Began::Pending(op) => lro::with_headers(
+            Response::empty(202),
+            lro::accepted_headers(sim, &op, true, api),
+        ),
     })
 }
 

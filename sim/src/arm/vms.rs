@@ -6,7 +6,8 @@ use super::disks::CACHING_LIMIT_GB;
 use super::errors::{busy, error, invalid, not_found, ArmResult};
 use super::lro::{self, Began};
 use super::route::Target;
-use crate::http::{Request, Response};
+use super::Call;
+use crate::http::Response;
 use crate::model::{key, parse_id, DataDisk, ErrorBody, OpKind, Vm, VmFinalBody, VmKind};
 use crate::node::next_device_name;
 use crate::simulator::Simulator;
@@ -80,15 +81,8 @@ fn find_node(sim: &Simulator, state: &State, target: &Target) -> ArmResult<Strin
     })
 }
 
-fn identity_id(sim: &Simulator) -> String {
-    format!(
-        "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{}",
-        sim.world.subscription, sim.world.resource_group, sim.world.kubelet_identity.name
-    )
-}
-
 fn vm_json(sim: &Simulator, state: &State, vm: &Vm) -> Value {
-    vm.to_json(&sim.world.location, &state.disks, &identity_id(sim))
+    vm.to_json(&sim.world, &state.disks)
 }
 
 pub fn list(sim: &Simulator, rg: &str, scale_set: Option<&str>) -> ArmResult<Response> {
@@ -125,10 +119,11 @@ pub fn get(sim: &Simulator, target: &Target) -> ArmResult<Response> {
 
 pub fn attach_detach(
     sim: &Arc<Simulator>,
-    target: &Target,
+    call: &Call,
     body: Value,
     planted: Option<ErrorBody>,
 ) -> ArmResult<Response> {
+    let target = &call.route.target;
     let attach: Vec<AttachRequest> = body
         .get("dataDisksToAttach")
         .and_then(Value::as_array)
@@ -181,20 +176,21 @@ pub fn attach_detach(
     sim.commit(&state)?;
     Ok(match began {
         Began::Done(result) => Response::json(200, &result.unwrap_or(Value::Null)),
-        Began::Pending(op) => {
-            lro::with_headers(Response::empty(202), lro::accepted_headers(sim, &op, false))
-        }
+        Began::Pending(op) => lro::with_headers(
+            Response::empty(202),
+            lro::accepted_headers(sim, &op, false, call.api_version),
+        ),
     })
 }
 
 /// PUT or PATCH of a VM or scale-set instance: only `storageProfile.dataDisks` may change here.
 pub fn update(
     sim: &Arc<Simulator>,
-    req: &Request,
-    target: &Target,
+    call: &Call,
     body: Value,
     planted: Option<ErrorBody>,
 ) -> ArmResult<Response> {
+    let (req, target) = (call.req, &call.route.target);
     let mut state = sim.lock();
     let node = find_node(sim, &state, target)?;
     let vm = state.vms[&node].clone();
@@ -247,11 +243,16 @@ pub fn update(
             ));
         }
     }
+    // Every write to a VM is an operation on it, a no-op too: Azure runs one at a time.
+    if vm.busy.is_some() {
+        return Err(busy("VM", &vm.name));
+    }
     let Some(wanted) = body
         .pointer("/properties/storageProfile/dataDisks")
         .and_then(Value::as_array)
     else {
-        // Nothing the simulator models changes: the update succeeds as it is.
+        // Nothing the simulator models changes (cloud-provider-azure's `{}` refresh among
+        // them): the update succeeds as it is.
         return Ok(
             Response::json(200, &vm_json(sim, &state, &vm)).with_header("etag", vm.etag_header())
         );
@@ -277,7 +278,7 @@ pub fn update(
     Ok(match began {
         Began::Done(_) => Response::json(200, &body).with_header("etag", vm.etag_header()),
         Began::Pending(op) => {
-            let async_only = lro::accepted_headers(sim, &op, false)
+            let async_only = lro::accepted_headers(sim, &op, false, call.api_version)
                 .into_iter()
                 .filter(|(k, _)| *k == "azure-asyncoperation")
                 .collect();

@@ -17,6 +17,8 @@ pub struct Sim {
     client: Client,
     token: String,
     exchanges: Mutex<Vec<Exchange>>,
+    /// The api-versions `arm` adds to paths without a query: (disks and snapshots, compute).
+    apis: (&'static str, &'static str),
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +58,9 @@ impl Resp {
 
 pub const DISK_API: &str = "2024-03-02";
 pub const VM_API: &str = "2024-07-01";
+/// The api-versions Azure's current Go clients speak (armcompute/v7).
+pub const DISK_API_2025: &str = "2025-01-02";
+pub const VM_API_2025: &str = "2025-04-01";
 pub const AS_A: &str = "k8s-agentpool1-31415926-0";
 pub const AS_B: &str = "k8s-agentpool1-31415926-1";
 pub const SS_0: &str = "aks-nodepool1-31415926-vmss000000";
@@ -96,9 +101,16 @@ impl Sim {
             client,
             token: String::new(),
             exchanges: Mutex::new(Vec::new()),
+            apis: (DISK_API, VM_API),
         };
         sim.token = sim.secret_token();
         sim
+    }
+
+    /// Speaks these api-versions from now on (disks and snapshots, compute).
+    pub fn at(mut self, disk: &'static str, compute: &'static str) -> Sim {
+        self.apis = (disk, compute);
+        self
     }
 
     pub fn s(&self, field: &str) -> String {
@@ -179,9 +191,9 @@ impl Sim {
             let api = if path.to_lowercase().contains("/disks")
                 || path.to_lowercase().contains("/snapshots")
             {
-                DISK_API
+                self.apis.0
             } else {
-                VM_API
+                self.apis.1
             };
             format!("{}{path}?api-version={api}", self.s("arm"))
         };
@@ -208,6 +220,15 @@ impl Sim {
             body: r.body.clone(),
         });
         r
+    }
+
+    /// A plain GET outside ARM's front door (cloud metadata, IMDS, the identity endpoint).
+    pub fn get(&self, url: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut req = self.client.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        to_resp(req.send().expect("answers"))
     }
 
     pub fn try_arm(&self, method: &str, path: &str) -> Result<Resp, reqwest::Error> {
