@@ -1,12 +1,11 @@
 """What the Python SDK does to the simulator: each scenario raises on anything unexpected."""
 
-import time
-
 from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
                                    ResourceNotFoundError)
+from azure.identity import ManagedIdentityCredential
 from azure.mgmt.compute import models as m
 
-from world import POLL_SECONDS, token_claims
+from world import token_claims
 
 # The disks the scenarios make: one for the availability-set VMs (no zone), one for the
 # scale-set instance (in its zone).
@@ -74,7 +73,6 @@ class Scenarios:
 
     def credentials(self):
         w = self.w
-        from azure.identity import ManagedIdentityCredential
         claims = token_claims(w.sp_cred.get_token(ARM_SCOPE).token)
         expect(claims["appid"] == w.ready["clientId"], "service principal token for %s" % claims)
         try:
@@ -130,8 +128,12 @@ class Scenarios:
             creation_data=m.CreationData(create_option="Empty"),
             disk_size_gb=4,
             tags={"kubernetes.io-created-for-pvc-name": "py-sdk"}))
-        expect(not poller.done(), "the creation finished inside its request")
         d = poller.result()
+        # The poller waited: the creation was answered in progress and polled until it ended.
+        put = w.rec.matching("PUT", "/disks/" + AS_DISK)[-1]
+        polls = [e for e in w.rec.all() if "diskoperations" in e.path.lower() and e.at > put.at]
+        expect(put.status == 202 and any(b'"InProgress"' in e.body for e in polls),
+               "the creation was not polled: %d, %s" % (put.status, [e.describe() for e in polls]))
         expect(d.provisioning_state == "Succeeded" and d.disk_state == "Unattached",
                "created disk %s %s" % (d.provisioning_state, d.disk_state))
         # Through the node's identity: a zonal Premium disk for the scale-set instance.
@@ -189,8 +191,10 @@ class Scenarios:
         vms = w.sp.virtual_machines
         attach = m.AttachDetachDataDisksRequest(data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK))])
         detach = m.AttachDetachDataDisksRequest(data_disks_to_detach=[m.DataDisksToDetach(disk_id=w.disk_id(AS_DISK))])
-        poller = vms.begin_attach_detach_data_disks(self.rg, w.as_vm, attach)
-        # Azure runs one operation per VM: a second one while the first runs is refused.
+        # Azure runs one operation per VM: a second one while the first runs is refused (the
+        # first runs long enough that the second surely meets it).
+        with w.quick(vm_ms=5000, disk_ms=0):
+            poller = vms.begin_attach_detach_data_disks(self.rg, w.as_vm, attach)
         expect_error(lambda: vms.begin_attach_detach_data_disks(self.rg, w.as_vm, detach),
                      409, "OperationNotAllowed")
         sp = poller.result()
@@ -336,7 +340,7 @@ class Scenarios:
             w.sp.disks.begin_delete(self.rg, name).result()
             expect_error(lambda: w.sp.disks.get(self.rg, name), 404, "ResourceNotFound")
         # Deleting what is gone succeeds (204), with nothing to poll.
-        started = time.monotonic()
-        poller = w.sp.disks.begin_delete(self.rg, AS_DISK)
-        poller.result()
-        expect(time.monotonic() - started < POLL_SECONDS, "deleting a missing disk polled")
+        before = len(w.rec.all())
+        w.sp.disks.begin_delete(self.rg, AS_DISK).result()
+        after = [(e.method, e.status) for e in w.rec.all()[before:]]
+        expect(after == [("DELETE", 204)], "deleting a missing disk: %s" % after)

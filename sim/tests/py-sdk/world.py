@@ -157,7 +157,8 @@ class World:
 
     @contextmanager
     def quick(self, vm_ms=0, disk_ms=0):
-        """Operations finish inside the request for a while (pollers were shown waiting)."""
+        """Operations begun meanwhile take this long (by default they finish inside the request,
+        once pollers were shown waiting)."""
         self.timing(vm_ms, disk_ms)
         try:
             yield
