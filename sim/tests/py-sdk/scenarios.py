@@ -71,6 +71,25 @@ class Scenarios:
         self.w = w
         self.rg = w.rg
 
+    def attaching(self, disk, lun=None):
+        """An attachDetachDataDisks request attaching one disk (at the LUN Azure picks unless
+        given)."""
+        return m.AttachDetachDataDisksRequest(
+            data_disks_to_attach=[m.DataDisksToAttach(disk_id=self.w.disk_id(disk), lun=lun)])
+
+    def detaching(self, disk):
+        return m.AttachDetachDataDisksRequest(
+            data_disks_to_detach=[m.DataDisksToDetach(disk_id=self.w.disk_id(disk))])
+
+    def begin_on(self, request, vm=None):
+        """attachDetachDataDisks on an availability-set VM (the first unless named): its poller."""
+        return self.w.sp.virtual_machines.begin_attach_detach_data_disks(self.rg, vm or self.w.as_vm, request)
+
+    def begin_on_instance(self, request):
+        w = self.w
+        return w.mi.virtual_machine_scale_set_vms.begin_attach_detach_data_disks(
+            self.rg, w.scale_set, w.instance, request)
+
     def credentials(self):
         w = self.w
         claims = token_claims(w.sp_cred.get_token(ARM_SCOPE).token)
@@ -188,22 +207,18 @@ class Scenarios:
 
     def vm_attach_detach(self):
         w = self.w
-        vms = w.sp.virtual_machines
-        attach = m.AttachDetachDataDisksRequest(data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK))])
-        detach = m.AttachDetachDataDisksRequest(data_disks_to_detach=[m.DataDisksToDetach(disk_id=w.disk_id(AS_DISK))])
+        attach, detach = self.attaching(AS_DISK), self.detaching(AS_DISK)
         # Azure runs one operation per VM: a second one while the first runs is refused (the
         # first runs long enough that the second surely meets it).
         with w.quick(vm_ms=5000, disk_ms=0):
-            poller = vms.begin_attach_detach_data_disks(self.rg, w.as_vm, attach)
-        expect_error(lambda: vms.begin_attach_detach_data_disks(self.rg, w.as_vm, detach),
-                     409, "OperationNotAllowed")
+            poller = self.begin_on(attach)
+        expect_error(lambda: self.begin_on(detach), 409, "OperationNotAllowed")
         sp = poller.result()
         expect(lun_of(sp, AS_DISK) >= 0, "the answer's storage profile lacks the disk")
         # Attached elsewhere: Azure names the owner.
-        e = expect_error(lambda: vms.begin_attach_detach_data_disks(self.rg, w.as_vm2, attach),
-                         409, "ConflictingUserInput")
+        e = expect_error(lambda: self.begin_on(attach, w.as_vm2), 409, "ConflictingUserInput")
         expect(w.as_vm.lower() in e.message.lower(), "the refusal names no owner: %s" % e.message)
-        sp = vms.begin_attach_detach_data_disks(self.rg, w.as_vm, detach).result()
+        sp = self.begin_on(detach).result()
         expect(lun_of(sp, AS_DISK) == -1, "still attached after the detach")
 
     def scale_set_update(self):
@@ -227,30 +242,25 @@ class Scenarios:
     def scale_set_attach_detach(self):
         w = self.w
         c = w.mi.virtual_machine_scale_set_vms
-        sp = c.begin_attach_detach_data_disks(self.rg, w.scale_set, w.instance, m.AttachDetachDataDisksRequest(
-            data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(SS_DISK), lun=7)])).result()
+        sp = self.begin_on_instance(self.attaching(SS_DISK, lun=7)).result()
         expect(lun_of(sp, SS_DISK) == 7, "not at LUN 7")
         with w.quick():
-            c.begin_attach_detach_data_disks(self.rg, w.scale_set, w.instance, m.AttachDetachDataDisksRequest(
-                data_disks_to_detach=[m.DataDisksToDetach(disk_id=w.disk_id(SS_DISK))])).result()
+            self.begin_on_instance(self.detaching(SS_DISK)).result()
         vm = c.get(self.rg, w.scale_set, w.instance)
         expect(lun_of(vm.storage_profile, SS_DISK) == -1, "still attached")
 
     def grow(self):
         """Disks_Update (PATCH) of an attached disk: online growth, as flexdisk's resizer does."""
         w = self.w
-        vms = w.sp.virtual_machines
         with w.quick():
-            vms.begin_attach_detach_data_disks(self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-                data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK))])).result()
+            self.begin_on(self.attaching(AS_DISK)).result()
         grown = w.sp.disks.begin_update(self.rg, AS_DISK, m.DiskUpdate(disk_size_gb=8)).result()
         expect(grown.disk_size_gb == 8 and grown.disk_state == "Attached",
                "grown to %s GB, %s" % (grown.disk_size_gb, grown.disk_state))
         # Shrinking is refused.
         expect_error(lambda: w.sp.disks.begin_update(self.rg, AS_DISK, m.DiskUpdate(disk_size_gb=2)).result(), 400)
         with w.quick():
-            vms.begin_attach_detach_data_disks(self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-                data_disks_to_detach=[m.DataDisksToDetach(disk_id=w.disk_id(AS_DISK))])).result()
+            self.begin_on(self.detaching(AS_DISK)).result()
 
     def snapshot(self):
         w = self.w
@@ -283,8 +293,7 @@ class Scenarios:
         w.fault(operation="OperationStatus", times=1, action={
             "kind": "status", "status": 429, "code": "SubscriptionRequestsThrottled", "retryAfter": 2})
         before = len(w.rec.all())
-        sp = w.sp.virtual_machines.begin_attach_detach_data_disks(self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-            data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK))])).result()
+        sp = self.begin_on(self.attaching(AS_DISK)).result()
         expect(lun_of(sp, AS_DISK) >= 0, "the throttled attach did not attach")
         polls = [e for e in w.rec.all()[before:] if "/operations/" in e.path.lower()]
         throttled = [i for i, e in enumerate(polls) if e.status == 429]
@@ -292,8 +301,7 @@ class Scenarios:
                and polls[throttled[0] + 1].at - polls[throttled[0]].at >= 2,
                "a throttled poll was not waited out: %s" % [p.describe() for p in polls])
         with w.quick():
-            w.sp.virtual_machines.begin_attach_detach_data_disks(self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-                data_disks_to_detach=[m.DataDisksToDetach(disk_id=w.disk_id(AS_DISK))])).result()
+            self.begin_on(self.detaching(AS_DISK)).result()
 
         w.fault(operation="Disks_Get", times=1, action={"kind": "status", "status": 503, "retryAfter": 1})
         before = len(w.rec.matching("GET", path))
@@ -315,19 +323,13 @@ class Scenarios:
 
         w.fault(operation="VirtualMachines_AttachDetachDataDisks", times=1, action={
             "kind": "lroFail", "code": "InternalExecutionError"})
-        poller = w.sp.virtual_machines.begin_attach_detach_data_disks(self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-            data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK))]))
-        expect_error(poller.result, None, "InternalExecutionError")
+        expect_error(self.begin_on(self.attaching(AS_DISK)).result, None, "InternalExecutionError")
         vm = w.sp.virtual_machines.get(self.rg, w.as_vm)
         expect(lun_of(vm.storage_profile, AS_DISK) == -1, "a failed attach left the disk on the VM")
 
         # Refusals: a LUN out of range, a disk that does not exist, a VM that does not exist.
-        expect_error(lambda: w.sp.virtual_machines.begin_attach_detach_data_disks(
-            self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-                data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id(AS_DISK), lun=64)])), 400)
-        expect_error(lambda: w.sp.virtual_machines.begin_attach_detach_data_disks(
-            self.rg, w.as_vm, m.AttachDetachDataDisksRequest(
-                data_disks_to_attach=[m.DataDisksToAttach(disk_id=w.disk_id("py-sdk-none"))])), 404)
+        expect_error(lambda: self.begin_on(self.attaching(AS_DISK, lun=64)), 400)
+        expect_error(lambda: self.begin_on(self.attaching("py-sdk-none")), 404)
         try:
             w.sp.virtual_machines.get(self.rg, "no-such-vm")
             raise Failed("a VM that does not exist")

@@ -171,15 +171,15 @@ class World:
         a value of None removes one."""
         saved = {k: os.environ.get(k) for k in changes}
         try:
-            for k, v in changes.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            set_environment(changes)
             yield
         finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            set_environment(saved)
+
+
+def set_environment(values):
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
