@@ -111,6 +111,14 @@ class World:
         with open(ready["nodes"][self.ss_node]["azureJson"]) as f:
             self.kubelet_client_id = json.load(f)["userAssignedIdentityID"]
 
+        # Without IDENTITY_ENDPOINT, MSAL would ask the real IMDS (169.254.169.254) for the
+        # node's identity: the test's traffic stays on the simulator's loopback listeners.
+        for var in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER"):
+            if not os.environ.get(var):
+                raise RuntimeError("%s is not set (the node's App Service identity endpoint)" % var)
+        if urlsplit(os.environ["IDENTITY_ENDPOINT"]).hostname not in ("127.0.0.1", "localhost", "::1"):
+            raise RuntimeError("IDENTITY_ENDPOINT is not on loopback")
+
         # The service principal: MSAL validates an authority it does not know by asking the
         # public cloud unless told not to, as a private cloud's operator does.
         self.sp_cred = self.secret_credential(ready["clientSecret"])
