@@ -158,8 +158,17 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     wait_for_signal().await?;
     tracing::info!("stopping");
     let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    // Connections are let finish for a while, not forever: a client whose end of a keep-alive
+    // connection vanished without a FIN (its network namespace or address deleted first) would
+    // hold the simulator — and the loop devices it releases last — for good.
+    let drained = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("connections still open 5 s after the stop; stopping without them");
     }
     {
         let state = sim.lock();

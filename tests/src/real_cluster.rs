@@ -922,6 +922,10 @@ state = \"/run/containerd\"
         let mut elf = std::fs::read(static_binaries().join("flexdisk")).expect("driver");
         elf.extend_from_slice(marker.as_bytes());
         std::fs::write(&binary, elf).expect("driver");
+        // Executable, as the image's entrypoint must be (runc: "exec: permission denied").
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755))
+            .expect("driver mode");
         self.import_image(&driver_image(&images, tag, &binary));
         binary
     }

@@ -239,6 +239,19 @@ fn run_scenario(
     );
     if let Err(panic) = outcome {
         clean_up(&s.cluster);
+        // What the failure left past the clean-up is this scenario's, not the next one's.
+        let deadline = Instant::now() + long();
+        while Footprint::of(&s.cluster).is_ok_and(|f| f != s.baseline) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        if let Ok(now) = Footprint::of(&s.cluster) {
+            let left = now.differences(&s.baseline);
+            if !left.is_empty() {
+                eprintln!("{name} failed and left:\n{}", left.join("\n"));
+            }
+            s.baseline = now;
+        }
         std::panic::resume_unwind(panic);
     }
     let deadline = Instant::now() + long();
@@ -270,6 +283,23 @@ fn clean_up(c: &RealCluster) {
     if !revived.is_empty() {
         eprintln!("started again after a failed scenario: {revived:?}");
     }
+    // flexdisk as installed (a failed upgrade scenario may have left another driver image).
+    let _ = c.kubectl(&[
+        "-n",
+        "flexdisk-system",
+        "set",
+        "image",
+        "daemonset/flexdisk-node",
+        "install=ghcr.io/flexdisk/flexdisk:0.1.0",
+    ]);
+    let _ = c.kubectl(&[
+        "-n",
+        "flexdisk-system",
+        "rollout",
+        "status",
+        "daemonset/flexdisk-node",
+        "--timeout=120s",
+    ]);
     let namespaces = c
         .kubectl_json(&["get", "namespaces"])
         .map(|l| {
@@ -1400,9 +1430,18 @@ fn a_non_root_pod_and_a_block_claim(c: &RealCluster) {
         .expect("delete");
 }
 
-/// kube-controller-manager dies while a pod's volume is being let go and comes back in a fresh
-/// container (its state dir empty): it knows the attachment only from the node's status, and the
-/// detach it then makes — with the PV's name alone — frees the disk for the other node.
+/// kube-controller-manager dies, with its process group, while the driver's detach is in flight
+/// — accepted by Azure, the driver polling it — and comes back in a fresh container (its state
+/// dir empty). Azure finishes the detach it accepted; the restarted controller, which before the
+/// detach had already taken the volume out of the node's `volumesAttached` (the reconciler marks
+/// it detached in the node's status before it calls the plugin, kubernetes
+/// `pkg/controller/volume/attachdetach/reconciler/reconciler.go`), has nothing to undo, and the
+/// other node gets the disk with its bytes.
+///
+/// Not covered, because upstream has no answer for it with FlexVolume: a detach killed before
+/// Azure accepted it leaves the disk attached while no node status names it, and no restarted
+/// controller detaches it (CSI and the in-tree plugin recover through VolumeAttachments and
+/// DanglingAttachError, which a FlexVolume driver cannot return).
 fn controller_restart_mid_detach(c: &RealCluster) {
     c.apply(&[claim(
         "moving",
@@ -1424,37 +1463,39 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         c.kubectl(&["exec", "before", "--", "/bin/cat", "/data/note"])
             .is_ok()
     });
-    // The detach is held in Azure (its request answered only after 20 s), so that the
-    // controller dies with the driver's detach in flight.
-    let (status, rule) = c
-        .sim
-        .control(
-            "POST",
-            "/faults",
-            Some(&json!({"method": "POST", "pathContains": format!("virtualMachines/{}/attachDetachDataDisks", NODES[0]),
-                "times": 1, "action": {"kind": "latency", "ms": 20000}})),
-        )
-        .expect("fault");
-    assert_eq!(status, 201, "{rule}");
+    // VM operations of 20 s for a while: the controller dies while the driver polls one.
+    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
+    let mut slow = timing.clone();
+    slow["vmOpMs"] = json!(20_000);
+    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
     c.kubectl(&["delete", "pod", "before", "--wait=false"])
         .expect("delete");
-    let held = |c: &RealCluster| {
-        c.sim
-            .control("GET", "/faults", None)
-            .is_ok_and(|(_, rules)| {
-                !rules
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|r| r["id"] == rule["id"])
-            })
+    let detaching = |c: &RealCluster| {
+        c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
+            s["operations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .any(|(_, o)| {
+                    o["status"] == "InProgress"
+                        && o["kind"]["vmDisks"]["detach"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .any(|d| d.as_str().is_some_and(|d| d.ends_with(&pv)))
+                })
+        })
     };
-    c.wait_until("the driver's detach reaching Azure", long(), held);
+    c.wait_until("the driver's detach accepted by Azure", long(), detaching);
     let calls = |c: &RealCluster| c.log("flexdisk-controller").matches("call=detach").count();
     let detaches_before = calls(c);
     c.kill("kube-controller-manager");
+    c.sim
+        .control("PUT", "/timing", Some(&timing))
+        .expect("timing back");
     let state = c.dir.path().join("kcm-state");
     let _ = std::fs::remove_dir_all(&state);
+    assert!(detaching(c), "the detach still in flight in Azure");
     // The driver's detach died with its caller: no answer was logged for it.
     assert_eq!(
         calls(c),
@@ -1464,9 +1505,6 @@ fn controller_restart_mid_detach(c: &RealCluster) {
     c.restart("kube-controller-manager");
     c.wait_until("the disk detached after the restart", long(), |c| {
         disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
-    });
-    c.wait_until("the restarted controller's detach", long(), |c| {
-        calls(c) > detaches_before
     });
     c.apply(&[pod("after", NODES[1], "moving", "cat /data/note")]);
     c.wait_until("read on the other node", long(), |c| {
@@ -1503,6 +1541,9 @@ fn provisioner_leader_killed(c: &RealCluster) {
         .kubectl_json(&["-n", "flexdisk-system", "get", "pod", &leader])
         .expect("the leader's pod");
     let node = pod["spec"]["nodeName"].as_str().expect("node");
+    let restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_u64()
+        .unwrap_or(0);
     let container = pod["status"]["containerStatuses"][0]["containerID"]
         .as_str()
         .and_then(|id| id.strip_prefix("containerd://"))
@@ -1512,6 +1553,14 @@ fn provisioner_leader_killed(c: &RealCluster) {
         n.command(c.bin.join("ctr").to_str().expect("utf-8"))
             .args(["-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container]),
     );
+    // The claim comes once kubelet has seen the leader's container die (a SIGKILL is delivered
+    // after `ctr` returns: a claim made at once may still meet the old leader).
+    c.wait_until("the leader's container restarted", long(), |c| {
+        c.kubectl_json(&["-n", "flexdisk-system", "get", "pod", &leader])
+            .ok()
+            .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
+            .is_some_and(|n| n > restarts)
+    });
     c.apply(&[claim(
         "after-failover",
         "flexdisk-premium",
@@ -1519,12 +1568,6 @@ fn provisioner_leader_killed(c: &RealCluster) {
         "1Gi",
     )]);
     bound_volume(c, "after-failover");
-    let restarts = c
-        .kubectl_json(&["-n", "flexdisk-system", "get", "pod", &leader])
-        .ok()
-        .and_then(|p| p["status"]["containerStatuses"][0]["restartCount"].as_u64())
-        .unwrap_or(0);
-    assert!(restarts >= 1, "the leader's container was killed");
     eprintln!("leader before the kill: {leader}; after: {}", lease(c));
     c.kubectl(&["delete", "pvc", "after-failover", "--wait=true"])
         .expect("delete");

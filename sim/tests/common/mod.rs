@@ -2,6 +2,8 @@
 //! answer and checks them all against the official API descriptions vendored in `sim/specs/`.
 #![allow(dead_code)]
 
+pub mod sdk;
+
 use flexdisk_sim::process::SimProcess;
 use reqwest::blocking::Client;
 use serde_json::{json, Value};
