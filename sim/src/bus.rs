@@ -569,6 +569,12 @@ impl Bus {
     pub fn cut(&self, serial: u64) {
         if let Some(p) = self.shared.port(serial) {
             p.disk.write().unwrap_or_else(|e| e.into_inner()).take();
+            // A rescan racing the detach must not resize a loop device number the kernel may
+            // already have given to another port.
+            p.loop_device
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
         }
     }
 
@@ -577,6 +583,18 @@ impl Bus {
     /// unmount. Then the guard is told, and waited for: nothing of the bus is left once this
     /// returns.
     pub fn shutdown(&self) {
+        // Every port cut first: a node's mount left on a loop device reaches no disk from now on.
+        let serials: Vec<u64> = self
+            .shared
+            .ports
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for serial in serials {
+            self.cut(serial);
+        }
         crate::bus_guard::release_leftovers(&self.shared.mountpoint);
         drop(
             self.session

@@ -106,9 +106,10 @@ impl NodeBackend {
             },
             Err(e) => {
                 tracing::error!(
-                    "FUSE IS NOT AVAILABLE ({e}): the node backend falls back to loop devices over \
-                     the disk files, a world gentler than Azure: {GENTLER}. Tests of those failures \
-                     will fail; load the fuse module (modprobe fuse) and give this process /dev/fuse."
+                    "THE STORAGE BUS IS NOT AVAILABLE ({e}): the node backend falls back to loop \
+                     devices over the disk files, a world gentler than Azure: {GENTLER}. Tests of \
+                     those failures will fail; where FUSE is the cause, load the fuse module \
+                     (modprobe fuse) and give this process /dev/fuse."
                 );
                 NodeBackend::without_fuse(e.to_string())
             }
@@ -206,7 +207,30 @@ impl NodeBackend {
                 port: port.as_ref().map(|p| p.serial),
             },
         );
-        let rdev = std::fs::metadata(&loop_device)
+        // Azure undoes an attach whose plugging failed: nothing of it may stay reachable (a port
+        // and loop device left would reach a disk Azure says is not attached here).
+        self.show_on_node(
+            root,
+            lun,
+            dev_name,
+            &loop_device,
+            port.as_ref().map(|p| p.rescan.as_path()),
+        )
+        .inspect_err(|_| {
+            let _ = self.unplug(node, root, lun, dev_name);
+        })
+    }
+
+    /// The guest's view of a plugged LUN: its block device node, SCSI entry and udev link.
+    fn show_on_node(
+        &self,
+        root: &Path,
+        lun: i64,
+        dev_name: &str,
+        loop_device: &Path,
+        rescan: Option<&Path>,
+    ) -> Result<(), NodeError> {
+        let rdev = std::fs::metadata(loop_device)
             .map_err(io(loop_device.display().to_string()))?
             .rdev();
         let dev_node = root.join("dev").join(dev_name);
@@ -233,7 +257,7 @@ impl NodeBackend {
             lun,
             dev_name,
             &majmin,
-            port.as_ref().map(|p| p.rescan.as_path()),
+            rescan,
         )?;
         relink(
             &root.join(format!("dev/disk/azure/scsi1/lun{lun}")),
