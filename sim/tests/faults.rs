@@ -176,9 +176,10 @@ fn throttling_budgets_counters_and_state_dump() {
         .status,
         200
     );
+    // Unsaid spreads are none: a PUT gives the whole timing.
     assert_eq!(
         sim.control("GET", "/timing", None).body,
-        json!({"vmOpMs": 5, "diskOpMs": 1500})
+        json!({"vmOpMs": 5, "diskOpMs": 1500, "vmOpSigma": 0.0, "diskOpSigma": 0.0})
     );
     let slow = sim.arm("PUT", &sim.disk_id("t5"), Some(&disk_body()));
     assert_eq!(slow.header("retry-after"), Some("1"), "1.5 s left");
@@ -186,6 +187,21 @@ fn throttling_budgets_counters_and_state_dump() {
         sim.control("PUT", "/timing", Some(&json!({"vmOpMs": "fast"})))
             .status,
         400
+    );
+    assert_eq!(
+        sim.control(
+            "PUT",
+            "/timing",
+            Some(&json!({"vmOpMs": 5, "diskOpMs": 1500, "vmOpSigma": 4.0}))
+        )
+        .status,
+        400,
+        "a spread beyond 3 is refused"
+    );
+    assert_eq!(
+        sim.control("GET", "/timing", None).body["vmOpSigma"],
+        0.0,
+        "a refused timing changes nothing"
     );
 
     let dump = sim.control("GET", "/state", None).body;
