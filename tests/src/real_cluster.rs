@@ -1394,12 +1394,22 @@ impl RealCluster {
                 nix::sys::signal::Signal::SIGTERM,
             );
             // Its handle reaps it; here it is only waited for, so that its disks are let go.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline
-                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            let running = || {
+                std::fs::read_to_string(format!("/proc/{pid}/stat"))
                     .is_ok_and(|s| !s.contains(") Z "))
-            {
+            };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && running() {
                 std::thread::sleep(Duration::from_millis(50));
+            }
+            // A simulator deaf to SIGTERM (a blocked signal mask) must not hang the run in its
+            // handle's wait.
+            if running() {
+                eprintln!("the simulator ({pid}) did not stop in 10 s after SIGTERM: SIGKILLed");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }

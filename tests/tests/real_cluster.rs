@@ -210,6 +210,19 @@ fn start() -> Shared {
     let cluster = Arc::new(RealCluster::start(&world_file, &NODES));
     let _ = LIVE.set(Arc::downgrade(&cluster));
     cluster.install_flexdisk();
+    // The example StorageClass most scenarios use, applied as a user would after installing (so
+    // that any scenario runs alone).
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    cluster
+        .kubectl(&[
+            "apply",
+            "-f",
+            examples
+                .join("storageclass-premium.yaml")
+                .to_str()
+                .expect("utf-8"),
+        ])
+        .expect("the example class");
     eprintln!(
         "[{:>6.1}s] cluster up, flexdisk installed",
         started.elapsed().as_secs_f64()
@@ -346,22 +359,21 @@ static LIVE: OnceLock<Weak<RealCluster>> = OnceLock::new();
 
 /// A test interrupted (CI's timeout, Ctrl-C) tears its cluster down before it goes: its
 /// components, bridge, namespaces, mounts and the simulator's loop devices would otherwise
-/// outlive it. The signals are blocked in every thread (children start with a clean mask:
-/// std's spawn resets it) and taken by one thread.
+/// outlive it. Handlers, not a blocked signal mask with a waiting thread: every child would
+/// inherit the mask (exec keeps it, and std's spawn leaves it as it is), and a simulator started
+/// with SIGTERM blocked never stopped — the run hung after its last scenario. Handlers are
+/// reset at exec.
 fn tear_down_on_signals() {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut signals = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        signals.add(s);
-    }
-    signals.thread_block().expect("block the signals");
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).expect("signal handlers");
     std::thread::spawn(move || {
-        if let Ok(signal) = signals.wait() {
-            eprintln!("{signal}: tearing the cluster down");
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("signal {signal}: tearing the cluster down");
             if let Some(cluster) = LIVE.get().and_then(Weak::upgrade) {
                 cluster.teardown();
             }
-            std::process::exit(128 + signal as i32);
+            std::process::exit(128 + signal);
         }
     });
 }
@@ -466,21 +478,11 @@ fn static_volume_moves(c: &RealCluster) {
     system_tests::delete_disk(&c.sim, "existing-data");
 }
 
-/// The project's own example StorageClass; a StatefulSet of three writes a checksummed file per
+/// The project's own example StorageClass (applied at the start); a StatefulSet of three writes a checksummed file per
 /// replica; `kubectl drain` of the node holding some moves them (disks detached there, attached on
 /// the other node) with their bytes; one claim grows and the container sees it; scaling down and
 /// deleting the claims deletes their disks.
 fn statefulset_drain_resize_delete(c: &RealCluster) {
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    c.kubectl(&[
-        "apply",
-        "-f",
-        examples
-            .join("storageclass-premium.yaml")
-            .to_str()
-            .expect("utf-8"),
-    ])
-    .expect("class");
     let created = Instant::now();
     c.apply(&[checksummed_statefulset("db", 3)]);
     let ready = |c: &RealCluster| {
