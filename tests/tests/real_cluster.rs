@@ -1479,29 +1479,10 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         c.kubectl(&["exec", "before", "--", "/bin/cat", "/data/note"])
             .is_ok()
     });
-    // VM operations of 20 s for a while: the controller dies while the driver polls one.
-    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
-    let mut slow = timing.clone();
-    slow["vmOpMs"] = json!(20_000);
-    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
+    let timing = slow_vm_operations(c);
     c.kubectl(&["delete", "pod", "before", "--wait=false"])
         .expect("delete");
-    let detaching = |c: &RealCluster| {
-        c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
-            s["operations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .any(|(_, o)| {
-                    o["status"] == "InProgress"
-                        && o["kind"]["vmDisks"]["detach"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|d| d.as_str().is_some_and(|d| d.ends_with(&pv)))
-                })
-        })
-    };
+    let detaching = |c: &RealCluster| in_flight(c, "detach", &pv);
     c.wait_until("the driver's detach accepted by Azure", long(), detaching);
     let calls = |c: &RealCluster| c.controller_driver_logs().matches("call=detach").count();
     let detaches_before = calls(c);
@@ -1540,6 +1521,34 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         .expect("delete");
 }
 
+/// Whether Azure is running a VM operation that does `change` (`attach` or `detach`) to `pv`'s disk.
+fn in_flight(c: &RealCluster, change: &str, pv: &str) -> bool {
+    c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
+        s["operations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(_, o)| {
+                o["status"] == "InProgress"
+                    && o["kind"]["vmDisks"][change]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|d| d.as_str().is_some_and(|d| d.ends_with(pv)))
+            })
+    })
+}
+
+/// VM operations of 20 s from now on (a controller can die while the driver polls one); the
+/// timing before, to put back (`run_scenario` puts it back too, should the scenario fail).
+fn slow_vm_operations(c: &RealCluster) -> Value {
+    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
+    let mut slow = timing.clone();
+    slow["vmOpMs"] = json!(20_000);
+    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
+    timing
+}
+
 /// Two kube-controller-managers, leader-elected: the leader is SIGKILLed (its process group, the
 /// driver's attach with it) while Azure runs the attach it asked for; the other takes the lease,
 /// attaches the volume again (the disk already on the VM: the driver answers from Azure) and the
@@ -1552,32 +1561,14 @@ fn controller_failover_mid_attach(c: &RealCluster) {
         "1Gi",
     )]);
     let pv = bound_volume(c, "handover");
-    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
-    let mut slow = timing.clone();
-    slow["vmOpMs"] = json!(20_000);
-    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
+    let timing = slow_vm_operations(c);
     c.apply(&[pod(
         "handed",
         NODES[0],
         "handover",
         "echo attached by the next leader > /data/note && sync && cat /data/note",
     )]);
-    let attaching = |c: &RealCluster| {
-        c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
-            s["operations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .any(|(_, o)| {
-                    o["status"] == "InProgress"
-                        && o["kind"]["vmDisks"]["attach"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|d| d.as_str().is_some_and(|d| d.ends_with(&pv)))
-                })
-        })
-    };
+    let attaching = |c: &RealCluster| in_flight(c, "attach", &pv);
     c.wait_until("the leader's attach accepted by Azure", long(), attaching);
     let leader = c.controller_leader().expect("a leader");
     let answered = |c: &RealCluster, log: &str| {
@@ -1747,6 +1738,11 @@ fn out_of_service_node(c: &RealCluster) {
     assert!(
         seen[..first_eio].iter().all(|o| o == "ok") && seen[first_eio..].iter().all(|o| o == "EIO"),
         "the dead node's writes succeeded until the detach, then failed for good: {seen:?}"
+    );
+    eprintln!(
+        "figure: the dead node's writer: {first_eio} writes reached the disk, {} refused with EIO \
+         by the time the pod ran elsewhere",
+        seen.len() - first_eio
     );
     drop(zombie);
     c.wait_until("the pod ready on the other node", long(), ready);
