@@ -27,6 +27,54 @@ pub fn rescan(s: &Settings) {
     }
 }
 
+/// Asks the SCSI device behind block device `device` to read its capacity again, as a guest must
+/// after Azure grew the disk online (Microsoft Learn, "Expand virtual hard disks on a Linux VM":
+/// `echo 1 > …/device/rescan`). Linux also rescans by itself, but only once an I/O meets
+/// Hyper-V's "capacity data has changed" unit attention (`storvsc_device_scan`,
+/// drivers/scsi/storvsc_drv.c): on an idle volume that may be never. The kernel's handler
+/// (`store_rescan_field`, drivers/scsi/scsi_sysfs.c) re-reads the capacity before the write
+/// returns. The device is found in this node's sysfs (`FLEXDISK_HOST_ROOT`) by its device
+/// number, never by its name: the number is what the node's own kernel gave it, while a name
+/// may mean another disk in another mount namespace's view. Answers the SCSI device's entry.
+pub fn rescan_capacity(s: &Settings, device: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(device)
+        .map_err(|e| Error::Device(format!("{}: {e}", device.display())))?;
+    if !meta.file_type().is_block_device() {
+        return Err(Error::Device(format!(
+            "{} is not a block device",
+            device.display()
+        )));
+    }
+    let entry = scsi_entry_of(s, meta.rdev()).ok_or_else(|| {
+        Error::Device(format!(
+            "no SCSI device in {} has block device {} ({}:{})",
+            s.host("sys/bus/scsi/devices").display(),
+            device.display(),
+            nix::sys::stat::major(meta.rdev()),
+            nix::sys::stat::minor(meta.rdev())
+        ))
+    })?;
+    let attr = entry.join("rescan");
+    std::fs::write(&attr, "1")
+        .map_err(|e| Error::Kernel(format!("rescan {}: {e}", attr.display())))?;
+    Ok(entry)
+}
+
+/// The SCSI device (`sys/bus/scsi/devices/H:C:T:L`) whose block device has number `rdev`.
+fn scsi_entry_of(s: &Settings, rdev: u64) -> Option<PathBuf> {
+    let majmin = format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    std::fs::read_dir(s.host("sys/bus/scsi/devices"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|entry| block_of(entry).is_some_and(|b| read_trimmed(&b.join("dev")) == majmin))
+}
+
 fn udev_link(s: &Settings, lun: u32) -> Option<PathBuf> {
     std::fs::canonicalize(s.host(&format!("dev/disk/azure/scsi1/lun{lun}"))).ok()
 }
@@ -187,6 +235,15 @@ pub fn wait_for(s: &Settings, lun: u32) -> Result<PathBuf> {
 mod tests {
     use super::*;
 
+    /// An empty node root (with its `dev`) and settings whose host root it is.
+    fn node_root() -> (tempfile::TempDir, Settings) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(tmp.path().join("dev")).expect("dev");
+        let mut s = Settings::from_lookup(&|_| None);
+        s.host_root = tmp.path().to_path_buf();
+        (tmp, s)
+    }
+
     /// A SCSI disk `H:0:0:L` under VMBus controller `id`, its block device `name` (`majmin`).
     fn scsi(root: &Path, id: &str, host: u32, lun: u32, name: &str, majmin: &str) {
         let vmbus = root.join("sys/devices/VMBUS:00").join(id);
@@ -209,11 +266,8 @@ mod tests {
 
     #[test]
     fn data_disks_are_those_of_the_data_controller_whatever_its_host_number() {
-        let tmp = tempfile::tempdir().expect("tmp");
+        let (tmp, s) = node_root();
         let root = tmp.path();
-        std::fs::create_dir_all(root.join("dev")).expect("dev");
-        let mut s = Settings::from_lookup(&|_| None);
-        s.host_root = root.to_path_buf();
         // Gen1 numbering with the data controller probed late (host 5), and Gen2's OS
         // controller at host 2 holding the OS disk at LUN 0: never taken for a data disk.
         scsi(
@@ -254,5 +308,47 @@ mod tests {
             "8:48",
         );
         assert_eq!(find(&s, 3), Some(root.join("dev/sdd")));
+    }
+
+    /// A block device node for loop device `minor` (major 7) at `path`.
+    fn block_node(path: &Path, minor: u64) -> PathBuf {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(7, minor),
+        )
+        .expect("mknod");
+        path.to_path_buf()
+    }
+
+    #[test]
+    fn a_rescan_goes_to_the_scsi_device_with_the_block_devices_number() {
+        let (tmp, s) = node_root();
+        let root = tmp.path();
+        let data = "f8b3781b-1e82-4818-a1c3-63d806ec15bb";
+        scsi(root, data, 1, 0, "sdc", "7:40");
+        scsi(root, data, 1, 1, "sdd", "7:41");
+        // The node's device node has the number of LUN 1's device, whatever its name.
+        let node = block_node(&root.join("dev/pvc-volume"), 41);
+        let entry = rescan_capacity(&s, &node).expect("rescanned");
+        assert!(entry.ends_with("1:0:0:1"), "{}", entry.display());
+        assert_eq!(
+            std::fs::read_to_string(entry.join("rescan")).expect("written"),
+            "1"
+        );
+        assert!(!entry.with_file_name("1:0:0:0").join("rescan").exists());
+
+        // A device the node's sysfs does not show: nothing written, and the message says where
+        // it looked.
+        let stranger = block_node(&root.join("dev/stranger"), 99);
+        let e = rescan_capacity(&s, &stranger).expect_err("not ours");
+        assert!(
+            e.to_string()
+                .contains(&format!("{}", root.join("sys/bus/scsi/devices").display())),
+            "{e}"
+        );
+        // Not a block device at all.
+        assert!(rescan_capacity(&s, &root.join("dev/sdc")).is_err());
     }
 }

@@ -261,14 +261,12 @@ pub fn grow_filesystem(
     fs_type: &str,
     new_bytes: u64,
 ) -> Result<String> {
-    if let Some(name) = std::fs::canonicalize(device)
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
-    {
-        let _ = std::fs::write(
-            s.host(&format!("sys/class/block/{name}/device/rescan")),
-            "1",
-        );
+    // A device that cannot be rescanned may still show the size already (attached after the
+    // growth): the wait below decides, and its error says what the rescan found.
+    let rescanned = crate::device::rescan_capacity(s, device);
+    match &rescanned {
+        Ok(entry) => tracing::info!(device = %device.display(), "rescanned {}", entry.display()),
+        Err(e) => tracing::warn!(device = %device.display(), "no rescan: {e}"),
     }
     // The device shows its new size a moment after the rescan: growing before that grows nothing,
     // yet kubelet would record the claim as grown and never ask again. Wait for it, or fail so
@@ -283,12 +281,16 @@ pub fn grow_filesystem(
     while size().is_some_and(|b| b < new_bytes) {
         if std::time::Instant::now() > deadline {
             return Err(Error::Device(format!(
-                "{} ({}) shows {} bytes, not yet the {new_bytes} the volume was grown to; tried again later",
+                "{} ({}) shows {} bytes, not yet the {new_bytes} the volume was grown to ({}); tried again later",
                 device.display(),
                 std::fs::canonicalize(device)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|e| e.to_string()),
-                size().unwrap_or(0)
+                size().unwrap_or(0),
+                match &rescanned {
+                    Ok(entry) => format!("rescanned {}", entry.display()),
+                    Err(e) => format!("no rescan: {e}"),
+                }
             )));
         }
         std::thread::sleep(std::time::Duration::from_millis(100));

@@ -16,6 +16,14 @@ fn has_cap_sys_resource() -> bool {
     eff >> 24 & 1 == 1
 }
 
+/// The size of the block device as the node's kernel shows it now.
+fn device_bytes(dev: &str) -> u64 {
+    use std::io::Seek;
+    std::fs::File::open(dev)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .unwrap_or_else(|e| panic!("{dev}: {e}"))
+}
+
 fn size_of(dir: &std::path::Path) -> u64 {
     let st = nix::sys::statvfs::statvfs(dir).expect("statvfs");
     st.blocks() as u64 * st.fragment_size() as u64
@@ -45,7 +53,16 @@ fn a_mounted_volume_grows_online_for_each_filesystem() {
         // Repeated: still Success, nothing to do.
         env.controller(&["expandvolume", &opts, m, &two_gib, &one_gib])
             .ok();
+        // Azure grew the disk; the node's device keeps its size until the guest rescans it.
+        assert_eq!(device_bytes(&dev), 1 << 30, "{fs}: before the rescan");
         let fsr = env.kubelet(AS_A, &["expandfs", &opts, &dev, m, &two_gib, &one_gib]);
+        // The driver's rescan, through the node's sysfs, made the device take the new size.
+        assert_eq!(
+            device_bytes(&dev),
+            2 << 30,
+            "{fs}: after expandfs: {}",
+            fsr.raw
+        );
         if fs == "ext4" && !has_cap_sys_resource() {
             // ext4's online resize needs CAP_SYS_RESOURCE, which this sandbox withholds even from
             // root: the driver must say so clearly; the grow itself cannot be checked here.
@@ -269,4 +286,92 @@ fn installer_stays_until_terminated_and_reports_a_missing_cloud_config() {
         "{text}"
     );
     assert!(!other.join("flexdisk~azure-disk/azure-disk").exists());
+}
+
+/// The driver's rescan goes to the node's own sysfs (`FLEXDISK_HOST_ROOT`), never the host's:
+/// run in a mount namespace whose `/sys` is a decoy laid out as a host holding this very device
+/// would show it (a SCSI device whose block device has its number, `class/block/<name>/device`,
+/// the SCSI hosts' `scan`), `expandfs` grows the volume and the decoy's attributes stay
+/// unwritten.
+#[test]
+fn the_rescan_goes_to_the_nodes_sysfs_never_the_hosts() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::start();
+    let name = "pvc-decoy";
+    let disk = env.disk(name, 1);
+    let opts = env.options(&disk, name, json!({"kubernetes.io/fsType": "xfs"}));
+    let (_, dev) = env.attach_and_wait(AS_A, &opts);
+    let mnt = env.dir("decoy-mnt");
+    let m = mnt.to_str().expect("utf-8");
+    env.kubelet(AS_A, &["mountdevice", m, &dev, &opts]).ok();
+    let (two_gib, one_gib) = ((2u64 << 30).to_string(), (1u64 << 30).to_string());
+    env.controller(&["expandvolume", &opts, m, &two_gib, &one_gib])
+        .ok();
+    assert_eq!(device_bytes(&dev), 1 << 30, "before the rescan");
+
+    let rdev = std::fs::metadata(&dev).expect("device").rdev();
+    let majmin = format!(
+        "{}:{}\n",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    );
+    let block = std::fs::canonicalize(&dev).expect("device");
+    let block = block.file_name().expect("name").to_string_lossy();
+    let decoy = env.dir("host-sys");
+    let scsi = "devices/VMBUS:00/host1/target1:0:0/1:0:0:0";
+    for (file, content) in [
+        (format!("{scsi}/block/{block}/dev"), majmin.as_str()),
+        (format!("{scsi}/vendor"), "Msft    \n"),
+        (format!("{scsi}/model"), "Virtual Disk    \n"),
+        (format!("{scsi}/rescan"), ""),
+        (format!("class/block/{block}/device/rescan"), ""),
+        ("class/scsi_host/host0/scan".into(), ""),
+        ("class/scsi_host/host1/scan".into(), ""),
+    ] {
+        let path = decoy.join(file);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("decoy dir");
+        std::fs::write(&path, content).expect("decoy file");
+    }
+    std::fs::create_dir_all(decoy.join("bus/scsi/devices")).expect("decoy bus");
+    // Absolute, as the kernel's links resolve: into the decoy once it is the namespace's /sys.
+    std::os::unix::fs::symlink(
+        format!("/sys/{scsi}"),
+        decoy.join("bus/scsi/devices/1:0:0:0"),
+    )
+    .expect("decoy link");
+
+    let script = "mount --bind \"$0\" /sys && exec \"$@\"";
+    let decoy_arg = decoy.to_str().expect("utf-8");
+    let fsr = env.kubelet_under(
+        AS_A,
+        &[
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            decoy_arg,
+        ],
+        &["expandfs", &opts, &dev, m, &two_gib, &one_gib],
+    );
+    fsr.ok();
+    assert!(fsr.message().contains("grew the xfs"), "{}", fsr.raw);
+    assert_eq!(device_bytes(&dev), 2 << 30, "after expandfs");
+    for attr in [
+        format!("{scsi}/rescan"),
+        format!("class/block/{block}/device/rescan"),
+        "class/scsi_host/host0/scan".into(),
+        "class/scsi_host/host1/scan".into(),
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(decoy.join(&attr)).expect("decoy attr"),
+            "",
+            "the driver wrote to the host's /sys/{attr}"
+        );
+    }
+    env.kubelet(AS_A, &["unmountdevice", m]).ok();
+    env.controller(&["detach", name, AS_A]).ok();
 }

@@ -255,3 +255,41 @@ fn limits_static_volumes_sysfs_fallback_and_big_growth() {
     env.controller(&["expandvolume", &big_opts, "/unused", &new, &old])
         .ok();
 }
+
+/// kubelet reports a volume unmounted, and kube-controller-manager may detach it, once
+/// `unmountdevice` answers (kubernetes `pkg/volume/util/operationexecutor/operation_generator.go`:
+/// UnmountDevice marks the device unmounted on success — after its own check that a device path
+/// is no longer open, `isDeviceOpened`, which sees a mount still there only while the path it
+/// holds is the block device — and `GetVolumesInUse` stops listing it; the attach/detach
+/// controller's reconciler then detaches). The unmount's flush is what puts a pod's unsynced
+/// writes on the disk, so the answer must come after it: on the simulator's nodes, as on Azure,
+/// a detach takes the disk from under a filesystem still mounted, and what it had not written
+/// is lost.
+#[test]
+fn unsynced_writes_reach_the_disk_before_unmountdevice_answers() {
+    let env = Env::start();
+    let disk = env.disk("pvc-unsynced", 1);
+    let opts = env.options(&disk, "pvc-unsynced", json!({}));
+    let (_, dev) = env.attach_and_wait(AS_A, &opts);
+    let mnt_a = env.dir("a/globalmount");
+    let mnt_a = mnt_a.to_str().expect("utf-8");
+    env.kubelet(AS_A, &["mountdevice", mnt_a, &dev, &opts]).ok();
+    // Written as most programs write, without fsync: in the page cache when the pod ends.
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(format!("{mnt_a}/unsynced.bin"), &payload).expect("write");
+
+    env.kubelet(AS_A, &["unmountdevice", mnt_a]).ok();
+    env.controller(&["detach", "pvc-unsynced", AS_A]).ok();
+
+    let (_, dev_b) = env.attach_and_wait(AS_B, &opts);
+    let mnt_b = env.dir("b/globalmount");
+    let mnt_b = mnt_b.to_str().expect("utf-8");
+    env.kubelet(AS_B, &["mountdevice", mnt_b, &dev_b, &opts])
+        .ok();
+    assert!(
+        std::fs::read(format!("{mnt_b}/unsynced.bin")).ok() == Some(payload),
+        "the bytes written on A before its unmount are not all on the disk"
+    );
+    env.kubelet(AS_B, &["unmountdevice", mnt_b]).ok();
+    env.controller(&["detach", "pvc-unsynced", AS_B]).ok();
+}

@@ -70,6 +70,13 @@ pub enum Command {
     },
     /// Print the default world as JSON, a starting point for --world files.
     World,
+    /// Started by `serve` for itself: clears its storage bus (loop devices, FUSE mount) when the
+    /// simulator ends, however it ends.
+    #[command(hide = true)]
+    BusGuard {
+        /// The bus's mount point.
+        mountpoint: PathBuf,
+    },
     /// The whole system on this machine (needs root): simulators, the real provisioner and driver;
     /// a claim is provisioned, used on one node, moved to another, checked and deleted.
     Demo {
@@ -94,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::BusGuard { mountpoint } => Ok(crate::bus_guard::run(&mountpoint)?),
         Command::Demo {
             dir,
             vm_op_ms,

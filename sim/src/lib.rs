@@ -5,6 +5,8 @@
 //! system tests use.
 
 pub mod arm;
+pub mod bus;
+pub mod bus_guard;
 pub mod cli;
 pub mod control;
 pub mod demo;
@@ -17,6 +19,7 @@ pub mod journal;
 pub mod kube;
 pub mod kube_client;
 pub mod kubelet;
+pub mod loopdev;
 pub mod model;
 pub mod node;
 pub mod process;

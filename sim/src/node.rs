@@ -1,6 +1,13 @@
 //! The node backend: what a guest sees when Azure attaches a disk. Each attached LUN becomes a loop
-//! device over the disk's sparse file, with the device node, udev's `/dev/disk/azure/scsi1/lun<N>`
-//! link and a sysfs-like SCSI entry under the node's host root.
+//! device over a port of the storage bus (`bus`: the disk's sparse file served through FUSE, cut
+//! when the disk is detached), with the device node, udev's `/dev/disk/azure/scsi1/lun<N>` link
+//! and a sysfs-like SCSI entry under the node's host root, whose `rescan` attribute makes the
+//! device take the disk's new size after Azure grew it.
+//!
+//! Without FUSE (no `/dev/fuse`, or mounting refused) the loop device is made over the sparse
+//! file itself: a world gentler than Azure — a disk detached while mounted keeps working and a
+//! grown disk shows its size without a rescan — which the simulator says loudly at start and in
+//! its ready line (`nodeBackend`).
 //!
 //! Layout under a node root, as a Generation 2 VM shows it: the OS disk (LUN 0) and the resource
 //! disk (LUN 1) on the VMBus SCSI controller `{f8b3781a-…}`, probed first (host 0); data disks on
@@ -17,15 +24,17 @@
 //! dev/disk/azure/scsi1/lun<N>             -> ../../../sd<x>
 //! sys/devices/…/VMBUS:00/<id>/device_id   "{<id>}"
 //! sys/devices/…/VMBUS:00/<id>/host<H>/target<H>:0:0/H:0:0:L/{vendor,model,block/<name>/dev}
+//! sys/devices/…/H:0:0:L/rescan            -> the port's control file on the bus
 //! sys/bus/scsi/devices/H:0:0:L            -> the SCSI device above
 //! sys/class/scsi_host/host<H>/scan        written by the driver to ask for a rescan
 //! ```
 
+use crate::bus::{Bus, BusError};
+use crate::loopdev::{self, LoopError};
 use nix::sys::stat::{mknod, Mode, SFlag};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 
 /// The SCSI host of data disks on the simulated (Generation 2) VMs.
@@ -43,8 +52,10 @@ pub enum NodeError {
         what: String,
         source: std::io::Error,
     },
-    #[error("losetup {args}: {stderr}")]
-    Losetup { args: String, stderr: String },
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -52,10 +63,31 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
     move |source| NodeError::Io { what, source }
 }
 
+/// How disks reach the nodes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// Through the FUSE bus: detaching cuts the path, growth waits for a rescan.
+    Fuse,
+    /// Loop devices over the sparse files themselves, because FUSE could not be used (`why`).
+    LoopOverFile { why: String, gentler: String },
+}
+
+/// What the fallback does not do that Azure does.
+const GENTLER: &str = "a disk detached while mounted keeps working on the node, and a grown disk \
+                       shows its new size without the guest's rescan";
+
+/// A plugged LUN: its loop device, and its port on the bus (none without FUSE).
+struct Plugged {
+    loop_device: PathBuf,
+    port: Option<u64>,
+}
+
 /// Loop devices this process made, by (node, LUN).
-#[derive(Default)]
 pub struct NodeBackend {
-    loops: Mutex<HashMap<(String, i64), PathBuf>>,
+    bus: Option<Bus>,
+    kind: BackendKind,
+    loops: Mutex<HashMap<(String, i64), Plugged>>,
 }
 
 /// Vendor and model strings padded as the SCSI inquiry data shows them in sysfs.
@@ -63,6 +95,43 @@ const VENDOR: &str = "Msft    \n";
 const MODEL: &str = "Virtual Disk    \n";
 
 impl NodeBackend {
+    /// The FUSE bus mounted at `bus_dir`; without FUSE, the gentler loop-over-file backend, said
+    /// loudly.
+    pub fn open(bus_dir: &Path) -> NodeBackend {
+        match Bus::mount(bus_dir) {
+            Ok(bus) => NodeBackend {
+                bus: Some(bus),
+                kind: BackendKind::Fuse,
+                loops: Mutex::default(),
+            },
+            Err(e) => {
+                tracing::error!(
+                    "THE STORAGE BUS IS NOT AVAILABLE ({e}): the node backend falls back to loop \
+                     devices over the disk files, a world gentler than Azure: {GENTLER}. Tests of \
+                     those failures will fail; where FUSE is the cause, load the fuse module \
+                     (modprobe fuse) and give this process /dev/fuse."
+                );
+                NodeBackend::without_fuse(e.to_string())
+            }
+        }
+    }
+
+    /// The loop-over-file backend (also what `open` falls back to).
+    pub fn without_fuse(why: String) -> NodeBackend {
+        NodeBackend {
+            bus: None,
+            kind: BackendKind::LoopOverFile {
+                why,
+                gentler: GENTLER.into(),
+            },
+            loops: Mutex::default(),
+        }
+    }
+
+    pub fn kind(&self) -> &BackendKind {
+        &self.kind
+    }
+
     /// Lays out the parts of a node root that exist whatever is attached.
     pub fn prepare(&self, root: &Path) -> Result<(), NodeError> {
         let azure = root.join("dev/disk/azure");
@@ -90,7 +159,7 @@ impl NodeBackend {
                 std::fs::write(&node, b"").map_err(io(node.display().to_string()))?;
             }
             relink(&azure.join(link), &format!("../../{dev}"))?;
-            write_scsi_entry(root, OS_CONTROLLER, 0, lun, dev, majmin)?;
+            write_scsi_entry(root, OS_CONTROLLER, 0, lun, dev, majmin, None)?;
         }
         for host in 0..2 {
             let dir = root.join(format!("sys/class/scsi_host/host{host}"));
@@ -113,14 +182,56 @@ impl NodeBackend {
         file: &Path,
     ) -> Result<(), NodeError> {
         self.unplug(node, root, lun, dev_name)?;
-        let loopdev = losetup(&["--find", "--show", &file.display().to_string()])?;
-        let loopdev = PathBuf::from(loopdev.trim());
-        self.loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((node.to_string(), lun), loopdev.clone());
-        let rdev = std::fs::metadata(&loopdev)
-            .map_err(io(loopdev.display().to_string()))?
+        let port = match &self.bus {
+            Some(bus) => Some(bus.connect(node, lun, file)?),
+            None => None,
+        };
+        let made = loopdev::attach(port.as_ref().map_or(file, |p| p.data.as_path()));
+        let loop_device = match (made, &self.bus, &port) {
+            (Ok(dev), Some(bus), Some(p)) => {
+                bus.bind_loop(p.serial, &dev);
+                dev
+            }
+            (Ok(dev), _, _) => dev,
+            (Err(e), bus, port) => {
+                if let (Some(bus), Some(p)) = (bus, port) {
+                    bus.cut(p.serial);
+                }
+                return Err(e.into());
+            }
+        };
+        self.loops.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            (node.to_string(), lun),
+            Plugged {
+                loop_device: loop_device.clone(),
+                port: port.as_ref().map(|p| p.serial),
+            },
+        );
+        // Azure undoes an attach whose plugging failed: nothing of it may stay reachable (a port
+        // and loop device left would reach a disk Azure says is not attached here).
+        self.show_on_node(
+            root,
+            lun,
+            dev_name,
+            &loop_device,
+            port.as_ref().map(|p| p.rescan.as_path()),
+        )
+        .inspect_err(|_| {
+            let _ = self.unplug(node, root, lun, dev_name);
+        })
+    }
+
+    /// The guest's view of a plugged LUN: its block device node, SCSI entry and udev link.
+    fn show_on_node(
+        &self,
+        root: &Path,
+        lun: i64,
+        dev_name: &str,
+        loop_device: &Path,
+        rescan: Option<&Path>,
+    ) -> Result<(), NodeError> {
+        let rdev = std::fs::metadata(loop_device)
+            .map_err(io(loop_device.display().to_string()))?
             .rdev();
         let dev_node = root.join("dev").join(dev_name);
         let _ = std::fs::remove_file(&dev_node);
@@ -146,6 +257,7 @@ impl NodeBackend {
             lun,
             dev_name,
             &majmin,
+            rescan,
         )?;
         relink(
             &root.join(format!("dev/disk/azure/scsi1/lun{lun}")),
@@ -153,7 +265,9 @@ impl NodeBackend {
         )
     }
 
-    /// Removes what `plug` made; a LUN that is not plugged is fine.
+    /// Removes what `plug` made, as Azure's detach does to a guest: the disk's path is cut first,
+    /// so a filesystem still mounted on it gets I/O errors from then on. A LUN that is not
+    /// plugged is fine.
     pub fn unplug(
         &self,
         node: &str,
@@ -161,66 +275,78 @@ impl NodeBackend {
         lun: i64,
         dev_name: &str,
     ) -> Result<(), NodeError> {
+        let taken = self
+            .loops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(node.to_string(), lun));
+        if let (Some(bus), Some(serial)) = (&self.bus, taken.as_ref().and_then(|p| p.port)) {
+            bus.cut(serial);
+        }
         let _ = std::fs::remove_file(root.join(format!("dev/disk/azure/scsi1/lun{lun}")));
         let hctl = format!("{DATA_DISK_HOST}:0:0:{lun}");
         let _ = std::fs::remove_file(root.join("sys/bus/scsi/devices").join(&hctl));
         let _ =
             std::fs::remove_dir_all(scsi_device_dir(root, DATA_CONTROLLER, DATA_DISK_HOST, lun));
         let _ = std::fs::remove_file(root.join("dev").join(dev_name));
-        let taken = self
-            .loops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(node.to_string(), lun));
-        if let Some(dev) = taken {
+        if let Some(p) = taken {
             // A still-mounted device cannot be freed at once; losetup -d then marks it autoclear
             // and the kernel frees it at the last unmount.
-            losetup(&["--detach", &dev.display().to_string()])?;
+            loopdev::detach(&p.loop_device)?;
         }
         Ok(())
     }
 
-    /// Tells every loop device over `file` that the file grew (the guest's view of a resize).
-    /// Every one is tried: a device of a VM the disk just left (detached, freed by the kernel at
-    /// its last unmount) may refuse, and must not keep the VM that has the disk now from seeing
-    /// the new size. The errors are returned for the log; the resize itself is Azure's and stands.
-    pub fn refresh_capacity(&self, file: &Path) -> Vec<NodeError> {
-        let out = match losetup(&["--associated", &file.display().to_string()]) {
-            Ok(out) => out,
-            Err(e) => return vec![e],
-        };
-        out.lines()
-            .filter_map(|line| line.split(':').next().filter(|d| !d.is_empty()))
-            .filter_map(|dev| losetup(&["--set-capacity", dev]).err())
-            .collect()
+    /// What the nodes see when Azure has grown the disk of `file`. Through the bus: nothing yet,
+    /// each VM's device keeps its size until the guest rescans it. Without FUSE every loop device
+    /// over the file takes the new size at once; every one is tried (a device of a VM the disk
+    /// just left may refuse) and the errors are returned for the log.
+    pub fn disk_grown(&self, file: &Path) -> Vec<NodeError> {
+        if self.bus.is_some() {
+            return Vec::new();
+        }
+        match loopdev::over_file(file) {
+            Ok(devs) => devs
+                .iter()
+                .filter_map(|d| loopdev::set_capacity(d).err().map(NodeError::from))
+                .collect(),
+            Err(e) => vec![e.into()],
+        }
     }
 
-    /// Detaches loop devices a previous, killed run left over `file`.
+    /// Detaches loop devices a previous, killed run left over `file` (the bus clears its own when
+    /// mounted).
     pub fn release_stale(&self, file: &Path) -> Result<(), NodeError> {
-        let out = losetup(&["--associated", &file.display().to_string()])?;
-        for dev in out
-            .lines()
-            .filter_map(|l| l.split(':').next())
-            .filter(|d| !d.is_empty())
-        {
-            losetup(&["--detach", dev])?;
+        for dev in loopdev::over_file(file)? {
+            loopdev::detach(&dev)?;
         }
         Ok(())
     }
 
-    /// Detaches every loop device this process made (at shutdown).
+    /// At shutdown: every port is cut, every loop device this process made detached, the bus
+    /// unmounted. The simulated VMs stop with the simulator: a filesystem left mounted on one
+    /// gets I/O errors.
     pub fn release_all(&self) -> Vec<NodeError> {
-        let loops: Vec<_> = self
+        let plugged: Vec<Plugged> = self
             .loops
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
-            .map(|(_, dev)| dev)
+            .map(|(_, p)| p)
             .collect();
-        loops
+        let errors = plugged
             .into_iter()
-            .filter_map(|dev| losetup(&["--detach", &dev.display().to_string()]).err())
-            .collect()
+            .filter_map(|p| {
+                if let (Some(bus), Some(serial)) = (&self.bus, p.port) {
+                    bus.cut(serial);
+                }
+                loopdev::detach(&p.loop_device).err().map(NodeError::from)
+            })
+            .collect();
+        if let Some(bus) = &self.bus {
+            bus.shutdown();
+        }
+        errors
     }
 
     pub fn loop_count(&self) -> usize {
@@ -240,6 +366,8 @@ fn scsi_device_dir(root: &Path, controller: &str, host: u32, lun: i64) -> PathBu
         .join(format!("host{host}/target{host}:0:0/{host}:0:0:{lun}"))
 }
 
+/// A SCSI device's sysfs entry; its `rescan` attribute leads to `rescan` (the port's control
+/// file on the bus), else is a plain file whose writes change nothing.
 fn write_scsi_entry(
     root: &Path,
     controller: &str,
@@ -247,6 +375,7 @@ fn write_scsi_entry(
     lun: i64,
     dev: &str,
     majmin: &str,
+    rescan: Option<&Path>,
 ) -> Result<(), NodeError> {
     let dir = scsi_device_dir(root, controller, host, lun);
     let block = dir.join("block").join(dev);
@@ -258,25 +387,15 @@ fn write_scsi_entry(
     ] {
         std::fs::write(&name, content).map_err(io(name.display().to_string()))?;
     }
+    match rescan {
+        Some(target) => relink(&dir.join("rescan"), &target.to_string_lossy())?,
+        None => std::fs::write(dir.join("rescan"), b"").map_err(io(dir.display().to_string()))?,
+    }
     let bus = root.join("sys/bus/scsi/devices");
     std::fs::create_dir_all(&bus).map_err(io(bus.display().to_string()))?;
     let link = bus.join(format!("{host}:0:0:{lun}"));
     let target = std::fs::canonicalize(&dir).map_err(io(dir.display().to_string()))?;
     relink(&link, &target.to_string_lossy())
-}
-
-fn losetup(args: &[&str]) -> Result<String, NodeError> {
-    let out = Command::new("losetup")
-        .args(args)
-        .output()
-        .map_err(io(format!("losetup {}", args.join(" "))))?;
-    if !out.status.success() {
-        return Err(NodeError::Losetup {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The lowest `sd<x>` name not yet used on a node (`sda`/`sdb` are the OS and resource disks).

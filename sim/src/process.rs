@@ -81,6 +81,14 @@ impl SimProcess {
                 "the simulator's ready line {line:?} is not JSON: {e}"
             ))
         })?;
+        if ready["nodeBackend"]["kind"] != "fuse" {
+            // Tests whose world just got gentler must say so where their output is read.
+            eprintln!(
+                "WARNING: the simulator's nodes are gentler than Azure's ({}): {}",
+                ready["nodeBackend"]["why"].as_str().unwrap_or("unknown"),
+                ready["nodeBackend"]["gentler"].as_str().unwrap_or("")
+            );
+        }
         Ok(SimProcess {
             child: Some(child),
             ready,
@@ -150,6 +158,16 @@ impl SimProcess {
                 child.wait().is_ok_and(|s| s.success())
             }
             None => true,
+        }
+    }
+}
+
+impl SimProcess {
+    /// SIGKILL and wait, as a crash: none of the simulator's own shutdown runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -149,6 +149,7 @@ pub async fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         "caBundle": tls.ca_file,
         "state": state_dir,
         "nodes": nodes,
+        "nodeBackend": sim.nodes.kind(),
         "kube": kube_url,
         "kubeconfig": kubeconfig,
     });

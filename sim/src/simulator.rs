@@ -145,13 +145,14 @@ impl Simulator {
                 format!("sim~{}", STANDARD.encode(raw).replace(['+', '/', '='], "x"));
         }
         let key = STANDARD.decode(&state.signing_key).unwrap_or_default();
+        let nodes = NodeBackend::open(&store.dir().join("bus"));
         crate::inventory::reconcile_vms(&world, &mut state);
         let sim = Simulator {
             throttle: Throttler::new(world.throttle.clone()),
             world,
             store,
             state: Mutex::new(state),
-            nodes: NodeBackend::default(),
+            nodes,
             specs: Specs::load(),
             faults: Faults::default(),
             counters: Counters::default(),

@@ -205,6 +205,14 @@ pub fn timing() -> ClusterTiming {
     }
 }
 
+/// The control plane's kube-controller-managers (component names, and each one's hostname).
+pub const CONTROLLER_MANAGERS: [&str; 2] = ["kube-controller-manager", "kube-controller-manager-b"];
+
+/// The component name of the driver's log of a kube-controller-manager's calls.
+pub fn controller_driver_log(kcm: &str) -> String {
+    kcm.replacen("kube-controller-manager", "flexdisk-controller", 1)
+}
+
 /// One node: its namespaces and directories.
 pub struct Node {
     pub name: String,
@@ -448,47 +456,71 @@ impl RealCluster {
             c.kubectl(&["get", "--raw", "/readyz"]).is_ok()
         });
 
-        // kube-controller-manager runs the driver from its plugin dir, configured as an operator
-        // would: flexdisk.conf beside the binary names the control plane's cloud config.
-        let plugins = d.join("kcm-plugins");
-        self.install_driver(
-            &plugins,
-            &self.sim.field("azureJson"),
-            &d.join("kcm-state"),
-            &logs.join("flexdisk-controller.log"),
-        );
+        // Two kube-controller-managers, leader-elected as on a control plane of several hosts (the
+        // lease kube-system/kube-controller-manager). Each runs as on its own host: a UTS namespace
+        // named after it (the lease's holder identity is the hostname and a UUID, controllermanager.go
+        // `id`), its own plugin dir with the driver, configured as an operator would (flexdisk.conf
+        // beside the binary names the control plane's cloud config), its own driver state and log.
         let kcm_config = pki.kubeconfig(
             "controller-manager",
             &self.api(),
             "system:kube-controller-manager",
             &[],
         );
-        let kcm = spawn(
-            "kube-controller-manager",
-            logs,
-            Command::new(self.bin.join("kube-controller-manager"))
-                .arg("--kubeconfig")
-                .arg(&kcm_config)
-                .arg("--authentication-kubeconfig")
-                .arg(&kcm_config)
-                .arg("--authorization-kubeconfig")
-                .arg(&kcm_config)
-                .args(["--bind-address", &ip, "--secure-port", "10257"])
-                .arg("--flex-volume-plugin-dir")
-                .arg(&plugins)
-                .arg("--service-account-private-key-file")
-                .arg(&sa_priv)
-                .arg("--root-ca-file")
-                .arg(pki.ca())
-                .arg("--use-service-account-credentials=true")
-                .arg("--leader-elect=false")
-                .args(["--controllers", "*"])
-                .args(["--attach-detach-reconcile-sync-period", "10s"])
-                // A dead node is noticed in 20 s rather than 50.
-                .args(["--node-monitor-grace-period", "20s"])
-                .env("SSL_CERT_FILE", self.sim.field("caBundle")),
-        );
-        self.procs.get_mut().expect("procs").push(kcm);
+        for (i, name) in CONTROLLER_MANAGERS.iter().enumerate() {
+            let suffix = name.trim_start_matches("kube-controller-manager");
+            let plugins = d.join(format!("kcm-plugins{suffix}"));
+            self.install_driver(
+                &plugins,
+                &self.sim.field("azureJson"),
+                &d.join(format!("kcm-state{suffix}")),
+                &logs.join(format!("{}.log", controller_driver_log(name))),
+            );
+            let kcm = spawn(
+                name,
+                logs,
+                Command::new("unshare")
+                    .args([
+                        "--uts",
+                        "--",
+                        "sh",
+                        "-c",
+                        "hostname \"$0\" && exec \"$@\"",
+                        name,
+                    ])
+                    .arg(self.bin.join("kube-controller-manager"))
+                    .arg("--kubeconfig")
+                    .arg(&kcm_config)
+                    .arg("--authentication-kubeconfig")
+                    .arg(&kcm_config)
+                    .arg("--authorization-kubeconfig")
+                    .arg(&kcm_config)
+                    .args(["--bind-address", &ip, "--secure-port"])
+                    .arg((10257 + 10 * i).to_string())
+                    .arg("--flex-volume-plugin-dir")
+                    .arg(&plugins)
+                    .arg("--service-account-private-key-file")
+                    .arg(&sa_priv)
+                    .arg("--root-ca-file")
+                    .arg(pki.ca())
+                    .arg("--use-service-account-credentials=true")
+                    .arg("--leader-elect=true")
+                    .args(["--controllers", "*"])
+                    .args(["--attach-detach-reconcile-sync-period", "10s"])
+                    // A dead node is noticed in 20 s rather than 50.
+                    .args(["--node-monitor-grace-period", "20s"])
+                    .env("SSL_CERT_FILE", self.sim.field("caBundle")),
+            );
+            self.procs.get_mut().expect("procs").push(kcm);
+            if i == 0 {
+                // The first leads from the start; the other stands by.
+                self.wait_until(
+                    "a kube-controller-manager leading",
+                    Duration::from_secs(90),
+                    |c| c.controller_leader().is_some(),
+                );
+            }
+        }
         let sched_config = pki.kubeconfig("scheduler", &self.api(), "system:kube-scheduler", &[]);
         let scheduler = spawn(
             "kube-scheduler",
@@ -643,10 +675,6 @@ impl RealCluster {
         let binds = [
             (dev.clone(), PathBuf::from("/dev")),
             (
-                sim_root.join("sys/bus/scsi/devices"),
-                PathBuf::from("/sys/bus/scsi/devices"),
-            ),
-            (
                 sim_root.join("sys/class/scsi_host"),
                 PathBuf::from("/sys/class/scsi_host"),
             ),
@@ -681,6 +709,24 @@ impl RealCluster {
                 to = to.display()
             ));
         }
+        // The node's SCSI bus is its VM's (the simulator's tree, whose devices' `rescan` leads to
+        // the simulator's storage bus): the driver finds data disks and rescans grown ones there,
+        // never in the host's sysfs. The host's other buses stay in view (cAdvisor reads
+        // `/sys/bus/cpu`): a tmpfs over `/sys/bus` holds a bind of each.
+        let host_bus = d.join("host-sys-bus");
+        std::fs::create_dir_all(&host_bus).expect("host bus dir");
+        script.push_str(&format!(
+            "mount --bind /sys/bus {host}
+             mount -t tmpfs -o mode=0755 sysbus /sys/bus
+             for b in {host}/*; do
+               n=${{b##*/}}; [ \"$n\" = scsi ] && continue
+               mkdir /sys/bus/$n && mount --bind $b /sys/bus/$n
+             done
+             mkdir /sys/bus/scsi && mount --bind {scsi} /sys/bus/scsi
+             umount {host}\n",
+            host = host_bus.display(),
+            scsi = sim_root.join("sys/bus/scsi").display()
+        ));
         script.push_str(
             "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
              mount -t tmpfs shm /dev/shm
@@ -1141,7 +1187,14 @@ state = \"/run/containerd\"
             ));
         }
         // The driver's own logs: kube-controller-manager's calls and each node's.
-        let mut drivers = vec![self.dir.path().join("logs/flexdisk-controller.log")];
+        let mut drivers: Vec<PathBuf> = CONTROLLER_MANAGERS
+            .iter()
+            .map(|k| {
+                self.dir
+                    .path()
+                    .join(format!("logs/{}.log", controller_driver_log(k)))
+            })
+            .collect();
         drivers.extend(self.nodes.iter().map(|n| n.dir.join("log/flexdisk.log")));
         for log in drivers {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -1266,6 +1319,33 @@ state = \"/run/containerd\"
             },
         );
         freeze("THAWED");
+    }
+
+    /// The kube-controller-manager holding the lease, by component name.
+    pub fn controller_leader(&self) -> Option<String> {
+        let lease = self
+            .kubectl_json(&[
+                "-n",
+                "kube-system",
+                "get",
+                "lease",
+                "kube-controller-manager",
+            ])
+            .ok()?;
+        let holder = lease["spec"]["holderIdentity"].as_str()?;
+        let host = holder.split('_').next()?;
+        CONTROLLER_MANAGERS
+            .iter()
+            .find(|k| **k == host)
+            .map(|k| k.to_string())
+    }
+
+    /// What the driver logged of the calls of every kube-controller-manager.
+    pub fn controller_driver_logs(&self) -> String {
+        CONTROLLER_MANAGERS
+            .iter()
+            .map(|k| self.log(&controller_driver_log(k)))
+            .collect()
     }
 
     /// The log of one component (e.g. `kubelet-<node>`), whole.

@@ -16,7 +16,9 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use system_tests::real_cluster::{RealCluster, TOOLS_IMAGE};
+use system_tests::real_cluster::{
+    controller_driver_log, RealCluster, CONTROLLER_MANAGERS, TOOLS_IMAGE,
+};
 use system_tests::scene::world;
 
 const NODES: [&str; 2] = ["k8s-pool-0", "k8s-pool-1"];
@@ -91,6 +93,7 @@ const SCENARIOS: &[(&str, Scenario)] = scenarios![
     driver_upgraded_with_volumes_mounted,
     a_non_root_pod_and_a_block_claim,
     controller_restart_mid_detach,
+    controller_failover_mid_attach,
     provisioner_leader_killed,
     provisioner_failure_paths,
     volume_attributes_classes,
@@ -244,7 +247,17 @@ fn run_scenario(
     let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
     let s = guard.get_or_insert_with(start);
     let t = Instant::now();
+    // The simulated Azure's timing as the run set it: a scenario that slows it for a while and
+    // fails before it restores it must not slow the rest.
+    let timing = s
+        .cluster
+        .sim
+        .control("GET", "/timing", None)
+        .map(|(_, t)| t);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(&s.cluster)));
+    if let Ok(timing) = &timing {
+        let _ = s.cluster.sim.control("PUT", "/timing", Some(timing));
+    }
     eprintln!(
         "[{:>6.1}s] {name}: {:.1}s",
         s.started.elapsed().as_secs_f64(),
@@ -445,7 +458,7 @@ fn static_volume_moves(c: &RealCluster) {
         .and_then(|l| l.split_whitespace().next());
     assert_eq!(written_sum, Some(sums[0]), "{written} vs {read}");
     // The real callers called the driver: kube-controller-manager attached and detached.
-    let controller = c.log("flexdisk-controller");
+    let controller = c.controller_driver_logs();
     assert!(
         controller.contains("call=attach") && controller.contains("call=detach"),
         "{controller}"
@@ -1432,13 +1445,14 @@ fn a_non_root_pod_and_a_block_claim(c: &RealCluster) {
         .expect("delete");
 }
 
-/// kube-controller-manager dies, with its process group, while the driver's detach is in flight
-/// — accepted by Azure, the driver polling it — and comes back in a fresh container (its state
-/// dir empty). Azure finishes the detach it accepted; the restarted controller, which before the
-/// detach had already taken the volume out of the node's `volumesAttached` (the reconciler marks
-/// it detached in the node's status before it calls the plugin, kubernetes
-/// `pkg/controller/volume/attachdetach/reconciler/reconciler.go`), has nothing to undo, and the
-/// other node gets the disk with its bytes.
+/// The leading kube-controller-manager dies, with its process group, while the driver's detach is
+/// in flight — accepted by Azure, the driver polling it — and comes back in a fresh container (its
+/// state dir empty). Azure finishes the detach it accepted; the next leader (the other one or the
+/// restarted one) has nothing to undo — the dead one had taken the volume out of the node's
+/// `volumesAttached` before the detach (the reconciler marks it detached in the node's status
+/// before it calls the plugin, kubernetes
+/// `pkg/controller/volume/attachdetach/reconciler/reconciler.go`) — and the other node gets the
+/// disk with its bytes.
 ///
 /// Not covered, because upstream has no answer for it with FlexVolume: a detach killed before
 /// Azure accepted it leaves the disk attached while no node status names it, and no restarted
@@ -1465,37 +1479,22 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         c.kubectl(&["exec", "before", "--", "/bin/cat", "/data/note"])
             .is_ok()
     });
-    // VM operations of 20 s for a while: the controller dies while the driver polls one.
-    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
-    let mut slow = timing.clone();
-    slow["vmOpMs"] = json!(20_000);
-    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
+    let timing = slow_vm_operations(c);
     c.kubectl(&["delete", "pod", "before", "--wait=false"])
         .expect("delete");
-    let detaching = |c: &RealCluster| {
-        c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
-            s["operations"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .any(|(_, o)| {
-                    o["status"] == "InProgress"
-                        && o["kind"]["vmDisks"]["detach"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .any(|d| d.as_str().is_some_and(|d| d.ends_with(&pv)))
-                })
-        })
-    };
+    let detaching = |c: &RealCluster| in_flight(c, "detach", &pv);
     c.wait_until("the driver's detach accepted by Azure", long(), detaching);
-    let calls = |c: &RealCluster| c.log("flexdisk-controller").matches("call=detach").count();
+    let calls = |c: &RealCluster| c.controller_driver_logs().matches("call=detach").count();
     let detaches_before = calls(c);
-    c.kill("kube-controller-manager");
+    let leader = c.controller_leader().expect("a leader");
+    c.kill(&leader);
     c.sim
         .control("PUT", "/timing", Some(&timing))
         .expect("timing back");
-    let state = c.dir.path().join("kcm-state");
+    let state = c.dir.path().join(format!(
+        "kcm-state{}",
+        leader.trim_start_matches("kube-controller-manager")
+    ));
     let _ = std::fs::remove_dir_all(&state);
     assert!(detaching(c), "the detach still in flight in Azure");
     // The driver's detach died with its caller: no answer was logged for it.
@@ -1504,7 +1503,7 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         detaches_before,
         "the detach in flight was killed with the controller"
     );
-    c.restart("kube-controller-manager");
+    c.restart(&leader);
     c.wait_until("the disk detached after the restart", long(), |c| {
         disks(c).iter().any(|(n, vms)| *n == pv && vms.is_empty())
     });
@@ -1519,6 +1518,101 @@ fn controller_restart_mid_detach(c: &RealCluster) {
     c.kubectl(&["delete", "pod", "after", "--wait=true"])
         .expect("delete");
     c.kubectl(&["delete", "pvc", "moving", "--wait=true"])
+        .expect("delete");
+}
+
+/// Whether Azure is running a VM operation that does `change` (`attach` or `detach`) to `pv`'s disk.
+fn in_flight(c: &RealCluster, change: &str, pv: &str) -> bool {
+    c.sim.control("GET", "/state", None).is_ok_and(|(_, s)| {
+        s["operations"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(_, o)| {
+                o["status"] == "InProgress"
+                    && o["kind"]["vmDisks"][change]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|d| d.as_str().is_some_and(|d| d.ends_with(pv)))
+            })
+    })
+}
+
+/// VM operations of 20 s from now on (a controller can die while the driver polls one); the
+/// timing before, to put back (`run_scenario` puts it back too, should the scenario fail).
+fn slow_vm_operations(c: &RealCluster) -> Value {
+    let (_, timing) = c.sim.control("GET", "/timing", None).expect("timing");
+    let mut slow = timing.clone();
+    slow["vmOpMs"] = json!(20_000);
+    c.sim.control("PUT", "/timing", Some(&slow)).expect("slow");
+    timing
+}
+
+/// Two kube-controller-managers, leader-elected: the leader is SIGKILLed (its process group, the
+/// driver's attach with it) while Azure runs the attach it asked for; the other takes the lease,
+/// attaches the volume again (the disk already on the VM: the driver answers from Azure) and the
+/// pod runs with it.
+fn controller_failover_mid_attach(c: &RealCluster) {
+    c.apply(&[claim(
+        "handover",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "handover");
+    let timing = slow_vm_operations(c);
+    c.apply(&[pod(
+        "handed",
+        NODES[0],
+        "handover",
+        "echo attached by the next leader > /data/note && sync && cat /data/note",
+    )]);
+    let attaching = |c: &RealCluster| in_flight(c, "attach", &pv);
+    c.wait_until("the leader's attach accepted by Azure", long(), attaching);
+    let leader = c.controller_leader().expect("a leader");
+    let answered = |c: &RealCluster, log: &str| {
+        c.log(log)
+            .lines()
+            .filter(|l| l.contains("call=attach") && l.contains(&pv[..30]))
+            .count()
+    };
+    c.kill(&leader);
+    c.sim
+        .control("PUT", "/timing", Some(&timing))
+        .expect("timing back");
+    assert!(attaching(c), "the attach still in flight in Azure");
+    // The leader's driver was still waiting for Azure: it never answered for this volume.
+    assert_eq!(
+        answered(c, &controller_driver_log(&leader)),
+        0,
+        "the attach was in flight when its controller died: {}",
+        c.log(&controller_driver_log(&leader))
+    );
+    let other = CONTROLLER_MANAGERS
+        .iter()
+        .find(|k| **k != leader)
+        .expect("another")
+        .to_string();
+    c.wait_until("the other controller-manager leading", long(), |c| {
+        c.controller_leader().as_deref() == Some(other.as_str())
+    });
+    c.wait_until("the pod done", long(), |c| {
+        phase(c, "handed") == "Succeeded"
+    });
+    assert_eq!(
+        c.kubectl(&["logs", "handed"]).expect("logs").trim(),
+        "attached by the next leader"
+    );
+    assert!(
+        answered(c, &controller_driver_log(&other)) > 0,
+        "the new leader attached the volume: {}",
+        c.log(&controller_driver_log(&other))
+    );
+    c.restart(&leader);
+    c.kubectl(&["delete", "pod", "handed", "--wait=true"])
+        .expect("delete");
+    c.kubectl(&["delete", "pvc", "handover", "--wait=true"])
         .expect("delete");
 }
 
@@ -1594,6 +1688,13 @@ fn out_of_service_node(c: &RealCluster) {
         .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
         .expect("node");
     let pv = bound_volume(c, "data-solo-0");
+    let zombie = Zombie::start(c, &node, &pv);
+    c.wait_until("the zombie's first write", long(), |_| {
+        zombie.outcomes().first().is_some_and(|o| {
+            assert_eq!(o, "ok", "the writer on the live mount failed");
+            true
+        })
+    });
     c.power_off(&node);
     c.wait_until("the node NotReady", long(), |c| !c.node_ready(&node));
     c.kubectl(&[
@@ -1612,6 +1713,38 @@ fn out_of_service_node(c: &RealCluster) {
                 .any(|(n, vms)| *n == pv && !vms.contains(&node))
         },
     );
+    // Fencing: once the pod runs elsewhere, the dead node's mount of the disk takes no write any
+    // more — checked at the first sight of the pod running elsewhere, before it is ready.
+    c.wait_until("the pod running on the other node", long(), |c| {
+        let running = c
+            .kubectl_json(&["get", "pod", "solo-0"])
+            .ok()
+            .is_some_and(|p| {
+                p["status"]["phase"] == "Running" && p["spec"]["nodeName"] != node.as_str()
+            });
+        if running {
+            let seen = zombie.outcomes();
+            assert!(
+                seen.iter().any(|o| o == "EIO"),
+                "the pod runs on the other node while the dead node's mount still takes writes \
+                 (its writer saw {seen:?})\n{}",
+                c.diagnostics()
+            );
+        }
+        running
+    });
+    let seen = zombie.outcomes();
+    let first_eio = seen.iter().position(|o| o == "EIO").expect("an EIO");
+    assert!(
+        seen[..first_eio].iter().all(|o| o == "ok") && seen[first_eio..].iter().all(|o| o == "EIO"),
+        "the dead node's writes succeeded until the detach, then failed for good: {seen:?}"
+    );
+    eprintln!(
+        "figure: the dead node's writer: {first_eio} writes reached the disk, {} refused with EIO \
+         by the time the pod ran elsewhere",
+        seen.len() - first_eio
+    );
+    drop(zombie);
     c.wait_until("the pod ready on the other node", long(), ready);
     let moved_to = c
         .kubectl_json(&["get", "pod", "solo-0"])
@@ -1628,6 +1761,69 @@ fn out_of_service_node(c: &RealCluster) {
     });
     c.kubectl(&["delete", "pvc", "data-solo-0", "--wait=true"])
         .expect("delete");
+}
+
+/// A writer left behind on a powered-off node: what a node that is not really off (a hung kernel,
+/// a partitioned host) would still do with the volume's filesystem. It lives outside the node's
+/// cgroups and network namespace, so `power_off` leaves it, and holds the node's mount namespace
+/// (and with it the mount of the disk). Every 200 ms it appends to a file on the volume with
+/// O_DSYNC, so each attempt reaches the disk, and notes `ok` or `EIO`.
+struct Zombie {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Zombie {
+    fn start(c: &RealCluster, node: &str, pv: &str) -> Zombie {
+        let n = c.nodes.iter().find(|n| n.name == node).expect("node");
+        assert_eq!(
+            c.sim.ready["nodeBackend"]["kind"], "fuse",
+            "fencing needs the simulator's storage bus (FUSE): {}",
+            c.sim.ready["nodeBackend"]
+        );
+        let log = c.dir.path().join(format!("zombie-{pv}.log"));
+        let mount = format!(
+            "/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flexdisk/azure-disk/mounts/{pv}"
+        );
+        let script = format!(
+            "while :; do
+               if out=$(echo \"$(date +%s.%N)\" | dd of={mount}/zombie oflag=append,dsync conv=notrunc status=none 2>&1)
+               then echo ok; else echo \"failed: $out\"; fi
+               sleep 0.2
+             done"
+        );
+        let child = Command::new("nsenter")
+            .arg(format!("--mount={}", n.mntns.display()))
+            .args(["--", "sh", "-c", &script])
+            .stdout(std::fs::File::create(&log).expect("zombie log"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nsenter");
+        Zombie { child, log }
+    }
+
+    /// Each write attempt's outcome so far: `ok`, `EIO`, or what else dd said.
+    fn outcomes(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                if l.starts_with("failed:") && l.contains("Input/output error") {
+                    "EIO".to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Zombie {
+    /// Its end lets the dead node's mount namespace, the mount and the loop device go.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Events of `reason` about `object` in namespace `ns`, their messages.

@@ -232,22 +232,9 @@ impl Env {
         )
     }
 
-    /// A call as kubelet on `node` makes it (the node's config and device tree).
-    pub fn kubelet(&self, node: &str, args: &[&str]) -> Out {
-        self.flexdisk(
-            args,
-            &[
-                ("FLEXDISK_CONFIG", self.sim.node_field(node, "azureJson")),
-                ("FLEXDISK_HOST_ROOT", self.sim.node_field(node, "root")),
-                ("IMDS_ENDPOINT", self.sim.node_field(node, "imds")),
-                ("FLEXDISK_WAIT_SECS", "20".into()),
-            ],
-            node,
-        )
-    }
-
-    /// [`Env::kubelet`] with extra environment (e.g. another `PATH`).
-    pub fn kubelet_with(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Out {
+    /// The environment kubelet on `node` runs the driver with (the node's config and device
+    /// tree), plus `extra`.
+    fn node_env<'a>(&self, node: &str, extra: &[(&'a str, &str)]) -> Vec<(&'a str, String)> {
         let mut env = vec![
             ("FLEXDISK_CONFIG", self.sim.node_field(node, "azureJson")),
             ("FLEXDISK_HOST_ROOT", self.sim.node_field(node, "root")),
@@ -255,7 +242,34 @@ impl Env {
             ("FLEXDISK_WAIT_SECS", "20".into()),
         ];
         env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-        self.flexdisk(args, &env, node)
+        env
+    }
+
+    /// A call as kubelet on `node` makes it.
+    pub fn kubelet(&self, node: &str, args: &[&str]) -> Out {
+        self.flexdisk(args, &self.node_env(node, &[]), node)
+    }
+
+    /// [`Env::kubelet`] with extra environment (e.g. another `PATH`).
+    pub fn kubelet_with(&self, node: &str, args: &[&str], extra: &[(&str, &str)]) -> Out {
+        self.flexdisk(args, &self.node_env(node, extra), node)
+    }
+
+    /// [`Env::kubelet`], the driver run by `wrapper` (e.g. `unshare … --`): `wrapper[0]` is run
+    /// with the rest of `wrapper`, then the driver and its arguments, in the driver's environment.
+    pub fn kubelet_under(&self, node: &str, wrapper: &[&str], args: &[&str]) -> Out {
+        let driver = self.command(args, &self.node_env(node, &[]), node);
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..])
+            .arg(driver.get_program())
+            .args(driver.get_args())
+            .env_clear();
+        for (k, v) in driver.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        Out::from_output(cmd.output().expect("flexdisk runs"))
     }
 
     /// attach (controller) then waitforattach (kubelet on `node`), both expected to succeed:

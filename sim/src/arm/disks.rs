@@ -804,7 +804,7 @@ pub fn finish_update(
     }
     let file = sim.store.disk_file(&disk.unique_id);
     make_backing_file(&file, None, disk.size_gb)?;
-    for e in sim.nodes.refresh_capacity(&file) {
+    for e in sim.nodes.disk_grown(&file) {
         tracing::warn!(disk = %disk.name, "a VM's device did not take the new size: {e}");
     }
     Ok(Some(disk.to_json()))

@@ -375,6 +375,23 @@ impl Sim {
         assert!(self.process.stop(), "simulator exits cleanly");
     }
 
+    /// SIGKILL and wait, as a crash; the state directory stays.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// The storage bus's mount point (`state/bus`), and whether this mount namespace has it mounted.
+    pub fn bus_mounted(&self) -> bool {
+        let bus = Path::new(&self.s("state"))
+            .join("bus")
+            .display()
+            .to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .expect("mountinfo")
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(bus.as_str()))
+    }
+
     /// Checks every ARM answer this test received against the official API descriptions.
     pub fn check_schemas(&self) {
         let exchanges = self.exchanges.lock().expect("lock").clone();
