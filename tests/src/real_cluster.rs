@@ -219,7 +219,7 @@ pub struct Node {
     pub ip: Ipv4Addr,
     /// `ip netns` name.
     pub netns: String,
-    /// The file holding the node's mount namespace.
+    /// A link to the node's mount namespace (renewed when it boots).
     pub mntns: PathBuf,
     pub dir: PathBuf,
     /// The simulator's tree of this VM (its `/dev`).
@@ -236,6 +236,12 @@ impl Node {
             .arg("--")
             .arg(program);
         c
+    }
+
+    /// The node's mount table (the mountinfo of its namespace's holder); `None` while it is off.
+    pub fn mount_table(&self) -> Option<String> {
+        let ns = std::fs::read_link(&self.mntns).ok()?;
+        std::fs::read_to_string(ns.parent()?.parent()?.join("mountinfo")).ok()
     }
 }
 
@@ -634,105 +640,16 @@ impl RealCluster {
             "for h in /sys/fs/cgroup/*/; do [ -d \"$h\" ] && mkdir -p \"${{h}}{}\" || true; done",
             netns
         ));
-        // The mount namespace, held by a process that lives as long as the node (a namespace
-        // bound to a file cannot be made from inside another private mount namespace, as CI's).
-        let holder = spawn(
-            &format!("mntns-{name}"),
-            logs,
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{netns}"))
-                .args([
-                    "--",
-                    "unshare",
-                    "--mount",
-                    "--propagation",
-                    "slave",
-                    "sleep",
-                    "infinity",
-                ]),
-        );
-        let mntns = PathBuf::from(format!("/proc/{}/ns/mnt", holder.child.id()));
-        self.procs.get_mut().expect("procs").push(holder);
-        self.wait_until(
-            &format!("the mount namespace of {name}"),
-            Duration::from_secs(10),
-            |_| {
-                let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
-                std::fs::read_link(&mntns)
-                    .ok()
-                    .is_some_and(|ns| Some(ns) != mine)
-            },
-        );
         let node = Node {
             name: name.to_string(),
             ip,
             netns,
-            mntns,
+            mntns: d.join("mnt-ns"),
             dir: d.clone(),
             sim_root: sim_root.clone(),
             imds: self.sim.node_field(name, "imds"),
         };
-        let binds = [
-            (dev.clone(), PathBuf::from("/dev")),
-            (
-                sim_root.join("sys/class/scsi_host"),
-                PathBuf::from("/sys/class/scsi_host"),
-            ),
-            (
-                d.join("plugins"),
-                PathBuf::from("/usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
-            ),
-            (d.join("kubelet"), PathBuf::from("/var/lib/kubelet")),
-            (d.join("containerd"), PathBuf::from("/var/lib/containerd")),
-            (d.join("run-containerd"), PathBuf::from("/run/containerd")),
-            (d.join("flexdisk"), PathBuf::from("/var/lib/flexdisk")),
-            (d.join("log"), PathBuf::from("/var/log")),
-            (d.join("etc"), PathBuf::from("/etc/kubernetes")),
-            (d.join("cni"), PathBuf::from("/etc/cni/net.d")),
-            // The pods' network namespaces: the node's own, gone with it.
-            (d.join("netns"), PathBuf::from("/run/netns")),
-        ];
-        // (sysfs stays the host's: a fresh one would hide the cgroup hierarchies mounted in it.)
-        let mut script = String::new();
-        for (from, to) in &binds {
-            // sysfs has a SCSI tree only where the kernel has SCSI: no tree, nothing to cover.
-            let optional = to.starts_with("/sys");
-            script.push_str(&format!(
-                "{guard}mkdir -p {to} && mount --bind {from} {to}{end}\n",
-                guard = if optional {
-                    format!("if [ -d {} ]; then ", to.display())
-                } else {
-                    String::new()
-                },
-                end = if optional { "; fi" } else { "" },
-                from = from.display(),
-                to = to.display()
-            ));
-        }
-        // The node's SCSI bus is its VM's (the simulator's tree, whose devices' `rescan` leads to
-        // the simulator's storage bus): the driver finds data disks and rescans grown ones there,
-        // never in the host's sysfs. The host's other buses stay in view (cAdvisor reads
-        // `/sys/bus/cpu`): a tmpfs over `/sys/bus` holds a bind of each.
-        let host_bus = d.join("host-sys-bus");
-        std::fs::create_dir_all(&host_bus).expect("host bus dir");
-        script.push_str(&format!(
-            "mount --bind /sys/bus {host}
-             mount -t tmpfs -o mode=0755 sysbus /sys/bus
-             for b in {host}/*; do
-               n=${{b##*/}}; [ \"$n\" = scsi ] && continue
-               mkdir /sys/bus/$n && mount --bind $b /sys/bus/$n
-             done
-             mkdir /sys/bus/scsi && mount --bind {scsi} /sys/bus/scsi
-             umount {host}\n",
-            host = host_bus.display(),
-            scsi = sim_root.join("sys/bus/scsi").display()
-        ));
-        script.push_str(
-            "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
-             mount -t tmpfs shm /dev/shm
-             mount --make-rshared /var/lib/kubelet\n",
-        );
-        run(node.command("sh").args(["-euc", &script]));
+        self.mount_node(&node);
         // The driver comes with the DaemonSet (`install_flexdisk`); what is per node reaches it as
         // on a real node: IMDS's address (IMDS_ENDPOINT, in kubelet's environment) and the CA of
         // the simulator's login (SSL_CERT_FILE, a private cloud's CA).
@@ -852,6 +769,127 @@ state = \"/run/containerd\"
         );
         self.procs.get_mut().expect("procs").push(kubelet);
         self.nodes.push(node);
+    }
+
+    /// The node's mount table as a boot makes it: a new mount namespace (held by a process of the
+    /// node's network namespace, so that a power-off takes it and every mount in it) with the
+    /// node's directories, its VM's `/dev` and SCSI tree bound where a node has them. `node.mntns`
+    /// is a link to the namespace, renewed here, so that components started again after a boot
+    /// (their command lines name the link) enter the new one.
+    fn mount_node(&self, node: &Node) {
+        let (name, d, sim_root) = (&node.name, &node.dir, &node.sim_root);
+        // (A namespace bound to a file cannot be made from inside another private mount
+        // namespace, as CI's: a process holds it.)
+        let holder = format!("mntns-{name}");
+        let known = self
+            .procs
+            .lock()
+            .expect("procs")
+            .iter()
+            .any(|p| p.name == holder);
+        if known {
+            self.kill(&holder);
+            self.restart(&holder);
+        } else {
+            let p = spawn(
+                &holder,
+                &self.dir.path().join("logs"),
+                Command::new("nsenter")
+                    .arg(format!("--net=/run/netns/{}", node.netns))
+                    .args([
+                        "--",
+                        "unshare",
+                        "--mount",
+                        "--propagation",
+                        "slave",
+                        "sleep",
+                        "infinity",
+                    ]),
+            );
+            self.procs.lock().expect("procs").push(p);
+        }
+        let pid = self
+            .procs
+            .lock()
+            .expect("procs")
+            .iter()
+            .find(|p| p.name == holder)
+            .map(|p| p.child.id())
+            .expect("the holder");
+        let ns = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
+        let _ = std::fs::remove_file(&node.mntns);
+        std::os::unix::fs::symlink(&ns, &node.mntns).expect("the mount namespace's link");
+        self.wait_until(
+            &format!("the mount namespace of {name}"),
+            Duration::from_secs(10),
+            |_| {
+                let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
+                std::fs::read_link(&ns)
+                    .ok()
+                    .is_some_and(|ns| Some(ns) != mine)
+            },
+        );
+        let binds = [
+            (sim_root.join("dev"), PathBuf::from("/dev")),
+            (
+                sim_root.join("sys/class/scsi_host"),
+                PathBuf::from("/sys/class/scsi_host"),
+            ),
+            (
+                d.join("plugins"),
+                PathBuf::from("/usr/libexec/kubernetes/kubelet-plugins/volume/exec"),
+            ),
+            (d.join("kubelet"), PathBuf::from("/var/lib/kubelet")),
+            (d.join("containerd"), PathBuf::from("/var/lib/containerd")),
+            (d.join("run-containerd"), PathBuf::from("/run/containerd")),
+            (d.join("flexdisk"), PathBuf::from("/var/lib/flexdisk")),
+            (d.join("log"), PathBuf::from("/var/log")),
+            (d.join("etc"), PathBuf::from("/etc/kubernetes")),
+            (d.join("cni"), PathBuf::from("/etc/cni/net.d")),
+            // The pods' network namespaces: the node's own, gone with it.
+            (d.join("netns"), PathBuf::from("/run/netns")),
+        ];
+        // (sysfs stays the host's: a fresh one would hide the cgroup hierarchies mounted in it.)
+        let mut script = String::new();
+        for (from, to) in &binds {
+            // sysfs has a SCSI tree only where the kernel has SCSI: no tree, nothing to cover.
+            let optional = to.starts_with("/sys");
+            script.push_str(&format!(
+                "{guard}mkdir -p {to} && mount --bind {from} {to}{end}\n",
+                guard = if optional {
+                    format!("if [ -d {} ]; then ", to.display())
+                } else {
+                    String::new()
+                },
+                end = if optional { "; fi" } else { "" },
+                from = from.display(),
+                to = to.display()
+            ));
+        }
+        // The node's SCSI bus is its VM's (the simulator's tree, whose devices' `rescan` leads to
+        // the simulator's storage bus): the driver finds data disks and rescans grown ones there,
+        // never in the host's sysfs. The host's other buses stay in view (cAdvisor reads
+        // `/sys/bus/cpu`): a tmpfs over `/sys/bus` holds a bind of each.
+        let host_bus = d.join("host-sys-bus");
+        std::fs::create_dir_all(&host_bus).expect("host bus dir");
+        script.push_str(&format!(
+            "mount --bind /sys/bus {host}
+             mount -t tmpfs -o mode=0755 sysbus /sys/bus
+             for b in {host}/*; do
+               n=${{b##*/}}; [ \"$n\" = scsi ] && continue
+               mkdir /sys/bus/$n && mount --bind $b /sys/bus/$n
+             done
+             mkdir /sys/bus/scsi && mount --bind {scsi} /sys/bus/scsi
+             umount {host}\n",
+            host = host_bus.display(),
+            scsi = sim_root.join("sys/bus/scsi").display()
+        ));
+        script.push_str(
+            "mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+             mount -t tmpfs shm /dev/shm
+             mount --make-rshared /var/lib/kubelet\n",
+        );
+        run(node.command("sh").args(["-euc", &script]));
     }
 
     /// flexdisk as users install it: its two images (made from the static binaries, as
@@ -1256,8 +1294,28 @@ state = \"/run/containerd\"
                 .filter_map(|p| (!matches!(p.child.try_wait(), Ok(None))).then(|| p.name.clone()))
                 .collect()
         };
+        // A node whose mount namespace went was powered off: it boots, its components with it.
+        let off: Vec<&str> = self
+            .nodes
+            .iter()
+            .filter(|n| dead.contains(&format!("mntns-{}", n.name)))
+            .map(|n| n.name.as_str())
+            .collect();
+        for node in &off {
+            self.boot(node);
+        }
         for name in &dead {
-            self.restart(name);
+            let booted = off.iter().any(|node| {
+                [
+                    format!("mntns-{node}"),
+                    format!("containerd-{node}"),
+                    format!("kubelet-{node}"),
+                ]
+                .contains(name)
+            });
+            if !booted {
+                self.restart(name);
+            }
         }
         dead
     }
@@ -1319,6 +1377,29 @@ state = \"/run/containerd\"
             },
         );
         freeze("THAWED");
+    }
+
+    /// A powered-off node boots: what lived in memory is gone — `/run` (containerd's state, the
+    /// pods' network namespace files) and the pods' cgroups — while its disks keep kubelet's and
+    /// containerd's directories; it gets a new mount table (`mount_node`: no volume mounted), then
+    /// containerd and kubelet start as the node's services would. Its VM's data disks stay
+    /// attached and show at the same LUNs, as they do across a guest reboot on Azure.
+    pub fn boot(&self, node: &str) {
+        let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        sh(&format!(
+            "rm -rf {d}/run-containerd/* {d}/netns/*
+             for h in /sys/fs/cgroup/*/; do [ -d \"${{h}}{netns}\" ] && find \"${{h}}{netns}\" -mindepth 1 -depth -type d -exec rmdir {{}} + 2>/dev/null; done; true",
+            d = n.dir.display(),
+            netns = n.netns
+        ));
+        self.mount_node(n);
+        self.restart(&format!("containerd-{node}"));
+        self.wait_until(
+            &format!("containerd of {node}"),
+            Duration::from_secs(30),
+            |_| n.dir.join("run-containerd/containerd.sock").exists(),
+        );
+        self.restart(&format!("kubelet-{node}"));
     }
 
     /// The kube-controller-manager holding the lease, by component name.
