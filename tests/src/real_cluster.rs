@@ -817,8 +817,6 @@ state = \"/run/containerd\"
             .map(|p| p.child.id())
             .expect("the holder");
         let ns = PathBuf::from(format!("/proc/{pid}/ns/mnt"));
-        let _ = std::fs::remove_file(&node.mntns);
-        std::os::unix::fs::symlink(&ns, &node.mntns).expect("the mount namespace's link");
         self.wait_until(
             &format!("the mount namespace of {name}"),
             Duration::from_secs(10),
@@ -829,6 +827,9 @@ state = \"/run/containerd\"
                     .is_some_and(|ns| Some(ns) != mine)
             },
         );
+        // Linked once unshared: until then the holder's namespace is the host's.
+        let _ = std::fs::remove_file(&node.mntns);
+        std::os::unix::fs::symlink(&ns, &node.mntns).expect("the mount namespace's link");
         let binds = [
             (sim_root.join("dev"), PathBuf::from("/dev")),
             (
@@ -1264,6 +1265,10 @@ state = \"/run/containerd\"
             .iter_mut()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no component {name}"));
+        // A component already reaped has no group left to signal: its id may be another's now.
+        if !matches!(p.child.try_wait(), Ok(None)) {
+            return;
+        }
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(p.child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -1386,6 +1391,18 @@ state = \"/run/containerd\"
     /// attached and show at the same LUNs, as they do across a guest reboot on Azure.
     pub fn boot(&self, node: &str) {
         let n = self.nodes.iter().find(|n| n.name == node).expect("node");
+        let alive: Vec<String> = {
+            let mut procs = self.procs.lock().expect("procs");
+            procs
+                .iter_mut()
+                .filter(|p| p.name.ends_with(&format!("-{node}")))
+                .filter_map(|p| matches!(p.child.try_wait(), Ok(None)).then(|| p.name.clone()))
+                .collect()
+        };
+        assert!(
+            alive.is_empty(),
+            "{node} boots only once off (power_off), yet {alive:?} run"
+        );
         sh(&format!(
             "rm -rf {d}/run-containerd/* {d}/netns/*
              for h in /sys/fs/cgroup/*/; do [ -d \"${{h}}{netns}\" ] && find \"${{h}}{netns}\" -mindepth 1 -depth -type d -exec rmdir {{}} + 2>/dev/null; done; true",
@@ -1752,9 +1769,6 @@ pub fn simulator() -> PathBuf {
         .clone()
 }
 
-/// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
-/// they ship: the driver runs on any node OS and in the distroless controller-manager image),
-/// built now so they are never stale; their directory.
 /// An OCI archive imported into `node`'s containerd with the cluster's `ctr` (in `bin`).
 fn import_into(node: &Node, bin: &Path, archive: &Path) {
     run(node
@@ -1788,6 +1802,9 @@ fn driver_image(images: &Path, tag: &str, binary: &Path) -> PathBuf {
     archive
 }
 
+/// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
+/// they ship: the driver runs on any node OS and in the distroless controller-manager image),
+/// built now so they are never stale; their directory.
 pub fn static_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary");
     // <target>/debug/deps/<test> → <target>

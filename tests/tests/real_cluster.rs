@@ -106,7 +106,6 @@ const SCENARIOS: &[(&str, Scenario)] = scenarios![
     volume_attributes_classes,
     provisioner_adversarial_paths,
     node_rebooted,
-    // Last: it leaves a node dead.
     out_of_service_node,
 ];
 
@@ -267,12 +266,10 @@ fn run_scenario(
     let cluster = s.cluster.clone();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let stale = Mutex::new(BTreeSet::new());
-    let mut disks_of = Default::default();
     let outcome = std::thread::scope(|scope| {
         scope.spawn(|| {
-            let mut disks_of = Default::default();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let found = stale_mounts(&cluster, &mut disks_of, false);
+                let found = stale_mounts(&cluster);
                 stale.lock().expect("stale").extend(found);
                 std::thread::sleep(Duration::from_secs(1));
             }
@@ -282,6 +279,14 @@ fn run_scenario(
         outcome
     });
     let stale = stale.into_inner().expect("stale");
+    let stale_report = |after: &[String]| {
+        format!(
+            "volumes mounted on devices their node's VM no longer has (while it ran, then after \
+             it):\n{}\n{}",
+            stale.iter().cloned().collect::<Vec<_>>().join("\n"),
+            after.join("\n")
+        )
+    };
     if let Ok(timing) = &timing {
         let _ = s.cluster.sim.control("PUT", "/timing", Some(timing));
     }
@@ -292,10 +297,7 @@ fn run_scenario(
     );
     if let Err(panic) = outcome {
         if !stale.is_empty() {
-            eprintln!(
-                "{name}: volumes mounted on detached disks while it ran:\n{}",
-                stale.into_iter().collect::<Vec<_>>().join("\n")
-            );
+            eprintln!("{name}: {}", stale_report(&[]));
         }
         clean_up(&s.cluster);
         // What the failure left past the clean-up is this scenario's, not the next one's.
@@ -318,23 +320,26 @@ fn run_scenario(
         let now = Footprint::of(&s.cluster)?;
         let left = now.differences(&s.baseline);
         if left.is_empty() {
-            let after = stale_mounts(&s.cluster, &mut disks_of, true);
+            let after = stale_mounts(&s.cluster);
             if stale.is_empty() && after.is_empty() {
                 return Ok(());
             }
             return Err(format!(
-                "{name}: volumes mounted on disks Azure shows detached (while it ran, then after \
-                 it):\n{}\n{}\n{}",
-                stale.into_iter().collect::<Vec<_>>().join("\n"),
-                after.join("\n"),
+                "{name}: {}\n{}",
+                stale_report(&after),
                 s.cluster.diagnostics()
             )
             .into());
         }
         if Instant::now() > deadline {
             let message = format!(
-                "{name} left the cluster otherwise than it found it:\n{}\n{}",
+                "{name} left the cluster otherwise than it found it:\n{}\n{}\n{}",
                 left.join("\n"),
+                if stale.is_empty() {
+                    String::new()
+                } else {
+                    stale_report(&[])
+                },
                 s.cluster.diagnostics()
             );
             clean_up(&s.cluster);
@@ -353,52 +358,66 @@ const GLOBAL_MOUNTS: &str =
     "/var/lib/kubelet/plugins/kubernetes.io/flexvolume/flexdisk/azure-disk/mounts/";
 const POD_VOLUMES: &str = "/volumes/flexdisk~azure-disk/";
 
-/// flexdisk's volume mounts in a node's mount table: (mount id, volume, mount point).
-fn volume_mounts(table: &str) -> BTreeSet<(String, String, String)> {
+/// One of flexdisk's volume mounts in a node's mount table.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct VolumeMount {
+    /// The mount's id and its filesystem's device (`maj:min`): the same pair in two reads is the
+    /// same mount (an id alone may be handed out again).
+    id: String,
+    device: String,
+    volume: String,
+    point: String,
+}
+
+/// flexdisk's volume mounts in a node's mount table (`/proc/<pid>/mountinfo`: id, parent,
+/// maj:min, root, mount point, …).
+fn volume_mounts(table: &str) -> BTreeSet<VolumeMount> {
     table
         .lines()
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let id = f.next()?;
-            let point = f.nth(3)?;
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let point = *f.get(4)?;
             let volume = point
                 .strip_prefix(GLOBAL_MOUNTS)
                 .or_else(|| point.split_once(POD_VOLUMES).map(|(_, v)| v))?;
-            Some((id.to_string(), volume.to_string(), point.to_string()))
+            Some(VolumeMount {
+                id: f[0].to_string(),
+                device: f[2].to_string(),
+                volume: volume.to_string(),
+                point: point.to_string(),
+            })
         })
         .collect()
 }
 
-/// The Azure disk of each PV of flexdisk, by PV name (its `diskURI`, else its own name).
-fn volume_disks(c: &RealCluster) -> std::collections::HashMap<String, String> {
-    c.kubectl_json(&["get", "pv"])
-        .ok()
-        .and_then(|l| l["items"].as_array().cloned())
+/// The data disks the node's VM has now, as its guest sees them: `maj:min` of the block device at
+/// each LUN (`/dev/disk/azure/scsi1/lun*` in the VM's tree), by LUN.
+fn plugged_devices(node: &system_tests::real_cluster::Node) -> BTreeSet<String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(node.sim_root.join("dev/disk/azure/scsi1"))
         .into_iter()
         .flatten()
-        .filter_map(|pv| {
-            let name = pv["metadata"]["name"].as_str()?.to_string();
-            let disk = pv["spec"]["flexVolume"]["options"]["diskURI"]
-                .as_str()
-                .and_then(|u| u.rsplit('/').next())
-                .unwrap_or(&name)
-                .to_string();
-            Some((name, disk))
+        .flatten()
+        .filter_map(|e| std::fs::metadata(e.path()).ok())
+        .map(|m| {
+            let rdev = m.rdev();
+            format!(
+                "{}:{}",
+                nix::sys::stat::major(rdev),
+                nix::sys::stat::minor(rdev)
+            )
         })
         .collect()
 }
 
-/// Mounts of a volume on a node that is up (its mount table readable) while Azure shows the
-/// volume's disk not attached to that node's VM: a filesystem left on a device that is gone, what
-/// a detach before the unmount (ours, or an ordering bug with kubelet) makes, and what the data in
-/// it does not survive on Azure. Seen without a race: the same mount (by id) is in the table
-/// before and after Azure's answer. `strict`: a mount whose PV is gone counts too (while a
-/// scenario runs it may just be going).
-fn stale_mounts(
-    c: &RealCluster,
-    disks_of: &mut std::collections::HashMap<String, String>,
-    strict: bool,
-) -> Vec<String> {
+/// Mounts of a volume on a node that is up (its mount table readable) whose device is not a data
+/// disk of the node's VM: a filesystem left on a device that is gone — what a detach before the
+/// unmount (ours, or an ordering bug with kubelet) makes, or a detach behind Kubernetes' back,
+/// and what the data in it does not survive on Azure. Keyed on the device, not on Azure's list of
+/// attachments, so a detach and re-attach between two samples (a new device) shows too. Seen
+/// without a race: the same mount is in the table before and after the VM's devices are read
+/// (an attach plugs the device before anything mounts it; a detach comes after the unmount).
+fn stale_mounts(c: &RealCluster) -> Vec<String> {
     let before: Vec<_> = c
         .nodes
         .iter()
@@ -407,40 +426,28 @@ fn stale_mounts(
     if before.iter().flatten().all(BTreeSet::is_empty) {
         return Vec::new();
     }
-    let Ok(attached) = try_disks(c) else {
-        return Vec::new();
-    };
+    let plugged: Vec<_> = c.nodes.iter().map(plugged_devices).collect();
     let mut stale = Vec::new();
-    for (node, before) in c.nodes.iter().zip(before) {
+    for ((node, before), plugged) in c.nodes.iter().zip(before).zip(plugged) {
         let (Some(before), Some(after)) = (before, node.mount_table().map(|t| volume_mounts(&t)))
         else {
             continue;
         };
-        for (id, volume, point) in before.intersection(&after) {
-            if !disks_of.contains_key(volume) {
-                *disks_of = volume_disks(c);
-            }
-            let Some(disk) = disks_of.get(volume) else {
-                if strict {
-                    stale.push(format!(
-                        "{}: {point} (mount {id}) is still mounted, its PV gone",
-                        node.name
-                    ));
-                }
-                continue;
-            };
-            let on = attached
-                .iter()
-                .find(|(d, _)| d == disk)
-                .map(|(_, vms)| vms.clone());
-            if !on.as_ref().is_some_and(|vms| vms.contains(&node.name)) {
+        for m in before.intersection(&after) {
+            if !plugged.contains(&m.device) {
+                let azure = try_disks(c)
+                    .ok()
+                    .and_then(|d| {
+                        d.into_iter()
+                            .find(|(d, _)| d.eq_ignore_ascii_case(&m.volume))
+                    })
+                    .map_or("no disk of that name".to_string(), |(_, vms)| {
+                        format!("its disk attached to {vms:?}")
+                    });
                 stale.push(format!(
-                    "{}: {point} (mount {id}) is mounted while Azure shows disk {disk} {}",
-                    node.name,
-                    match on {
-                        None => "gone".to_string(),
-                        Some(vms) => format!("attached to {vms:?}"),
-                    }
+                    "{}: {} (mount {}, device {}) is mounted on a device the VM no longer has \
+                     ({azure} in Azure)",
+                    node.name, m.point, m.id, m.device
                 ));
             }
         }
@@ -454,6 +461,14 @@ fn clean_up(c: &RealCluster) {
     let revived = c.revive();
     if !revived.is_empty() {
         eprintln!("started again after a failed scenario: {revived:?}");
+    }
+    for node in NODES {
+        let _ = c.kubectl(&[
+            "taint",
+            "node",
+            node,
+            "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute-",
+        ]);
     }
     // flexdisk as installed (a failed upgrade scenario may have left another driver image).
     let _ = c.kubectl(&[
@@ -1834,6 +1849,11 @@ fn out_of_service_node(c: &RealCluster) {
         .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
         .expect("node");
     let pv = bound_volume(c, "data-solo-0");
+    let old_uid = c
+        .kubectl_json(&["get", "pod", "solo-0"])
+        .ok()
+        .and_then(|p| p["metadata"]["uid"].as_str().map(str::to_string))
+        .expect("the pod's uid");
     let zombie = Zombie::start(c, &node, &pv);
     c.wait_until("the zombie's first write", long(), |_| {
         zombie.outcomes().first().is_some_and(|o| {
@@ -1900,6 +1920,46 @@ fn out_of_service_node(c: &RealCluster) {
     assert_ne!(moved_to, node);
     let after = exec(c, "solo-0", "cat /data/sum");
     assert_eq!(after, sum, "its bytes came along\n{}", c.diagnostics());
+    // The dead node boots and is let back in: its kubelet finds, in its pods directory, the
+    // volume of a pod that now runs elsewhere (reconstruction, pkg/kubelet/volumemanager/
+    // reconciler/reconstruct.go) and cleans it up with nothing mounted any more — the driver's
+    // `unmountdevice` of a path that is not mounted must answer Success — and the old pod's
+    // directory goes; the disk stays where the pod is.
+    let n = c.nodes.iter().find(|n| n.name == node).expect("node");
+    let old_pod_dir = n.dir.join("kubelet/pods").join(&old_uid);
+    assert!(
+        old_pod_dir.exists(),
+        "the dead node kept the old pod's directory"
+    );
+    c.boot(&node);
+    c.wait_until("the node Ready again", long(), |c| c.node_ready(&node));
+    c.kubectl(&[
+        "taint",
+        "node",
+        &node,
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute-",
+    ])
+    .expect("untaint");
+    c.wait_until(
+        "the old pod's volume and directory cleaned up on the booted node",
+        long(),
+        |_| !old_pod_dir.exists(),
+    );
+    holds(
+        c,
+        "the pod stays ready where it runs",
+        Duration::from_secs(5),
+        ready,
+    );
+    assert_eq!(
+        disks(c)
+            .into_iter()
+            .filter(|(d, _)| *d == pv)
+            .map(|(_, vms)| vms)
+            .collect::<Vec<_>>(),
+        vec![vec![moved_to.clone()]],
+        "the disk stays attached where the pod runs"
+    );
     c.kubectl(&["delete", "statefulset", "solo", "--wait=true"])
         .expect("delete");
     c.wait_until("solo-0 gone", long(), |c| {
@@ -1909,58 +1969,100 @@ fn out_of_service_node(c: &RealCluster) {
         .expect("delete");
 }
 
-/// A node reboots under a mounted volume: every process of it dies, pods included, and its
-/// mounts go with its mount table; it boots with its disks still attached at the same LUNs (a
-/// guest reboot on Azure keeps them), kubelet finds its pod's containers gone, mounts the volume
-/// again — `mountdevice` after the boot must find the filesystem and not format it — and starts
-/// the pod anew on the same node, its bytes intact. No detach: the controller never saw the pod
-/// go.
+/// A node loses power under a mounted volume and boots again: the volume's filesystem stops
+/// where it is (shut down without flushing its log, as a power cut leaves it), every process of
+/// the node dies, pods included, and its mounts go with its mount table; it boots with its disks
+/// still attached at the same LUNs (a guest reboot on Azure keeps them), kubelet finds its pod's
+/// containers gone, mounts the volume again — `mountdevice` after the boot must find the
+/// filesystem (its log replayed) and not format it — and starts the same pod anew on the same
+/// node, what it had synced intact. No detach: the controller never saw the pod go.
 fn node_rebooted(c: &RealCluster) {
     c.apply(&[checksummed_statefulset("reboot", 1)]);
-    let ready = |c: &RealCluster| {
-        c.kubectl_json(&["get", "statefulset", "reboot"])
-            .ok()
-            .is_some_and(|s| s["status"]["readyReplicas"] == 1)
-    };
-    c.wait_until("the pod ready", long(), ready);
-    let sum = exec(c, "reboot-0", "cat /data/sum");
     let pod_state = |c: &RealCluster| {
         let p = c.kubectl_json(&["get", "pod", "reboot-0"]).ok()?;
+        let ready = p["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
         Some((
+            p["metadata"]["uid"].as_str()?.to_string(),
             p["spec"]["nodeName"].as_str()?.to_string(),
             p["status"]["containerStatuses"][0]["containerID"]
                 .as_str()
                 .unwrap_or_default()
                 .to_string(),
+            ready,
         ))
     };
-    let (node, container) = pod_state(c).expect("the pod's node and container");
+    c.wait_until("the pod ready", long(), |c| {
+        pod_state(c).is_some_and(|(.., ready)| ready)
+    });
+    let sum = exec(c, "reboot-0", "cat /data/sum");
+    let (uid, node, container, _) = pod_state(c).expect("the pod");
     let pv = bound_volume(c, "data-reboot-0");
     let n = c.nodes.iter().find(|n| n.name == node).expect("node");
-    let mounted = |n: &system_tests::real_cluster::Node| {
-        n.mount_table().is_some_and(|t| {
+    let global = format!("{GLOBAL_MOUNTS}{pv}");
+    let device_mount = |n: &system_tests::real_cluster::Node| {
+        n.mount_table().and_then(|t| {
             volume_mounts(&t)
-                .iter()
-                .any(|(_, v, point)| *v == pv && point.starts_with(GLOBAL_MOUNTS))
+                .into_iter()
+                .find(|m| m.point == global)
+                .map(|m| m.device)
         })
     };
-    assert!(mounted(n), "the volume's device is mounted on {node}");
+    let device = device_mount(n).expect("the volume's device mounted on its node");
+    let detaches = |c: &RealCluster| {
+        c.controller_driver_logs()
+            .lines()
+            .filter(|l| l.contains("call=detach ") && l.contains(&pv))
+            .count()
+    };
+    let detaches_before = detaches(c);
     let mounts_before = calls_for(c, &node, "mountdevice", &pv);
+    system_tests::real_cluster::run(
+        n.command("xfs_io")
+            .args(["-x", "-c", "shutdown"])
+            .arg(&global),
+    );
     c.power_off(&node);
-    assert!(!mounted(n), "{node}'s mounts went with it");
+    // Gone everywhere, not only from the node's table: no process on the machine has the
+    // volume's filesystem mounted any more.
+    let still: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let table = std::fs::read_to_string(e.path().join("mountinfo")).ok()?;
+            table
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(device.as_str()))
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert!(
+        still.is_empty(),
+        "{node} is off, yet processes {still:?} have its volume's filesystem ({device}) mounted"
+    );
     c.wait_until("the node NotReady", long(), |c| !c.node_ready(&node));
     c.boot(&node);
     c.wait_until("the node Ready again", long(), |c| c.node_ready(&node));
     c.wait_until("the pod started anew on its node and ready", long(), |c| {
-        ready(c)
-            && pod_state(c).is_some_and(|(on, id)| on == node && !id.is_empty() && id != container)
+        pod_state(c).is_some_and(|(_, on, id, ready)| {
+            ready && on == node && !id.is_empty() && id != container
+        })
     });
+    let (uid_after, ..) = pod_state(c).expect("the pod");
+    assert_eq!(uid_after, uid, "the same pod, not a new one");
     assert!(
         calls_for(c, &node, "mountdevice", &pv) > mounts_before,
         "kubelet had the driver mount the volume again after the boot\n{}",
         driver_log(c, &node)
     );
-    assert!(mounted(n), "the volume's device is mounted on {node} again");
+    assert!(
+        device_mount(n).is_some(),
+        "the volume's device is mounted on {node} again"
+    );
     assert_eq!(
         exec(
             c,
@@ -1968,9 +2070,10 @@ fn node_rebooted(c: &RealCluster) {
             "cat /data/sum && md5sum -c /data/sum >/dev/null && echo intact"
         ),
         format!("{sum}intact\n"),
-        "its bytes survived the reboot\n{}",
+        "what it had synced survived the power cut\n{}",
         c.diagnostics()
     );
+    assert_eq!(detaches(c), detaches_before, "nothing detached the disk");
     let on: Vec<Vec<String>> = disks(c)
         .into_iter()
         .filter(|(d, _)| *d == pv)
