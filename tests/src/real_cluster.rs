@@ -893,30 +893,17 @@ state = \"/run/containerd\"
         run(node.command("sh").args(["-euc", &script]));
     }
 
-    /// flexdisk as users install it: its two images (made from the static binaries, as
-    /// install/Dockerfile makes them) in every node's containerd, then `kubectl apply -k` of an
+    /// flexdisk as users install it: its two images as they ship (`install/build-images`) in
+    /// every node's containerd, then `kubectl apply -k` of an
     /// overlay of `install/` that adds the cloud config Secret (the simulator's, with its CA) and
     /// never pulls. Waits for the driver on every node and a leading provisioner.
     pub fn install_flexdisk(&self) {
-        let bins = static_binaries();
-        let images = self.dir.path().join("images");
-        let driver = driver_image(&images, "0.1.0", &bins.join("flexdisk"));
-        let provisioner = images.join("flexdisk-provisioner.tar");
-        oci_archive(
-            &provisioner,
-            &Image {
-                name: "ghcr.io/flexdisk/flexdisk-provisioner:0.1.0",
-                files: vec![(
-                    bins.join("flexdisk-provisioner"),
-                    "flexdisk-provisioner".into(),
-                )],
-                applets: &[],
-                entrypoint: &["/flexdisk-provisioner"],
-                cmd: &[],
-                user: Some("65532:65532"),
-            },
-        );
-        for image in [&driver, &provisioner] {
+        let Shipped {
+            driver,
+            provisioner,
+            ..
+        } = shipped();
+        for image in [driver, provisioner] {
             self.import_image(image);
         }
         let overlay = self.dir.path().join("install-overlay");
@@ -1722,7 +1709,13 @@ pub fn oci_archive(archive: &Path, image: &Image<'_>) {
 /// (`rerun-if-env-changed`) — with them, every build here and the next one outside would rebuild
 /// ring and all above it, each undoing the other.
 fn cargo() -> Command {
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    as_from_a_shell(Command::new(
+        std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+    ))
+}
+
+/// `c` without the variables cargo sets for a test (see [`cargo`]), run from this package's dir.
+fn as_from_a_shell(mut c: Command) -> Command {
     c.current_dir(env!("CARGO_MANIFEST_DIR"));
     for (name, _) in std::env::vars_os() {
         let n = name.to_string_lossy();
@@ -1784,8 +1777,9 @@ fn import_into(node: &Node, bin: &Path, archive: &Path) {
         .arg(archive));
 }
 
-/// The driver's image as `install/Dockerfile` makes it (the installer that copies itself into
-/// the node's plugin dir, then stays), tagged `tag`, with `binary` as its driver; the archive.
+/// A driver image laid out as `install/build-images` lays out the one that ships (the installer
+/// that copies itself into the node's plugin dir, then stays), tagged `tag`, with `binary` as its
+/// driver — another version of it, for the upgrade scenario; the archive.
 fn driver_image(images: &Path, tag: &str, binary: &Path) -> PathBuf {
     let archive = images.join(format!("flexdisk-{tag}.tar"));
     oci_archive(
@@ -1802,40 +1796,62 @@ fn driver_image(images: &Path, tag: &str, binary: &Path) -> PathBuf {
     archive
 }
 
-/// `flexdisk` and `flexdisk-provisioner` linked statically (`crt-static` on the gnu target, as
-/// they ship: the driver runs on any node OS and in the distroless controller-manager image),
-/// built now so they are never stale; their directory.
+/// flexdisk's images as they ship, made now by `install/build-images` (so they are never stale)
+/// into `<target>/images`: the statically linked release binaries (`crt-static` on the gnu
+/// target: the driver runs on any node OS and in the distroless controller-manager image) in
+/// OCI archives.
+pub struct Shipped {
+    /// The directory of the binaries in the images.
+    pub bins: PathBuf,
+    pub driver: PathBuf,
+    pub provisioner: PathBuf,
+}
+
+/// The tag `install/` names.
+pub const SHIPPED_TAG: &str = "0.1.0";
+
+pub fn shipped() -> &'static Shipped {
+    static BUILT: std::sync::OnceLock<Shipped> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test binary");
+        // <target>/debug/deps/<test> → <target>
+        let target = exe
+            .ancestors()
+            .nth(3)
+            .expect("the target directory")
+            .to_path_buf();
+        let out = target.join("images");
+        build_images(&target, &out);
+        let bins = target.join("x86_64-unknown-linux-gnu/release");
+        for b in ["flexdisk", "flexdisk-provisioner"] {
+            let elf = std::fs::read(bins.join(b)).expect("binary");
+            assert!(
+                !is_dynamic(&elf),
+                "{b} is dynamically linked: it would not run on every node OS"
+            );
+        }
+        Shipped {
+            bins,
+            driver: out.join(format!("flexdisk-{SHIPPED_TAG}.tar")),
+            provisioner: out.join(format!("flexdisk-provisioner-{SHIPPED_TAG}.tar")),
+        }
+    })
+}
+
+/// `install/build-images --out out --tag SHIPPED_TAG`, building in `target`, run as from a
+/// shell.
+pub fn build_images(target: &Path, out: &Path) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install/build-images");
+    run(as_from_a_shell(Command::new(script))
+        .arg("--out")
+        .arg(out)
+        .args(["--tag", SHIPPED_TAG])
+        .env("CARGO_TARGET_DIR", target));
+}
+
+/// The directory of the binaries that ship (see [`shipped`]).
 pub fn static_binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary");
-    // <target>/debug/deps/<test> → <target>
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .expect("the target directory")
-        .to_path_buf();
-    let triple = "x86_64-unknown-linux-gnu";
-    run(cargo()
-        .args([
-            "build",
-            "--quiet",
-            "--target",
-            triple,
-            "-p",
-            "flexdisk",
-            "-p",
-            "flexdisk-provisioner",
-        ])
-        .env("CARGO_TARGET_DIR", &target)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static"));
-    let dir = target.join(triple).join("debug");
-    for b in ["flexdisk", "flexdisk-provisioner"] {
-        let elf = std::fs::read(dir.join(b)).expect("binary");
-        assert!(
-            !is_dynamic(&elf),
-            "{b} is dynamically linked: it would not run on every node OS"
-        );
-    }
-    dir
+    shipped().bins.clone()
 }
 
 /// Whether an ELF file asks for a dynamic loader (a PT_INTERP program header).

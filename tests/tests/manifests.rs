@@ -3,7 +3,7 @@
 //! ports and probes are the binary's own, and running the binary exactly as the Deployment says
 //! serves its probes and makes only the API requests the RBAC rules grant — each rule used; the
 //! DaemonSet's command installs the driver, configured as its environment says; the Secret overlay
-//! patches what it means to; the Dockerfile's paths are the manifests'.
+//! patches what it means to; the images' paths are the manifests' (tests/tests/images.rs).
 
 use clap::{CommandFactory, Parser};
 use flexdisk_provisioner::cli::Cli;
@@ -726,7 +726,7 @@ fn the_node_daemonset_installs_the_driver_as_its_manifest_says() {
     let command = c.command.clone().expect("command");
     assert_eq!(
         command[0], "/flexdisk",
-        "the image's binary (install/Dockerfile)"
+        "the image's binary (install/build-images)"
     );
     let mut child = std::process::Command::new(bin("flexdisk"))
         .args(map_args(&command[1..], &mounts))
@@ -850,38 +850,4 @@ fn the_secret_overlay_swaps_the_node_s_cloud_config_for_the_provisioner_s_secret
         volume.secret.clone().and_then(|s| s.secret_name),
         provisioner_secret
     );
-}
-
-#[test]
-fn the_dockerfile_builds_what_the_manifests_run() {
-    let text = std::fs::read_to_string(repo().join("install/Dockerfile")).expect("Dockerfile");
-    for line in [
-        "COPY --from=build /out/flexdisk /flexdisk",
-        "COPY --from=build /out/flexdisk-provisioner /flexdisk-provisioner",
-        "ENTRYPOINT [\"/flexdisk-provisioner\"]",
-        "USER 65532:65532",
-    ] {
-        assert!(text.lines().any(|l| l.trim() == line), "{line} missing");
-    }
-    let deployment = only_container(&pod_spec(&doc("Deployment", "flexdisk-provisioner")));
-    let daemonset = only_container(&pod_spec(&doc("DaemonSet", "flexdisk-node")));
-    let psc = pod_spec(&doc("Deployment", "flexdisk-provisioner"))
-        .security_context
-        .expect("psc");
-    assert_eq!(psc.run_as_user, Some(65532), "the image's user");
-    let k = &yaml_docs(&repo().join("install/kustomization.yaml")).expect("parses")[0];
-    let names: BTreeSet<String> = k["images"]
-        .as_array()
-        .expect("images")
-        .iter()
-        .map(|i| i["name"].as_str().unwrap_or_default().to_string())
-        .collect();
-    for c in [deployment, daemonset] {
-        let image = c.image.expect("image");
-        let name = image.rsplit_once(':').map(|(n, _)| n).unwrap_or(&image);
-        assert!(
-            names.contains(name),
-            "{image} not pinned by the kustomization"
-        );
-    }
 }
