@@ -75,6 +75,28 @@ fn try_disks(c: &RealCluster) -> Result<Vec<(String, Vec<String>)>, String> {
         .collect())
 }
 
+/// The VMs Azure shows disk `name` attached to (none for a disk that does not exist).
+fn attached_to(c: &RealCluster, name: &str) -> Vec<String> {
+    disks(c)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, vms)| vms)
+        .unwrap_or_default()
+}
+
+/// Deletes a one-replica StatefulSet of `checksummed_statefulset`, then, once its pod is gone,
+/// the pod's claim.
+fn delete_statefulset_of_one(c: &RealCluster, name: &str) {
+    c.kubectl(&["delete", "statefulset", name, "--wait=true"])
+        .expect("delete");
+    let pod = format!("{name}-0");
+    c.wait_until(&format!("{pod} gone"), long(), |c| {
+        c.kubectl(&["get", "pod", &pod]).is_err()
+    });
+    c.kubectl(&["delete", "pvc", &format!("data-{pod}"), "--wait=true"])
+        .expect("delete");
+}
+
 fn exec(c: &RealCluster, pod: &str, script: &str) -> String {
     c.kubectl(&["exec", pod, "--", "/bin/sh", "-c", script])
         .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()))
@@ -1258,11 +1280,7 @@ fn access_modes(c: &RealCluster) {
     for r in ["reader-0", "reader-1"] {
         assert_eq!(phase(c, r), "Running", "{r} still holds the disk");
     }
-    let on = disks(c)
-        .into_iter()
-        .find(|(n, _)| *n == pv)
-        .map(|(_, vms)| vms)
-        .unwrap_or_default();
+    let on = attached_to(c, &pv);
     assert!(
         NODES.iter().all(|n| on.iter().any(|v| v == n)),
         "attached to both VMs at once: {on:?}"
@@ -1952,21 +1970,11 @@ fn out_of_service_node(c: &RealCluster) {
         ready,
     );
     assert_eq!(
-        disks(c)
-            .into_iter()
-            .filter(|(d, _)| *d == pv)
-            .map(|(_, vms)| vms)
-            .collect::<Vec<_>>(),
-        vec![vec![moved_to.clone()]],
+        attached_to(c, &pv),
+        [moved_to],
         "the disk stays attached where the pod runs"
     );
-    c.kubectl(&["delete", "statefulset", "solo", "--wait=true"])
-        .expect("delete");
-    c.wait_until("solo-0 gone", long(), |c| {
-        c.kubectl(&["get", "pod", "solo-0"]).is_err()
-    });
-    c.kubectl(&["delete", "pvc", "data-solo-0", "--wait=true"])
-        .expect("delete");
+    delete_statefulset_of_one(c, "solo");
 }
 
 /// A node loses power under a mounted volume and boots again: the volume's filesystem stops
@@ -2074,23 +2082,12 @@ fn node_rebooted(c: &RealCluster) {
         c.diagnostics()
     );
     assert_eq!(detaches(c), detaches_before, "nothing detached the disk");
-    let on: Vec<Vec<String>> = disks(c)
-        .into_iter()
-        .filter(|(d, _)| *d == pv)
-        .map(|(_, vms)| vms)
-        .collect();
     assert_eq!(
-        on,
-        vec![vec![node.clone()]],
+        attached_to(c, &pv),
+        [node.as_str()],
         "the disk stayed attached to {node} alone"
     );
-    c.kubectl(&["delete", "statefulset", "reboot", "--wait=true"])
-        .expect("delete");
-    c.wait_until("reboot-0 gone", long(), |c| {
-        c.kubectl(&["get", "pod", "reboot-0"]).is_err()
-    });
-    c.kubectl(&["delete", "pvc", "data-reboot-0", "--wait=true"])
-        .expect("delete");
+    delete_statefulset_of_one(c, "reboot");
 }
 
 /// A writer left behind on a powered-off node: what a node that is not really off (a hung kernel,
