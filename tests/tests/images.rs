@@ -183,10 +183,12 @@ fn the_images_hold_what_the_manifests_run() {
     assert_eq!(prov.files["tmp"].0, "drwxrwxrwt", "a /tmp for everyone");
     let binary = std::fs::read(prov.root.path().join("flexdisk-provisioner")).expect("provisioner");
     assert!(!is_dynamic(&binary), "the shipped provisioner is static");
-    for (path, (mode, owner)) in &prov.files {
+    for (path, (mode, owner)) in driver.files.iter().chain(&prov.files) {
         assert_eq!(owner, "0/0", "{path} belongs to root");
+        // `tar -tv` modes: type, then owner, group and others' rwx; others' w is the ninth.
+        let others_write = mode.as_bytes().get(8) == Some(&b'w');
         assert!(
-            !mode.ends_with('w') || path == "tmp",
+            !others_write || path == "tmp",
             "{path} is not world-writable: {mode}"
         );
     }
