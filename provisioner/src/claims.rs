@@ -3,7 +3,8 @@
 use crate::context::{Again, Ctx, RESYNC};
 use crate::decide::{
     another_node_may_help, clone_source, performance_of, provision, unschedulable_topology,
-    with_performance, Claim, Class, DataSource, Decision, PvPlan, CSI_ZONE_LABEL, ZONE_LABEL,
+    with_performance, Claim, Class, DataSource, Decision, Placement, PvPlan, CSI_ZONE_LABEL,
+    ZONE_LABEL,
 };
 use crate::error::Error;
 use crate::intent;
@@ -252,9 +253,16 @@ pub fn pv_object(plan: &PvPlan, provisioner: &str) -> Result<PersistentVolume, E
         // `pkg/volume/util/operationexecutor/operation_generator.go`). The driver reads these.
         spec["flexVolume"]["options"]["mountOptions"] = json!(plan.mount_options.join(","));
     }
-    if let Some(zone) = &plan.zone {
+    let zones = match &plan.placement {
+        Placement::Zone(zone) => Some(("In", std::slice::from_ref(zone))),
+        // A regional disk on a PV without affinity would be scheduled onto zonal nodes of a
+        // mixed cluster, where every attach fails for good.
+        Placement::OutsideZones(zones) => Some(("NotIn", zones.as_slice())),
+        Placement::Anywhere => None,
+    };
+    if let Some((operator, values)) = zones {
         spec["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{"matchExpressions": [
-            {"key": ZONE_LABEL, "operator": "In", "values": [zone]}]}]}});
+            {"key": ZONE_LABEL, "operator": operator, "values": values}]}]}});
     }
     // The finalizer only where the disk is to be deleted with the volume (a Retain volume never
     // carries it: see `decide::pv_finalizer`).

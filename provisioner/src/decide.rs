@@ -257,10 +257,27 @@ pub struct PvPlan {
     pub caching: Caching,
     /// Read-only wherever it is mounted (a `ReadOnlyMany` claim): one writer per filesystem.
     pub read_only: bool,
-    /// `topology.kubernetes.io/zone` value the volume is pinned to (`<location>-<n>`).
-    pub zone: Option<String>,
+    /// Which nodes' VMs can attach the disk (the PV's node affinity).
+    pub placement: Placement,
     pub claim: (String, String, String),
 }
+
+/// Where a disk can be attached, as the scheduler must know it: Azure attaches a zonal disk only
+/// to a VM of its zone and a locally redundant disk outside zones only to a VM outside zones ("Disk
+/// … cannot be attached to the VM because it is not in the same zone with the VM. VM zone: '1'.
+/// Disk zone: ''."); a zone-redundant disk attaches to any VM of the region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// `topology.kubernetes.io/zone` In [`<location>-<n>`].
+    Zone(String),
+    /// `topology.kubernetes.io/zone` NotIn the location's zones: nodes outside zones (labelled
+    /// with their fault domain, `0`, `1`, …) and nodes without the label.
+    OutsideZones(Vec<String>),
+    Anywhere,
+}
+
+/// Azure's availability zones are numbered 1 to 3 in every location that has them.
+pub const AZURE_ZONES: [&str; 3] = ["1", "2", "3"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
@@ -414,7 +431,16 @@ pub fn provision(
         caching: params.caching_for(size_gib),
         read_only: !claim.access_modes.is_empty()
             && claim.access_modes.iter().all(|m| m == "ReadOnlyMany"),
-        zone: zone.map(|z| format!("{}-{z}", disk.location)),
+        placement: match zone {
+            Some(z) => Placement::Zone(format!("{}-{z}", disk.location)),
+            None if params.sku.is_zrs() => Placement::Anywhere,
+            None => Placement::OutsideZones(
+                AZURE_ZONES
+                    .iter()
+                    .map(|z| format!("{}-{z}", disk.location))
+                    .collect(),
+            ),
+        },
         claim: (
             claim.namespace.clone(),
             claim.name.clone(),
@@ -891,7 +917,7 @@ mod tests {
         );
         assert_eq!(p.disk.size_gib, 11, "rounded up to whole GiB");
         assert_eq!(p.disk.zone.as_deref(), Some("2"));
-        assert_eq!(p.pv.zone.as_deref(), Some("westus2-2"));
+        assert_eq!(p.pv.placement, Placement::Zone("westus2-2".into()));
         assert_eq!(p.pv.fs_type, "xfs");
         assert_eq!(p.pv.caching, Caching::ReadOnly);
         assert_eq!(p.pv.reclaim_policy, "Delete");
@@ -918,6 +944,15 @@ mod tests {
             p.disk.zone, None,
             "a node outside zones gets a regional disk"
         );
+        assert_eq!(
+            p.pv.placement,
+            Placement::OutsideZones(vec![
+                "westus2-1".into(),
+                "westus2-2".into(),
+                "westus2-3".into()
+            ]),
+            "which zonal VMs cannot attach"
+        );
         let p = plan(provision(
             &claim(),
             &class(&[("skuName", "Premium_ZRS")]),
@@ -926,6 +961,7 @@ mod tests {
             &cluster(),
         ));
         assert_eq!(p.disk.zone, None, "ZRS is never pinned");
+        assert_eq!(p.pv.placement, Placement::Anywhere);
         let mut c = class(&[("zoned", "true")]);
         c.allowed_zones = vec!["westus2-3".into()];
         let p = plan(provision(&claim(), &c, None, None, &cluster()));

@@ -744,6 +744,9 @@ state = \"/run/containerd\"
             "serializeImagePulls": false,
             "volumeStatsAggPeriod": "10s",
         });
+        let (labels, provider_id) = cloud_identity(&node.imds);
+        let mut config = config;
+        config["providerID"] = json!(provider_id);
         let config_file = d.join("kubelet-config.json");
         std::fs::write(&config_file, config.to_string()).expect("kubelet config");
         let kubelet = spawn(
@@ -755,6 +758,7 @@ state = \"/run/containerd\"
                 .arg("--kubeconfig")
                 .arg(&kubeconfig)
                 .args(["--hostname-override", name, "--node-ip", &ip.to_string()])
+                .arg(format!("--node-labels={labels}"))
                 .args(["--v", "2"])
                 .env("IMDS_ENDPOINT", &node.imds)
                 .env("SSL_CERT_FILE", self.sim.field("caBundle"))
@@ -1556,6 +1560,45 @@ fn keep_pod_logs(pods_dirs: Vec<PathBuf>, pod: &str, into: PathBuf) -> std::sync
 }
 
 /// `to` as a path relative to the directory `from` (both absolute).
+/// What cloud-controller-manager's node controller gives the node of a VM, read from the VM's
+/// instance metadata as cloud-provider-azure reads it: the zone label is `<location>-<zone>` for a
+/// VM in a zone and its fault domain outside zones (`GetZone`, pkg/provider/azure_zones.go; the
+/// beta labels too), the region its location, the instance type its size, and
+/// `spec.providerID` `azure://` + its resource ID. There is no cloud-controller-manager here, so
+/// kubelet registers the node with them (`--node-labels`, `providerID`; kubelet may set these
+/// keys: `kubeletLabels`, k8s.io/kubelet pkg/apis/well_known_labels.go): the Node object is the
+/// one flexdisk and the scheduler would see on Azure. Returns the `--node-labels` value.
+fn cloud_identity(imds: &str) -> (String, String) {
+    let http = reqwest::blocking::Client::new();
+    let compute: Value = http
+        .get(format!(
+            "{imds}/metadata/instance/compute?api-version=2021-02-01"
+        ))
+        .header("Metadata", "true")
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .unwrap_or_else(|e| panic!("the VM's instance metadata at {imds}: {e}"));
+    let text = |k: &str| compute[k].as_str().unwrap_or_default().to_string();
+    let location = text("location").to_ascii_lowercase();
+    let zone = match text("zone") {
+        z if z.is_empty() => text("platformFaultDomain"),
+        z => format!("{location}-{z}"),
+    };
+    let size = text("vmSize");
+    let labels = [
+        ("topology.kubernetes.io/zone", zone.as_str()),
+        ("failure-domain.beta.kubernetes.io/zone", &zone),
+        ("topology.kubernetes.io/region", &location),
+        ("failure-domain.beta.kubernetes.io/region", &location),
+        ("node.kubernetes.io/instance-type", &size),
+        ("beta.kubernetes.io/instance-type", &size),
+    ]
+    .map(|(k, v)| format!("{k}={v}"))
+    .join(",");
+    (labels, format!("azure://{}", text("resourceId")))
+}
+
 fn relative(from: &Path, to: &Path) -> String {
     let up = from.components().count().saturating_sub(1);
     let rest = to.strip_prefix("/").unwrap_or(to);

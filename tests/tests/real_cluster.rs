@@ -23,6 +23,16 @@ use system_tests::scene::world;
 
 const NODES: [&str; 2] = ["k8s-pool-0", "k8s-pool-1"];
 
+/// A uniform scale set's node pool named as AKS names them, one VM in zone 1 and one in zone 2, of
+/// a size with 4 data-disk slots (`Standard_D2s_v3`), tainted as a dedicated pool is: only the
+/// scenarios about zones and scale sets run there.
+const SCALE_SET: &str = "aks-zonal-31415926-vmss";
+const ZONAL: [&str; 2] = [
+    "aks-zonal-31415926-vmss000000",
+    "aks-zonal-31415926-vmss000001",
+];
+const ZONAL_TAINT: &str = "pool=zonal:NoSchedule";
+
 /// How long to wait for what a few Azure operations and Kubernetes' reactions take (longer with
 /// Azure-like timing, `FLEXDISK_REAL_CLUSTER_TIMING=azure`).
 fn long() -> Duration {
@@ -129,6 +139,9 @@ const SCENARIOS: &[(&str, Scenario)] = scenarios![
     provisioner_adversarial_paths,
     node_rebooted,
     out_of_service_node,
+    zonal_statefulset_across_zones,
+    regional_volume_kept_off_zonal_nodes,
+    data_disk_limit_of_a_zonal_scale_set_vm,
 ];
 
 /// What a scenario must leave as it found it: Azure's disks and their attachments, the claims,
@@ -235,9 +248,23 @@ fn start() -> Shared {
     system_tests::real_cluster::simulator();
     let tmp = tempfile::tempdir().expect("tmp");
     let world_file = world(tmp.path(), &NODES.map(|n| (n, "Standard_D4s_v3")));
+    let mut w: Value =
+        serde_json::from_slice(&std::fs::read(&world_file).expect("world")).expect("json");
+    for (i, zone) in ["1", "2"].into_iter().enumerate() {
+        w["nodes"].as_array_mut().expect("nodes").push(json!({
+            "vmSize": "Standard_D2s_v3", "zone": zone, "systemAssignedIdentity": true,
+            "scaleSet": SCALE_SET, "instanceId": i}));
+    }
+    std::fs::write(&world_file, w.to_string()).expect("world");
     let started = Instant::now();
-    let cluster = Arc::new(RealCluster::start(&world_file, &NODES));
+    let all: Vec<&str> = NODES.iter().chain(&ZONAL).copied().collect();
+    let cluster = Arc::new(RealCluster::start(&world_file, &all));
     let _ = LIVE.set(Arc::downgrade(&cluster));
+    for node in ZONAL {
+        cluster
+            .kubectl(&["taint", "node", node, ZONAL_TAINT])
+            .expect("taint");
+    }
     cluster.install_flexdisk();
     // The example StorageClass most scenarios use, applied as a user would after installing (so
     // that any scenario runs alone).
@@ -491,6 +518,9 @@ fn clean_up(c: &RealCluster) {
             node,
             "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute-",
         ]);
+    }
+    for node in NODES.iter().chain(&ZONAL) {
+        let _ = c.kubectl(&["uncordon", node]);
     }
     // flexdisk as installed (a failed upgrade scenario may have left another driver image).
     let _ = c.kubectl(&[
@@ -2427,4 +2457,310 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         let d = disks(c);
         gone.iter().all(|v| !d.iter().any(|(n, _)| n == v))
     });
+}
+
+/// The toleration of the scale-set pool's taint.
+fn zonal_toleration() -> Value {
+    let (kv, effect) = ZONAL_TAINT.split_once(':').expect("key=value:effect");
+    let (key, value) = kv.split_once('=').expect("key=value");
+    json!({"key": key, "operator": "Equal", "value": value, "effect": effect})
+}
+
+fn node_label(c: &RealCluster, node: &str, key: &str) -> String {
+    c.kubectl_json(&["get", "node", node])
+        .ok()
+        .and_then(|n| n["metadata"]["labels"][key].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn node_of(c: &RealCluster, pod: &str) -> String {
+    c.kubectl_json(&["get", "pod", pod])
+        .ok()
+        .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// The simulated Azure's record of disk `name` (`zones`, `attachedTo` with full VM IDs, …).
+fn sim_disk(c: &RealCluster, name: &str) -> Value {
+    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
+    state["disks"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(_, d)| d)
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// The full IDs of the VMs disk `name` is attached to.
+fn attached_vm_ids(c: &RealCluster, name: &str) -> Vec<String> {
+    sim_disk(c, name)["attachedTo"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
+/// The simulated Azure's counter `key` (an operation id, `writes to …`).
+fn counter(c: &RealCluster, key: &str) -> u64 {
+    let (_, counters) = c.sim.control("GET", "/counters", None).expect("counters");
+    counters[key].as_u64().unwrap_or(0)
+}
+
+/// Data-disk operations on scale-set VMs, by either of the API's two ways.
+fn scale_set_vm_writes(c: &RealCluster) -> u64 {
+    counter(c, "VirtualMachineScaleSetVMs_Update")
+        + counter(c, "VirtualMachineScaleSetVMs_AttachDetachDataDisks")
+}
+
+/// The PV's node-affinity term on the zone label: (operator, values).
+fn zone_affinity(c: &RealCluster, pv: &str) -> (String, Vec<String>) {
+    let pv = c.kubectl_json(&["get", "pv", pv]).expect("pv");
+    let e = &pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0];
+    assert_eq!(e["key"], "topology.kubernetes.io/zone", "{pv}");
+    (
+        e["operator"].as_str().unwrap_or_default().to_string(),
+        e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect(),
+    )
+}
+
+fn example(file: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(file)
+        .to_str()
+        .expect("utf-8")
+        .to_string()
+}
+
+/// Issue 27: a StatefulSet on the example zonal WaitForFirstConsumer class, spread across the
+/// scale-set pool's two zones. Each disk is made in its pod's zone (the node labelled as
+/// cloud-controller-manager labels it), its PV pinned there, and attached through the scale-set VM
+/// API to that instance. A pod whose node is cordoned stays Pending with the scheduler saying why
+/// (its disk cannot follow it to the other zone), and starts again where its disk is, bytes
+/// intact, once the node is back.
+fn zonal_statefulset_across_zones(c: &RealCluster) {
+    c.kubectl(&[
+        "apply",
+        "-f",
+        &example("storageclass-wait-for-first-consumer.yaml"),
+    ])
+    .expect("the zonal class");
+    let location = c.sim.field("location");
+    let writes_before = scale_set_vm_writes(c);
+    let mut sts = checksummed_statefulset("zonal", 2);
+    sts["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"] =
+        json!("flexdisk-premium-zonal");
+    let spec = &mut sts["spec"]["template"]["spec"];
+    spec["tolerations"] = json!([zonal_toleration()]);
+    spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+        {"nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ZONAL}]}]}}});
+    spec["topologySpreadConstraints"] = json!([{"maxSkew": 1,
+        "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "zonal"}}}]);
+    c.apply(&[sts]);
+    let ready = |n: u64| {
+        move |c: &RealCluster| {
+            c.kubectl_json(&["get", "statefulset", "zonal"])
+                .ok()
+                .is_some_and(|s| s["status"]["readyReplicas"] == n)
+        }
+    };
+    c.wait_until("the zonal StatefulSet ready", long(), ready(2));
+    let mut zones = BTreeSet::new();
+    for i in 0..2 {
+        let pod = format!("zonal-{i}");
+        let node = node_of(c, &pod);
+        assert!(ZONAL.contains(&node.as_str()), "{pod} on {node}");
+        let zone = node_label(c, &node, "topology.kubernetes.io/zone");
+        let number = zone
+            .strip_prefix(&format!("{location}-"))
+            .unwrap_or_else(|| panic!("{node}'s zone label {zone:?} is not <location>-<n>"))
+            .to_string();
+        let provider = c
+            .kubectl_json(&["get", "node", &node])
+            .ok()
+            .and_then(|n| n["spec"]["providerID"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let instance = &node[node.len() - 1..];
+        assert!(
+            provider.starts_with("azure:///subscriptions/")
+                && provider.ends_with(&format!(
+                    "/virtualMachineScaleSets/{SCALE_SET}/virtualMachines/{instance}"
+                )),
+            "{node}'s providerID {provider:?}"
+        );
+        let pv = bound_volume(c, &format!("data-{pod}"));
+        assert_eq!(
+            zone_affinity(c, &pv),
+            ("In".to_string(), vec![zone.clone()]),
+            "{pv} pinned to its pod's zone"
+        );
+        let disk = sim_disk(c, &pv);
+        assert_eq!(disk["zones"], json!([number]), "{pv} made in zone {number}");
+        assert_eq!(
+            attached_vm_ids(c, &pv),
+            vec![provider["azure://".len()..].to_string()],
+            "{pv} attached to {node}'s scale-set VM, and only there"
+        );
+        zones.insert(zone);
+    }
+    assert_eq!(zones.len(), 2, "spread across both zones: {zones:?}");
+    assert!(
+        scale_set_vm_writes(c) > writes_before,
+        "attached through the scale-set VM API"
+    );
+
+    // The disk cannot follow its pod to the other zone: Pending, and the scheduler says why.
+    let node = node_of(c, "zonal-0");
+    c.kubectl(&["cordon", &node]).expect("cordon");
+    c.kubectl(&["delete", "pod", "zonal-0", "--wait=true"])
+        .expect("delete");
+    c.wait_until("zonal-0 refused by the scheduler", long(), |c| {
+        event_messages(c, "zonal-0", "FailedScheduling")
+            .iter()
+            .any(|m| m.contains("volume node affinity conflict"))
+    });
+    holds(c, "zonal-0 Pending, nowhere", Duration::from_secs(5), |c| {
+        phase(c, "zonal-0") == "Pending" && node_of(c, "zonal-0").is_empty()
+    });
+    c.kubectl(&["uncordon", &node]).expect("uncordon");
+    c.wait_until("the zonal StatefulSet ready again", long(), ready(2));
+    assert_eq!(node_of(c, "zonal-0"), node, "back where its disk is");
+    // Ready means `md5sum -c` of what the first pod wrote passed.
+    c.kubectl(&["delete", "statefulset", "zonal", "--wait=true"])
+        .expect("delete");
+    for i in 0..2 {
+        let pod = format!("zonal-{i}");
+        c.wait_until(&format!("{pod} gone"), long(), |c| {
+            c.kubectl(&["get", "pod", &pod]).is_err()
+        });
+        c.kubectl(&["delete", "pvc", &format!("data-{pod}"), "--wait=true"])
+            .expect("delete");
+    }
+}
+
+/// Issue 27: a regional (locally redundant, no zone) disk cannot be attached to a VM in a zone
+/// (Azure: "not in the same zone with the VM"), so its PV keeps it off the zonal nodes of a mixed
+/// cluster: a pod that prefers the zonal pool and tolerates its taint still runs on a node outside
+/// zones.
+fn regional_volume_kept_off_zonal_nodes(c: &RealCluster) {
+    let location = c.sim.field("location");
+    c.apply(&[claim(
+        "regional",
+        "flexdisk-premium",
+        &["ReadWriteOnce"],
+        "1Gi",
+    )]);
+    let pv = bound_volume(c, "regional");
+    assert_eq!(
+        zone_affinity(c, &pv),
+        (
+            "NotIn".to_string(),
+            (1..=3).map(|z| format!("{location}-{z}")).collect()
+        ),
+        "{pv}: a regional disk's PV names the zones it cannot go to"
+    );
+    let mut p = pod("regional", "", "regional", "exec sleep 100000");
+    p["spec"].as_object_mut().expect("spec").remove("nodeName");
+    p["spec"]["tolerations"] = json!([zonal_toleration()]);
+    p["spec"]["affinity"] = json!({"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution":
+        [{"weight": 100, "preference": {"matchExpressions": [
+            {"key": "kubernetes.io/hostname", "operator": "In", "values": ZONAL}]}}]}});
+    c.apply(&[p]);
+    c.wait_until("regional Running", long(), |c| {
+        phase(c, "regional") == "Running"
+    });
+    let node = node_of(c, "regional");
+    assert!(NODES.contains(&node.as_str()), "regional on {node}");
+    assert_eq!(attached_to(c, &pv), vec![node.clone()]);
+    c.kubectl(&["delete", "pod", "regional", "--wait=true"])
+        .expect("delete");
+    c.kubectl(&["delete", "pvc", "regional", "--wait=true"])
+        .expect("delete");
+}
+
+/// Issue 27: a scale-set VM of 4 data-disk slots with 4 volumes attached. The fifth pod's attach
+/// is refused by Azure: the pod waits with an event that says why and what to do, its disk is
+/// attached nowhere, the VM still has its 4, and kube-controller-manager's back-off bounds the
+/// ARM writes the refusals cost. Once a slot frees, the fifth pod starts.
+fn data_disk_limit_of_a_zonal_scale_set_vm(c: &RealCluster) {
+    c.kubectl(&[
+        "apply",
+        "-f",
+        &example("storageclass-wait-for-first-consumer.yaml"),
+    ])
+    .expect("the zonal class");
+    let node = ZONAL[1];
+    let instance = &node[node.len() - 1..];
+    let on_node = |i: usize| {
+        let name = format!("full-{i}");
+        let mut p = pod(&name, "", &name, "exec sleep 100000");
+        p["spec"].as_object_mut().expect("spec").remove("nodeName");
+        p["spec"]["tolerations"] = json!([zonal_toleration()]);
+        p["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node});
+        vec![
+            claim(&name, "flexdisk-premium-zonal", &["ReadWriteOnce"], "1Gi"),
+            p,
+        ]
+    };
+    for i in 0..4 {
+        c.apply(&on_node(i));
+    }
+    c.wait_until("4 pods Running on one VM", long(), |c| {
+        (0..4).all(|i| phase(c, &format!("full-{i}")) == "Running")
+    });
+    let pvs: Vec<String> = (0..4)
+        .map(|i| bound_volume(c, &format!("full-{i}")))
+        .collect();
+    let vm_writes = || counter(c, &format!("writes to virtualmachines/{instance}"));
+    let before = vm_writes();
+    let waited = Instant::now();
+    c.apply(&on_node(4));
+    let fifth = bound_volume(c, "full-4");
+    c.wait_until("the fifth attach refused with a clear event", long(), |c| {
+        event_messages(c, "full-4", "FailedAttachVolume")
+            .iter()
+            .any(|m| m.contains("no room for another data disk (its size allows 4)"))
+    });
+    holds(
+        c,
+        "the fifth pod waits, its disk attached nowhere, the VM keeps its 4",
+        Duration::from_secs(20),
+        |c| {
+            phase(c, "full-4") == "Pending"
+                && attached_vm_ids(c, &fifth).is_empty()
+                && pvs.iter().all(|pv| attached_vm_ids(c, pv).len() == 1)
+        },
+    );
+    let refused = vm_writes() - before;
+    let seconds = waited.elapsed().as_secs_f64();
+    eprintln!("figure: a full VM's refused attach: {refused} ARM writes in {seconds:.0}s");
+    // kube-controller-manager retries a failed attach with exponential back-off from 500 ms
+    // (pkg/util/goroutinemap/exponentialbackoff: initialDurationBeforeRetry), so about
+    // log2(seconds / 0.5) + 1 attempts, one write each.
+    let bound = (seconds / 0.5).log2().ceil() as u64 + 2;
+    assert!(
+        (1..=bound).contains(&refused),
+        "{refused} ARM writes to the full VM in {seconds:.0}s (at most {bound})"
+    );
+    c.kubectl(&["delete", "pod", "full-0", "--wait=true"])
+        .expect("delete");
+    c.wait_until("the fifth pod Running once a slot is free", long(), |c| {
+        phase(c, "full-4") == "Running"
+    });
+    assert_eq!(attached_to(c, &fifth).len(), 1);
+    for i in 0..5 {
+        let _ = c.kubectl(&["delete", "pod", &format!("full-{i}"), "--wait=true"]);
+        c.kubectl(&["delete", "pvc", &format!("full-{i}"), "--wait=true"])
+            .expect("delete");
+    }
 }
