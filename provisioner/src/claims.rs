@@ -659,3 +659,55 @@ pub fn error_policy(pvc: Arc<PersistentVolumeClaim>, e: &Error, ctx: Arc<Ctx>) -
         error = %e, retry_in_secs = delay.as_secs(), "provisioning failed");
     Action::requeue(delay)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flexdisk_azure::Caching;
+
+    fn plan(placement: Placement) -> PvPlan {
+        PvPlan {
+            name: "pvc-1".into(),
+            capacity_gib: 1,
+            access_modes: vec!["ReadWriteOnce".into()],
+            storage_class: "c".into(),
+            reclaim_policy: "Delete".into(),
+            mount_options: Vec::new(),
+            fs_type: "ext4".into(),
+            disk_uri: "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/pvc-1"
+                .into(),
+            caching: Caching::None,
+            read_only: false,
+            placement,
+            claim: ("ns".into(), "claim".into(), "uid".into()),
+        }
+    }
+
+    fn zone_term(placement: Placement) -> Option<serde_json::Value> {
+        let pv = pv_object(&plan(placement), "flexdisk/azure-disk").expect("a PV");
+        let v = serde_json::to_value(pv).expect("json");
+        let term = &v["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"];
+        (!term.is_null()).then(|| term.clone())
+    }
+
+    #[test]
+    fn node_affinity_says_which_vms_can_attach_the_disk() {
+        assert_eq!(
+            zone_term(Placement::Zone("westus2-2".into())),
+            Some(json!([{"matchExpressions": [
+                {"key": ZONE_LABEL, "operator": "In", "values": ["westus2-2"]}]}]))
+        );
+        assert_eq!(
+            zone_term(Placement::OutsideZones(vec![
+                "westus2-1".into(),
+                "westus2-2".into(),
+                "westus2-3".into()
+            ])),
+            Some(
+                json!([{"matchExpressions": [{"key": ZONE_LABEL, "operator": "NotIn",
+                "values": ["westus2-1", "westus2-2", "westus2-3"]}]}])
+            )
+        );
+        assert_eq!(zone_term(Placement::Anywhere), None, "ZRS");
+    }
+}

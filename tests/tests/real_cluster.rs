@@ -2627,7 +2627,9 @@ fn zonal_statefulset_across_zones(c: &RealCluster) {
     c.wait_until("zonal-0 refused by the scheduler", long(), |c| {
         event_messages(c, "zonal-0", "FailedScheduling")
             .iter()
-            .any(|m| m.contains("volume node affinity conflict"))
+            // VolumeBinding's ErrReasonNodeConflict (pkg/scheduler/framework/plugins/
+            // volumebinding/binder.go).
+            .any(|m| m.contains("didn't match PersistentVolume's node affinity"))
     });
     holds(c, "zonal-0 Pending, nowhere", Duration::from_secs(5), |c| {
         phase(c, "zonal-0") == "Pending" && node_of(c, "zonal-0").is_empty()
