@@ -128,7 +128,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         r = ctx.classes.wait_until_ready() => r?,
         _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!(
             "could not list StorageClasses in 60 s: the provisioner's ClusterRole must grant list and \
-             watch on storage.k8s.io storageclasses (see install/rbac.yaml)"
+             watch on storage.k8s.io storageclasses (see install/base/rbac.yaml)"
         ),
         _ = term.recv() => return Ok(()),
     }
@@ -154,7 +154,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
         r = ctx.pods.wait_until_ready() => r?,
         _ = tokio::time::sleep(Duration::from_secs(60)) => anyhow::bail!(
             "could not list pods in 60 s: the provisioner's ClusterRole must grant list and watch on pods \
-             (see install/rbac.yaml)"
+             (see install/base/rbac.yaml)"
         ),
         _ = term.recv() => return Ok(()),
     }

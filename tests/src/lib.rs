@@ -51,6 +51,14 @@ pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The manifest files of the kustomize base (`install/base/`, which the Helm chart renders too).
+pub fn install_manifests() -> Vec<PathBuf> {
+    yaml_files(&repo().join("install/base"))
+        .into_iter()
+        .filter(|p| p.file_name().is_none_or(|n| n != "kustomization.yaml"))
+        .collect()
+}
+
 /// Parses a document into its typed form, naming the file and object on failure.
 pub fn typed<T: serde::de::DeserializeOwned>(doc: &Value) -> T {
     serde_json::from_value(doc.clone()).unwrap_or_else(|e| {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 use system_tests::real_cluster::{build_images, is_dynamic, run, shipped};
-use system_tests::{repo, strictly_typed, yaml_docs, yaml_files};
+use system_tests::{install_manifests, strictly_typed, yaml_docs};
 
 /// One OCI image archive, read back.
 struct Image {
@@ -86,7 +86,7 @@ fn read_image(archive: &Path) -> Image {
 }
 
 fn workload<T: serde::de::DeserializeOwned + serde::Serialize>(kind: &str, name: &str) -> T {
-    let doc = yaml_files(&repo().join("install"))
+    let doc = install_manifests()
         .iter()
         .flat_map(|f| yaml_docs(f).expect("parses"))
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
