@@ -77,6 +77,16 @@ fn assert_same(chart: Vec<Value>, base: Vec<Value>, what: &str) {
     }
 }
 
+/// The element of a list of named things (volumes, env) called `name`; null if none.
+fn named(list: &Value, name: &str) -> Value {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
 #[test]
 fn the_defaults_render_the_kustomize_base() {
     assert_same(
@@ -143,26 +153,10 @@ fn every_value_reaches_its_place() {
     assert_eq!(c["image"], "registry.example/flexdisk:0.2.0");
     assert_eq!(c["imagePullPolicy"], "Always");
     assert_eq!(c["resources"]["limits"]["memory"], "64Mi");
-    let env = |c: &Value, name: &str| {
-        c["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-            .unwrap_or(Value::Null)
-    };
+    let env = |c: &Value, name: &str| named(&c["env"], name)["value"].clone();
     assert_eq!(env(c, "FLEXDISK_LOG"), "/var/log/fd.log");
     assert_eq!(env(c, "FLEXDISK_STATE_DIR"), "/var/lib/fd");
-    let volume = |pod: &Value, name: &str| {
-        pod["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["name"] == name)
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let volume = |pod: &Value, name: &str| named(&pod["volumes"], name);
     assert_eq!(
         volume(pod, "flexvolume")["hostPath"]["path"],
         "/opt/kubelet/volume/exec"

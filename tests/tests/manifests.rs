@@ -18,18 +18,22 @@ use system_tests::{bin, install_manifests, repo, strictly_typed, yaml_docs, Clus
 
 const NAMESPACE: &str = "flexdisk-system";
 
+fn kind_and_name(d: &Value) -> (String, String) {
+    (
+        d["kind"].as_str().unwrap_or_default().to_string(),
+        d["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    )
+}
+
 /// Every document of install/, by kind and name.
 fn install_docs() -> BTreeMap<(String, String), Value> {
     let mut out = BTreeMap::new();
     for f in install_manifests() {
         for d in yaml_docs(&f).expect("parses") {
-            let key = (
-                d["kind"].as_str().unwrap_or_default().to_string(),
-                d["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
+            let key = kind_and_name(&d);
             assert!(out.insert(key.clone(), d).is_none(), "{key:?} twice");
         }
     }
@@ -796,16 +800,7 @@ fn kustomized(dir: &str) -> BTreeMap<(String, String), Value> {
     yaml_docs(file.path())
         .expect("parses")
         .into_iter()
-        .map(|d| {
-            let key = (
-                d["kind"].as_str().unwrap_or_default().to_string(),
-                d["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-            );
-            (key, d)
-        })
+        .map(|d| (kind_and_name(&d), d))
         .collect()
 }
 

@@ -107,6 +107,14 @@ fn delete_statefulset_of_one(c: &RealCluster, name: &str) {
         .expect("delete");
 }
 
+/// Deletes a pod, then (once it is gone) its claim.
+fn delete_pod_and_claim(c: &RealCluster, pod: &str, claim: &str) {
+    c.kubectl(&["delete", "pod", pod, "--wait=true"])
+        .expect("delete");
+    c.kubectl(&["delete", "pvc", claim, "--wait=true"])
+        .expect("delete");
+}
+
 fn exec(c: &RealCluster, pod: &str, script: &str) -> String {
     c.kubectl(&["exec", pod, "--", "/bin/sh", "-c", script])
         .unwrap_or_else(|e| panic!("{e}\n{}", c.diagnostics()))
@@ -1001,15 +1009,8 @@ fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
 
 /// A disk's provisioned performance in the simulated Azure: (IOPS, MB/s).
 fn performance(c: &RealCluster, disk: &str) -> (Option<i64>, Option<i64>) {
-    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
-    state["disks"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(_, d)| d)
-        .find(|d| d["name"] == disk)
-        .map(|d| (d["iops"].as_i64(), d["mbps"].as_i64()))
-        .unwrap_or_default()
+    let d = sim_disk(c, disk);
+    (d["iops"].as_i64(), d["mbps"].as_i64())
 }
 
 /// VolumeAttributesClass with the real kube-apiserver (which refuses the class on a FlexVolume
@@ -1625,10 +1626,7 @@ fn a_non_root_pod_and_a_block_claim(c: &RealCluster) {
         "1000 2000",
         "the subPath is the volume's app/"
     );
-    c.kubectl(&["delete", "pod", "auditor", "--wait=true"])
-        .expect("delete");
-    c.kubectl(&["delete", "pvc", "owned", "--wait=true"])
-        .expect("delete");
+    delete_pod_and_claim(c, "auditor", "owned");
 
     let mut raw = claim("raw", "flexdisk-premium", &["ReadWriteOnce"], "1Gi");
     raw["spec"]["volumeMode"] = json!("Block");
@@ -1724,10 +1722,7 @@ fn controller_restart_mid_detach(c: &RealCluster) {
         c.kubectl(&["logs", "after"]).expect("logs").trim(),
         "kept across a restart"
     );
-    c.kubectl(&["delete", "pod", "after", "--wait=true"])
-        .expect("delete");
-    c.kubectl(&["delete", "pvc", "moving", "--wait=true"])
-        .expect("delete");
+    delete_pod_and_claim(c, "after", "moving");
 }
 
 /// Whether Azure is running a VM operation that does `change` (`attach` or `detach`) to `pv`'s disk.
@@ -1819,10 +1814,7 @@ fn controller_failover_mid_attach(c: &RealCluster) {
         c.log(&controller_driver_log(&other))
     );
     c.restart(&leader);
-    c.kubectl(&["delete", "pod", "handed", "--wait=true"])
-        .expect("delete");
-    c.kubectl(&["delete", "pvc", "handover", "--wait=true"])
-        .expect("delete");
+    delete_pod_and_claim(c, "handed", "handover");
 }
 
 /// The provisioner's leading replica is SIGKILLed in its container (no lease released); a
@@ -2684,10 +2676,7 @@ fn regional_volume_kept_off_zonal_nodes(c: &RealCluster) {
     let node = node_of(c, "regional");
     assert!(NODES.contains(&node.as_str()), "regional on {node}");
     assert_eq!(attached_to(c, &pv), vec![node.clone()]);
-    c.kubectl(&["delete", "pod", "regional", "--wait=true"])
-        .expect("delete");
-    c.kubectl(&["delete", "pvc", "regional", "--wait=true"])
-        .expect("delete");
+    delete_pod_and_claim(c, "regional", "regional");
 }
 
 /// Issue 27: a scale-set VM of 4 data-disk slots with 4 volumes attached. The fifth pod's attach
