@@ -131,6 +131,8 @@ fn every_value_reaches_its_place() {
                 "provisioner.replicas=3",
                 "provisioner.logLevel=debug",
                 "provisioner.metricsPort=9090",
+                "provisioner.extraEnv[0].name=SSL_CERT_FILE",
+                "provisioner.extraEnv[0].value=/etc/flexdisk/ca.pem",
             ],
         )
         .expect("renders"),
@@ -175,6 +177,11 @@ fn every_value_reaches_its_place() {
     let c = &pod["containers"][0];
     assert_eq!(c["image"], "registry.example/flexdisk-provisioner:0.2.1");
     assert_eq!(env(c, "LOG"), "debug");
+    assert_eq!(env(c, "SSL_CERT_FILE"), "/etc/flexdisk/ca.pem");
+    assert!(
+        named(&c["env"], "POD_NAME")["valueFrom"].is_object(),
+        "the base's own variables stay"
+    );
     assert!(
         c["args"]
             .as_array()
