@@ -1256,6 +1256,29 @@ state = \"/run/containerd\"
                 tail.join("\n")
             ));
         }
+        // The static pods' container logs (a kubeadm control plane: etcd, kube-apiserver,
+        // kube-controller-manager, kube-scheduler), which no process of ours writes.
+        for node in &self.nodes {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(node.dir.join("log/pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("kube-system_"))
+                .flat_map(|pod| std::fs::read_dir(pod.path()).into_iter().flatten().flatten())
+                .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {} (the last 30 lines)\n{}\n",
+                    log.display(),
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
+            }
+        }
         // The driver's own logs: kube-controller-manager's calls and each node's.
         let mut drivers: Vec<PathBuf> = CONTROLLER_MANAGERS
             .iter()
