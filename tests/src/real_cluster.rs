@@ -1264,7 +1264,12 @@ state = \"/run/containerd\"
                 .flatten()
                 .flatten()
                 .filter(|e| e.file_name().to_string_lossy().starts_with("kube-system_"))
-                .flat_map(|pod| std::fs::read_dir(pod.path()).into_iter().flatten().flatten())
+                .flat_map(|pod| {
+                    std::fs::read_dir(pod.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
                 .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
                 .map(|e| e.path())
                 .collect();
