@@ -35,6 +35,9 @@ pub fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+mod kubeadm;
+pub use kubeadm::{control_plane_image, pinned, readme_controller_manager_volumes};
+
 fn sh(script: &str) -> String {
     run(Command::new("sh").args(["-euc", script]))
 }
@@ -251,6 +254,9 @@ pub struct RealCluster {
     pub sim: SimProcess,
     pub bridge: String,
     pub host_ip: Ipv4Addr,
+    /// Where the API server listens: the bridge's address (the control plane on the host), or
+    /// the control-plane node's (kubeadm's, [`RealCluster::start_kubeadm`]).
+    pub api_ip: Ipv4Addr,
     pub admin: PathBuf,
     pub nodes: Vec<Node>,
     procs: std::sync::Mutex<Vec<Proc>>,
@@ -266,6 +272,20 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 impl RealCluster {
     /// A cluster of `node_names` (which must be VMs of `world`, a simulator world file).
     pub fn start(world: &Path, node_names: &[&str]) -> RealCluster {
+        let mut c = RealCluster::base(world);
+        let logs = c.dir.path().join("logs");
+        let pki = Pki::new(&c.dir.path().join("pki"));
+        c.start_control_plane(&pki, &logs);
+        for (i, name) in node_names.iter().enumerate() {
+            c.start_node(&pki, &logs, i as u8, name);
+        }
+        c.ready(node_names);
+        c
+    }
+
+    /// What every cluster starts from: the components built, a host-only bridge and the
+    /// simulator of `world` listening on it. No control plane, no node yet.
+    fn base(world: &Path) -> RealCluster {
         let bin_dir = components();
         let dir = tempfile::tempdir().expect("tmp");
         let logs = dir.path().join("logs");
@@ -301,11 +321,12 @@ impl RealCluster {
             .collect::<Vec<_>>(),
         )
         .expect("the simulator starts");
-        let mut c = RealCluster {
+        RealCluster {
             bin: bin_dir,
             sim,
             bridge,
             host_ip,
+            api_ip: host_ip,
             admin: PathBuf::new(),
             nodes: Vec::new(),
             procs: std::sync::Mutex::new(Vec::new()),
@@ -313,30 +334,29 @@ impl RealCluster {
             keeper: None,
             torn_down: std::sync::atomic::AtomicBool::new(false),
             dir,
-        };
-        let pki = Pki::new(&c.dir.path().join("pki"));
-        c.start_control_plane(&pki, &logs);
-        for (i, name) in node_names.iter().enumerate() {
-            c.start_node(&pki, &logs, i as u8, name);
         }
-        c.keeper = Some(keep_pod_logs(
-            c.nodes.iter().map(|n| n.dir.join("log/pods")).collect(),
+    }
+
+    /// Once the control plane and the nodes run: keeps the provisioner's logs and waits until the
+    /// cluster takes workloads (the default service account, every node Ready).
+    fn ready(&mut self, node_names: &[&str]) {
+        self.keeper = Some(keep_pod_logs(
+            self.nodes.iter().map(|n| n.dir.join("log/pods")).collect(),
             "flexdisk-provisioner",
-            logs.join("pods"),
+            self.dir.path().join("logs/pods"),
         ));
-        c.wait_until(
+        self.wait_until(
             "the default service account",
             Duration::from_secs(60),
             |c| c.kubectl(&["get", "serviceaccount", "default"]).is_ok(),
         );
         for name in node_names {
-            c.wait_until(
+            self.wait_until(
                 &format!("node {name} Ready"),
                 Duration::from_secs(120),
                 |c| c.node_ready(name),
             );
         }
-        c
     }
 
     /// Whether the node's Ready condition is True.
@@ -353,7 +373,7 @@ impl RealCluster {
     }
 
     fn api(&self) -> String {
-        format!("https://{}:6443", self.host_ip)
+        format!("https://{}:6443", self.api_ip)
     }
 
     fn start_control_plane(&mut self, pki: &Pki, logs: &Path) {
@@ -399,19 +419,7 @@ impl RealCluster {
         std::fs::write(&sa_priv, sa_key.serialize_pem()).expect("sa.key");
         // Who wrote what to claims and volumes, for the diagnostics: the API server's audit log
         // of those writes, with their bodies.
-        let audit_policy = d.join("audit-policy.json");
-        std::fs::write(
-            &audit_policy,
-            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
-                "omitStages": ["RequestReceived"],
-                "rules": [
-                    {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
-                     "resources": [{"group": "", "resources": [
-                        "persistentvolumes", "persistentvolumeclaims", "persistentvolumeclaims/status"]}]},
-                    {"level": "None"}]})
-            .to_string(),
-        )
-        .expect("audit policy");
+        let audit_policy = self.audit_policy();
         let apiserver = spawn(
             "kube-apiserver",
             logs,
@@ -544,6 +552,25 @@ impl RealCluster {
         self.procs.get_mut().expect("procs").push(scheduler);
     }
 
+    /// The API server's audit policy (writes to claims and volumes, with their bodies), written
+    /// into the cluster's dir; its path. Its log is `logs/audit.log` ([`RealCluster::writes`]).
+    fn audit_policy(&self) -> PathBuf {
+        let audit_policy = self.dir.path().join("audit-policy.json");
+        std::fs::write(
+            &audit_policy,
+            json!({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [
+                    {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
+                     "resources": [{"group": "", "resources": [
+                        "persistentvolumes", "persistentvolumeclaims", "persistentvolumeclaims/status"]}]},
+                    {"level": "None"}]})
+            .to_string(),
+        )
+        .expect("audit policy");
+        audit_policy
+    }
+
     /// The driver and its conf in a FlexVolume plugin dir, as `flexdisk install` lays them out.
     fn install_driver(&self, plugins: &Path, cloud_config: &str, state: &Path, log: &Path) {
         let dir = plugins.join("flexdisk~azure-disk");
@@ -561,13 +588,86 @@ impl RealCluster {
     }
 
     fn start_node(&mut self, pki: &Pki, logs: &Path, i: u8, name: &str) {
-        let d = self.dir.path().join(format!("node-{name}"));
-        let ip = Ipv4Addr::new(
-            self.host_ip.octets()[0],
-            self.host_ip.octets()[1],
-            self.host_ip.octets()[2],
-            10 + i,
+        let node = self.prepare_node(logs, i, name);
+        let (d, ip) = (node.dir.clone(), node.ip);
+        // kubelet.
+        let kubeconfig = pki.kubeconfig(
+            &format!("kubelet-{name}"),
+            &self.api(),
+            &format!("system:node:{name}"),
+            &["system:nodes"],
         );
+        let (serving_cert, serving_key) = pki.issue(
+            &format!("kubelet-serving-{name}"),
+            &format!("system:node:{name}"),
+            &["system:nodes"],
+            &[ip.to_string(), name.to_string()],
+        );
+        // localStorageCapacityIsolation stays at its default (true): without it kubelet's cAdvisor
+        // collects no filesystem usage (pkg/kubelet/cadvisor/cadvisor_linux.go adds
+        // DiskUsageMetrics only then), the stats summary fails on the root filesystem, and so do
+        // the kubelet_volume_stats_* of every volume (collectors/volume_stats.go needs
+        // ListPodStats).
+        let config = json!({
+            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+            "tlsCertFile": serving_cert, "tlsPrivateKeyFile": serving_key,
+            "address": ip.to_string(), "port": 10250, "readOnlyPort": 0, "healthzPort": 0,
+            "authentication": {"x509": {"clientCAFile": pki.ca()}, "webhook": {"enabled": true},
+                               "anonymous": {"enabled": false}},
+            "authorization": {"mode": "Webhook"},
+            "cgroupDriver": "cgroupfs", "cgroupRoot": format!("/{}", node.netns),
+            "cgroupsPerQOS": true, "enforceNodeAllocatable": [],
+            "failCgroupV1": false, "failSwapOn": false,
+            "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
+            "resolvConf": "", "clusterDNS": [], "clusterDomain": "cluster.local",
+            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+            "evictionHard": {}, "evictionSoft": {}, "evictionPressureTransitionPeriod": "0s",
+            "serializeImagePulls": false,
+            "volumeStatsAggPeriod": "10s",
+        });
+        let (labels, provider_id) = cloud_identity(&node.imds);
+        let mut config = config;
+        config["providerID"] = json!(provider_id);
+        let config_file = d.join("kubelet-config.json");
+        std::fs::write(&config_file, config.to_string()).expect("kubelet config");
+        let kubelet = spawn(
+            &format!("kubelet-{name}"),
+            logs,
+            node.command(self.bin.join("kubelet").to_str().expect("utf-8"))
+                .arg("--config")
+                .arg(&config_file)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--hostname-override", name, "--node-ip", &ip.to_string()])
+                .arg(format!("--node-labels={labels}"))
+                .args(["--v", "2"])
+                .env("IMDS_ENDPOINT", &node.imds)
+                .env("SSL_CERT_FILE", self.sim.field("caBundle"))
+                .env(
+                    "PATH",
+                    format!(
+                        "{}:{}",
+                        self.bin.display(),
+                        std::env::var("PATH").unwrap_or_default()
+                    ),
+                ),
+        );
+        self.procs.get_mut().expect("procs").push(kubelet);
+        self.nodes.push(node);
+    }
+
+    /// Node `i`'s address on the bridge.
+    fn node_ip(&self, i: u8) -> Ipv4Addr {
+        let [a, b, c, _] = self.host_ip.octets();
+        Ipv4Addr::new(a, b, c, 10 + i)
+    }
+
+    /// Node `i`, `name` (a VM of the simulator's world), up to its services: its network and
+    /// mount namespaces, directories, `/dev`, cgroups, cloud config and a running containerd with
+    /// the test images. No kubelet yet.
+    fn prepare_node(&mut self, logs: &Path, i: u8, name: &str) -> Node {
+        let d = self.dir.path().join(format!("node-{name}"));
+        let ip = self.node_ip(i);
         let netns = format!("{}-n{i}", self.bridge);
         let sim_root = PathBuf::from(self.sim.node_field(name, "root"));
         // The network: a veth from the bridge; the node's only route is the bridge's /24, plus
@@ -587,7 +687,7 @@ impl RealCluster {
              ip netns exec {netns} iptables -t nat -A OUTPUT -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination {h}:6443
              ip netns exec {netns} iptables -t nat -A PREROUTING -d 10.96.0.1 -p tcp --dport 443 -j DNAT --to-destination {h}:6443",
             b = self.bridge,
-            h = self.host_ip,
+            h = self.api_ip,
         ));
         // The node's own directories, and the device nodes a /dev needs beside the simulator's
         // disks.
@@ -602,6 +702,7 @@ impl RealCluster {
             "cni",
             "pods-log",
             "netns",
+            "etcd",
         ] {
             std::fs::create_dir_all(d.join(sub)).expect("node dir");
         }
@@ -708,71 +809,7 @@ state = \"/run/containerd\"
         for image in images(&self.dir.path().join("images")) {
             import_into(&node, &self.bin, &image);
         }
-
-        // kubelet.
-        let kubeconfig = pki.kubeconfig(
-            &format!("kubelet-{name}"),
-            &self.api(),
-            &format!("system:node:{name}"),
-            &["system:nodes"],
-        );
-        let (serving_cert, serving_key) = pki.issue(
-            &format!("kubelet-serving-{name}"),
-            &format!("system:node:{name}"),
-            &["system:nodes"],
-            &[ip.to_string(), name.to_string()],
-        );
-        // localStorageCapacityIsolation stays at its default (true): without it kubelet's cAdvisor
-        // collects no filesystem usage (pkg/kubelet/cadvisor/cadvisor_linux.go adds
-        // DiskUsageMetrics only then), the stats summary fails on the root filesystem, and so do
-        // the kubelet_volume_stats_* of every volume (collectors/volume_stats.go needs
-        // ListPodStats).
-        let config = json!({
-            "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
-            "tlsCertFile": serving_cert, "tlsPrivateKeyFile": serving_key,
-            "address": ip.to_string(), "port": 10250, "readOnlyPort": 0, "healthzPort": 0,
-            "authentication": {"x509": {"clientCAFile": pki.ca()}, "webhook": {"enabled": true},
-                               "anonymous": {"enabled": false}},
-            "authorization": {"mode": "Webhook"},
-            "cgroupDriver": "cgroupfs", "cgroupRoot": format!("/{}", node.netns),
-            "cgroupsPerQOS": true, "enforceNodeAllocatable": [],
-            "failCgroupV1": false, "failSwapOn": false,
-            "containerRuntimeEndpoint": "unix:///run/containerd/containerd.sock",
-            "resolvConf": "", "clusterDNS": [], "clusterDomain": "cluster.local",
-            "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
-            "evictionHard": {}, "evictionSoft": {}, "evictionPressureTransitionPeriod": "0s",
-            "serializeImagePulls": false,
-            "volumeStatsAggPeriod": "10s",
-        });
-        let (labels, provider_id) = cloud_identity(&node.imds);
-        let mut config = config;
-        config["providerID"] = json!(provider_id);
-        let config_file = d.join("kubelet-config.json");
-        std::fs::write(&config_file, config.to_string()).expect("kubelet config");
-        let kubelet = spawn(
-            &format!("kubelet-{name}"),
-            logs,
-            node.command(self.bin.join("kubelet").to_str().expect("utf-8"))
-                .arg("--config")
-                .arg(&config_file)
-                .arg("--kubeconfig")
-                .arg(&kubeconfig)
-                .args(["--hostname-override", name, "--node-ip", &ip.to_string()])
-                .arg(format!("--node-labels={labels}"))
-                .args(["--v", "2"])
-                .env("IMDS_ENDPOINT", &node.imds)
-                .env("SSL_CERT_FILE", self.sim.field("caBundle"))
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.bin.display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                ),
-        );
-        self.procs.get_mut().expect("procs").push(kubelet);
-        self.nodes.push(node);
+        node
     }
 
     /// The node's mount table as a boot makes it: a new mount namespace (held by a process of the
@@ -853,6 +890,9 @@ state = \"/run/containerd\"
             (d.join("cni"), PathBuf::from("/etc/cni/net.d")),
             // The pods' network namespaces: the node's own, gone with it.
             (d.join("netns"), PathBuf::from("/run/netns")),
+            // etcd's data on a kubeadm control-plane node (its `etcd.local.dataDir` default):
+            // bound, so that `kubeadm init` never writes the host's.
+            (d.join("etcd"), PathBuf::from("/var/lib/etcd")),
         ];
         // (sysfs stays the host's: a fresh one would hide the cgroup hierarchies mounted in it.)
         let mut script = String::new();
@@ -1215,6 +1255,34 @@ state = \"/run/containerd\"
                 p.log.display(),
                 tail.join("\n")
             ));
+        }
+        // The static pods' container logs (a kubeadm control plane: etcd, kube-apiserver,
+        // kube-controller-manager, kube-scheduler), which no process of ours writes.
+        for node in &self.nodes {
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(node.dir.join("log/pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("kube-system_"))
+                .flat_map(|pod| {
+                    std::fs::read_dir(pod.path())
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                })
+                .flat_map(|c| std::fs::read_dir(c.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .collect();
+            logs.sort();
+            for log in logs {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                out.push_str(&format!(
+                    "--- {} (the last 30 lines)\n{}\n",
+                    log.display(),
+                    lines[lines.len().saturating_sub(30)..].join("\n")
+                ));
+            }
         }
         // The driver's own logs: kube-controller-manager's calls and each node's.
         let mut drivers: Vec<PathBuf> = CONTROLLER_MANAGERS
@@ -1643,6 +1711,7 @@ pub fn images(dir: &Path) -> Vec<PathBuf> {
                     entrypoint: &[],
                     cmd: &cmd,
                     user: None,
+                    env: &[],
                 },
             );
         }
@@ -1661,6 +1730,8 @@ pub struct Image<'a> {
     pub entrypoint: &'a [&'a str],
     pub cmd: &'a [&'a str],
     pub user: Option<&'a str>,
+    /// The environment of its processes; empty: `PATH=/bin`.
+    pub env: &'a [&'a str],
 }
 
 /// Writes an OCI image archive of `image`.
@@ -1702,7 +1773,12 @@ pub fn oci_archive(archive: &Path, image: &Image<'_>) {
     let layer_bytes = std::fs::read(&layer).expect("layer");
     let layer_digest = digest(&layer_bytes);
     std::fs::write(blobs.join(&layer_digest), &layer_bytes).expect("layer blob");
-    let mut run_config = json!({"Env": ["PATH=/bin"], "WorkingDir": "/"});
+    let env: &[&str] = if image.env.is_empty() {
+        &["PATH=/bin"]
+    } else {
+        image.env
+    };
+    let mut run_config = json!({"Env": env, "WorkingDir": "/"});
     if !image.entrypoint.is_empty() {
         run_config["Entrypoint"] = json!(image.entrypoint);
     }
@@ -1834,6 +1910,7 @@ fn driver_image(images: &Path, tag: &str, binary: &Path) -> PathBuf {
             entrypoint: &["/flexdisk"],
             cmd: &["install", "--plugin-dir=/flexvolume", "--stay"],
             user: None,
+            env: &[],
         },
     );
     archive
