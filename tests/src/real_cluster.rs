@@ -42,6 +42,20 @@ fn sh(script: &str) -> String {
     run(Command::new("sh").args(["-euc", script]))
 }
 
+/// How [`RealCluster::install_flexdisk_with`] installs flexdisk: the two ways the README gives.
+pub enum Installer {
+    /// `kubectl apply -k` of the kustomize base (through an overlay).
+    Kustomize,
+    /// `helm install` of the chart.
+    Helm,
+}
+
+/// The pinned Helm, built (or found) by `tests/helm/build`.
+pub fn helm() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("helm/build");
+    PathBuf::from(run(&mut Command::new(script)).trim())
+}
+
 /// The pinned components, built (or found) by `tests/kube/build`.
 pub fn components() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kube/build");
@@ -937,11 +951,16 @@ state = \"/run/containerd\"
         run(node.command("sh").args(["-euc", &script]));
     }
 
-    /// flexdisk as users install it: its two images as they ship (`install/build-images`) in
-    /// every node's containerd, then `kubectl apply -k` of an
-    /// overlay of `install/` that adds the cloud config Secret (the simulator's, with its CA) and
-    /// never pulls. Waits for the driver on every node and a leading provisioner.
+    /// flexdisk as users install it with kustomize: its two images as they ship
+    /// (`install/build-images`) in every node's containerd, then `kubectl apply -k` of an overlay
+    /// of `install/` that adds the cloud config Secret (the simulator's, with its CA) and never
+    /// pulls. Waits for the driver on every node and a leading provisioner.
     pub fn install_flexdisk(&self) {
+        self.install_flexdisk_with(Installer::Kustomize);
+    }
+
+    /// flexdisk installed by `how` (see [`Installer`]), then the same waits.
+    pub fn install_flexdisk_with(&self, how: Installer) {
         let Shipped {
             driver,
             provisioner,
@@ -950,11 +969,40 @@ state = \"/run/containerd\"
         for image in [driver, provisioner] {
             self.import_image(image);
         }
+        let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install");
+        match how {
+            Installer::Kustomize => self.apply_install_overlay(&install),
+            Installer::Helm => self.helm_install(&install),
+        }
+        for node in &self.nodes {
+            // The installer writes the binary last.
+            let conf = node.dir.join("plugins/flexdisk~azure-disk/azure-disk");
+            self.wait_until(
+                &format!("the driver installed on {}", node.name),
+                Duration::from_secs(120),
+                |_| conf.exists(),
+            );
+        }
+        self.wait_until("a leading provisioner", Duration::from_secs(120), |c| {
+            c.kubectl_json(&[
+                "-n",
+                "flexdisk-system",
+                "get",
+                "deployment",
+                "flexdisk-provisioner",
+            ])
+            .ok()
+            .is_some_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
+        });
+    }
+
+    /// `kubectl apply -k` of an overlay of `install/`: the cloud config Secret (the simulator's
+    /// config and its CA), images never pulled, the provisioner's debug log.
+    fn apply_install_overlay(&self, install: &Path) {
         let overlay = self.dir.path().join("install-overlay");
         std::fs::create_dir_all(&overlay).expect("overlay");
         std::fs::copy(self.sim.field("azureJson"), overlay.join("azure.json")).expect("azure.json");
         std::fs::copy(self.sim.field("caBundle"), overlay.join("ca.pem")).expect("ca.pem");
-        let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("../install");
         let never = |kind: &str, name: &str| {
             json!({"target": {"kind": kind, "name": name},
                 "patch": json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "Never"}]).to_string()})
@@ -986,26 +1034,54 @@ state = \"/run/containerd\"
         .expect("kustomization");
         self.kubectl(&["apply", "-k", overlay.to_str().expect("utf-8")])
             .unwrap_or_else(|e| panic!("{e}"));
-        for node in &self.nodes {
-            // The installer writes the binary last.
-            let conf = node.dir.join("plugins/flexdisk~azure-disk/azure-disk");
-            self.wait_until(
-                &format!("the driver installed on {}", node.name),
-                Duration::from_secs(120),
-                |_| conf.exists(),
-            );
-        }
-        self.wait_until("a leading provisioner", Duration::from_secs(120), |c| {
-            c.kubectl_json(&[
-                "-n",
-                "flexdisk-system",
-                "get",
-                "deployment",
-                "flexdisk-provisioner",
-            ])
-            .ok()
-            .is_some_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) >= 1)
-        });
+    }
+
+    /// `helm install` of the chart (`install/`), as the README tells users: the namespace and the
+    /// cloud config Secret first (the simulator's config and its CA), then the chart with values
+    /// a user could give (images never pulled, the CA named by `provisioner.extraEnv`, the
+    /// provisioner's debug log).
+    fn helm_install(&self, install: &Path) {
+        let secret = self.dir.path().join("cloud-config");
+        std::fs::create_dir_all(&secret).expect("dir");
+        std::fs::copy(self.sim.field("azureJson"), secret.join("azure.json")).expect("azure.json");
+        std::fs::copy(self.sim.field("caBundle"), secret.join("ca.pem")).expect("ca.pem");
+        self.kubectl(&["create", "namespace", "flexdisk-system"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.kubectl(&[
+            "-n",
+            "flexdisk-system",
+            "create",
+            "secret",
+            "generic",
+            "flexdisk-cloud-config",
+            &format!("--from-file={}", secret.display()),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        let values = self.dir.path().join("values.json");
+        std::fs::write(
+            &values,
+            json!({
+                "images": {"driver": {"pullPolicy": "Never"}, "provisioner": {"pullPolicy": "Never"}},
+                "provisioner": {
+                    "logLevel": "info,flexdisk_provisioner=debug,flexdisk_azure=debug",
+                    "extraEnv": [{"name": "SSL_CERT_FILE", "value": "/etc/flexdisk/ca.pem"}]},
+            })
+            .to_string(),
+        )
+        .expect("values");
+        let home = self.dir.path().join("helm");
+        run(Command::new(helm())
+            // Helm's cache, config and data in the cluster's dir, not the user's home.
+            .env("HELM_CACHE_HOME", home.join("cache"))
+            .env("HELM_CONFIG_HOME", home.join("config"))
+            .env("HELM_DATA_HOME", home.join("data"))
+            .arg("install")
+            .arg("flexdisk")
+            .arg(install)
+            .args(["--namespace", "flexdisk-system", "--kubeconfig"])
+            .arg(&self.admin)
+            .arg("--values")
+            .arg(&values));
     }
 
     /// An OCI archive imported into every node's containerd (no registry: pods never pull).

@@ -5,14 +5,9 @@
 //! Helm is the pinned upstream one, built by `tests/helm/build`; kustomize is kubectl's.
 
 use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Command;
-use system_tests::real_cluster::{components, run};
+use system_tests::real_cluster::{components, helm, run};
 use system_tests::repo;
-
-fn helm() -> PathBuf {
-    PathBuf::from(run(&mut Command::new(repo().join("tests/helm/build"))).trim())
-}
 
 fn docs(yaml: &str) -> Vec<Value> {
     use serde::Deserialize;

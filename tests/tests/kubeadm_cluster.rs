@@ -1,7 +1,8 @@
 //! flexdisk on a cluster as kubeadm makes it (`RealCluster::start_kubeadm`): the control plane is
 //! `kubeadm init`'s static pods, run from distroless images named as upstream's; the workers
 //! `kubeadm join`; kube-controller-manager carries exactly the README's `extraVolumes`; flexdisk
-//! is installed as users install it (`install_flexdisk`), and its DaemonSet, not the harness,
+//! is installed as users install it with Helm (`helm install` of the chart, `install/`, with the
+//! images that ship), and its DaemonSet, not the harness,
 //! puts the driver into the control-plane node's plugin dir, where the controller-manager's
 //! container runs it. One scenario: the shipped static driver runs in that container, and a
 //! claim of the example class is attached, moved to another node and detached through it.
@@ -12,8 +13,8 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 use system_tests::real_cluster::{
-    control_plane_image, readme_controller_manager_volumes, static_binaries, RealCluster,
-    TOOLS_IMAGE,
+    control_plane_image, readme_controller_manager_volumes, static_binaries, Installer,
+    RealCluster, TOOLS_IMAGE,
 };
 use system_tests::scene::world;
 
@@ -74,7 +75,7 @@ fn scenario() {
         "[{:>6.1}s] kubeadm cluster up",
         started.elapsed().as_secs_f64()
     );
-    c.install_flexdisk();
+    c.install_flexdisk_with(Installer::Helm);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     c.kubectl(&[
         "apply",
