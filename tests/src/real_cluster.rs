@@ -42,6 +42,46 @@ fn sh(script: &str) -> String {
     run(Command::new("sh").args(["-euc", script]))
 }
 
+/// A test interrupted (CI's timeout, Ctrl-C) tears the cluster in `live` down before it goes: its
+/// components, bridge, namespaces, mounts and the simulator's loop devices would otherwise
+/// outlive it. Handlers, not a blocked signal mask with a waiting thread: every child would
+/// inherit the mask (exec keeps it, and std's spawn leaves it as it is), and a simulator started
+/// with SIGTERM blocked never stopped — the run hung after its last scenario. Handlers are
+/// reset at exec.
+pub fn tear_down_on_signals(live: &'static std::sync::OnceLock<std::sync::Weak<RealCluster>>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).expect("signal handlers");
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("signal {signal}: tearing the cluster down");
+            if let Some(cluster) = live.get().and_then(std::sync::Weak::upgrade) {
+                cluster.teardown();
+            }
+            std::process::exit(128 + signal);
+        }
+    });
+}
+
+/// A pod on `node` that runs `script` with the claim mounted at /data.
+pub fn pod(name: &str, node: &str, claim: &str, script: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "app", "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
+                "command": ["/bin/sh", "-c", script],
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}})
+}
+
+/// A pod's phase; empty while it does not exist.
+pub fn phase(c: &RealCluster, pod: &str) -> String {
+    c.kubectl_json(&["get", "pod", pod])
+        .ok()
+        .and_then(|p| p["status"]["phase"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
 /// How [`RealCluster::install_flexdisk_with`] installs flexdisk: the two ways the README gives.
 pub enum Installer {
     /// `kubectl apply -k` of the kustomize base (through an overlay).
@@ -655,19 +695,31 @@ impl RealCluster {
                 .args(["--hostname-override", name, "--node-ip", &ip.to_string()])
                 .arg(format!("--node-labels={labels}"))
                 .args(["--v", "2"])
-                .env("IMDS_ENDPOINT", &node.imds)
-                .env("SSL_CERT_FILE", self.sim.field("caBundle"))
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.bin.display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                ),
+                .envs(self.kubelet_env(&node)),
         );
         self.procs.get_mut().expect("procs").push(kubelet);
         self.nodes.push(node);
+    }
+
+    /// `PATH` with the components first (containerd finds its shim there, kubelet the CNI
+    /// plugins' neighbours and `kubeadm`'s helpers).
+    fn components_path(&self) -> String {
+        format!(
+            "{}:{}",
+            self.bin.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    /// A kubelet's environment: what is per node reaches the driver it runs as on a real node
+    /// (IMDS's address), the CA of the simulator's login (a private cloud's CA), the components'
+    /// `PATH`.
+    fn kubelet_env(&self, node: &Node) -> [(&'static str, String); 3] {
+        [
+            ("IMDS_ENDPOINT", node.imds.clone()),
+            ("SSL_CERT_FILE", self.sim.field("caBundle")),
+            ("PATH", self.components_path()),
+        ]
     }
 
     /// Node `i`'s address on the bridge.
@@ -805,14 +857,7 @@ state = \"/run/containerd\"
             node.command(self.bin.join("containerd").to_str().expect("utf-8"))
                 .arg("--config")
                 .arg(&containerd_toml)
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.bin.display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                ),
+                .env("PATH", self.components_path()),
         );
         self.procs.get_mut().expect("procs").push(containerd);
         self.wait_until(
@@ -1109,6 +1154,27 @@ state = \"/run/containerd\"
     }
 
     /// kubectl as the cluster's admin; stdout, or what went wrong.
+    /// The simulated Azure's record of disk `name` (`zones`, `attachedTo` with full VM IDs, …).
+    pub fn disk_record(&self, name: &str) -> Option<Value> {
+        let (_, state) = self.sim.control("GET", "/state", None).expect("state");
+        state["disks"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, d)| d)
+            .find(|d| d["name"] == name)
+            .cloned()
+    }
+
+    /// `kubectl apply -f` of one of the project's examples (`examples/FILE`), as a user applies it.
+    pub fn apply_example(&self, file: &str) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples")
+            .join(file);
+        self.kubectl(&["apply", "-f", path.to_str().expect("utf-8")])
+            .unwrap_or_else(|e| panic!("examples/{file}: {e}"));
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(self.bin.join("kubectl"))
             .arg("--kubeconfig")

@@ -9,12 +9,11 @@
 
 use libtest_mimic::{Arguments, Trial};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Instant;
 use system_tests::real_cluster::{
-    control_plane_image, readme_controller_manager_volumes, static_binaries, Installer,
-    RealCluster, TOOLS_IMAGE,
+    control_plane_image, phase, pod, readme_controller_manager_volumes, static_binaries, Installer,
+    RealCluster,
 };
 use system_tests::scene::world;
 
@@ -29,7 +28,7 @@ const DRIVER: &str =
 static LIVE: OnceLock<Weak<RealCluster>> = OnceLock::new();
 
 fn main() {
-    tear_down_on_signals();
+    system_tests::real_cluster::tear_down_on_signals(&LIVE);
     let args = Arguments::from_args();
     let trials = vec![Trial::test(
         "kubeadm_cluster::attach_move_detach_in_the_kubeadm_controller_manager",
@@ -39,21 +38,6 @@ fn main() {
         },
     )];
     libtest_mimic::run(&args, trials).exit();
-}
-
-fn tear_down_on_signals() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).expect("signal handlers");
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("signal {signal}: tearing the cluster down");
-            if let Some(cluster) = LIVE.get().and_then(Weak::upgrade) {
-                cluster.teardown();
-            }
-            std::process::exit(128 + signal);
-        }
-    });
 }
 
 fn scenario() {
@@ -76,16 +60,7 @@ fn scenario() {
         started.elapsed().as_secs_f64()
     );
     c.install_flexdisk_with(Installer::Helm);
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    c.kubectl(&[
-        "apply",
-        "-f",
-        examples
-            .join("storageclass-premium.yaml")
-            .to_str()
-            .expect("utf-8"),
-    ])
-    .expect("the example class");
+    c.apply_example("storageclass-premium.yaml");
     eprintln!(
         "[{:>6.1}s] flexdisk installed",
         started.elapsed().as_secs_f64()
@@ -193,41 +168,16 @@ fn controller_manager_runs_the_shipped_driver(c: &RealCluster) {
     );
 }
 
-/// A pod on `node` that runs `script` with the claim mounted at /data.
-fn pod(name: &str, node: &str, claim: &str, script: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "app", "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}})
-}
-
-fn phase(c: &RealCluster, pod: &str) -> String {
-    c.kubectl_json(&["get", "pod", pod])
-        .ok()
-        .and_then(|p| p["status"]["phase"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 /// The VMs the simulated Azure shows disk `name` attached to; `None` when there is no such disk.
 fn attached_to(c: &RealCluster, name: &str) -> Option<Vec<String>> {
-    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
-    state["disks"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(_, d)| d)
-        .find(|d| d["name"] == name)
-        .map(|d| {
-            d["attachedTo"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str()?.rsplit('/').next().map(str::to_string))
-                .collect()
-        })
+    c.disk_record(name).map(|d| {
+        d["attachedTo"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str()?.rsplit('/').next().map(str::to_string))
+            .collect()
+    })
 }
 
 /// A claim of the example class: a pod on one worker writes, goes; the disk is detached; a pod on

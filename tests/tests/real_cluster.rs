@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use system_tests::real_cluster::{
-    controller_driver_log, RealCluster, CONTROLLER_MANAGERS, TOOLS_IMAGE,
+    controller_driver_log, phase, pod, RealCluster, CONTROLLER_MANAGERS, TOOLS_IMAGE,
 };
 use system_tests::scene::world;
 
@@ -37,24 +37,6 @@ const ZONAL_TAINT: &str = "pool=zonal:NoSchedule";
 /// Azure-like timing, `FLEXDISK_REAL_CLUSTER_TIMING=azure`).
 fn long() -> Duration {
     system_tests::real_cluster::timing().long_wait()
-}
-
-/// A pod on `node` that runs `script` with the claim mounted at /data.
-fn pod(name: &str, node: &str, claim: &str, script: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"nodeName": node, "restartPolicy": "Never", "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "app", "image": TOOLS_IMAGE, "imagePullPolicy": "Never",
-                "command": ["/bin/sh", "-c", script],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}})
-}
-
-fn phase(c: &RealCluster, pod: &str) -> String {
-    c.kubectl_json(&["get", "pod", pod])
-        .ok()
-        .and_then(|p| p["status"]["phase"].as_str().map(str::to_string))
-        .unwrap_or_default()
 }
 
 /// The disks the simulated Azure has, by name, with the VMs each is attached to.
@@ -276,17 +258,7 @@ fn start() -> Shared {
     cluster.install_flexdisk();
     // The example StorageClass most scenarios use, applied as a user would after installing (so
     // that any scenario runs alone).
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    cluster
-        .kubectl(&[
-            "apply",
-            "-f",
-            examples
-                .join("storageclass-premium.yaml")
-                .to_str()
-                .expect("utf-8"),
-        ])
-        .expect("the example class");
+    cluster.apply_example("storageclass-premium.yaml");
     eprintln!(
         "[{:>6.1}s] cluster up, flexdisk installed",
         started.elapsed().as_secs_f64()
@@ -575,32 +547,11 @@ fn clean_up(c: &RealCluster) {
     }
 }
 
-/// The cluster while it runs, for [`tear_down_on_signals`].
+/// The cluster while it runs, for the signal handler (`tear_down_on_signals`).
 static LIVE: OnceLock<Weak<RealCluster>> = OnceLock::new();
 
-/// A test interrupted (CI's timeout, Ctrl-C) tears its cluster down before it goes: its
-/// components, bridge, namespaces, mounts and the simulator's loop devices would otherwise
-/// outlive it. Handlers, not a blocked signal mask with a waiting thread: every child would
-/// inherit the mask (exec keeps it, and std's spawn leaves it as it is), and a simulator started
-/// with SIGTERM blocked never stopped — the run hung after its last scenario. Handlers are
-/// reset at exec.
-fn tear_down_on_signals() {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).expect("signal handlers");
-    std::thread::spawn(move || {
-        if let Some(signal) = signals.forever().next() {
-            eprintln!("signal {signal}: tearing the cluster down");
-            if let Some(cluster) = LIVE.get().and_then(Weak::upgrade) {
-                cluster.teardown();
-            }
-            std::process::exit(128 + signal);
-        }
-    });
-}
-
 fn main() {
-    tear_down_on_signals();
+    system_tests::real_cluster::tear_down_on_signals(&LIVE);
     let mut args = Arguments::from_args();
     // One cluster, one scenario at a time.
     args.test_threads = Some(1);
@@ -2472,17 +2423,10 @@ fn node_of(c: &RealCluster, pod: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The simulated Azure's record of disk `name` (`zones`, `attachedTo` with full VM IDs, …).
+/// The simulated Azure's record of disk `name` (`zones`, `attachedTo` with full VM IDs, …); null
+/// if there is none.
 fn sim_disk(c: &RealCluster, name: &str) -> Value {
-    let (_, state) = c.sim.control("GET", "/state", None).expect("state");
-    state["disks"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(_, d)| d)
-        .find(|d| d["name"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
+    c.disk_record(name).unwrap_or(Value::Null)
 }
 
 /// The full IDs of the VMs disk `name` is attached to.
@@ -2523,15 +2467,6 @@ fn zone_affinity(c: &RealCluster, pv: &str) -> (String, Vec<String>) {
     )
 }
 
-fn example(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples")
-        .join(file)
-        .to_str()
-        .expect("utf-8")
-        .to_string()
-}
-
 /// Issue 27: a StatefulSet on the example zonal WaitForFirstConsumer class, spread across the
 /// scale-set pool's two zones. Each disk is made in its pod's zone (the node labelled as
 /// cloud-controller-manager labels it), its PV pinned there, and attached through the scale-set VM
@@ -2539,12 +2474,7 @@ fn example(file: &str) -> String {
 /// (its disk cannot follow it to the other zone), and starts again where its disk is, bytes
 /// intact, once the node is back.
 fn zonal_statefulset_across_zones(c: &RealCluster) {
-    c.kubectl(&[
-        "apply",
-        "-f",
-        &example("storageclass-wait-for-first-consumer.yaml"),
-    ])
-    .expect("the zonal class");
+    c.apply_example("storageclass-wait-for-first-consumer.yaml");
     let location = c.sim.field("location");
     let writes_before = scale_set_vm_writes(c);
     let mut sts = checksummed_statefulset("zonal", 2);
@@ -2684,12 +2614,7 @@ fn regional_volume_kept_off_zonal_nodes(c: &RealCluster) {
 /// attached nowhere, the VM still has its 4, and kube-controller-manager's back-off bounds the
 /// ARM writes the refusals cost. Once a slot frees, the fifth pod starts.
 fn data_disk_limit_of_a_zonal_scale_set_vm(c: &RealCluster) {
-    c.kubectl(&[
-        "apply",
-        "-f",
-        &example("storageclass-wait-for-first-consumer.yaml"),
-    ])
-    .expect("the zonal class");
+    c.apply_example("storageclass-wait-for-first-consumer.yaml");
     let node = ZONAL[1];
     let instance = &node[node.len() - 1..];
     let on_node = |i: usize| {

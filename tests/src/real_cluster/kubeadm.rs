@@ -195,16 +195,7 @@ impl RealCluster {
             logs,
             node.command("sh")
                 .args(["-c", script])
-                .env("IMDS_ENDPOINT", &node.imds)
-                .env("SSL_CERT_FILE", self.sim.field("caBundle"))
-                .env(
-                    "PATH",
-                    format!(
-                        "{}:{}",
-                        self.bin.display(),
-                        std::env::var("PATH").unwrap_or_default()
-                    ),
-                ),
+                .envs(self.kubelet_env(node)),
         );
         self.procs.lock().expect("procs").push(kubelet);
     }
