@@ -10,6 +10,12 @@
 //! `/dev/disk/azure/scsi1/lunN` links). The driver therefore runs with production defaults; what
 //! is per node reaches it as on a real node: the config file and `IMDS_ENDPOINT`.
 //!
+//! Two ways to start it: [`RealCluster::start`] runs the control plane as processes on the host,
+//! with a harness-made PKI and the driver copied into each controller-manager's plugin dir;
+//! [`RealCluster::start_kubeadm`] (`kubeadm.rs`) has `kubeadm init` run it as static pods on a
+//! control-plane node and the workers `kubeadm join`, so that the driver reaches the
+//! controller-manager only as on a user's kubeadm cluster (the DaemonSet, the README's volumes).
+//!
 //! The components are built by `tests/kube/build` (pinned in `tests/kube/versions`). Everything
 //! listens on the bridge's address or loopback; nodes reach the API server and the simulator
 //! through the bridge only.

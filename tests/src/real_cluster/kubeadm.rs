@@ -222,8 +222,11 @@ impl RealCluster {
             // Not detected: the host's /var/run may hold other runtimes' sockets too
             // (K/util/config/initconfiguration.go, "multiple sockets").
             "criSocket": "unix:///run/containerd/containerd.sock",
-            // The images are imported; nothing is pulled (the ImagePull check is skipped,
-            // K/preflight/checks.go).
+            // The images are imported; nothing is pulled. With Never, kubeadm's ImagePull check
+            // returns before it compares containerd's sandbox image with its own
+            // (registry.k8s.io/pause:3.10.2, K/preflight/checks.go `ImagePullCheck`), and
+            // nothing else of kubeadm uses that image: containerd keeps the test pause image
+            // (`PAUSE_IMAGE`) as every node's sandbox, as in host mode.
             "imagePullPolicy": "Never",
             // Every node shares this machine: its kernel and cgroup v1 (which kubelet is told to
             // accept, failCgroupV1), its swap (failSwapOn), its 2 CPUs and its memory say
