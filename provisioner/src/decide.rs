@@ -298,8 +298,14 @@ pub enum Decision {
 /// The zone number from a zone label value: `westus2-2` → `2`; Azure's `0`/`1` fault-domain
 /// labels of machines outside zones → none.
 pub fn zone_of(label: &str, location: &str) -> Option<String> {
-    let n = label.strip_prefix(&format!("{location}-"))?;
+    let n = label.strip_prefix(&zone_label(location, ""))?;
     (!n.is_empty() && n.chars().all(|c| c.is_ascii_digit())).then(|| n.to_string())
+}
+
+/// Zone `n`'s label value as cloud-provider-azure writes it: `<location>-<n>`, the location in
+/// lower case whatever azure.json or the class spells it (`makeZone`, `strings.ToLower`).
+pub fn zone_label(location: &str, n: &str) -> String {
+    format!("{}-{n}", location.to_ascii_lowercase())
 }
 
 /// Decides what to create for `claim` of `class`, provisioned for a pod on a node in
@@ -432,12 +438,12 @@ pub fn provision(
         read_only: !claim.access_modes.is_empty()
             && claim.access_modes.iter().all(|m| m == "ReadOnlyMany"),
         placement: match zone {
-            Some(z) => Placement::Zone(format!("{}-{z}", disk.location)),
+            Some(z) => Placement::Zone(zone_label(&disk.location, &z)),
             None if params.sku.is_zrs() => Placement::Anywhere,
             None => Placement::OutsideZones(
                 AZURE_ZONES
                     .iter()
-                    .map(|z| format!("{}-{z}", disk.location))
+                    .map(|z| zone_label(&disk.location, z))
                     .collect(),
             ),
         },
@@ -928,6 +934,34 @@ mod tests {
                 .get("kubernetes.io-created-for-pvc-namespace")
                 .map(String::as_str),
             Some("apps")
+        );
+    }
+
+    #[test]
+    fn zone_labels_are_lower_case_whatever_the_location_s_case() {
+        let mut c = cluster();
+        c.location = "WestUS2".into();
+        let p = plan(provision(
+            &claim(),
+            &class(&[]),
+            Some("westus2-2"),
+            None,
+            &c,
+        ));
+        assert_eq!(
+            p.disk.zone.as_deref(),
+            Some("2"),
+            "the node's zone is found"
+        );
+        assert_eq!(p.pv.placement, Placement::Zone("westus2-2".into()));
+        let p = plan(provision(&claim(), &class(&[]), Some("0"), None, &c));
+        assert_eq!(
+            p.pv.placement,
+            Placement::OutsideZones(vec![
+                "westus2-1".into(),
+                "westus2-2".into(),
+                "westus2-3".into()
+            ])
         );
     }
 
