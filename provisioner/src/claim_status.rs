@@ -81,3 +81,13 @@ pub fn disk_of(pv: &PersistentVolume) -> Option<Result<ResourceId, Error>> {
         .and_then(|o| o.get("diskURI"))
         .map(|uri| parse_resource_id(uri, ResourceKind::Disk).map_err(Error::Internal))
 }
+
+/// Whether the claim asks only for ReadOnlyMany: mounted read-only on every node.
+pub fn read_only_many(pvc: &PersistentVolumeClaim) -> bool {
+    let modes = pvc
+        .spec
+        .as_ref()
+        .and_then(|s| s.access_modes.as_deref())
+        .unwrap_or_default();
+    !modes.is_empty() && modes.iter().all(|m| m == "ReadOnlyMany")
+}

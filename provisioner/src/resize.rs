@@ -150,12 +150,7 @@ fn read_only(pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
         .and_then(|s| s.flex_volume.as_ref())
         .and_then(|f| f.read_only)
         .unwrap_or(false);
-    let modes = pvc
-        .spec
-        .as_ref()
-        .and_then(|s| s.access_modes.clone())
-        .unwrap_or_default();
-    pv_ro || (!modes.is_empty() && modes.iter().all(|m| m == "ReadOnlyMany"))
+    pv_ro || claim_status::read_only_many(pvc)
 }
 
 /// Whether the pod names the claim among its volumes — directly or through a generic ephemeral
@@ -485,12 +480,40 @@ async fn catch_up(
     };
     // Looked at again on the slow resync: kubelet may find its part infeasible.
     let later = Some(Again::After(RESYNC));
-    if disk.size_gib >= gib {
-        return Ok(later);
-    }
     let ns = pvc.namespace().unwrap_or_default();
     let uid = pvc.uid().unwrap_or_default();
     let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let back_to_the_disk =
+        json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}});
+    // A growth no node may do, handed to the node by kube-controller-manager (whose worker may
+    // come after this provisioner's refusal, and may have raised the volume already or not):
+    // the volume says what the disk is again — before kubelet's attempt keeps a pod from
+    // starting (kubelet expands only a claim that says NodeResizePending) — and the claim is
+    // refused again. A size refused a moment ago (by this provisioner's own try, which
+    // kube-controller-manager's hand-over overtook) is not asked again.
+    let tried = sizes(pvc, pv).allocated.unwrap_or(bytes);
+    let refusal = if read_only(pvc, pv) {
+        Some(read_only_refusal(pv))
+    } else {
+        ctx.refused_recently(&uid, tried)
+            .or_else(|| ctx.refused_recently(&uid, bytes))
+    };
+    if let Some(why) = refusal {
+        if gib > disk.size_gib {
+            pvs.patch(
+                &pv.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&back_to_the_disk),
+            )
+            .await?;
+        }
+        infeasible(ctx, pvc, &quantity_for(pvc, tried), &why).await?;
+        return Ok(later);
+    }
+    if disk.size_gib >= gib {
+        return Ok(later);
+    }
     // Already told to wait for a detach (this provisioner's own growth met it first).
     if ctx.waits_for_detach(&key, &uid, Some(bytes)) {
         if let Some(again) = still_attached(ctx, &key, pvc, &id).await? {
@@ -498,33 +521,6 @@ async fn catch_up(
         }
     }
     let allocated = quantity_for(pvc, bytes);
-    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let back_to_the_disk =
-        json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}});
-    // Refused a moment ago (by this provisioner's own try, which kube-controller-manager's
-    // hand-over overtook): not asked again.
-    if let Some(why) = ctx.refused_recently(&uid, bytes) {
-        pvs.patch(
-            &pv.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&back_to_the_disk),
-        )
-        .await?;
-        infeasible(ctx, pvc, &allocated, &why).await?;
-        return Ok(later);
-    }
-    if read_only(pvc, pv) {
-        // Handed to the node by kube-controller-manager: taken back before kubelet's attempt
-        // keeps a pod from starting (kubelet expands only a claim that says NodeResizePending).
-        pvs.patch(
-            &pv.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&back_to_the_disk),
-        )
-        .await?;
-        infeasible(ctx, pvc, &allocated, &read_only_refusal(pv)).await?;
-        return Ok(later);
-    }
     ctx.event(
         pvc,
         EventType::Normal,

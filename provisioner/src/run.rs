@@ -199,7 +199,17 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
     .default_backoff()
     .reflect(claim_writer)
     .applied_objects()
-    .predicate_filter(crate::triggers::claim_fingerprint, Default::default());
+    .predicate_filter(
+        {
+            let ctx = ctx.clone();
+            move |pvc: &PersistentVolumeClaim| {
+                crate::triggers::claim_fingerprint(pvc, |uid, bytes| {
+                    ctx.refused_recently(uid, bytes).is_some()
+                })
+            }
+        },
+        Default::default(),
+    );
     let claims = Controller::for_stream(claim_changes, claim_cache.clone());
     // A claim may come before its StorageClass (a directory applied at once, GitOps ordering):
     // a class appearing or changing looks at the unbound claims that name it at once.

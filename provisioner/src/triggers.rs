@@ -4,7 +4,9 @@
 //! or on a resync, not for conditions or statuses the resizer wrote itself. A controller woken by
 //! its own writes tried a size Azure refused 1,200 times in 12 s.
 
+use crate::claim_status::read_only_many;
 use crate::keys::{PROVISIONER_BETA_KEY, PROVISIONER_KEY, SELECTED_NODE_KEY};
+use crate::quantity::bytes_of;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::ResourceExt;
 use std::collections::hash_map::DefaultHasher;
@@ -18,13 +20,19 @@ use std::hash::{Hash, Hasher};
 ///   volume it names — what users and the PV controller change);
 /// - the annotations that hand it to a provisioner or a node;
 /// - from the status only what others write and the controller must act on: the phase (the PV
-///   controller) and the capacity (kubelet, when it grew the filesystem).
+///   controller), the capacity (kubelet, when it grew the filesystem), and whether the claim was
+///   handed to the node for a growth this provisioner refused ([`handed_over_despite_refusal`]).
+///
+/// `refused(uid, bytes)`: whether growing the claim `uid` to `bytes` was refused a moment ago.
 ///
 /// Not the conditions, `allocatedResources`, `allocatedResourceStatuses`, `modifyVolumeStatus` or
 /// `currentVolumeAttributesClassName`: this provisioner writes those, and kubelet's
 /// `NodeResizeInfeasible` is handed back on a new request or the slow resync, as external-resizer
 /// does (an immediate hand-back would ping-pong with kubelet while the node's failure lasts).
-pub fn claim_fingerprint(pvc: &PersistentVolumeClaim) -> Option<u64> {
+pub fn claim_fingerprint(
+    pvc: &PersistentVolumeClaim,
+    refused: impl Fn(&str, u64) -> bool,
+) -> Option<u64> {
     let mut h = DefaultHasher::new();
     pvc.uid().hash(&mut h);
     pvc.metadata.deletion_timestamp.is_some().hash(&mut h);
@@ -40,7 +48,43 @@ pub fn claim_fingerprint(pvc: &PersistentVolumeClaim) -> Option<u64> {
         .and_then(|c| c.get("storage"))
         .map(|q| q.0.as_str())
         .hash(&mut h);
+    handed_over_despite_refusal(pvc, refused).hash(&mut h);
     Some(h.finish())
+}
+
+/// kube-controller-manager handed the claim to the node (`NodeResizePending`) for a growth that
+/// no node may do: a ReadOnlyMany claim (no node can grow a filesystem mounted read-only), or a
+/// size Azure refused. Its expand controller runs a no-op expansion of every FlexVolume claim
+/// whose request grows (kubernetes v1.37 `pkg/volume/plugins.go` FindExpandablePluginBySpec →
+/// `noopExpandableVolumePluginInstance`; `operation_generator.go` expandAndRecoverFunction) and,
+/// when its worker comes after this provisioner's refusal, overwrites `ControllerResizeInfeasible`
+/// with its own statuses (merge patches without a resourceVersion) and raises the PV's capacity:
+/// kubelet would then grow the filesystem past the device and keep the claim's pods from
+/// starting. Seen on the real cluster (a reader of a ReadOnlyMany claim stuck until the 15-minute
+/// resync). The controller takes such a hand-over back at once; kubelet never writes
+/// `NodeResizePending`, and the take-back (`ControllerResizeInfeasible`) leaves kube-controller-
+/// manager nothing to queue (it queues on a grown request or capacity), so nothing ping-pongs.
+fn handed_over_despite_refusal(
+    pvc: &PersistentVolumeClaim,
+    refused: impl Fn(&str, u64) -> bool,
+) -> bool {
+    let Some(status) = pvc.status.as_ref() else {
+        return false;
+    };
+    let pending = status
+        .allocated_resource_statuses
+        .as_ref()
+        .and_then(|s| s.get("storage"))
+        .is_some_and(|s| s == "NodeResizePending");
+    if !pending {
+        return false;
+    }
+    let allocated = status
+        .allocated_resources
+        .as_ref()
+        .and_then(|a| a.get("storage"))
+        .map(|q| bytes_of(&q.0));
+    read_only_many(pvc) || allocated.is_some_and(|b| refused(&pvc.uid().unwrap_or_default(), b))
 }
 
 #[cfg(test)]
@@ -50,6 +94,10 @@ mod tests {
 
     fn claim(v: serde_json::Value) -> PersistentVolumeClaim {
         serde_json::from_value(v).expect("claim")
+    }
+
+    fn never(_: &str, _: u64) -> bool {
+        false
     }
 
     fn base() -> serde_json::Value {
@@ -63,7 +111,7 @@ mod tests {
 
     #[test]
     fn the_controller_s_own_status_writes_do_not_wake_it() {
-        let before = claim_fingerprint(&claim(base()));
+        let before = claim_fingerprint(&claim(base()), never);
         let mut own = base();
         own["status"]["conditions"] = json!([{"type": "ControllerResizeError", "status": "True",
             "message": "Azure refused", "lastTransitionTime": "2026-12-07T05:00:00Z"}]);
@@ -71,7 +119,7 @@ mod tests {
         let mut kubelet = own.clone();
         kubelet["status"]["allocatedResourceStatuses"]["storage"] = json!("NodeResizeInfeasible");
         assert_eq!(
-            claim_fingerprint(&claim(kubelet)),
+            claim_fingerprint(&claim(kubelet), never),
             before,
             "handed back on a new request or the slow resync, not at once"
         );
@@ -81,12 +129,12 @@ mod tests {
         own["status"]["currentVolumeAttributesClassName"] = json!("gold");
         own["metadata"]["resourceVersion"] = json!("99");
         own["metadata"]["labels"] = json!({"app": "db"});
-        assert_eq!(claim_fingerprint(&claim(own)), before);
+        assert_eq!(claim_fingerprint(&claim(own), never), before);
     }
 
     #[test]
     fn what_users_kubelet_and_the_pv_controller_change_wakes_it() {
-        let before = claim_fingerprint(&claim(base()));
+        let before = claim_fingerprint(&claim(base()), never);
         type Change = Box<dyn Fn(&mut serde_json::Value)>;
         let changes: Vec<Change> = vec![
             Box::new(|c| c["spec"]["resources"]["requests"]["storage"] = json!("9Gi")),
@@ -104,7 +152,36 @@ mod tests {
         for (i, change) in changes.iter().enumerate() {
             let mut c = base();
             change(&mut c);
-            assert_ne!(claim_fingerprint(&claim(c)), before, "change {i}");
+            assert_ne!(claim_fingerprint(&claim(c), never), before, "change {i}");
         }
+    }
+
+    #[test]
+    fn a_hand_over_to_the_node_of_a_refused_growth_wakes_it() {
+        // kube-controller-manager's statuses after its no-op expansion.
+        let handed = base();
+        let mut refused = base();
+        refused["status"]["allocatedResourceStatuses"]["storage"] = json!("ControllerResizeInfeasible");
+        // A size Azure refused a moment ago (8Gi): the hand-over changes the fingerprint.
+        let azure_refused = |uid: &str, bytes: u64| uid == "u1" && bytes == 8 << 30;
+        assert_ne!(
+            claim_fingerprint(&claim(handed.clone()), azure_refused),
+            claim_fingerprint(&claim(refused.clone()), azure_refused)
+        );
+        // Another size, or none refused: it does not (the node's ordinary turn).
+        let other = |_: &str, bytes: u64| bytes == 9 << 30;
+        assert_eq!(
+            claim_fingerprint(&claim(handed.clone()), other),
+            claim_fingerprint(&claim(refused.clone()), other)
+        );
+        // A ReadOnlyMany claim: always (no node may grow it).
+        let (mut handed, mut refused) = (handed, refused);
+        for c in [&mut handed, &mut refused] {
+            c["spec"]["accessModes"] = json!(["ReadOnlyMany"]);
+        }
+        assert_ne!(
+            claim_fingerprint(&claim(handed), never),
+            claim_fingerprint(&claim(refused), never)
+        );
     }
 }

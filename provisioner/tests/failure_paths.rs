@@ -246,6 +246,16 @@ fn a_size_azure_refuses_is_written_once_not_in_a_loop() {
     assert!(claim_writes <= 3, "{claim_writes} claim writes");
     assert!(event_writes <= 3, "{event_writes} event writes");
     assert_eq!(s.disk(&disk).expect("disk").size_gib, 5, "nothing grown");
+    // kube-controller-manager's worker comes after the refusal: taken back at once, without
+    // asking Azure again.
+    controller_manager_hands_to_node(&s, &claim, &disk, "40000Gi", "5Gi");
+    taken_back(&s, &claim, &disk, "5Gi");
+    let (arm2, _) = counters(&s);
+    assert_eq!(
+        writes_to(&arm2, &format!("disks/{disk}")),
+        writes_to(&arm1, &format!("disks/{disk}")),
+        "not asked again"
+    );
     // Recovery: a lower request (still above the volume's 5 GiB) is honoured.
     grow(&s, "default", "big", "7Gi");
     let claim = s.until(&claim, "the lowered size", |o| {
@@ -447,6 +457,54 @@ fn the_allocated_size_is_the_request_exactly() {
     );
 }
 
+/// kube-controller-manager's expand controller as its worker acts when it comes after the
+/// provisioner (on a real cluster it sometimes does): its no-op expansion of the FlexVolume claim,
+/// in its order (kubernetes v1.37 `operation_generator.go` expandAndRecoverFunction:
+/// MarkControllerReisizeInProgress, UpdatePVSize, markForPendingNodeExpansion), merge patches
+/// without a resourceVersion.
+fn controller_manager_hands_to_node(s: &Setup, claim: &str, pv: &str, size: &str, before: &str) {
+    let writes = [
+        (
+            format!("{claim}/status"),
+            json!({"status": {"allocatedResources": {"storage": size},
+                "allocatedResourceStatuses": {"storage": "ControllerResizeInProgress"},
+                "conditions": [{"type": "Resizing", "status": "True"}]}}),
+        ),
+        (
+            format!("/api/v1/persistentvolumes/{pv}"),
+            json!({"spec": {"capacity": {"storage": size}}}),
+        ),
+        (
+            format!("{claim}/status"),
+            json!({"status": {"allocatedResourceStatuses": {"storage": "NodeResizePending"},
+                "conditions": [{"type": "FileSystemResizePending", "status": "True",
+                    "message": "Waiting for user to (re-)start a pod to finish file system resize of volume on node."}]}}),
+        ),
+        (
+            format!("/api/v1/persistentvolumes/{pv}"),
+            json!({"metadata": {"annotations": {"volume.alpha.kubernetes.io/pre-resize-capacity": before}}}),
+        ),
+    ];
+    for (path, body) in writes {
+        let (status, answer) = s.call("PATCH", &path, Some(body));
+        assert_eq!(status, 200, "{path}: {answer}");
+    }
+}
+
+/// After such a hand-over of a growth the provisioner refused: the volume says what the disk is
+/// again and the claim is refused again, soon (before: only on the 15-minute resync, and kubelet
+/// meanwhile ran expandfs past the device and kept the claim's new pods from starting).
+fn taken_back(s: &Setup, claim: &str, pv: &str, disk_size: &str) {
+    s.until(
+        &format!("/api/v1/persistentvolumes/{pv}"),
+        "the volume back to its disk's size",
+        |o| o["spec"]["capacity"]["storage"] == disk_size,
+    );
+    s.until(claim, "the claim refused again", |o| {
+        o["status"]["allocatedResourceStatuses"]["storage"] == "ControllerResizeInfeasible"
+    });
+}
+
 /// A ReadOnlyMany claim is mounted read-only on every node: no node could grow its filesystem,
 /// and kubelet's attempt would keep its pods from starting. Its growth is refused up front, with
 /// no ARM write.
@@ -495,6 +553,27 @@ fn a_read_only_many_claim_is_refused_growth_up_front() {
         writes_to(&arm1, &format!("disks/{disk}")),
         writes_to(&arm0, &format!("disks/{disk}")),
         "no ARM write"
+    );
+    assert_eq!(s.disk(&disk).expect("disk").size_gib, 2);
+
+    // kube-controller-manager's worker comes after the refusal: taken back at once, no ARM write,
+    // and no loop once it is.
+    settled(&s, &claim);
+    controller_manager_hands_to_node(&s, &claim, &disk, "4Gi", "2Gi");
+    taken_back(&s, &claim, &disk, "2Gi");
+    settled(&s, &claim);
+    let (_, kube2) = counters(&s);
+    std::thread::sleep(Duration::from_secs(3));
+    let (arm3, kube3) = counters(&s);
+    assert_eq!(
+        writes_to(&arm3, &format!("disks/{disk}")),
+        writes_to(&arm0, &format!("disks/{disk}")),
+        "no ARM write"
+    );
+    assert_eq!(
+        writes_to(&kube3, "persistentvolumeclaims/default/published"),
+        writes_to(&kube2, "persistentvolumeclaims/default/published"),
+        "settled"
     );
     assert_eq!(s.disk(&disk).expect("disk").size_gib, 2);
 }

@@ -954,6 +954,20 @@ fn holds(c: &RealCluster, what: &str, window: Duration, f: impl Fn(&RealCluster)
 }
 
 /// The events of `object` with `reason`, as `kubectl describe` shows them.
+/// The size of the disk named `name` in the simulated Azure, GiB.
+fn disk_size_gib(c: &RealCluster, name: &str) -> Option<i64> {
+    c.sim
+        .control("GET", "/state", None)
+        .ok()
+        .and_then(|(_, s)| {
+            s["disks"]
+                .as_object()?
+                .values()
+                .find(|d| d["name"] == name)
+                .and_then(|d| d["sizeGb"].as_i64())
+        })
+}
+
 fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
     events_in(c, "default", object, reason)
 }
@@ -2320,6 +2334,75 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         "{catalog_now}"
     );
 
+    // The order that flaked (about one run in twelve): kube-controller-manager's expand controller
+    // comes after the provisioner's refusal. Made certain: no controller-manager runs while the
+    // claim asks for more and the provisioner refuses; the one started next finds the claim
+    // asking for more (its informer's add) and runs its no-op expansion over the refusal — PV
+    // raised, claim NodeResizePending. The provisioner takes it back at once (before: on its
+    // 15-minute resync, and a reader meanwhile stayed ContainerCreating while kubelet's expandfs
+    // failed), and a new reader starts.
+    for kcm in CONTROLLER_MANAGERS {
+        c.kill(kcm);
+    }
+    c.kubectl(&[
+        "patch",
+        "pvc",
+        "catalog",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}"#,
+    ])
+    .expect("grow");
+    c.wait_until("catalog's 3Gi refused", long(), |c| {
+        c.kubectl_json(&["get", "pvc", "catalog"])
+            .ok()
+            .is_some_and(|p| {
+                p["status"]["allocatedResources"]["storage"] == "3Gi"
+                    && p["status"]["allocatedResourceStatuses"]["storage"]
+                        == "ControllerResizeInfeasible"
+            })
+    });
+    for kcm in CONTROLLER_MANAGERS {
+        c.restart(kcm);
+    }
+    let raised_by_the_controller_manager = |c: &RealCluster| {
+        c.writes().iter().any(|e| {
+            e["objectRef"]["resource"] == "persistentvolumes"
+                && e["objectRef"]["name"] == catalog_pv.as_str()
+                && e["responseStatus"]["code"] == 200
+                && e["user"]["username"]
+                    .as_str()
+                    .is_some_and(|u| !u.contains("flexdisk"))
+                && e["requestObject"].to_string().contains("3Gi")
+        })
+    };
+    c.wait_until(
+        "kube-controller-manager's no-op expansion of catalog",
+        long(),
+        raised_by_the_controller_manager,
+    );
+    let handed = Instant::now();
+    c.wait_until("catalog's volume back to its disk's size", long(), |c| {
+        c.kubectl_json(&["get", "pv", &catalog_pv])
+            .ok()
+            .is_some_and(|pv| pv["spec"]["capacity"]["storage"] == "1Gi")
+            && c.kubectl_json(&["get", "pvc", "catalog"])
+                .ok()
+                .is_some_and(|p| {
+                    p["status"]["allocatedResourceStatuses"]["storage"]
+                        == "ControllerResizeInfeasible"
+                })
+    });
+    eprintln!(
+        "figure: a hand-over of a refused growth taken back in {:.1?}",
+        handed.elapsed()
+    );
+    c.apply(&[reader("browser-2", "catalog", false)]);
+    c.wait_until("the catalog's second reader ran", long(), |c| {
+        phase(c, "browser-2") == "Succeeded"
+    });
+    assert_eq!(disk_size_gib(c, &catalog_pv), Some(1), "the disk untouched");
+
     // The shared disk the pods have left grows; a read-only pod starts on the new size without
     // growing anything; the next writer's filesystem is the new size.
     c.kubectl(&[
@@ -2333,17 +2416,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     .expect("grow");
     let shelf_pv = bound_volume(c, "shelf");
     c.wait_until("shelf's disk grown", long(), |c| {
-        c.sim
-            .control("GET", "/state", None)
-            .ok()
-            .and_then(|(_, s)| {
-                s["disks"]
-                    .as_object()?
-                    .values()
-                    .find(|d| d["name"] == shelf_pv.as_str())
-                    .and_then(|d| d["sizeGb"].as_i64())
-            })
-            .is_some_and(|gb| gb >= 2)
+        disk_size_gib(c, &shelf_pv).is_some_and(|gb| gb >= 2)
     });
     c.apply(&[reader("glancer", "shelf", true)]);
     c.wait_until("the read-only reader ran", long(), |c| {
