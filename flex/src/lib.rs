@@ -47,7 +47,13 @@ pub fn main_reply(argv: &[String]) -> Reply {
     }
     let _log = logging::init(&settings);
     let call_name = argv.first().cloned().unwrap_or_default();
-    let reply = match Call::parse(argv) {
+    let parsed = Call::parse(argv);
+    let volume = parsed
+        .as_ref()
+        .ok()
+        .and_then(Call::volume)
+        .unwrap_or_default();
+    let reply = match parsed {
         Err(e) => Reply::failure(e.0),
         Ok(call) => std::panic::catch_unwind(|| calls::run(&settings, call)).unwrap_or_else(|_| {
             Reply::failure(format!(
@@ -58,6 +64,7 @@ pub fn main_reply(argv: &[String]) -> Reply {
     };
     tracing::info!(
         call = %call_name,
+        volume = %volume,
         args = ?logging::loggable_args(argv.get(1..).unwrap_or_default()),
         outcome = ?reply.status,
         message = %reply.message,

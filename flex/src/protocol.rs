@@ -172,6 +172,37 @@ fn arity(call: &str, args: &[String], want: usize, usage: &str) -> Result<(), Us
 }
 
 impl Call {
+    /// The volume a call is about, for the log: the PV's name where kubelet or
+    /// kube-controller-manager passes it (`kubernetes.io/pvOrVolumeName`; the mount dir and
+    /// detach's volume name are that name too), else the disk's. Lets an operator follow one
+    /// volume through every call whatever the log's truncation of long arguments.
+    pub fn volume(&self) -> Option<String> {
+        let of_options = |o: &Map<String, Value>| {
+            o.get("kubernetes.io/pvOrVolumeName")
+                .and_then(Value::as_str)
+                .or_else(|| {
+                    o.get("diskURI")
+                        .and_then(Value::as_str)
+                        .and_then(|u| u.trim_end_matches('/').rsplit('/').next())
+                })
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        match self {
+            Call::Attach { options, .. }
+            | Call::WaitForAttach { options, .. }
+            | Call::IsAttached { options, .. }
+            | Call::MountDevice { options, .. }
+            | Call::ExpandVolume { options, .. }
+            | Call::ExpandFs { options, .. } => of_options(options),
+            Call::UnmountDevice { dir } => std::path::Path::new(dir)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            Call::Detach { volume, .. } => Some(volume.clone()),
+            Call::Init | Call::Unsupported(_) | Call::Version | Call::Install(_) => None,
+        }
+    }
+
     pub fn parse(argv: &[String]) -> Result<Call, UsageError> {
         let Some((name, args)) = argv.split_first() else {
             return Err(UsageError("no call given; kubelet calls flexdisk with init, attach, waitforattach, isattached, mountdevice, unmountdevice or detach".into()));
@@ -280,6 +311,30 @@ mod tests {
         };
         assert_eq!(r.to_json(), r#"{"status":"Success","device":"3"}"#);
         assert_eq!(Reply::failure("x").exit_code(), 1);
+    }
+
+    #[test]
+    fn every_volume_call_names_its_volume_for_the_log() {
+        let uri = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/disks/disk-1";
+        let named = format!(r#"{{"diskURI":"{uri}","kubernetes.io/pvOrVolumeName":"pv-1"}}"#);
+        let unnamed = format!(r#"{{"diskURI":"{uri}"}}"#);
+        let volume = |a: &[&str]| Call::parse(&argv(a)).expect("call").volume();
+        let pv = Some("pv-1".to_string());
+        assert_eq!(volume(&["attach", &named, "node-a"]), pv);
+        assert_eq!(
+            volume(&["attach", &unnamed, "node-a"]),
+            Some("disk-1".into())
+        );
+        assert_eq!(volume(&["waitforattach", "/dev/sdc", &named]), pv);
+        assert_eq!(volume(&["isattached", &named, "node-a"]), pv);
+        assert_eq!(volume(&["mountdevice", "/m/pv-1", "/dev/sdc", &named]), pv);
+        assert_eq!(
+            volume(&["unmountdevice", "/var/lib/kubelet/plugins/m/pv-1"]),
+            pv
+        );
+        assert_eq!(volume(&["detach", "pv-1", "node-a"]), pv);
+        assert_eq!(volume(&["init"]), None);
+        assert_eq!(volume(&["attach", "{}", "node-a"]), None);
     }
 
     #[test]

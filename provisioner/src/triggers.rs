@@ -161,7 +161,8 @@ mod tests {
         // kube-controller-manager's statuses after its no-op expansion.
         let handed = base();
         let mut refused = base();
-        refused["status"]["allocatedResourceStatuses"]["storage"] = json!("ControllerResizeInfeasible");
+        refused["status"]["allocatedResourceStatuses"]["storage"] =
+            json!("ControllerResizeInfeasible");
         // A size Azure refused a moment ago (8Gi): the hand-over changes the fingerprint.
         let azure_refused = |uid: &str, bytes: u64| uid == "u1" && bytes == 8 << 30;
         assert_ne!(

@@ -42,6 +42,7 @@ pub fn run(cmd: &mut Command) -> String {
 }
 
 mod kubeadm;
+pub mod waterfall;
 pub use kubeadm::{control_plane_image, pinned, readme_controller_manager_volumes};
 
 fn sh(script: &str) -> String {
@@ -612,7 +613,8 @@ impl RealCluster {
         self.procs.get_mut().expect("procs").push(scheduler);
     }
 
-    /// The API server's audit policy (writes to claims and volumes, with their bodies), written
+    /// The API server's audit policy (writes to claims and volumes, pods, and the attach/detach
+    /// controller's node statuses, with their bodies), written
     /// into the cluster's dir; its path. Its log is `logs/audit.log` ([`RealCluster::writes`]).
     fn audit_policy(&self) -> PathBuf {
         let audit_policy = self.dir.path().join("audit-policy.json");
@@ -624,6 +626,18 @@ impl RealCluster {
                     {"level": "Request", "verbs": ["create", "update", "patch", "delete"],
                      "resources": [{"group": "", "resources": [
                         "persistentvolumes", "persistentvolumeclaims", "persistentvolumeclaims/status"]}]},
+                    // For the waterfalls (waterfall.rs): pods, their bindings, evictions and
+                    // kubelet's status writes, events, and the attach/detach controller's node
+                    // status writes (not kubelet's: large and every 10 s).
+                    {"level": "Request", "verbs": ["create", "update", "patch"],
+                     "resources": [{"group": "", "resources": [
+                        "pods", "pods/binding", "pods/eviction", "pods/status"]}]},
+                    {"level": "Request", "verbs": ["create", "update", "patch"],
+                     "resources": [{"group": "", "resources": ["events"]},
+                                   {"group": "events.k8s.io", "resources": ["events"]}]},
+                    {"level": "Request", "verbs": ["update", "patch"],
+                     "users": ["system:serviceaccount:kube-system:attachdetach-controller"],
+                     "resources": [{"group": "", "resources": ["nodes/status"]}]},
                     {"level": "None"}]})
             .to_string(),
         )

@@ -679,10 +679,26 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
             .and_then(|p| p["spec"]["nodeName"].as_str().map(str::to_string))
             .unwrap_or_default()
     };
+    let volume_of = |c: &RealCluster, claim: &str| {
+        c.kubectl_json(&["get", "pvc", claim])
+            .ok()
+            .and_then(|p| p["spec"]["volumeName"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    // Where each pod's seconds went (issue 28): every step found, flexdisk's share printed.
+    for i in 0..3 {
+        let (pod, claim) = (format!("db-{i}"), format!("data-db-{i}"));
+        let w = c.create_waterfall(&pod, &claim, &volume_of(c, &claim), &node_of(c, &pod));
+        eprintln!("{w}");
+        assert!(w.missing().is_empty(), "{w}");
+    }
     let drained = node_of(c, "db-0");
-    let moving = (0..3)
-        .filter(|i| node_of(c, &format!("db-{i}")) == drained)
-        .count();
+    let movers: Vec<String> = (0..3)
+        .map(|i| format!("db-{i}"))
+        .filter(|p| node_of(c, p) == drained)
+        .collect();
+    let moving = movers.len();
+    let drain_since = now_secs();
     let drain_started = Instant::now();
     c.kubectl(&[
         "drain",
@@ -711,6 +727,18 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         "every disk detached from the drained node: {:?}",
         disks(c)
     );
+    for pod in &movers {
+        let claim = format!("data-{pod}");
+        let w = c.drain_waterfall(
+            pod,
+            &volume_of(c, &claim),
+            &drained,
+            &node_of(c, pod),
+            drain_since,
+        );
+        eprintln!("{w}");
+        assert!(w.missing().is_empty(), "{w}");
+    }
     c.kubectl(&["uncordon", &drained]).expect("uncordon");
 
     // Growth: the provisioner grows disk and PV, kubelet the filesystem; the container sees it.
@@ -954,6 +982,13 @@ fn holds(c: &RealCluster, what: &str, window: Duration, f: impl Fn(&RealCluster)
 }
 
 /// The events of `object` with `reason`, as `kubectl describe` shows them.
+/// Now, seconds since the epoch (the waterfalls' clock).
+fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// The size of the disk named `name` in the simulated Azure, GiB.
 fn disk_size_gib(c: &RealCluster, name: &str) -> Option<i64> {
     c.sim
@@ -2448,7 +2483,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
         .expect("df");
     assert!(kib > 1_900_000, "the writer's filesystem grew: {kib} KiB");
 
-    for p in ["browser", "writer"] {
+    for p in ["browser", "browser-2", "writer"] {
         c.kubectl(&["delete", "pod", p, "--wait=true"])
             .expect("delete");
     }
