@@ -269,6 +269,24 @@ pub fn timing() -> ClusterTiming {
     }
 }
 
+/// kubelet's `nodeStatusUpdateFrequency` in this run: `FLEXDISK_REAL_CLUSTER_NODE_STATUS=1s` (a
+/// Go duration of whole seconds or milliseconds) sets it on every node, with
+/// `nodeStatusReportFrequency` kept at 5m (its default copies the update frequency otherwise,
+/// pkg/kubelet/apis/config/v1beta1/defaults.go); unset, kubelet's default (10 s). The tick gates
+/// every new mount of an attachable volume and every detach (kubelet reports `volumesInUse` only
+/// on it; README, Operations), so the waterfalls measure what an operator gains by lowering it.
+pub fn node_status_frequency() -> Option<String> {
+    let v = std::env::var("FLEXDISK_REAL_CLUSTER_NODE_STATUS").ok()?;
+    if v.is_empty() {
+        return None;
+    }
+    let number = v.strip_suffix("ms").or_else(|| v.strip_suffix('s'));
+    match number.map(|n| n.parse::<u32>()) {
+        Some(Ok(n)) if n > 0 => Some(v),
+        _ => panic!("FLEXDISK_REAL_CLUSTER_NODE_STATUS={v:?}: use a duration such as 1s or 500ms, or leave it unset"),
+    }
+}
+
 /// The control plane's kube-controller-managers (component names, and each one's hostname).
 pub const CONTROLLER_MANAGERS: [&str; 2] = ["kube-controller-manager", "kube-controller-manager-b"];
 
@@ -702,6 +720,10 @@ impl RealCluster {
         let (labels, provider_id) = cloud_identity(&node.imds);
         let mut config = config;
         config["providerID"] = json!(provider_id);
+        if let Some(every) = node_status_frequency() {
+            config["nodeStatusUpdateFrequency"] = json!(every);
+            config["nodeStatusReportFrequency"] = json!("5m");
+        }
         let config_file = d.join("kubelet-config.json");
         std::fs::write(&config_file, config.to_string()).expect("kubelet config");
         let kubelet = spawn(

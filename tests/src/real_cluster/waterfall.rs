@@ -148,7 +148,15 @@ impl fmt::Display for Waterfall {
         )?;
         let t0 = self.start().unwrap_or(0.0);
         let mut before = t0;
-        for s in &self.steps {
+        // In the order they happened (a drain's steps on two nodes interleave); unseen last.
+        let mut steps: Vec<&Step> = self.steps.iter().collect();
+        steps.sort_by(|a, b| match (a.at, b.at) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => std::cmp::Ordering::Equal,
+        });
+        for s in steps {
             match s.at {
                 Some(at) => {
                     writeln!(
