@@ -747,15 +747,7 @@ fn statefulset_drain_resize_delete(c: &RealCluster) {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .expect("df");
-    c.kubectl(&[
-        "patch",
-        "pvc",
-        "data-db-1",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}"#,
-    ])
-    .expect("grow");
+    ask_for(c, "data-db-1", "3Gi");
     c.wait_until("the claim grown to 3Gi", long(), |c| {
         c.kubectl_json(&["get", "pvc", "data-db-1"])
             .ok()
@@ -982,6 +974,13 @@ fn holds(c: &RealCluster, what: &str, window: Duration, f: impl Fn(&RealCluster)
 }
 
 /// The events of `object` with `reason`, as `kubectl describe` shows them.
+/// The claim asks for `size` (a growth).
+fn ask_for(c: &RealCluster, claim: &str, size: &str) {
+    let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}}).to_string();
+    c.kubectl(&["patch", "pvc", claim, "--type=merge", "-p", &patch])
+        .expect("grow");
+}
+
 /// Now, seconds since the epoch (the waterfalls' clock).
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
@@ -2282,15 +2281,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     // A size Azure refuses: one write, whoever of kube-controller-manager and the provisioner
     // gets there first; the PV back at the disk's size.
     let writes_before = disk_writes(c, &victim);
-    c.kubectl(&[
-        "patch",
-        "pvc",
-        "wide",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"resources":{"requests":{"storage":"40000Gi"}}}}"#,
-    ])
-    .expect("grow");
+    ask_for(c, "wide", "40000Gi");
     c.wait_until("wide ControllerResizeInfeasible", long(), |c| {
         c.kubectl_json(&["get", "pvc", "wide"])
             .ok()
@@ -2331,15 +2322,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     catalog["spec"]["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "shelf"});
     c.apply(&[catalog]);
     let catalog_pv = bound_volume(c, "catalog");
-    c.kubectl(&[
-        "patch",
-        "pvc",
-        "catalog",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
-    ])
-    .expect("grow");
+    ask_for(c, "catalog", "2Gi");
     c.wait_until("catalog's growth refused", long(), |c| {
         event_messages(c, "catalog", "VolumeResizeFailed")
             .iter()
@@ -2379,15 +2362,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
     for kcm in CONTROLLER_MANAGERS {
         c.kill(kcm);
     }
-    c.kubectl(&[
-        "patch",
-        "pvc",
-        "catalog",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"resources":{"requests":{"storage":"3Gi"}}}}"#,
-    ])
-    .expect("grow");
+    ask_for(c, "catalog", "3Gi");
     c.wait_until("catalog's 3Gi refused", long(), |c| {
         c.kubectl_json(&["get", "pvc", "catalog"])
             .ok()
@@ -2440,15 +2415,7 @@ fn provisioner_adversarial_paths(c: &RealCluster) {
 
     // The shared disk the pods have left grows; a read-only pod starts on the new size without
     // growing anything; the next writer's filesystem is the new size.
-    c.kubectl(&[
-        "patch",
-        "pvc",
-        "shelf",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}"#,
-    ])
-    .expect("grow");
+    ask_for(c, "shelf", "2Gi");
     let shelf_pv = bound_volume(c, "shelf");
     c.wait_until("shelf's disk grown", long(), |c| {
         disk_size_gib(c, &shelf_pv).is_some_and(|gb| gb >= 2)

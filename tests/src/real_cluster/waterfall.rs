@@ -304,6 +304,110 @@ fn step(what: &str, at: Option<f64>, who: Who) -> Step {
     }
 }
 
+/// A call's start and end as two steps: who waited for its start, and that the call's own time
+/// was `during`'s.
+fn call_steps(name: &str, caller: &str, call: Option<&Call>, during: Who) -> [Step; 2] {
+    [
+        step(
+            &format!("{name} called ({caller})"),
+            call.map(Call::start),
+            Who::Kubernetes,
+        ),
+        step(
+            &format!("{name} answered (driver)"),
+            call.map(|c| c.end),
+            during,
+        ),
+    ]
+}
+
+/// The way shared by a new pod and a moved one, from the attach to Ready on `node`.
+struct Arrival<'a> {
+    attach: Option<&'a Call>,
+    shown: Option<f64>,
+    wait: Option<Call>,
+    mount: Option<Call>,
+    events: [Option<f64>; 4],
+}
+
+impl<'a> Arrival<'a> {
+    fn read(
+        c: &RealCluster,
+        s: &'a Sources,
+        since: f64,
+        pod: &str,
+        node: &str,
+        volume: &str,
+    ) -> Self {
+        let calls = c.node_calls(node);
+        let on_node = |call: &str| call_of(&calls, since, call, volume).cloned();
+        Arrival {
+            attach: call_of(&s.controller_calls, since, "attach", volume),
+            shown: node_shows_attached(s, since, node, volume),
+            wait: on_node("waitforattach"),
+            mount: on_node("mountdevice"),
+            events: [
+                pod_event(s, since, pod, "Pulled"),
+                pod_event(s, since, pod, "Started"),
+                pod_status(s, since, pod, false),
+                pod_status(s, since, pod, true),
+            ],
+        }
+    }
+
+    /// The driver's time on the way beyond the VM operation.
+    fn driver(&self, azure: AzureTimes) -> f64 {
+        self.attach.map_or(0.0, |a| (a.took - azure.vm_op).max(0.0))
+            + self.wait.as_ref().map_or(0.0, |c| c.took)
+            + self.mount.as_ref().map_or(0.0, |c| c.took)
+    }
+
+    fn steps(&self) -> Vec<Step> {
+        let [pulled, started, running, ready] = self.events;
+        let mut out = Vec::from(call_steps(
+            "attach",
+            "kube-controller-manager",
+            self.attach,
+            Who::Azure,
+        ));
+        out.push(step(
+            "node status shows it attached",
+            self.shown,
+            Who::Kubernetes,
+        ));
+        out.push(step(
+            "waitforattach answered (kubelet's verify)",
+            self.wait.as_ref().map(|c| c.end),
+            Who::Kubernetes,
+        ));
+        out.extend(call_steps(
+            "mountdevice",
+            "kubelet",
+            self.mount.as_ref(),
+            Who::Flexdisk,
+        ));
+        out.extend([
+            step(
+                "sandbox up, image there (Pulled event)",
+                pulled,
+                Who::Kubernetes,
+            ),
+            step(
+                "container started (Started event)",
+                started,
+                Who::Kubernetes,
+            ),
+            step(
+                "a container running (kubelet's status)",
+                running,
+                Who::Kubernetes,
+            ),
+            step("pod Ready (kubelet's status)", ready, Who::Kubernetes),
+        ]);
+        out
+    }
+}
+
 impl RealCluster {
     /// The driver calls of `node`'s kubelet.
     fn node_calls(&self, node: &str) -> Vec<Call> {
@@ -353,23 +457,11 @@ impl RealCluster {
                 && e["requestObject"]["status"]["phase"] == "Bound"
         });
         let scheduled = s.first(since, |e| names(e, "pods", Some("binding"), pod));
-        let attach = call_of(&s.controller_calls, since, "attach", volume);
-        let shown = node_shows_attached(&s, since, node, volume);
-        let node_calls = self.node_calls(node);
-        let wait = call_of(&node_calls, since, "waitforattach", volume);
-        let mount = call_of(&node_calls, since, "mountdevice", volume);
-        let pulled = pod_event(&s, since, pod, "Pulled");
-        let started = pod_event(&s, since, pod, "Started");
-        let running = pod_status(&s, since, pod, false);
-        let ready = pod_status(&s, since, pod, true);
-
+        let arrival = Arrival::read(self, &s, since, pod, node, volume);
         let provisioner = match (pv_made, selected.or(created)) {
             (Some(made), Some(asked)) => (made - asked - azure.disk_op).max(0.0),
             _ => 0.0,
         };
-        let driver = attach.map_or(0.0, |a| (a.took - azure.vm_op).max(0.0))
-            + wait.map_or(0.0, |c| c.took)
-            + mount.map_or(0.0, |c| c.took);
         let mut steps = vec![step("claim created", created, Who::Kubernetes)];
         if selected.is_some() {
             steps.push(step("node selected (scheduler)", selected, Who::Kubernetes));
@@ -383,55 +475,14 @@ impl RealCluster {
                 scheduled,
                 Who::Kubernetes,
             ),
-            step(
-                "attach called (kube-controller-manager)",
-                attach.map(Call::start),
-                Who::Kubernetes,
-            ),
-            step(
-                "attach answered (driver)",
-                attach.map(|c| c.end),
-                Who::Azure,
-            ),
-            step("node status shows it attached", shown, Who::Kubernetes),
-            step(
-                "waitforattach answered (kubelet's verify)",
-                wait.map(|c| c.end),
-                Who::Kubernetes,
-            ),
-            step(
-                "mountdevice called",
-                mount.map(Call::start),
-                Who::Kubernetes,
-            ),
-            step(
-                "mountdevice answered (driver)",
-                mount.map(|c| c.end),
-                Who::Flexdisk,
-            ),
-            step(
-                "sandbox up, image there (Pulled event)",
-                pulled,
-                Who::Kubernetes,
-            ),
-            step(
-                "container started (Started event)",
-                started,
-                Who::Kubernetes,
-            ),
-            step(
-                "a container running (kubelet's status)",
-                running,
-                Who::Kubernetes,
-            ),
-            step("pod Ready (kubelet's status)", ready, Who::Kubernetes),
         ]);
+        steps.extend(arrival.steps());
         Waterfall {
             title: format!("{pod} with new claim {claim} on {node}"),
             steps,
             azure,
             azure_share: azure.disk_op + azure.vm_op,
-            flexdisk_share: provisioner + driver,
+            flexdisk_share: provisioner + arrival.driver(azure),
         }
     }
 
@@ -457,93 +508,35 @@ impl RealCluster {
             names(e, "pods", None, pod) && e["verb"] == "create"
         });
         let scheduled = s.first(after, |e| names(e, "pods", Some("binding"), pod));
-        let attach = call_of(&s.controller_calls, after, "attach", volume);
-        let shown = node_shows_attached(&s, after, to, volume);
-        let new = self.node_calls(to);
-        let wait = call_of(&new, after, "waitforattach", volume);
-        let mount = call_of(&new, after, "mountdevice", volume);
-        let pulled = pod_event(&s, after, pod, "Pulled");
-        let started = pod_event(&s, after, pod, "Started");
-        let running = pod_status(&s, after, pod, false);
-        let ready = pod_status(&s, after, pod, true);
+        let arrival = Arrival::read(self, &s, after, pod, to, volume);
         let driver = unmount.map_or(0.0, |c| c.took)
             + detach.map_or(0.0, |c| (c.took - azure.vm_op).max(0.0))
-            + attach.map_or(0.0, |c| (c.took - azure.vm_op).max(0.0))
-            + wait.map_or(0.0, |c| c.took)
-            + mount.map_or(0.0, |c| c.took);
+            + arrival.driver(azure);
+        let mut steps = vec![
+            step("evicted", evicted, Who::Kubernetes),
+            step("new pod created (StatefulSet)", recreated, Who::Kubernetes),
+            step(
+                "pod bound to its node (scheduler)",
+                scheduled,
+                Who::Kubernetes,
+            ),
+        ];
+        steps.extend(call_steps(
+            "unmountdevice",
+            "old node's kubelet",
+            unmount,
+            Who::Flexdisk,
+        ));
+        steps.extend(call_steps(
+            "detach",
+            "kube-controller-manager",
+            detach,
+            Who::Azure,
+        ));
+        steps.extend(arrival.steps());
         Waterfall {
             title: format!("{pod} moved from {from} to {to} by a drain"),
-            steps: vec![
-                step("evicted", evicted, Who::Kubernetes),
-                step("new pod created (StatefulSet)", recreated, Who::Kubernetes),
-                step(
-                    "pod bound to its node (scheduler)",
-                    scheduled,
-                    Who::Kubernetes,
-                ),
-                step(
-                    "unmountdevice called (old node's kubelet)",
-                    unmount.map(Call::start),
-                    Who::Kubernetes,
-                ),
-                step(
-                    "unmountdevice answered (driver)",
-                    unmount.map(|c| c.end),
-                    Who::Flexdisk,
-                ),
-                step(
-                    "detach called (kube-controller-manager)",
-                    detach.map(Call::start),
-                    Who::Kubernetes,
-                ),
-                step(
-                    "detach answered (driver)",
-                    detach.map(|c| c.end),
-                    Who::Azure,
-                ),
-                step(
-                    "attach called (kube-controller-manager)",
-                    attach.map(Call::start),
-                    Who::Kubernetes,
-                ),
-                step(
-                    "attach answered (driver)",
-                    attach.map(|c| c.end),
-                    Who::Azure,
-                ),
-                step("node status shows it attached", shown, Who::Kubernetes),
-                step(
-                    "waitforattach answered (kubelet's verify)",
-                    wait.map(|c| c.end),
-                    Who::Kubernetes,
-                ),
-                step(
-                    "mountdevice called",
-                    mount.map(Call::start),
-                    Who::Kubernetes,
-                ),
-                step(
-                    "mountdevice answered (driver)",
-                    mount.map(|c| c.end),
-                    Who::Flexdisk,
-                ),
-                step(
-                    "sandbox up, image there (Pulled event)",
-                    pulled,
-                    Who::Kubernetes,
-                ),
-                step(
-                    "container started (Started event)",
-                    started,
-                    Who::Kubernetes,
-                ),
-                step(
-                    "a container running (kubelet's status)",
-                    running,
-                    Who::Kubernetes,
-                ),
-                step("pod Ready (kubelet's status)", ready, Who::Kubernetes),
-            ],
+            steps,
             azure,
             azure_share: 2.0 * azure.vm_op,
             flexdisk_share: driver,
