@@ -2596,6 +2596,14 @@ fn zonal_statefulset_across_zones(c: &RealCluster) {
             "{node}'s providerID {provider:?}"
         );
         let pv = bound_volume(c, &format!("data-{pod}"));
+        // WaitForFirstConsumer's way (the scheduler's choice and its 1 s poll for the binding).
+        let w = c.create_waterfall(&pod, &format!("data-{pod}"), &pv, &node);
+        eprintln!("{w}");
+        assert!(w.missing().is_empty(), "{w}");
+        assert!(
+            w.steps.iter().any(|s| s.what.starts_with("node selected")),
+            "{w}"
+        );
         assert_eq!(
             zone_affinity(c, &pv),
             ("In".to_string(), vec![zone.clone()]),
