@@ -101,6 +101,60 @@ impl Again {
 /// resync (`DefaultResyncPeriod`, 15 min, in sig-storage-lib-external-provisioner).
 pub const RESYNC: Duration = Duration::from_secs(15 * 60);
 
+/// The sizes Azure refused to grow each claim to, by claim uid (the last one): tried again
+/// only on the slow resync or when the request changes (external-resizer's slowSet, [`recent`]),
+/// and remembered until the claim grows — or for a day — so that kube-controller-manager's
+/// hand-over of such a size to the node wakes the controller whenever it comes ([`ever`]).
+///
+/// [`recent`]: Refusals::recent
+/// [`ever`]: Refusals::ever
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<HashMap<String, (u64, Instant, String)>>);
+
+/// How long a refusal is remembered for the trigger at most (a claim gone meanwhile leaves
+/// its entry until then).
+const REFUSALS_KEPT: Duration = Duration::from_secs(24 * 3600);
+
+impl Refusals {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, (u64, Instant, String)>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn record(&self, uid: &str, target: u64, why: &str) {
+        self.record_at(uid, target, why, Instant::now());
+    }
+
+    fn record_at(&self, uid: &str, target: u64, why: &str, now: Instant) {
+        self.with(|all| {
+            all.retain(|_, (_, at, _)| now.saturating_duration_since(*at) < REFUSALS_KEPT);
+            all.insert(uid.to_string(), (target, now, why.to_string()));
+        });
+    }
+
+    /// Why growing `uid` to `target` was refused, if that was less than [`RESYNC`] ago.
+    pub fn recent(&self, uid: &str, target: u64) -> Option<String> {
+        self.recent_at(uid, target, Instant::now())
+    }
+
+    fn recent_at(&self, uid: &str, target: u64, now: Instant) -> Option<String> {
+        self.with(|all| {
+            all.get(uid)
+                .filter(|(t, at, _)| *t == target && now.saturating_duration_since(*at) < RESYNC)
+                .map(|(_, _, why)| why.clone())
+        })
+    }
+
+    /// Whether growing `uid` to `target` was refused and the claim has not grown since.
+    pub fn ever(&self, uid: &str, target: u64) -> bool {
+        self.with(|all| all.get(uid).is_some_and(|(t, _, _)| *t == target))
+    }
+
+    /// The claim grew: what was refused before no longer holds.
+    pub fn forget(&self, uid: &str) {
+        self.with(|all| all.remove(uid));
+    }
+}
+
 pub struct Ctx {
     /// Watch caches (as the library reads informers): answers that may lag a moment behind the
     /// API server, for decisions a fresh read confirms where lagging would matter.
@@ -117,9 +171,8 @@ pub struct Ctx {
     /// that used one goes.
     /// Each with the claim's uid and the size Azure refused to grow to while attached.
     pub detach_waiters: std::sync::Mutex<HashMap<ObjectRef<PersistentVolumeClaim>, (String, u64)>>,
-    /// Claims whose growth to a size Azure refused was last tried when (external-resizer's
-    /// slowSet): tried again only on the slow resync or when the request changes.
-    pub refused_sizes: std::sync::Mutex<HashMap<String, (u64, Instant, String)>>,
+    /// Sizes Azure refused to grow claims to (see [`Refusals`]).
+    pub refused_sizes: Refusals,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub client: Client,
     pub arm: Arm,
@@ -168,18 +221,11 @@ impl Ctx {
     /// Why growing the claim `uid` to `target` was refused, if that was less than [`RESYNC`]
     /// ago.
     pub fn refused_recently(&self, uid: &str, target: u64) -> Option<String> {
-        let mut all = self.refused_sizes.lock().unwrap_or_else(|p| p.into_inner());
-        all.retain(|_, (_, at, _)| at.elapsed() < RESYNC);
-        all.get(uid)
-            .filter(|(t, _, _)| *t == target)
-            .map(|(_, _, why)| why.clone())
+        self.refused_sizes.recent(uid, target)
     }
 
     pub fn size_refused(&self, uid: &str, target: u64, why: &str) {
-        self.refused_sizes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_string(), (target, Instant::now(), why.to_string()));
+        self.refused_sizes.record(uid, target, why);
     }
 
     /// [`Ctx::event`] from where nothing can be awaited (a controller's error policy).
@@ -213,6 +259,25 @@ impl Ctx {
 mod tests {
     use super::*;
     use flexdisk_azure::AzureError;
+
+    #[test]
+    fn a_refusal_is_retried_after_the_resync_and_remembered_until_the_claim_grows() {
+        let r = Refusals::default();
+        r.record("u1", 40 << 30, "too big");
+        assert_eq!(r.recent("u1", 40 << 30).as_deref(), Some("too big"));
+        assert!(r.recent("u1", 8 << 30).is_none(), "another size");
+        assert!(r.ever("u1", 40 << 30) && !r.ever("u2", 40 << 30));
+        // Older than the resync: asked again, but still known to the trigger.
+        let now = Instant::now();
+        assert!(r.recent_at("u1", 40 << 30, now + RESYNC).is_none());
+        assert!(r.ever("u1", 40 << 30));
+        r.forget("u1");
+        assert!(!r.ever("u1", 40 << 30));
+        // A day old: dropped when the next refusal is recorded.
+        r.record_at("u3", 1, "x", now);
+        r.record_at("u4", 2, "y", now + REFUSALS_KEPT);
+        assert!(!r.ever("u3", 1) && r.ever("u4", 2));
+    }
 
     #[test]
     fn backoff_doubles_caps_resets_and_honours_retry_after() {

@@ -247,8 +247,12 @@ pub async fn reconcile(
     }
     // A size Azure refused is tried again only on the slow resync or when the request changes
     // (external-resizer's slowSet).
-    if status.as_deref() == Some("ControllerResizeInfeasible")
-        && ctx.refused_recently(&uid, target).is_some()
+    // kube-controller-manager's no-op expansion first writes ControllerResizeInProgress with the
+    // same size: not a reason to ask Azure again either.
+    if matches!(
+        status.as_deref(),
+        Some("ControllerResizeInfeasible" | "ControllerResizeInProgress")
+    ) && ctx.refused_recently(&uid, target).is_some()
     {
         return Ok(Some(Again::After(RESYNC)));
     }
@@ -300,7 +304,10 @@ pub async fn reconcile(
 
     // 2. The disk.
     let disk = match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
-        Ok(d) => d,
+        Ok(d) => {
+            ctx.refused_sizes.forget(&uid);
+            d
+        }
         Err(AzureError::Other {
             status: Some(409),
             message,
@@ -495,9 +502,12 @@ async fn catch_up(
     let tried = sizes(pvc, pv).allocated.unwrap_or(bytes);
     let refusal = if read_only(pvc, pv) {
         Some(read_only_refusal(pv))
-    } else {
+    } else if gib_for_bytes(tried.max(bytes)) > disk.size_gib {
         ctx.refused_recently(&uid, tried)
             .or_else(|| ctx.refused_recently(&uid, bytes))
+    } else {
+        // The disk has that size already (grown since the refusal): nothing to refuse.
+        None
     };
     if let Some(why) = refusal {
         if gib > disk.size_gib {
@@ -534,6 +544,7 @@ async fn catch_up(
     .await;
     match ctx.arm.grow_disk(&id.resource_group, &id.name, gib).await {
         Ok(grown) => {
+            ctx.refused_sizes.forget(&uid);
             ctx.metrics.resize("grown");
             ctx.event(
                 pvc,

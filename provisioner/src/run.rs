@@ -204,7 +204,7 @@ pub async fn main(cli: Cli) -> anyhow::Result<()> {
             let ctx = ctx.clone();
             move |pvc: &PersistentVolumeClaim| {
                 crate::triggers::claim_fingerprint(pvc, |uid, bytes| {
-                    ctx.refused_recently(uid, bytes).is_some()
+                    ctx.refused_sizes.ever(uid, bytes)
                 })
             }
         },

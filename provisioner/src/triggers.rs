@@ -23,7 +23,8 @@ use std::hash::{Hash, Hasher};
 ///   controller), the capacity (kubelet, when it grew the filesystem), and whether the claim was
 ///   handed to the node for a growth this provisioner refused ([`handed_over_despite_refusal`]).
 ///
-/// `refused(uid, bytes)`: whether growing the claim `uid` to `bytes` was refused a moment ago.
+/// `refused(uid, bytes)`: whether growing the claim `uid` to `bytes` was refused (and the claim
+/// has not grown since).
 ///
 /// Not the conditions, `allocatedResources`, `allocatedResourceStatuses`, `modifyVolumeStatus` or
 /// `currentVolumeAttributesClassName`: this provisioner writes those, and kubelet's
@@ -52,7 +53,8 @@ pub fn claim_fingerprint(
     Some(h.finish())
 }
 
-/// kube-controller-manager handed the claim to the node (`NodeResizePending`) for a growth that
+/// kube-controller-manager handed the claim to the node (`NodeResizePending`, or kubelet's
+/// `NodeResizeInProgress` after it) for a growth that
 /// no node may do: a ReadOnlyMany claim (no node can grow a filesystem mounted read-only), or a
 /// size Azure refused. Its expand controller runs a no-op expansion of every FlexVolume claim
 /// whose request grows (kubernetes v1.37 `pkg/volume/plugins.go` FindExpandablePluginBySpec →
@@ -71,11 +73,13 @@ fn handed_over_despite_refusal(
     let Some(status) = pvc.status.as_ref() else {
         return false;
     };
+    // kubelet's NodeResizeInProgress too: it may have read the hand-over before the take-back
+    // and write it after (no resourceVersion); it starts an expansion only on these two.
     let pending = status
         .allocated_resource_statuses
         .as_ref()
         .and_then(|s| s.get("storage"))
-        .is_some_and(|s| s == "NodeResizePending");
+        .is_some_and(|s| s == "NodeResizePending" || s == "NodeResizeInProgress");
     if !pending {
         return false;
     }
@@ -167,6 +171,13 @@ mod tests {
         let azure_refused = |uid: &str, bytes: u64| uid == "u1" && bytes == 8 << 30;
         assert_ne!(
             claim_fingerprint(&claim(handed.clone()), azure_refused),
+            claim_fingerprint(&claim(refused.clone()), azure_refused)
+        );
+        let mut in_progress = handed.clone();
+        in_progress["status"]["allocatedResourceStatuses"]["storage"] =
+            json!("NodeResizeInProgress");
+        assert_ne!(
+            claim_fingerprint(&claim(in_progress), azure_refused),
             claim_fingerprint(&claim(refused.clone()), azure_refused)
         );
         // Another size, or none refused: it does not (the node's ordinary turn).

@@ -973,7 +973,6 @@ fn holds(c: &RealCluster, what: &str, window: Duration, f: impl Fn(&RealCluster)
     }
 }
 
-/// The events of `object` with `reason`, as `kubectl describe` shows them.
 /// The claim asks for `size` (a growth).
 fn ask_for(c: &RealCluster, claim: &str, size: &str) {
     let patch = json!({"spec": {"resources": {"requests": {"storage": size}}}}).to_string();
@@ -1002,6 +1001,7 @@ fn disk_size_gib(c: &RealCluster, name: &str) -> Option<i64> {
         })
 }
 
+/// The events of `object` with `reason`, as `kubectl describe` shows them.
 fn event_messages(c: &RealCluster, object: &str, reason: &str) -> Vec<String> {
     events_in(c, "default", object, reason)
 }
