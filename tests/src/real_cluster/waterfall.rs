@@ -438,6 +438,16 @@ impl RealCluster {
                     .to_string()
                     .contains("volume.kubernetes.io/selected-node")
         });
+        // The PV controller hands the claim to the provisioner with an annotation
+        // (`volume.kubernetes.io/storage-provisioner`, pv_controller.go setClaimProvisioner);
+        // the provisioner acts on that, not on the claim's creation.
+        let handed = s.first(since, |e| {
+            names(e, "persistentvolumeclaims", None, claim)
+                && user_has(e, "persistent-volume-binder")
+                && e["requestObject"]
+                    .to_string()
+                    .contains("volume.kubernetes.io/storage-provisioner")
+        });
         let disk_put = s
             .journal
             .iter()
@@ -458,13 +468,22 @@ impl RealCluster {
         });
         let scheduled = s.first(since, |e| names(e, "pods", Some("binding"), pod));
         let arrival = Arrival::read(self, &s, since, pod, node, volume);
-        let provisioner = match (pv_made, selected.or(created)) {
+        let asked = [created, handed, selected]
+            .into_iter()
+            .flatten()
+            .reduce(f64::max);
+        let provisioner = match (pv_made, asked) {
             (Some(made), Some(asked)) => (made - asked - azure.disk_op).max(0.0),
             _ => 0.0,
         };
         let mut steps = vec![step("claim created", created, Who::Kubernetes)];
-        if selected.is_some() {
-            steps.push(step("node selected (scheduler)", selected, Who::Kubernetes));
+        for (what, at) in [
+            ("node selected (scheduler)", selected),
+            ("claim handed to the provisioner (PV controller)", handed),
+        ] {
+            if at.is_some() {
+                steps.push(step(what, at, Who::Kubernetes));
+            }
         }
         steps.extend([
             step("disk PUT answered (Azure)", disk_put, Who::Flexdisk),
