@@ -491,8 +491,17 @@ async fn catch_up(
     let uid = pvc.uid().unwrap_or_default();
     let key = ObjectRef::<PersistentVolumeClaim>::new(&pvc.name_any()).within(&ns);
     let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    let back_to_the_disk =
-        json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}});
+    // A PV larger than its disk would have kubelet grow a filesystem past the device.
+    let back_to_the_disk = || async {
+        pvs.patch(
+            &pv.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"capacity": {"storage": format!("{}Gi", disk.size_gib)}}}),
+            ),
+        )
+        .await
+    };
     // A growth no node may do, handed to the node by kube-controller-manager (whose worker may
     // come after this provisioner's refusal, and may have raised the volume already or not):
     // the volume says what the disk is again — before kubelet's attempt keeps a pod from
@@ -511,12 +520,7 @@ async fn catch_up(
     };
     if let Some(why) = refusal {
         if gib > disk.size_gib {
-            pvs.patch(
-                &pv.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&back_to_the_disk),
-            )
-            .await?;
+            back_to_the_disk().await?;
         }
         infeasible(ctx, pvc, &quantity_for(pvc, tried), &why).await?;
         return Ok(later);
@@ -577,12 +581,7 @@ async fn catch_up(
                 status: Some(400), ..
             }),
         ) => {
-            pvs.patch(
-                &pv.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&back_to_the_disk),
-            )
-            .await?;
+            back_to_the_disk().await?;
             let why = format!(
                 "disk {} cannot grow to {gib} GiB: {e}; volume {} says {} GiB again, what the disk is — lower the \
                  claim's request to a size Azure allows",
