@@ -4,10 +4,13 @@ use crate::arm::{from_core, Arm, Want};
 use crate::error::{vm_name_from_id, AzureError};
 use crate::naming::{ResourceId, ResourceKind};
 use crate::params::{DiskParams, NetworkAccess, Sku};
+use crate::transport::{guarded, SendGuard, Unwanted};
 use azure_core::Method;
 use azure_mgmt_compute::package_2024_07_01::models;
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Instant;
 
 pub const DISK_API_VERSION: &str = "2024-03-02";
 
@@ -259,16 +262,22 @@ impl Arm {
     }
 
     /// Replaces the disk's tags (a PATCH: allowed while the disk is attached). Callers pass the
-    /// tags they read plus their own, so nothing of others is lost.
+    /// tags they read plus their own, so nothing of others is lost. No attempt goes out at or
+    /// after `send_before`, the transport's retries included (then [`AzureError::Abandoned`]):
+    /// tags planned from a read land soon after it or not at all. `Disks_Update` takes no
+    /// `If-Match`, so a late write would overwrite whatever another writer claimed since the read
+    /// (flexdisk's `ownership` counts on the bound).
     pub async fn set_disk_tags(
         &self,
         resource_group: &str,
         name: &str,
         tags: &BTreeMap<String, String>,
+        send_before: Instant,
     ) -> Result<DiskInfo, AzureError> {
         let mut update = models::DiskUpdate::new();
         update.tags = serde_json::to_value(tags).ok();
-        self.update_disk(resource_group, name, update, "tagged")
+        let guard = SendGuard(Arc::new(move || Instant::now() < send_before));
+        self.update_disk(resource_group, name, update, "tagged", Some(guard))
             .await
     }
 
@@ -288,26 +297,45 @@ impl Arm {
         };
         let mut update = models::DiskUpdate::new();
         update.properties = Some(properties);
-        self.update_disk(resource_group, name, update, "tuned")
+        self.update_disk(resource_group, name, update, "tuned", None)
             .await
     }
 
-    /// One PATCH of the disk, followed to its end; the disk as it is afterwards.
+    /// One PATCH of the disk, followed to its end; the disk as it is afterwards. `guard`, if any,
+    /// is asked before every attempt to send the PATCH (not the polls after it).
     async fn update_disk(
         &self,
         resource_group: &str,
         name: &str,
         update: models::DiskUpdate,
         what: &str,
+        guard: Option<SendGuard>,
     ) -> Result<DiskInfo, AzureError> {
         let url = self.disk_url(resource_group, name)?;
-        let sent = self
-            .client
-            .disks_client()
-            .update(&self.subscription, resource_group, name, update)
-            .send()
-            .await
-            .map(|r| r.into_raw_response());
+        let send = async {
+            self.client
+                .disks_client()
+                .update(&self.subscription, resource_group, name, update)
+                .send()
+                .await
+                .map(|r| r.into_raw_response())
+        };
+        let sent = match guard {
+            Some(g) => guarded(g, send).await,
+            None => send.await,
+        };
+        if let Some(u) = sent
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<Unwanted>())
+        {
+            return Err(AzureError::Abandoned {
+                message: format!(
+                    "the disk {name} was not {what}: its time to send ran out ({} earlier attempts)",
+                    u.attempts
+                ),
+            });
+        }
         match self.write(sent, Method::Patch, &url, Want::Result).await? {
             Some(b) => Ok(DiskInfo::from_model(parse_body(
                 &b,
@@ -401,7 +429,7 @@ impl Arm {
         props.disk_size_gb = Some(size);
         let mut update = models::DiskUpdate::new();
         update.properties = Some(props);
-        self.update_disk(resource_group, name, update, "grown")
+        self.update_disk(resource_group, name, update, "grown", None)
             .await
     }
 

@@ -377,7 +377,7 @@ impl Arm {
         attach: &[AttachSpec],
         detach: &[String],
     ) -> Result<VmDisks, AzureError> {
-        self.change_data_disks(vm, None, attach, detach, everyone())
+        self.change_data_disks(vm, Known::Unknown, attach, detach, everyone())
             .await
     }
 
@@ -386,8 +386,10 @@ impl Arm {
     /// exactly that change put it; any other is as a read of the VM made during this call shows
     /// it — never as an older view says.
     ///
-    /// `known` is a read of the VM the caller believes current. It plans the operation only when
-    /// every request needs doing in it ([`plannable`]); a request it shows done already (or not
+    /// `known` is a read of the VM. A [`Known::Fresh`] one, made after every request of the change
+    /// was made, plans and answers like a read of this call's own. A [`Known::View`], which the
+    /// caller believes current, plans the operation only when every request needs doing in it
+    /// ([`plannable`]); a request it shows done already (or not
     /// doable yet) may be contradicted by another writer since — another control-plane host — so
     /// the VM is read then. A change by another writer that `known` misses makes Azure refuse the
     /// plan (the disk already there, gone, or its LUN taken): the VM is read, the change counts
@@ -400,14 +402,14 @@ impl Arm {
     pub async fn change_data_disks(
         &self,
         vm: &VmRef,
-        known: Option<VmDisks>,
+        known: Known,
         attach: &[AttachSpec],
         detach: &[String],
         wanted: Wanted,
     ) -> Result<VmDisks, AzureError> {
         let mut base = match known {
-            Some(k) if &k.vm == vm => Base::View(k),
-            _ => Base::Unknown,
+            Known::View(k) | Known::Fresh(k) if &k.vm != vm => Known::Unknown,
+            k => k,
         };
         let mut replanned = false;
         loop {
@@ -422,9 +424,9 @@ impl Arm {
                     message: format!("every requester of the change on VM {} is gone", vm.name()),
                 });
             }
-            let (current, fresh) = match std::mem::replace(&mut base, Base::Unknown) {
-                Base::View(k) if plannable(&k, &attach, &detach) => (k, false),
-                Base::Fresh(k) => (k, true),
+            let (current, fresh) = match std::mem::replace(&mut base, Known::Unknown) {
+                Known::View(k) if plannable(&k, &attach, &detach) => (k, false),
+                Known::Fresh(k) => (k, true),
                 _ => (self.vm_disks(vm).await?, true),
             };
             let plan = plan_change(&current, &attach, &detach)?;
@@ -454,9 +456,9 @@ impl Arm {
                 Err(Sent::Unwanted { attempts }) => {
                     info!(vm = %vm.name(), attempts, "a requester of the change is gone; sending the rest without it");
                     base = match (attempts, fresh) {
-                        (0, true) => Base::Fresh(current),
-                        (0, false) => Base::View(current),
-                        _ => Base::Unknown,
+                        (0, true) => Known::Fresh(current),
+                        (0, false) => Known::View(current),
+                        _ => Known::Unknown,
                     };
                 }
                 Err(Sent::Failed(
@@ -477,7 +479,7 @@ impl Arm {
                     }
                     info!(vm = %vm.name(), error = %e, "Azure refused the plan; planning again from a fresh read");
                     replanned = true;
-                    base = Base::Fresh(after);
+                    base = Known::Fresh(after);
                 }
                 Err(Sent::Failed(e)) => return Err(e),
             }
@@ -576,12 +578,14 @@ pub fn everyone() -> Wanted {
 }
 
 /// What a change is planned from.
-enum Base {
+#[derive(Debug, Clone)]
+pub enum Known {
     /// Nothing: read the VM.
     Unknown,
     /// The caller's read, perhaps older than another writer's change.
     View(VmDisks),
-    /// A read made during this call.
+    /// A read made during this call, after every request of the change was made: it may answer
+    /// a request it shows done already.
     Fresh(VmDisks),
 }
 

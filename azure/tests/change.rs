@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use flexdisk_azure::vms::Wanted;
+use flexdisk_azure::vms::{Known, Wanted};
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, DiskParams, DiskSpec};
 use std::sync::Arc;
 
@@ -30,7 +30,13 @@ fn a_change_nobody_wants_is_not_sent() {
     let vm = rt.block_on(arm.node_vm(AS_A)).expect("vm");
     reset_counters(&sim);
     let nobody: Wanted = Arc::new(|_| false);
-    match rt.block_on(arm.change_data_disks(&vm.vm, Some(vm.clone()), &[spec(&a)], &[], nobody)) {
+    match rt.block_on(arm.change_data_disks(
+        &vm.vm,
+        Known::View(vm.clone()),
+        &[spec(&a)],
+        &[],
+        nobody,
+    )) {
         Err(AzureError::Abandoned { .. }) => {}
         other => panic!("{other:?}"),
     }
@@ -57,7 +63,7 @@ fn answers_come_from_azure_not_from_a_stale_view() {
     let after = rt
         .block_on(arm.change_data_disks(
             &stale.vm,
-            Some(stale.clone()),
+            Known::View(stale.clone()),
             &[],
             std::slice::from_ref(&b),
             flexdisk_azure::vms::everyone(),
@@ -71,7 +77,7 @@ fn answers_come_from_azure_not_from_a_stale_view() {
     let after = rt
         .block_on(arm.change_data_disks(
             &stale.vm,
-            Some(stale.clone()),
+            Known::View(stale.clone()),
             &[spec(&a)],
             &[],
             flexdisk_azure::vms::everyone(),

@@ -22,6 +22,7 @@ use flexdisk_azure::naming::{
 use flexdisk_azure::{Arm, ArmOptions, AttachedDisk, AzureError, Caching, Config, VmDisks, VmRef};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Instant;
 use tracing::{info, warn};
 
 pub fn load_config(s: &Settings) -> Result<Config> {
@@ -83,6 +84,7 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     let config = load_config(s)?;
     let coming = announce_for(s, &config, node);
     let arm = connect_with(s, &config).await?;
+    let read_at = Instant::now();
     let mut disk = arm
         .get_disk(&opts.disk.resource_group, &opts.disk.name)
         .await?
@@ -95,13 +97,21 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     // PV's attach takes it while this one may be on its way (see `ownership`).
     let send_by = clock::boot_ms() + ownership::SEND_WITHIN.as_millis() as u64;
     let mut replaced = None;
-    match ownership::plan_tag(&disk, pv, clock::unix_secs()) {
+    let now = clock::unix_secs();
+    let plan = ownership::plan_tag(&disk, pv, now);
+    let check_tag = ownership::needs_tag_check(&plan, ownership::claim_age(&disk.tags, now));
+    match plan {
         TagPlan::Keep => {}
         TagPlan::Refuse(m) => return Err(Error::Refused(m)),
         TagPlan::Write(tags) => {
             let before = disk.tags.clone();
             disk = arm
-                .set_disk_tags(&opts.disk.resource_group, &opts.disk.name, &tags)
+                .set_disk_tags(
+                    &opts.disk.resource_group,
+                    &opts.disk.name,
+                    &tags,
+                    read_at + ownership::CLAIM_WRITE_WITHIN,
+                )
                 .await
                 .map_err(|source| Error::AzureDuring {
                     what: format!("cannot mark disk {} as PV {pv}'s", disk.name),
@@ -111,21 +121,18 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
             info!(disk = %disk.name, pv, "claimed the disk for its PV");
         }
     }
-    let read_at = vm_view::now_ms();
-    let vm = arm.node_vm(node).await?;
-    vm_view::store(s, &vm, read_at);
-    let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
-    if let Some(d) = vm.find(&disk.id) {
-        if !d.to_be_detached {
-            remember(s, pv, &opts.disk_uri);
-            return Ok(d.lun);
-        }
-    }
-    let vm_id = vm.vm.id(&arm.subscription);
+    // No read of the VM here: the batch's holder reads it once for every request of the batch
+    // (`batch::Basis::Node`). The disk tells whether another VM holds it.
+    let candidates = VmRef::candidates_for_node(node, config.vm_type, &config.resource_group);
+    let ours = |id: &str| {
+        candidates
+            .iter()
+            .any(|vm| vm.id(&arm.subscription).eq_ignore_ascii_case(id))
+    };
     let owners: Vec<String> = disk
         .attached_to()
         .into_iter()
-        .filter(|o| !o.eq_ignore_ascii_case(&vm_id))
+        .filter(|o| !ours(o))
         .collect();
     if !owners.is_empty() && disk.max_shares.unwrap_or(1) <= 1 {
         return Err(Error::Refused(format!(
@@ -146,24 +153,34 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
     let op = Op::Attach {
         caching: caching.as_str().to_string(),
     };
-    let seen = batch::Seen {
-        vm: &vm,
-        read_at_ms: read_at,
-    };
-    let answer = batch::submit(s, &arm, seen, &disk.id, op, Some(send_by), coming).await?;
+    let spool_vm = announced_vm(&config, node);
+    let basis = batch::Basis::Node(node);
+    let answer = batch::submit(
+        s,
+        &arm,
+        &spool_vm,
+        basis,
+        &disk.id,
+        op,
+        Some(send_by),
+        coming,
+    )
+    .await?;
     let lun = match answer {
         Answer::Attached { lun } => lun,
         Answer::Failed { message } => {
-            if let Some((before, ours)) = replaced {
-                give_back(&arm, opts, &vm_id, &before, &ours).await;
+            if let Some((before, claim)) = replaced {
+                give_back(&arm, opts, &ours, &before, &claim).await;
             }
             return Err(Error::Operation(message));
         }
         Answer::Detached => return Err(Error::Spool("the attach was answered as a detach".into())),
     };
     remember(s, pv, &opts.disk_uri);
-    info!(disk = %disk.name, vm = %vm.vm.name(), lun, "attached");
-    confirm_tag(&arm, opts, pv).await;
+    info!(disk = %disk.name, node, lun, "attached");
+    if check_tag {
+        confirm_tag(&arm, opts, pv).await;
+    }
     Ok(lun)
 }
 
@@ -174,12 +191,14 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
 async fn confirm_tag(arm: &Arm, opts: &VolumeOptions, pv: &str) {
     let rg = &opts.disk.resource_group;
     let name = &opts.disk.name;
+    let read_at = Instant::now();
     match arm.get_disk(rg, name).await {
         Ok(Some(d)) if pv_of_tags(&d.tags) == Some(pv) => {}
         Ok(Some(d)) => {
             warn!(disk = %name, pv, found = ?pv_of_tags(&d.tags), "another PV's attach tagged the disk while ours was on its way; tagging it again");
             let tags = ownership::claimed(&d.tags, pv, clock::unix_secs());
-            if let Err(e) = arm.set_disk_tags(rg, name, &tags).await {
+            let by = read_at + ownership::CLAIM_WRITE_WITHIN;
+            if let Err(e) = arm.set_disk_tags(rg, name, &tags, by).await {
                 warn!(disk = %name, pv, error = %e, "cannot tag the attached disk with its PV");
             }
         }
@@ -193,19 +212,17 @@ async fn confirm_tag(arm: &Arm, opts: &VolumeOptions, pv: &str) {
 async fn give_back(
     arm: &Arm,
     opts: &VolumeOptions,
-    vm_id: &str,
+    our_vm: &dyn Fn(&str) -> bool,
     before: &BTreeMap<String, String>,
     ours: &BTreeMap<String, String>,
 ) {
     let rg = &opts.disk.resource_group;
     let name = &opts.disk.name;
+    let read_at = Instant::now();
     let Ok(Some(d)) = arm.get_disk(rg, name).await else {
         return;
     };
-    let elsewhere = d
-        .attached_to()
-        .iter()
-        .any(|o| !o.eq_ignore_ascii_case(vm_id));
+    let elsewhere = d.attached_to().iter().any(|o| !our_vm(o));
     let still_ours = |k: &str| {
         let get = |t: &BTreeMap<String, String>| {
             t.iter()
@@ -216,7 +233,8 @@ async fn give_back(
     };
     if elsewhere && still_ours(PV_TAG) && still_ours(ownership::CLAIM_TAG) {
         info!(disk = %name, "the disk went to another VM; putting back the tags this attach replaced");
-        if let Err(e) = arm.set_disk_tags(rg, name, before).await {
+        let by = read_at + ownership::CLAIM_WRITE_WITHIN;
+        if let Err(e) = arm.set_disk_tags(rg, name, before, by).await {
             warn!(disk = %name, error = %e, "cannot put back the disk's tags");
         }
     }
@@ -331,7 +349,6 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String> {
         Err(e) => return Err(e.into()),
     };
     vm_view::store(s, &vm, read_at);
-    let coming = coming.filter(|_| vm.vm == announced_vm(&config, node));
     let hint = std::fs::read_to_string(record_path(s, volume)).ok();
     let (found, reads) = find_pv_disk(&arm, &vm, volume, hint.as_deref()).await?;
     let Some(disk) = found else {
@@ -342,11 +359,23 @@ pub async fn detach(s: &Settings, volume: &str, node: &str) -> Result<String> {
             vm.vm.name()
         ));
     };
-    let seen = batch::Seen {
+    let basis = batch::Basis::Seen(batch::Seen {
         vm: &vm,
         read_at_ms: read_at,
-    };
-    match batch::submit(s, &arm, seen, &disk.disk_id, Op::Detach, None, coming).await? {
+    });
+    let spool_vm = announced_vm(&config, node);
+    match batch::submit(
+        s,
+        &arm,
+        &spool_vm,
+        basis,
+        &disk.disk_id,
+        Op::Detach,
+        None,
+        coming,
+    )
+    .await?
+    {
         Answer::Detached => {}
         Answer::Failed { message } => return Err(Error::Operation(message)),
         Answer::Attached { .. } => {

@@ -32,7 +32,7 @@
 
 use crate::error::{describe_azure, Error, Result};
 use crate::settings::Settings;
-use flexdisk_azure::vms::Wanted;
+use flexdisk_azure::vms::{Known, Wanted};
 use flexdisk_azure::{Arm, AttachSpec, AzureError, Caching, VmDisks, VmRef};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
@@ -141,6 +141,16 @@ pub struct Seen<'a> {
     pub read_at_ms: u64,
 }
 
+/// What the lock holder plans a batch from when the request is its own.
+pub enum Basis<'a> {
+    /// The requester's own read of the VM (a detach reads it to find its disk): it plans the
+    /// operation when no operation of this host changed the VM since.
+    Seen(Seen<'a>),
+    /// No read: the holder reads the node's VM once the batch is gathered — one read for every
+    /// request in it, made after each was posted, so it may answer a request it shows done.
+    Node(&'a str),
+}
+
 /// When the last operation on the VM was sent or ended, whichever is later (`.last`): a read
 /// that started after it shows every change this host made. It decides only what plans the
 /// operation — never an answer: another host's change since is caught by Azure's refusal of
@@ -177,20 +187,22 @@ fn unique_id() -> String {
 }
 
 /// Submits one request and returns its answer, sending it (with whatever else is pending for the
-/// VM) when this process gets the VM's lock first. `seen` is this process's own read of the VM:
-/// it plans the operation when no operation of this host changed the VM since. `send_by`: the
+/// VM) when this process gets the VM's lock first. `spool_vm` names the batch: the node's likely
+/// VM, the one its announcement went to, whichever VM the node turns out to be — one lock per
+/// node. `basis`: what the batch is planned from if this process sends it. `send_by`: the
 /// request is not sent at or after that moment (`clock::boot_ms`).
+#[allow(clippy::too_many_arguments)]
 pub async fn submit(
     s: &Settings,
     arm: &Arm,
-    seen: Seen<'_>,
+    spool_vm: &VmRef,
+    basis: Basis<'_>,
     disk_id: &str,
     op: Op,
     send_by: Option<u64>,
     coming: Option<Announcement>,
 ) -> Result<Answer> {
-    let vm = &seen.vm.vm;
-    let dir = spool(s, vm);
+    let dir = spool(s, spool_vm);
     std::fs::create_dir_all(&dir).map_err(Error::file(&dir))?;
     let req = Request {
         id: unique_id(),
@@ -221,9 +233,28 @@ pub async fn submit(
         return Ok(answer);
     }
     let pending = gather(s, &dir).await;
-    let known = current(&dir, &seen).then(|| seen.vm.clone());
+    let base = match basis {
+        Basis::Seen(seen) => Ok((
+            seen.vm.vm.clone(),
+            if current(&dir, &seen) {
+                Known::View(seen.vm.clone())
+            } else {
+                Known::Unknown
+            },
+        )),
+        Basis::Node(node) => {
+            let read_at = crate::vm_view::now_ms();
+            arm.node_vm(node).await.map(|vm| {
+                crate::vm_view::store(s, &vm, read_at);
+                (vm.vm.clone(), Known::Fresh(vm))
+            })
+        }
+    };
     mark_change(&dir);
-    let answers = send(s, arm, vm, known, &pending, &dir, &req.id).await;
+    let answers = match base {
+        Ok((vm, known)) => send(s, arm, &vm, known, &pending, &dir, &req.id).await,
+        Err(e) => failed_all(&pending, e),
+    };
     mark_change(&dir);
     for (r, a) in pending.iter().zip(&answers) {
         if r.id == req.id {
@@ -390,12 +421,13 @@ fn wanted(spool_dir: &Path, pending: &[Request], own: &str) -> Wanted {
 /// then sending the requests one by one would only multiply the load, so all share the failure.
 ///
 /// Every answer is what Azure did (`Arm::change_data_disks`): a disk the operation changed, by
-/// Azure's success; any other, by a read of the VM made now. `known` only plans.
+/// Azure's success; any other, by a read of the VM made after every request of the batch was
+/// posted — the holder's own (`Known::Fresh`) or one made now. A `Known::View` only plans.
 async fn send(
     s: &Settings,
     arm: &Arm,
     vm: &VmRef,
-    known: Option<VmDisks>,
+    known: Known,
     pending: &[Request],
     spool_dir: &Path,
     own: &str,
@@ -437,13 +469,7 @@ async fn send(
                     AzureError::Throttled { .. } | AzureError::Transient { .. }
                 ) =>
         {
-            let message = describe(e);
-            pending
-                .iter()
-                .map(|_| Answer::Failed {
-                    message: message.clone(),
-                })
-                .collect()
+            failed_all(pending, e)
         }
         Err(e) => {
             warn!(vm = %vm.name(), error = %e, "the batch was refused; sending its requests one by one");
@@ -452,19 +478,35 @@ async fn send(
                 let (a, d) = split(std::slice::from_ref(r));
                 let read_at = crate::vm_view::now_ms();
                 let alone = wanted(spool_dir, std::slice::from_ref(r), own);
-                out.push(match arm.change_data_disks(vm, None, &a, &d, alone).await {
-                    Ok(after) => {
-                        crate::vm_view::store(s, &after, read_at);
-                        answer_from(&after, r)
-                    }
-                    Err(e) => Answer::Failed {
-                        message: describe(e),
+                out.push(
+                    match arm
+                        .change_data_disks(vm, Known::Unknown, &a, &d, alone)
+                        .await
+                    {
+                        Ok(after) => {
+                            crate::vm_view::store(s, &after, read_at);
+                            answer_from(&after, r)
+                        }
+                        Err(e) => Answer::Failed {
+                            message: describe(e),
+                        },
                     },
-                });
+                );
             }
             out
         }
     }
+}
+
+/// Every request of the batch answered with one failure.
+fn failed_all(pending: &[Request], e: AzureError) -> Vec<Answer> {
+    let message = describe(e);
+    pending
+        .iter()
+        .map(|_| Answer::Failed {
+            message: message.clone(),
+        })
+        .collect()
 }
 
 /// Azure's error as the requester will read it (text: it crosses processes in the spool).

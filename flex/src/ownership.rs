@@ -16,9 +16,13 @@
 //!   `batch::Request::send_by`); Azure marks the disk owned the moment it accepts the attach. So
 //!   no attach is ever in flight on a disk whose claim another PV may take over:
 //!   `REFRESH + SEND_WITHIN` plus a margin for clock skew stays under `LEASE`.
+//! - Every tag write goes out within [`CLAIM_WRITE_WITHIN`] of the read it was planned from, or
+//!   not at all (`Arm::set_disk_tags`; the transport would otherwise retry it for minutes).
 //! - After its attach, the attach reads the disk and writes its tag back if it is not its PV's
 //!   (a writer that read the disk before the claim and wrote after); an attach that lost the disk
-//!   to another VM puts back the tags it replaced.
+//!   to another VM puts back the tags it replaced. A claim read at least [`CONFIRM_AFTER`] old
+//!   needs no such check: a writer that read the disk before it wrote within
+//!   [`CLAIM_WRITE_WITHIN`] of that read, long before ([`needs_tag_check`]).
 
 use flexdisk_azure::naming::{pv_of_tags, PV_TAG};
 use flexdisk_azure::DiskInfo;
@@ -36,6 +40,28 @@ pub const REFRESH: Duration = Duration::from_secs(30 * 60);
 
 /// How long after its claim an attach may still be sent.
 pub const SEND_WITHIN: Duration = Duration::from_secs(20 * 60);
+
+/// How long after the read it was planned from a tag write may still be sent, its retries
+/// included.
+pub const CLAIM_WRITE_WITHIN: Duration = Duration::from_secs(60);
+
+/// A claim this old when the attach read it cannot be overwritten any more by a writer that read
+/// the disk before the claim: that writer's last attempt went out within [`CLAIM_WRITE_WITHIN`]
+/// of its read. Ten minutes more for clock skew between hosts and for Azure's lag in applying an
+/// accepted write (the margin the lease keeps too).
+pub const CONFIRM_AFTER: Duration = Duration::from_secs(60 + 600);
+
+/// Whether the attach must read the disk's tags again after attaching it (`attach::confirm_tag`):
+/// after its own claim, and after a claim younger than [`CONFIRM_AFTER`] (or from another host's
+/// clock ahead of ours: `age` 0) — a writer that read the disk before that claim may still write.
+/// `age`: the claim's age when the disk was read.
+pub fn needs_tag_check(plan: &TagPlan, age: Option<Duration>) -> bool {
+    match plan {
+        TagPlan::Keep => age.is_none_or(|a| a < CONFIRM_AFTER),
+        TagPlan::Write(_) => true,
+        TagPlan::Refuse(_) => false,
+    }
+}
 
 /// What `attach` must do about the disk's tags before attaching it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +155,34 @@ mod tests {
     fn the_timing_leaves_no_attach_in_flight_past_the_lease() {
         // Ten minutes for clock skew between hosts and for Azure to show the disk owned.
         assert!(REFRESH + SEND_WITHIN + Duration::from_secs(600) <= LEASE);
+    }
+
+    #[test]
+    fn an_aged_claim_outlives_every_stale_writer_before_it_is_renewed() {
+        // A writer's last attempt, plus the margin for skew and Azure's lag.
+        assert!(CLAIM_WRITE_WITHIN + Duration::from_secs(600) <= CONFIRM_AFTER);
+        // Else every kept claim would be checked: the skip would never apply.
+        assert!(CONFIRM_AFTER < REFRESH);
+    }
+
+    #[test]
+    fn the_tag_is_checked_after_a_fresh_or_young_claim_only() {
+        let write = TagPlan::Write(BTreeMap::new());
+        assert!(needs_tag_check(&write, None));
+        assert!(needs_tag_check(&write, Some(REFRESH)));
+        let young = CONFIRM_AFTER - Duration::from_secs(1);
+        assert!(needs_tag_check(&TagPlan::Keep, Some(young)));
+        assert!(needs_tag_check(&TagPlan::Keep, Some(Duration::ZERO)));
+        assert!(!needs_tag_check(&TagPlan::Keep, Some(CONFIRM_AFTER)));
+        assert!(!needs_tag_check(
+            &TagPlan::Keep,
+            Some(REFRESH - Duration::from_secs(1))
+        ));
+        assert!(!needs_tag_check(&TagPlan::Refuse("no".into()), None));
+        // A claim from a host whose clock is ahead reads as age 0: young, checked.
+        let ahead = (NOW + 300).to_string();
+        let tags: BTreeMap<String, String> = [(CLAIM_TAG.to_string(), ahead)].into();
+        assert!(needs_tag_check(&TagPlan::Keep, claim_age(&tags, NOW)));
     }
 
     #[test]

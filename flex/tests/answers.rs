@@ -231,10 +231,12 @@ fn an_attach_puts_its_tag_back_over_a_stale_writer() {
     stale.insert(PV_TAG.into(), "pv-y".into());
     stale.insert(CLAIM_TAG.into(), "1".into());
     env.rt
-        .block_on(
-            env.arm
-                .set_disk_tags(&env.arm.resource_group, "stale-tag", &stale),
-        )
+        .block_on(env.arm.set_disk_tags(
+            &env.arm.resource_group,
+            "stale-tag",
+            &stale,
+            in_a_minute(),
+        ))
         .expect("retag");
     drop(held_a);
     finish(attach_x).ok();
@@ -249,5 +251,36 @@ fn an_attach_puts_its_tag_back_over_a_stale_writer() {
         !env.vm_disks(AS_A).contains(&"stale-tag".to_string()),
         "detach of pv-x answered {} while its disk is on {AS_A}",
         detach_x.raw
+    );
+}
+
+/// Host 2 attached D; host 1's attach of D waits behind its VM's batch lock while host 2 detaches
+/// D. Host 1's answer comes from a read made after its request was posted: D is attached again,
+/// at the LUN it answered — not "attached" from a read older than the detach.
+#[test]
+fn an_attached_disk_is_answered_from_a_read_made_after_posting() {
+    let env = Env::start();
+    let d = env.options(&env.disk("pvc-late-read", 1), "pvc-late-read", json!({}));
+    env.controller_on("cp-2", &["attach", &d, AS_A]).ok();
+    let held = env.hold_batches("cp-1", AS_A);
+    let attach = env.controller_spawn_on("cp-1", &["attach", &d, AS_A], &[]);
+    env.wait_for_requests("cp-1", AS_A, 1);
+    env.controller_on("cp-2", &["detach", "pvc-late-read", AS_A])
+        .ok();
+    assert!(!env.vm_disks(AS_A).contains(&"pvc-late-read".to_string()));
+    drop(held);
+    let out = finish(attach);
+    let lun: i32 = out.ok()["device"]
+        .as_str()
+        .expect("lun")
+        .parse()
+        .expect("number");
+    let vm = env.rt.block_on(env.arm.node_vm(AS_A)).expect("vm");
+    let listed = vm.disks.iter().find(|x| x.name == "pvc-late-read");
+    assert_eq!(
+        listed.map(|x| x.lun),
+        Some(lun),
+        "answered LUN {lun} while the VM lists {:?}",
+        vm.disks
     );
 }

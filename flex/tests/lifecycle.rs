@@ -137,7 +137,9 @@ fn a_disk_owned_elsewhere_or_missing_is_refused_by_name() {
         "{}",
         missing.raw
     );
-    let unknown_node = env.controller(&["attach", &opts, "nowhere"]);
+    // A free disk: one attached elsewhere is refused for that before the node is looked up.
+    let free = env.options(&env.disk("pvc-free", 1), "pvc-free", json!({}));
+    let unknown_node = env.controller(&["attach", &free, "nowhere"]);
     assert_eq!(unknown_node.status, "Failure");
     assert!(
         unknown_node.message().contains("no VM for node nowhere"),

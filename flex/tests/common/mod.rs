@@ -207,6 +207,29 @@ impl Env {
             .unwrap_or(0)
     }
 
+    /// Dates the disk's claim (flexdisk's claim tag) `age` back, as if its attach had claimed it
+    /// that long ago; its other tags stay.
+    pub fn age_claim(&self, name: &str, age: std::time::Duration) {
+        let rg = &self.arm.resource_group;
+        let mut tags = self
+            .rt
+            .block_on(self.arm.get_disk(rg, name))
+            .expect("disk read")
+            .expect("disk exists")
+            .tags;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        tags.insert(
+            flexdisk::ownership::CLAIM_TAG.into(),
+            (now - age.as_secs()).to_string(),
+        );
+        self.rt
+            .block_on(self.arm.set_disk_tags(rg, name, &tags, in_a_minute()))
+            .expect("tags");
+    }
+
     /// The controller host's state directory.
     pub fn state_dir(&self, host: &str) -> PathBuf {
         self.tmp.path().join(format!("state-{host}"))
@@ -380,6 +403,11 @@ impl Drop for Env {
             }
         }
     }
+}
+
+/// A deadline for the tests' own tag writes.
+pub fn in_a_minute() -> std::time::Instant {
+    std::time::Instant::now() + std::time::Duration::from_secs(60)
 }
 
 /// The whole device's digest (md5sum: fast, and it reads every byte).
