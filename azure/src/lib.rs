@@ -26,7 +26,7 @@ pub use config::{Auth, CloudName, Config, ConfigError, VmType};
 pub use disks::{DiskInfo, DiskSpec, Performance};
 pub use error::AzureError;
 pub use params::{Caching, DiskParams, ParamError, Sku};
-pub use transport::{TransportStats, WriteGate};
+pub use transport::{TransportStats, WriteGate, ATTEMPT_TIMEOUT};
 pub use vms::{AttachSpec, AttachedDisk, VmDisks, VmRef};
 
 /// Log directives every binary adds to its filter, whatever level the operator asks for: at

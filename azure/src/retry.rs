@@ -61,16 +61,21 @@ impl RetryPolicy {
                 code,
                 message,
                 retry_after,
-            } => match status {
-                429 | 503 => match retry_after {
-                    Some(d) if d > self.max_retry_after => None,
-                    Some(d) => Some(d),
-                    None => Some(backoff),
-                },
-                408 | 500 | 502 | 504 => Some(retry_after.unwrap_or(backoff)),
-                _ if is_busy(status, code, message) => Some(retry_after.unwrap_or(backoff)),
-                _ => None,
-            },
+            } => {
+                // However the answer asks to be retried, a wait past `max_retry_after` is not
+                // made: a 5xx or a busy VM with Retry-After of an hour would otherwise hold the
+                // caller (and a write planned from an old read) that long.
+                let wait = match retry_after {
+                    Some(d) if d > self.max_retry_after => return None,
+                    Some(d) => d,
+                    None => backoff,
+                };
+                match status {
+                    429 | 503 | 408 | 500 | 502 | 504 => Some(wait),
+                    _ if is_busy(status, code, message) => Some(wait),
+                    _ => None,
+                }
+            }
         }
     }
 
@@ -127,6 +132,11 @@ mod tests {
     fn a_long_retry_after_is_reported_not_waited() {
         let p = RetryPolicy::default();
         assert_eq!(p.decide(0, status(429, "", Some(3600)), 0.5), None);
+        assert_eq!(p.decide(0, status(500, "", Some(3600)), 0.5), None);
+        assert_eq!(
+            p.decide(0, status(500, "", Some(30)), 0.5),
+            Some(Duration::from_secs(30))
+        );
     }
 
     #[test]

@@ -20,6 +20,10 @@ use std::time::Duration;
 use tracing::{debug, info, warn};
 use url::Url;
 
+/// How long one HTTP attempt may take, connection included: a request sent just before its
+/// [`SendGuard`] closes may still reach Azure this long after.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Makes ring the process's TLS crypto provider (once; later calls and an earlier choice by the
 /// embedding program are fine). azure_identity's reqwest 0.13 is built without a provider of its
 /// own (see the workspace manifest) and panics without one.
@@ -51,7 +55,7 @@ pub(crate) fn http_client() -> Result<reqwest::Client, AzureError> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
+        .timeout(ATTEMPT_TIMEOUT)
         // ARM does not redirect; following one would carry the bearer token elsewhere.
         .redirect(reqwest::redirect::Policy::none());
     for cert in extra_roots()? {

@@ -412,6 +412,9 @@ impl Arm {
             k => k,
         };
         let mut replanned = false;
+        // Judged on every request asked, wanted or not: one the view shows done already is
+        // answered from a fresh read, even when it is dropped from what is sent.
+        let (all_attach, all_detach) = (attach, detach);
         loop {
             let attach: Vec<AttachSpec> = attach
                 .iter()
@@ -425,7 +428,7 @@ impl Arm {
                 });
             }
             let (current, fresh) = match std::mem::replace(&mut base, Known::Unknown) {
-                Known::View(k) if plannable(&k, &attach, &detach) => (k, false),
+                Known::View(k) if plannable(&k, all_attach, all_detach) => (k, false),
                 Known::Fresh(k) => (k, true),
                 _ => (self.vm_disks(vm).await?, true),
             };

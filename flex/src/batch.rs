@@ -56,6 +56,9 @@ pub struct Request {
     /// only so long (see `attach::CLAIM_SEND_WITHIN`).
     #[serde(default)]
     pub send_by: Option<u64>,
+    /// The VM the requester read for the node ([`Basis::Seen`]): the request is sent to no other.
+    #[serde(default)]
+    pub vm: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +212,10 @@ pub async fn submit(
         disk_id: disk_id.to_string(),
         op,
         send_by,
+        vm: match &basis {
+            Basis::Seen(seen) => Some(seen.vm.vm.name()),
+            Basis::Node(_) => None,
+        },
     };
     let req_path = dir.join(format!("{}.req", req.id));
     let ans_path = dir.join(format!("{}.ans", req.id));
@@ -233,29 +240,18 @@ pub async fn submit(
         return Ok(answer);
     }
     let pending = gather(s, &dir).await;
-    let base = match basis {
-        Basis::Seen(seen) => Ok((
-            seen.vm.vm.clone(),
-            if current(&dir, &seen) {
-                Known::View(seen.vm.clone())
-            } else {
-                Known::Unknown
-            },
-        )),
-        Basis::Node(node) => {
-            let read_at = crate::vm_view::now_ms();
-            arm.node_vm(node).await.map(|vm| {
-                crate::vm_view::store(s, &vm, read_at);
-                (vm.vm.clone(), Known::Fresh(vm))
-            })
+    let answers = match plan_from(s, arm, &dir, basis).await {
+        Ok((vm, known)) => {
+            mark_change(&dir);
+            let answers = send_to(s, arm, &vm, known, &pending, &dir, &req.id).await;
+            mark_change(&dir);
+            answers
         }
-    };
-    mark_change(&dir);
-    let answers = match base {
-        Ok((vm, known)) => send(s, arm, &vm, known, &pending, &dir, &req.id).await,
+        // Nothing sent. Not even a detach counts as done on a VM that is "not found" now: it
+        // existed when its requester read it, and a 404 may be ARM's lag; asked again, the
+        // detach reads the VM itself.
         Err(e) => failed_all(&pending, e),
     };
-    mark_change(&dir);
     for (r, a) in pending.iter().zip(&answers) {
         if r.id == req.id {
             continue;
@@ -277,6 +273,72 @@ pub async fn submit(
     drop(guard);
     drop(mine);
     mine_answered.ok_or_else(|| Error::Spool("this request vanished from the spool".into()))
+}
+
+/// The VM the batch goes to and what it is planned from: the holder's own read if it is current
+/// (no operation of this host since), or a read of the node's VM made now.
+async fn plan_from(
+    s: &Settings,
+    arm: &Arm,
+    dir: &Path,
+    basis: Basis<'_>,
+) -> std::result::Result<(VmRef, Known), AzureError> {
+    match basis {
+        Basis::Seen(seen) => {
+            let known = if current(dir, &seen) {
+                Known::View(seen.vm.clone())
+            } else {
+                Known::Unknown
+            };
+            Ok((seen.vm.vm.clone(), known))
+        }
+        Basis::Node(node) => {
+            let read_at = crate::vm_view::now_ms();
+            let vm = arm.node_vm(node).await?;
+            crate::vm_view::store(s, &vm, read_at);
+            Ok((vm.vm.clone(), Known::Fresh(vm)))
+        }
+    }
+}
+
+/// The batch sent to `vm`, but for requests whose requester read another VM for the node (a
+/// node whose VM changed between two reads): those are answered unsent — asked again, they are
+/// planned anew.
+async fn send_to(
+    s: &Settings,
+    arm: &Arm,
+    vm: &VmRef,
+    known: Known,
+    pending: &[Request],
+    dir: &Path,
+    own: &str,
+) -> Vec<Answer> {
+    let name = vm.name();
+    let elsewhere = |r: &Request| {
+        r.vm.as_ref()
+            .is_some_and(|v| !v.eq_ignore_ascii_case(&name))
+    };
+    let here: Vec<Request> = pending.iter().filter(|r| !elsewhere(r)).cloned().collect();
+    let mut sent = if here.is_empty() {
+        Vec::new()
+    } else {
+        send(s, arm, vm, known, &here, dir, own).await
+    }
+    .into_iter();
+    pending
+        .iter()
+        .map(|r| match &r.vm {
+            Some(v) if elsewhere(r) => Answer::Failed {
+                message: format!(
+                    "not sent: the node's VM was {v} when this request read it and is {name} now; \
+                     asked again, the request is planned anew"
+                ),
+            },
+            _ => sent.next().unwrap_or_else(|| Answer::Failed {
+                message: "the batch ended without an answer for this request".into(),
+            }),
+        })
+        .collect()
 }
 
 /// The requests to send now: alone, at once; with company, once every announced process has

@@ -21,7 +21,7 @@
 //! - After its attach, the attach reads the disk and writes its tag back if it is not its PV's
 //!   (a writer that read the disk before the claim and wrote after); an attach that lost the disk
 //!   to another VM puts back the tags it replaced. A claim read at least [`CONFIRM_AFTER`] old
-//!   needs no such check: a writer that read the disk before it wrote within
+//!   needs no such check: a writer that read the disk before it sent its last attempt within
 //!   [`CLAIM_WRITE_WITHIN`] of that read, long before ([`needs_tag_check`]).
 
 use flexdisk_azure::naming::{pv_of_tags, PV_TAG};
@@ -46,10 +46,12 @@ pub const SEND_WITHIN: Duration = Duration::from_secs(20 * 60);
 pub const CLAIM_WRITE_WITHIN: Duration = Duration::from_secs(60);
 
 /// A claim this old when the attach read it cannot be overwritten any more by a writer that read
-/// the disk before the claim: that writer's last attempt went out within [`CLAIM_WRITE_WITHIN`]
-/// of its read. Ten minutes more for clock skew between hosts and for Azure's lag in applying an
-/// accepted write (the margin the lease keeps too).
-pub const CONFIRM_AFTER: Duration = Duration::from_secs(60 + 600);
+/// the disk before the claim landed: the claim's own PATCH reached Azure at most
+/// [`CLAIM_WRITE_WITHIN`] plus one attempt's time after its stamp, and that writer's last attempt
+/// as long after its read. Ten minutes more for clock skew between hosts and for Azure's lag in
+/// applying an accepted write (the margin the lease keeps too). Writers bound so are flexdisk's
+/// from this version on: a PATCH of an older driver, still retrying across an upgrade, is not.
+pub const CONFIRM_AFTER: Duration = Duration::from_secs(15 * 60);
 
 /// Whether the attach must read the disk's tags again after attaching it (`attach::confirm_tag`):
 /// after its own claim, and after a claim younger than [`CONFIRM_AFTER`] (or from another host's
@@ -159,8 +161,10 @@ mod tests {
 
     #[test]
     fn an_aged_claim_outlives_every_stale_writer_before_it_is_renewed() {
-        // A writer's last attempt, plus the margin for skew and Azure's lag.
-        assert!(CLAIM_WRITE_WITHIN + Duration::from_secs(600) <= CONFIRM_AFTER);
+        // The claim's landing and a stale writer's last attempt, each a window and one attempt
+        // late, plus the margin for skew and Azure's lag.
+        let late = CLAIM_WRITE_WITHIN + flexdisk_azure::ATTEMPT_TIMEOUT;
+        assert!(2 * late + Duration::from_secs(600) <= CONFIRM_AFTER);
         // Else every kept claim would be checked: the skip would never apply.
         assert!(CONFIRM_AFTER < REFRESH);
     }

@@ -9,7 +9,8 @@
 //! "attached" only delays the controller's noticing, while a wrong "not attached" — the view
 //! predating another control-plane host's attach — makes kube-controller-manager forget an
 //! attachment, so "not attached" always comes from a read made for the call. Attach and detach
-//! read the VM fresh; every fresh read (and every batch's result) refreshes the view.
+//! read the VM fresh (a detach before it posts its request, a batch's holder once for all);
+//! every fresh read (and every batch's result) refreshes the view.
 
 use crate::settings::Settings;
 use flexdisk_azure::{VmDisks, VmRef};

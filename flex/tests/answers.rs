@@ -265,9 +265,24 @@ fn an_attached_disk_is_answered_from_a_read_made_after_posting() {
     let held = env.hold_batches("cp-1", AS_A);
     let attach = env.controller_spawn_on("cp-1", &["attach", &d, AS_A], &[]);
     env.wait_for_requests("cp-1", AS_A, 1);
+    let before = env.rt.block_on(env.arm.node_vm(AS_A)).expect("vm");
+    let old_lun = before
+        .disks
+        .iter()
+        .find(|x| x.name == "pvc-late-read")
+        .expect("attached by host 2")
+        .lun;
     env.controller_on("cp-2", &["detach", "pvc-late-read", AS_A])
         .ok();
-    assert!(!env.vm_disks(AS_A).contains(&"pvc-late-read".to_string()));
+    // Another disk takes the LUN it had: an answer from a read older than the detach would
+    // name that LUN.
+    let other = env.options(&env.disk("pvc-late-other", 1), "pvc-late-other", json!({}));
+    let other_lun = env.controller_on("cp-2", &["attach", &other, AS_A]).ok()["device"]
+        .as_str()
+        .expect("lun")
+        .parse::<i32>()
+        .expect("number");
+    assert_eq!(other_lun, old_lun, "the freed LUN is reused");
     drop(held);
     let out = finish(attach);
     let lun: i32 = out.ok()["device"]

@@ -360,3 +360,30 @@ fn a_burst_of_n_attaches_reads_n_plus_two() {
         assert_eq!(i64::from(listed.lun), *lun, "{name}");
     }
 }
+
+/// A host's first attach and first detach (nothing learnt yet about how long the VM's operations
+/// take; 1 s here) read at most 5 times each: the disk and the VM, and at most 3 polls.
+#[test]
+fn a_hosts_first_operation_reads_at_most_five_times() {
+    let env = Env::start_with(&["--vm-op-ms", "1000"]);
+    let o = env.options(&env.disk("pvc-first", 1), "pvc-first", json!({}));
+    env.controller_on("warm", &["attach", &o, AS_A]).ok();
+    env.controller_on("warm", &["detach", "pvc-first", AS_A])
+        .ok();
+    env.age_claim("pvc-first", Duration::from_secs(15 * 60));
+    reset(&env);
+    env.controller_on("fresh-1", &["attach", &o, AS_A]).ok();
+    let attach = counters(&env);
+    reset(&env);
+    env.controller_on("fresh-2", &["detach", "pvc-first", AS_A])
+        .ok();
+    let detach = counters(&env);
+    println!(
+        "a host's first attach (1 s operation) {} ARM reads {attach}; first detach {} {detach}",
+        count(&attach, "reads"),
+        count(&detach, "reads")
+    );
+    assert!(count(&attach, "reads") <= 5, "{attach}");
+    assert!(count(&detach, "reads") <= 5, "{detach}");
+    assert!(!env.vm_disks(AS_A).contains(&"pvc-first".to_string()));
+}

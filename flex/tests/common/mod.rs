@@ -134,7 +134,8 @@ impl Env {
     }
 
     /// Holds the VM's batching lock on `host` as an operation in flight would: requests of that
-    /// host wait in the spool, after their disk's claim and their VM read, until it is dropped.
+    /// host wait in the spool (an attach after its disk's claim, a detach after its VM read) until
+    /// it is dropped; the VM is read for an attach once the lock is had.
     pub fn hold_batches(&self, host: &str, node: &str) -> nix::fcntl::Flock<std::fs::File> {
         let file = std::fs::OpenOptions::new()
             .create(true)
