@@ -82,6 +82,16 @@ pub fn disk_of(pv: &PersistentVolume) -> Option<Result<ResourceId, Error>> {
         .map(|uri| parse_resource_id(uri, ResourceKind::Disk).map_err(Error::Internal))
 }
 
+/// Whether the PV controller has finished binding the claim: phase `Bound`. It binds in two
+/// writes — the claim's `volumeName` first, then its status with the phase and the capacity
+/// (`pkg/controller/volume/persistentvolume/pv_controller.go` bind: bindClaimToVolume, then
+/// updateClaimStatus) — so between them a claim names its volume and has no capacity yet, which
+/// reads as a request to grow from nothing. kubernetes-csi's external-resizer resizes Bound
+/// claims only (`pkg/controller/controller.go` pvcNeedResize: "Only Bound pvc can be expanded").
+pub fn bound(pvc: &PersistentVolumeClaim) -> bool {
+    pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+}
+
 /// Whether the claim asks only for ReadOnlyMany: mounted read-only on every node.
 pub fn read_only_many(pvc: &PersistentVolumeClaim) -> bool {
     let modes = pvc

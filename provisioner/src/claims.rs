@@ -315,11 +315,12 @@ async fn attempt(pvc: &Arc<PersistentVolumeClaim>, ctx: &Arc<Ctx>) -> Result<Act
         // the volume and the claim decide the rest: the status writes are guarded by the claim's
         // resourceVersion, and a cached claim that lags behind would fail them time after time
         // (with a growing back-off) until the watch catches up.
+        // Both act once the claim is Bound (`claim_status::bound`): before, it has no capacity
+        // yet, and the PV controller sets the claim's current class from the volume as it
+        // binds (updateClaimStatus), which must not undo the modifier's.
         let cached = ctx.volumes.get(&ObjectRef::new(volume));
-        let resize = cached.is_none_or(|pv| crate::resize::needs_work(ctx, pvc, &pv));
-        // The modifier acts once the claim is Bound: the PV controller sets the claim's current
-        // class from the volume as it binds (updateClaimStatus), which must not undo ours.
-        let bound = pvc.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let bound = crate::claim_status::bound(pvc);
+        let resize = bound && cached.is_none_or(|pv| crate::resize::needs_work(ctx, pvc, &pv));
         let modify = bound && crate::modify::may_need_work(pvc);
         if resize || modify {
             let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());

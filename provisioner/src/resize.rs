@@ -114,8 +114,11 @@ fn condition_says(pvc: &PersistentVolumeClaim, type_: &str, message: &str) -> bo
         .any(|c| c.type_ == type_ && c.message.as_deref() == Some(message))
 }
 
+/// Whether `pvc` is bound to `pv`, a volume of this provisioner: the binding finished
+/// ([`claim_status::bound`]) and the volume names the claim.
 pub fn bound_to(ctx: &Ctx, pvc: &PersistentVolumeClaim, pv: &PersistentVolume) -> bool {
-    pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
+    claim_status::bound(pvc)
+        && pv.annotations().get(PROVISIONED_BY) == Some(&ctx.name)
         && pv
             .spec
             .as_ref()

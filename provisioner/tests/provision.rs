@@ -1328,3 +1328,46 @@ fn a_claim_s_volume_attributes_class_shapes_its_disk_and_switches_live() {
     });
     assert_eq!(perf(&s).iops, Some(10000));
 }
+
+/// Fresh claims are provisioned and bound, and nothing else: the PV controller names the volume
+/// on the claim before it writes the claim Bound with its capacity, and a claim seen in between
+/// is no request to grow (no resize status, no resize event, no Azure read, the PV as made).
+#[test]
+fn a_claim_being_bound_is_not_taken_for_a_growth() {
+    let s = Setup::start();
+    s.class("plain", json!({}), json!({}));
+    let names: Vec<String> = (0..60).map(|i| format!("fresh-{i}")).collect();
+    for n in &names {
+        s.claim(n, "plain", "1Gi");
+    }
+    for n in &names {
+        s.until(&format!("{PVCS}/{n}"), "Bound", |o| {
+            o["status"]["phase"] == "Bound"
+        });
+    }
+    s.sim.control("DELETE", "/counters", None).expect("reset");
+    // Long enough for any late reconcile of a claim woken by its binding.
+    std::thread::sleep(Duration::from_secs(3));
+    for n in &names {
+        let (_, claim) = s.call("GET", &format!("{PVCS}/{n}"), None);
+        let status = &claim["status"];
+        assert!(
+            status.get("allocatedResources").is_none()
+                && status.get("allocatedResourceStatuses").is_none()
+                && status
+                    .get("conditions")
+                    .is_none_or(|c| c.as_array().is_none_or(Vec::is_empty)),
+            "{n} carries a resize status: {status}"
+        );
+        let resized: Vec<String> = reasons(&s, n)
+            .into_iter()
+            .filter(|r| r == "Resizing" || r == "FileSystemResizeRequired")
+            .collect();
+        assert!(resized.is_empty(), "{n}: {resized:?}");
+        let pv = claim["spec"]["volumeName"].as_str().expect("volume");
+        let (_, pv) = s.call("GET", &format!("/api/v1/persistentvolumes/{pv}"), None);
+        assert_eq!(pv["spec"]["capacity"]["storage"], "1Gi", "{pv}");
+    }
+    let (_, counters) = s.sim.control("GET", "/counters", None).expect("counters");
+    assert_eq!(counters["reads"].as_u64().unwrap_or(0), 0, "{counters}");
+}
