@@ -16,6 +16,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
+use system_tests::scene::world;
 use system_tests::Cluster;
 
 const NODES: usize = 100;
@@ -62,34 +63,19 @@ fn by_operation(c: &Value) -> String {
 
 fn main() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut w: Value = serde_json::from_slice(
-        &std::process::Command::new(system_tests::bin("flexdisk-sim"))
-            .arg("world")
-            .output()
-            .expect("world")
-            .stdout,
-    )
-    .expect("world JSON");
-    w["nodes"] = json!((0..NODES)
-        .map(
-            |i| json!({"name": node(i), "vmSize": "Standard_D16s_v3", "zone": null,
-            "systemAssignedIdentity": true, "availabilitySet": "pool-as"})
-        )
-        .collect::<Vec<_>>());
+    let vms: Vec<String> = (0..NODES).map(node).collect();
+    let sizes: Vec<(&str, &str)> = vms
+        .iter()
+        .map(|v| (v.as_str(), "Standard_D16s_v3"))
+        .collect();
+    let world_file = world(dir.path(), &sizes);
     // The simulator's hourly budget is not what is measured here: Azure's limits are quoted
     // beside the figures.
+    let mut w: Value =
+        serde_json::from_slice(&std::fs::read(&world_file).expect("world")).expect("world JSON");
     w["throttle"] = json!({"reads": 100_000_000u64, "writes": 100_000_000u64, "windowSecs": 3600});
-    let world_file = dir.path().join("world.json");
     std::fs::write(&world_file, w.to_string()).expect("world file");
-    let op = OP_MS.to_string();
-    let mut c = Cluster::start(&[
-        "--world",
-        world_file.to_str().expect("utf-8"),
-        "--vm-op-ms",
-        &op,
-        "--disk-op-ms",
-        &op,
-    ]);
+    let mut c = Cluster::start_timed(&world_file, OP_MS);
     let hosts = c.hosts();
     let ctl = hosts.controller();
 

@@ -156,15 +156,7 @@ fn main() {
             (NODE_B, "Standard_D4s_v3"),
         ],
     );
-    let op = OP_MS.to_string();
-    let mut c = Cluster::start(&[
-        "--world",
-        world_file.to_str().expect("utf-8"),
-        "--vm-op-ms",
-        &op,
-        "--disk-op-ms",
-        &op,
-    ]);
+    let mut c = Cluster::start_timed(&world_file, OP_MS);
     let hosts = c.hosts();
     let ctl = hosts.controller();
     let node = |n: &str| -> &Kubelet { &hosts.nodes[n] };

@@ -117,6 +117,19 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
+    /// The simulators on the world file `world`, every VM and disk operation taking `op_ms`.
+    pub fn start_timed(world: &Path, op_ms: u64) -> Cluster {
+        let op = op_ms.to_string();
+        Cluster::start(&[
+            "--world",
+            world.to_str().expect("utf-8"),
+            "--vm-op-ms",
+            &op,
+            "--disk-op-ms",
+            &op,
+        ])
+    }
+
     pub fn start(sim_args: &[&str]) -> Cluster {
         let tls = flexdisk_sim::process::shared_tls_dir(
             &std::env::temp_dir().join("flexdisk-system-tests-ca"),
