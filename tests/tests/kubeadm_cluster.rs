@@ -253,9 +253,11 @@ fn claim_attached_moved_detached(c: &RealCluster) {
     // attached to and detached from each worker in turn. (The call lines shorten their
     // arguments; the attach module's lines name the disk whole.)
     let log = std::fs::read_to_string(cp(c).dir.join("log/flexdisk.log")).unwrap_or_default();
+    // (An attach names the node, its batch's holder having read the VM; a detach the VM it read.
+    // The workers' node and VM names are the same.)
     for vm in WORKERS {
-        for what in ["attached", "detached"] {
-            let line = format!("flexdisk::attach: {what} disk={disk} vm={vm}");
+        for (what, on) in [("attached", "node"), ("detached", "vm")] {
+            let line = format!("flexdisk::attach: {what} disk={disk} {on}={vm}");
             assert!(
                 log.contains(&line),
                 "kube-controller-manager's driver log on {CONTROL_PLANE} lacks {line:?}:\n{log}"
