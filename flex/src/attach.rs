@@ -177,7 +177,7 @@ pub async fn attach(s: &Settings, opts: &VolumeOptions, node: &str) -> Result<i3
         Answer::Detached => return Err(Error::Spool("the attach was answered as a detach".into())),
     };
     remember(s, pv, &opts.disk_uri);
-    info!(disk = %disk.name, node, lun, "attached");
+    info!(disk = %disk.name, node = %node, lun, "attached");
     if check_tag {
         confirm_tag(&arm, opts, pv).await;
     }
